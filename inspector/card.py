@@ -1,0 +1,178 @@
+"""The model card: everything needed to score with a model, stored inside the .onnx file.
+
+A deployed model is one file. The card travels in the ONNX `metadata_props` under `CARD_KEY` as a
+versioned JSON document: input geometry and preprocessing (so the inspector transforms frames exactly
+as training did), the score definition, the calibrated threshold with the normal-score quantiles it
+came from, provenance, and evaluation metrics when known. Reading is strict: a card that is missing,
+from a newer format, or inconsistent with the graph is refused with one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ModelCardError, describe_validation_error
+
+CARD_KEY = "qinspector.card"
+CARD_FORMAT_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageInput(_Strict):
+    """How a frame becomes the model's input tensor (N, C, H, W), float32."""
+
+    kind: Literal["image"] = "image"
+    height: Annotated[int, Field(ge=16, le=4096)]
+    width: Annotated[int, Field(ge=16, le=4096)]
+    channels: Literal[1, 3]
+    color_order: Literal["gray", "rgb", "bgr"]
+    resize: Literal["stretch", "center_crop", "tile"] = Field(
+        "stretch",
+        description="stretch: resize the whole frame to HxW; center_crop: resize the short side, crop "
+        "the centre; tile: score at native resolution in HxW tiles (frame score = max over tiles).",
+    )
+    tile_overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    max_pixels: Annotated[int, Field(ge=1)] = 50_000_000
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ImageInput":
+        if (self.channels == 1) != (self.color_order == "gray"):
+            raise ValueError(f"color_order '{self.color_order}' does not fit {self.channels} channel(s)")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(values)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class ScoreDefinition(_Strict):
+    """score = sum_i weight_i * output_i / scale_i over the graph outputs named in `weights`.
+
+    Scales are fitted on held-out normal data so components of different units can be mixed.
+    """
+
+    weights: dict[str, float]
+    scales: dict[str, float]
+    map_output: str | None = "anomaly_map"
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ScoreDefinition":
+        if not self.weights:
+            raise ValueError("at least one score component is needed")
+        missing = set(self.weights) - set(self.scales)
+        if missing:
+            raise ValueError(f"no scale for component(s) {sorted(missing)}")
+        if any(s <= 0 for s in self.scales.values()):
+            raise ValueError("component scales must be positive")
+        return self
+
+
+class Calibration(_Strict):
+    threshold: Annotated[float, Field(gt=0)]
+    method: Literal["quantile", "f1_optimal", "manual"]
+    target_false_alarm_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
+    n_samples: Annotated[int, Field(ge=0)]
+    quantiles: dict[str, float] = Field(default_factory=dict)
+
+
+class Provenance(_Strict):
+    data: str
+    steps: int
+    epochs: int
+    seed: int
+    created: str
+    train_seconds: float
+    package_version: str
+    torch_version: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExportInfo(_Strict):
+    opset: int
+    parity_max_abs_diff: float
+    parity_tolerance: float
+    flops_per_item: int | None = None
+
+
+class ModelCard(_Strict):
+    format_version: Literal[1] = CARD_FORMAT_VERSION
+    name: str
+    family: Literal["ganomaly", "anogan", "autoencoder"]
+    version: str
+    input: ImageInput
+    score: ScoreDefinition
+    calibration: Calibration
+    training: Provenance
+    export: ExportInfo | None = None
+    evaluation: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    def with_updates(self, **changes: Any) -> "ModelCard":
+        """A validated copy with top-level fields replaced (cards are immutable)."""
+        data = self.model_dump()
+        data.update({k: (v.model_dump() if isinstance(v, BaseModel) else v) for k, v in changes.items()})
+        return ModelCard.model_validate(data)
+
+
+def parse_card(text: str | bytes, source: str | Path = "model card") -> ModelCard:
+    """Parse and validate card JSON; every failure is a ModelCardError with one sentence."""
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise ModelCardError(f"{source}: the model card is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelCardError(f"{source}: the model card must be a JSON object")
+    version = data.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > CARD_FORMAT_VERSION:
+        raise ModelCardError(
+            f"{source}: model card format {version} is newer than this inspector supports "
+            f"({CARD_FORMAT_VERSION}); upgrade the inspector"
+        )
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as exc:
+        raise ModelCardError(describe_validation_error(exc, source, prefix="card")) from None
+
+
+def card_from_metadata(metadata: dict[str, str], source: str | Path) -> ModelCard:
+    if CARD_KEY not in metadata:
+        raise ModelCardError(
+            f"{source}: the ONNX file has no model card (metadata key '{CARD_KEY}'); "
+            "export it with 'inspector export' or 'inspector train'"
+        )
+    return parse_card(metadata[CARD_KEY], source)
+
+
+def check_card_matches_graph(
+    card: ModelCard, input_shape: list[Any], output_names: list[str], source: str | Path
+) -> None:
+    """Refuse a card that describes a different graph than the one in the file."""
+    spec = card.input
+    expected = [spec.channels, spec.height, spec.width]
+    actual = list(input_shape[1:])
+    if len(input_shape) != 4 or any(isinstance(a, int) and a != e for a, e in zip(actual, expected)):
+        raise ModelCardError(
+            f"{source}: the model card says input (C, H, W) = {tuple(expected)} but the graph takes "
+            f"{tuple(input_shape)}"
+        )
+    needed = set(card.score.weights) | ({card.score.map_output} if card.score.map_output else set())
+    missing = sorted(needed - set(output_names))
+    if missing:
+        raise ModelCardError(
+            f"{source}: the model card scores output(s) {missing} that the graph does not have "
+            f"(graph outputs: {sorted(output_names)})"
+        )

@@ -1,0 +1,140 @@
+"""`inspector` command line: score and inspect with the runtime; train, evaluate and demo with the
+`train` extra, whose modules are imported only when those subcommands run (the runtime never needs torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import InspectorError
+
+TRAIN_EXTRA_HINT = (
+    "this subcommand needs the training extra (torch); install it with: pip install 'qinspector[train]' "
+    "(or: bash scripts/setup.sh)"
+)
+
+EPILOG = """\
+typical use:
+  inspector demo                                          synthetic parts: train, calibrate, export, evaluate
+  inspector train --data ../shared/data/piped/PA_BDP01_TL --out runs/bdp01
+  inspector train -c configs/piped_bdp01.yaml --out runs/bdp01
+  inspector evaluate runs/bdp01/model.onnx --data ../shared/data/piped/PA_BDP01_TL
+  inspector score runs/bdp01/model.onnx part1.png part2.png    one JSON line per image
+  inspector card runs/bdp01/model.onnx                          print the model card
+"""
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train on normal images, calibrate, export model.onnx, evaluate on test/",
+                       description="Train a GANomaly model on <data>/train/good only, hold out part of it to "
+                       "calibrate the threshold, export model.onnx with its card and, when <data>/test exists, "
+                       "evaluate it there (metrics.json and report/ in the run folder).")
+    p.add_argument("-c", "--config", type=Path, help="training YAML (see configs/); --data alone uses defaults")
+    p.add_argument("--data", help="MVTec-layout folder (overrides data.path)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
+    p.add_argument("--steps", type=int, help="training steps (overrides train.steps)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (overrides train.threads)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set model.base_width=8 (value parsed as YAML)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on test/")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="AUROC, AP, F1 and a report with plots for a model.onnx on a test set",
+                       description="Score <data>/test/* with the exported model (the file itself, through the "
+                       "inspector's scorer) and write metrics.json plus report/ (ROC, score histogram, examples).")
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", required=True, help="MVTec-layout folder with test/good and test/<defect>")
+    p.add_argument("--out", type=Path, help="where metrics.json and report/ go (default: beside the model)")
+    p.add_argument("--threshold", type=float, help="use this threshold instead of the card's")
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="score image files; one JSON line per file on stdout",
+                       description="Score image files with a model.onnx. Prints one JSON object per file: "
+                       "score (raw), normalised (1.0 = threshold), verdict; or rejected with the reason. "
+                       "Exit status 0 when every file was scored, 1 when any was rejected.")
+    p.add_argument("model", type=Path)
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--threshold", type=float, help="override the card's threshold")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
+    p.add_argument("--batch", type=int, default=32, help="images per inference batch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inspector", description=__doc__.split("\n\n")[0],
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_score(sub)
+    p = sub.add_parser("card", help="print a model's card (JSON)")
+    p.add_argument("model", type=Path)
+    p = sub.add_parser("demo", help="the one-command demo on generated data (needs the train extra)",
+                       description="Generate a synthetic defect data set, train for about a minute, calibrate, "
+                       "export and evaluate; prints the metrics and where the report is.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--steps", type=int, default=400, help="training steps (about a minute on 2 cores)")
+    return parser
+
+
+def _score(args) -> int:
+    from .scorer import Rejection, Scorer
+
+    scorer = Scorer(args.model, threshold=args.threshold, intra_op_threads=args.threads)
+    failed = 0
+    for start in range(0, len(args.files), args.batch):
+        chunk = args.files[start:start + args.batch]
+        for path, result in zip(chunk, scorer.score_files(chunk, max_batch=args.batch, heatmaps=False)):
+            if isinstance(result, Rejection):
+                failed += 1
+                line = {"file": str(path), "rejected": result.reason, "error": result.message}
+            else:
+                line = {"file": str(path), "score": round(result.raw, 6), "normalised": round(result.normalised, 6),
+                        "verdict": result.verdict, "threshold": scorer.threshold}
+            print(json.dumps(line), flush=True)
+    return 1 if failed else 0
+
+
+def _card(args) -> int:
+    from .scorer import Scorer
+
+    print(json.dumps(Scorer(args.model).card.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        if args.command == "score":
+            return _score(args)
+        if args.command == "card":
+            return _card(args)
+        try:
+            from training import cli as training_cli
+        except ImportError as exc:
+            if exc.name and exc.name.split(".")[0] in {"torch", "onnx", "sklearn", "matplotlib", "tqdm"}:
+                print(f"inspector {args.command}: {TRAIN_EXTRA_HINT}", file=sys.stderr)
+                return 2
+            raise
+        return training_cli.run(args)
+    except InspectorError as exc:
+        print(f"inspector {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

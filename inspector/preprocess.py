@@ -1,0 +1,210 @@
+"""THE preprocessing contract: how a frame becomes model input. Training imports this module.
+
+There is exactly one implementation, driven by the card's `ImageInput`, so a model sees the same
+tensor in training, in evaluation and beside the production line. Everything here is deterministic
+and per-item (no batch statistics).
+
+Channel policy: a colour frame given to a grayscale model is converted to gray (a mono camera
+delivers BGR frames with equal channels); a grayscale frame given to a colour model is rejected,
+because colour cannot be invented and silently tripling the channel would score garbage.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .card import ImageInput
+from .errors import ItemRejected
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _header_dimensions(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG or JPEG header, read before decoding so huge images are refused
+    without allocating them. None when the format is not recognised (decoding decides then)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width, height
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+                return width, height
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+            i += 2 + length
+    return None
+
+
+def decode_image(data: bytes, origin: str, max_pixels: int = 50_000_000) -> np.ndarray:
+    """Decode encoded image bytes to an HxW or HxWxC uint8 array (OpenCV's BGR order)."""
+    if len(data) == 0:
+        raise ItemRejected("empty_file", f"{origin}: the file is empty (0 bytes)")
+    dims = _header_dimensions(data)
+    if dims is not None and dims[0] * dims[1] > max_pixels:
+        raise ItemRejected(
+            "too_large", f"{origin}: image of {dims[0]}x{dims[1]} pixels exceeds the limit of {max_pixels}"
+        )
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ItemRejected("decode_failed", f"{origin}: not a readable image (corrupt or unsupported format)")
+    return ensure_uint8_image(image, origin, max_pixels)
+
+
+def ensure_uint8_image(image: np.ndarray, origin: str, max_pixels: int = 50_000_000) -> np.ndarray:
+    """Check an in-memory frame's shape and bring 16-bit or float frames to uint8."""
+    if not isinstance(image, np.ndarray) or image.size == 0:
+        raise ItemRejected("empty_frame", f"{origin}: empty frame")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise ItemRejected("bad_shape", f"{origin}: unsupported image shape {image.shape}")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ItemRejected(
+            "too_large", f"{origin}: image of {image.shape[1]}x{image.shape[0]} pixels exceeds the limit of {max_pixels}"
+        )
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        if not np.all(np.isfinite(image)):
+            raise ItemRejected("non_finite", f"{origin}: frame contains NaN or infinite values")
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    return image
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = 50_000_000) -> np.ndarray:
+    """Read an image file; every failure is an ItemRejected naming the file."""
+    origin = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ItemRejected("file_missing", f"{origin}: file disappeared before it could be read") from None
+    except OSError as exc:
+        raise ItemRejected("read_error", f"{origin}: cannot read file ({exc.strerror or exc})") from None
+    return decode_image(data, origin, max_pixels)
+
+
+def to_model_channels(image: np.ndarray, spec: ImageInput, origin: str = "image") -> np.ndarray:
+    """HxWxC uint8 in the model's channel order (C = 1 or 3)."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if spec.channels == 1:
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        return image[:, :, None]
+    if image.ndim == 2:
+        raise ItemRejected(
+            "wrong_channels",
+            f"{origin}: grayscale image given to a colour model (the model expects 3 channels, {spec.color_order})",
+        )
+    if spec.color_order == "rgb":
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    shrinking = image.shape[0] * image.shape[1] > height * width
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return resized if resized.ndim == 3 else resized[:, :, None]
+
+
+def _center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    scale = max(height / image.shape[0], width / image.shape[1])
+    h = max(height, round(image.shape[0] * scale))
+    w = max(width, round(image.shape[1] * scale))
+    image = _resize(image, h, w)
+    top, left = (h - height) // 2, (w - width) // 2
+    return image[top : top + height, left : left + width]
+
+
+def _normalise(pixels: np.ndarray, spec: ImageInput) -> np.ndarray:
+    """uint8 HxWxC -> float32 CxHxW with the card's mean/std."""
+    x = pixels.astype(np.float32) * (1.0 / 255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    x = (x - mean) / std
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Where each tile of one frame came from, to stitch the heatmap back at native resolution."""
+
+    frame_height: int
+    frame_width: int
+    origins: tuple[tuple[int, int], ...]  # (top, left) per tile
+
+
+def tile_origins(length: int, tile: int, overlap: float) -> list[int]:
+    """Tile starts covering [0, length): stride = tile * (1 - overlap), last tile flush with the edge."""
+    if length <= tile:
+        return [0]
+    stride = max(1, int(round(tile * (1.0 - overlap))))
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def prepare_image(image: np.ndarray, spec: ImageInput, origin: str = "image") -> tuple[np.ndarray, TileLayout | None]:
+    """One frame -> model input tiles (T, C, H, W) float32, and their layout for `resize: tile`.
+
+    For `stretch` and `center_crop`, T = 1 and the layout is None.
+    """
+    image = ensure_uint8_image(image, origin, spec.max_pixels)
+    pixels = to_model_channels(image, spec, origin)
+    if spec.resize == "stretch":
+        return _normalise(_resize(pixels, spec.height, spec.width), spec)[None], None
+    if spec.resize == "center_crop":
+        return _normalise(_center_crop(pixels, spec.height, spec.width), spec)[None], None
+    if pixels.shape[0] < spec.height or pixels.shape[1] < spec.width:
+        # A frame smaller than one tile is brought up to tile size (only upscaling, never downscaling).
+        pixels = _resize(pixels, max(spec.height, pixels.shape[0]), max(spec.width, pixels.shape[1]))
+    tops = tile_origins(pixels.shape[0], spec.height, spec.tile_overlap)
+    lefts = tile_origins(pixels.shape[1], spec.width, spec.tile_overlap)
+    origins = tuple((t, l) for t in tops for l in lefts)
+    normalised = _normalise(pixels, spec)
+    tiles = np.stack([normalised[:, t : t + spec.height, l : l + spec.width] for t, l in origins])
+    return tiles, TileLayout(pixels.shape[0], pixels.shape[1], origins)
+
+
+def preprocess_images(images: list[np.ndarray], spec: ImageInput) -> np.ndarray:
+    """Batch form for training and evaluation of non-tiled models: (N, C, H, W) float32."""
+    if spec.resize == "tile":
+        raise ValueError("preprocess_images is for whole-frame models; use prepare_image for tiled ones")
+    if not images:
+        return np.zeros((0, spec.channels, spec.height, spec.width), dtype=np.float32)
+    return np.concatenate([prepare_image(img, spec, f"image {i}")[0] for i, img in enumerate(images)])
+
+
+def stitch_tiles(maps: np.ndarray, layout: TileLayout) -> np.ndarray:
+    """Per-tile maps (T, H, W) -> one frame map, the maximum where tiles overlap."""
+    out = np.zeros((layout.frame_height, layout.frame_width), dtype=np.float32)
+    h, w = maps.shape[1:]
+    for tile_map, (top, left) in zip(maps, layout.origins):
+        region = out[top : top + h, left : left + w]
+        np.maximum(region, tile_map, out=region)
+    return out
+
+
+def denormalise(tensor: np.ndarray, spec: ImageInput) -> np.ndarray:
+    """Model-space CxHxW float -> HxWxC uint8 BGR (or gray) for pictures and evidence."""
+    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    x = np.clip((tensor * std + mean) * 255.0, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    if spec.color_order == "rgb":
+        x = cv2.cvtColor(x, cv2.COLOR_RGB2BGR)
+    return x

@@ -1,0 +1,169 @@
+"""Load a .onnx model with its card and score items: raw score, normalised score, verdict, heatmap.
+
+The scorer is the only place that runs models in the inspector. It validates the file once at load
+(so a wrong model refuses to start with one sentence), then scores batches. Per-item problems
+(undecodable or wrong-channel frames) become `Rejection`s in the result list; the rest of the batch
+is still scored. Scores are per item: the exported graph is in eval mode, so an item scores the same
+alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .card import ModelCard, ScoreDefinition, card_from_metadata, check_card_matches_graph
+from .errors import ItemRejected, ModelCardError
+from .preprocess import TileLayout, prepare_image, stitch_tiles
+
+ANOMALY = "anomaly"
+NORMAL = "normal"
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass
+class ScoreResult:
+    raw: float
+    normalised: float  # raw / threshold: 1.0 is the threshold
+    verdict: str
+    components: dict[str, float]
+    heatmap: np.ndarray | None = field(default=None, repr=False)  # HxW float32, frame or model resolution
+
+
+@dataclass
+class Rejection:
+    reason: str
+    message: str
+
+
+def combine_score(outputs: dict[str, np.ndarray], definition: ScoreDefinition) -> np.ndarray:
+    """score = sum_i weight_i * component_i / scale_i; shared by the inspector and training."""
+    total = None
+    for name, weight in definition.weights.items():
+        term = np.asarray(outputs[name], dtype=np.float64).reshape(-1) * (weight / definition.scales[name])
+        total = term if total is None else total + term
+    return total
+
+
+class Scorer:
+    """An onnxruntime session plus its card. Thread-safe for `score_*` calls (onnxruntime sessions are)."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        threshold: float | None = None,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+        optimization: str = "all",
+    ):
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise ModelCardError(f"{self.path}: model file not found")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = _OPT_LEVELS[optimization]
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several private types for bad files
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelCardError(f"{self.path}: not a loadable ONNX model ({first_line[:200]})") from None
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.card: ModelCard = card_from_metadata(metadata, self.path)
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        check_card_matches_graph(self.card, graph_input.shape, self.output_names, self.path)
+        if threshold is not None and not (threshold > 0 and np.isfinite(threshold)):
+            raise ModelCardError(f"{self.path}: threshold override must be a positive number, got {threshold}")
+        self.threshold = float(threshold) if threshold is not None else self.card.calibration.threshold
+        self._wanted = sorted(set(self.card.score.weights) | {self.card.score.map_output} - {None})
+
+    @property
+    def model_version(self) -> str:
+        return self.card.version
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw graph outputs for a preprocessed (N, C, H, W) float32 batch."""
+        values = self.session.run(self._wanted, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return dict(zip(self._wanted, values))
+
+    def score_tensor(self, batch: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Combined raw scores (N,) and the graph outputs for a preprocessed batch."""
+        outputs = self.run(batch)
+        return combine_score(outputs, self.card.score), outputs
+
+    def verdict(self, raw: float) -> str:
+        return ANOMALY if raw >= self.threshold else NORMAL
+
+    def score_images(
+        self, images: list[np.ndarray], origins: list[str] | None = None, *, max_batch: int = 64, heatmaps: bool = True
+    ) -> list[ScoreResult | Rejection]:
+        """Score decoded frames (HxW or HxWxC uint8, BGR). Bad frames become Rejections, never exceptions."""
+        origins = origins or [f"item {i}" for i in range(len(images))]
+        prepared: list[tuple[int, np.ndarray, TileLayout | None]] = []
+        results: list[ScoreResult | Rejection | None] = [None] * len(images)
+        for index, (image, origin) in enumerate(zip(images, origins)):
+            try:
+                tiles, layout = prepare_image(image, self.card.input, origin)
+            except ItemRejected as rejected:
+                results[index] = Rejection(rejected.reason, str(rejected))
+                continue
+            prepared.append((index, tiles, layout))
+        if prepared:
+            all_tiles = np.concatenate([tiles for _, tiles, _ in prepared])
+            scores, outputs = self._score_in_chunks(all_tiles, max_batch)
+            offset = 0
+            for index, tiles, layout in prepared:
+                span = slice(offset, offset + len(tiles))
+                offset += len(tiles)
+                results[index] = self._result(scores[span], {k: v[span] for k, v in outputs.items()}, layout, heatmaps)
+        return results  # type: ignore[return-value]
+
+    def _score_in_chunks(self, tiles: np.ndarray, max_batch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        chunks = [self.score_tensor(tiles[i : i + max_batch]) for i in range(0, len(tiles), max_batch)]
+        scores = np.concatenate([c[0] for c in chunks])
+        outputs = {k: np.concatenate([c[1][k] for c in chunks]) for k in chunks[0][1]}
+        return scores, outputs
+
+    def _result(
+        self, tile_scores: np.ndarray, outputs: dict[str, np.ndarray], layout: TileLayout | None, heatmaps: bool
+    ) -> ScoreResult:
+        worst = int(np.argmax(tile_scores))
+        raw = float(tile_scores[worst])
+        components = {k: float(np.asarray(outputs[k]).reshape(len(tile_scores), -1)[worst, 0]) for k in self.card.score.weights}
+        heatmap = None
+        map_name = self.card.score.map_output
+        if heatmaps and map_name:
+            maps = outputs[map_name][:, 0]
+            heatmap = stitch_tiles(maps, layout) if layout is not None else maps[0]
+        return ScoreResult(raw, raw / self.threshold, self.verdict(raw), components, heatmap)
+
+    def score_files(self, paths: list[str | os.PathLike], **kwargs) -> list[ScoreResult | Rejection]:
+        """Read and score image files; unreadable files become Rejections naming the file."""
+        from .preprocess import read_image
+
+        images: list[np.ndarray] = []
+        keep: list[int] = []
+        results: list[ScoreResult | Rejection | None] = [None] * len(paths)
+        for index, path in enumerate(paths):
+            try:
+                images.append(read_image(path, self.card.input.max_pixels))
+                keep.append(index)
+            except ItemRejected as rejected:
+                results[index] = Rejection(rejected.reason, str(rejected))
+        for index, result in zip(keep, self.score_images(images, [str(paths[i]) for i in keep], **kwargs)):
+            results[index] = result
+        return results  # type: ignore[return-value]

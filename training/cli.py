@@ -1,0 +1,122 @@
+"""Training-side subcommands of `inspector` (train, evaluate, demo); imported lazily by inspector.cli."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import yaml
+
+from inspector.errors import ConfigError, InspectorError
+
+from .config import TrainConfig, load_train_config, validate_train_config
+from .data import list_images
+
+log = logging.getLogger(__name__)
+
+HEADLINE = ("image_auroc", "average_precision", "pixel_auroc", "f1", "recall", "false_alarm_rate")
+
+
+def _infer_input(data: Path) -> dict:
+    """Default geometry from the first training image: colour or grayscale."""
+    images = list_images(data / "train" / "good")
+    if not images:
+        return {}
+    first = cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED)
+    gray = first is not None and (first.ndim == 2 or first.shape[2] == 1)
+    return {"channels": 1, "color_order": "gray"} if gray else {"channels": 3, "color_order": "rgb"}
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=300")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def resolve_config(args) -> TrainConfig:
+    overrides = _parse_overrides(args.set)
+    if args.data:
+        overrides["data.path"] = args.data
+    if args.steps is not None:
+        overrides["train.steps"] = args.steps
+    if args.threads is not None:
+        overrides["train.threads"] = args.threads
+    if args.config:
+        return load_train_config(args.config, overrides)
+    if not args.data:
+        raise ConfigError("inspector train needs --config FILE or --data FOLDER")
+    data = Path(args.data)
+    raw: dict = {"name": data.name.lower() or "model", "data": {"path": args.data}, "input": _infer_input(data)}
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return validate_train_config(raw, "command line")
+
+
+def _print_metrics(metrics: dict | None, out_dir: Path) -> None:
+    if not metrics:
+        return
+    shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE if k in metrics)
+    print(f"test: {shown}  ({metrics['n_normal']} normal, {metrics['n_anomalous']} defective images)")
+    print(f"report: {out_dir / 'report'}  metrics: {out_dir / 'metrics.json'}")
+
+
+def train(args) -> int:
+    from .fit import fit
+
+    config = resolve_config(args)
+    out = args.out or Path("runs") / config.name
+    started = time.perf_counter()
+    try:
+        result = fit(config, out, resume=args.resume, progress=not args.no_progress, evaluate_test=not args.no_evaluate)
+    except FileNotFoundError as exc:
+        raise InspectorError(str(exc).strip("'\"")) from None
+    card = result.card
+    print(f"model: {result.model_path}  (threshold {card.calibration.threshold:.4g} from {card.calibration.n_samples} "
+          f"held-out normal images, target false-alarm rate {card.calibration.target_false_alarm_rate:g}; "
+          f"{card.training.steps} steps in {card.training.train_seconds:.0f} s; "
+          f"{card.export.flops_per_item / 1e6:.0f} MFLOPs/image; torch/onnx max diff {card.export.parity_max_abs_diff:.1e})")
+    _print_metrics(result.metrics, out)
+    log.debug("total %.1f s", time.perf_counter() - started)
+    return 0
+
+
+def evaluate(args) -> int:
+    from inspector.scorer import Scorer
+
+    from .evaluate import evaluate as run_evaluation
+    from .evaluate import list_test_items
+
+    scorer = Scorer(args.model, threshold=args.threshold)
+    try:
+        items = list_test_items(Path(args.data))
+    except FileNotFoundError as exc:
+        raise InspectorError(str(exc)) from None
+    out = args.out or args.model.parent
+    metrics = run_evaluation(scorer, items, out, title=scorer.card.name)
+    _print_metrics(metrics, out)
+    return 0
+
+
+def demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, args.steps)
+
+
+def run(args) -> int:
+    commands = {"train": train, "evaluate": evaluate, "demo": demo}
+    if args.command not in commands:
+        print(f"inspector: unknown command {args.command}", file=sys.stderr)
+        return 2
+    return commands[args.command](args)

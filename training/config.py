@@ -1,0 +1,173 @@
+"""Typed, validated training configuration (one YAML per data set under configs/).
+
+Unknown keys are errors (a misspelled `stpes:` must not silently train with defaults). Paths may
+start with `$QI_DATA`, replaced by the shared data folder ($QI_DATA, default ../shared/data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from inspector.card import ImageInput
+from inspector.errors import ConfigError, describe_validation_error
+
+from .data import data_root
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def expand_data_path(path: str) -> Path:
+    for token in ("${QI_DATA}", "$QI_DATA"):
+        if path.startswith(token):
+            return data_root() / path[len(token):].lstrip("/")
+    return Path(path)
+
+
+class DataConfig(_Strict):
+    kind: Literal["mvtec", "mnist"] = "mvtec"
+    path: str
+    anomaly_digit: Annotated[int, Field(ge=0, le=9)] | None = None
+    max_train: Annotated[int, Field(ge=1)] | None = None
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+
+    @model_validator(mode="after")
+    def _mnist_needs_digit(self) -> "DataConfig":
+        if self.kind == "mnist" and self.anomaly_digit is None:
+            raise ValueError("data.kind 'mnist' needs data.anomaly_digit (the digit treated as the anomaly)")
+        return self
+
+    @property
+    def resolved_path(self) -> Path:
+        return expand_data_path(self.path)
+
+
+class InputConfig(_Strict):
+    height: Annotated[int, Field(ge=32, le=512, multiple_of=16)] = 128
+    width: Annotated[int, Field(ge=32, le=512, multiple_of=16)] = 128
+    channels: Literal[1, 3] = 3
+    color_order: Literal["gray", "rgb", "bgr"] = "rgb"
+    resize: Literal["stretch", "center_crop", "tile"] = "stretch"
+    tile_overlap: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    def to_spec(self) -> ImageInput:
+        mean = (0.5,) * self.channels
+        return ImageInput(height=self.height, width=self.width, channels=self.channels, color_order=self.color_order,
+                          resize=self.resize, tile_overlap=self.tile_overlap, mean=mean, std=mean)
+
+
+class ModelConfig(_Strict):
+    family: Literal["ganomaly"] = "ganomaly"
+    base_width: Annotated[int, Field(ge=4, le=128)] = 16
+    latent_dim: Annotated[int, Field(ge=2, le=1024)] = 100
+
+
+class LossWeights(_Strict):
+    adversarial: Annotated[float, Field(ge=0)] = 1.0
+    contextual: Annotated[float, Field(ge=0)] = 50.0
+    encoder: Annotated[float, Field(ge=0)] = 1.0
+
+
+class AugmentConfig(_Strict):
+    hflip: bool = False
+    vflip: bool = False
+    rot90: bool = False
+
+
+class TrainLoopConfig(_Strict):
+    steps: Annotated[int, Field(ge=1)] = 600
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    lr: Annotated[float, Field(gt=0, lt=1)] = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    seed: int = 0
+    threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    augment: AugmentConfig = AugmentConfig()
+    checkpoint_min_interval_s: Annotated[float, Field(ge=0)] = 20.0
+    discriminator_reset_below: Annotated[float, Field(ge=0)] = 1e-5
+
+
+class ScoreConfig(_Strict):
+    weights: dict[str, float] = Field(default_factory=lambda: {"residual_max": 1.0})
+    pool_kernel: Annotated[int, Field(ge=1, le=63)] = 9
+    residual: Literal["l1", "l2"] = "l2"
+
+    @field_validator("weights")
+    @classmethod
+    def _known_components(cls, weights: dict[str, float]) -> dict[str, float]:
+        known = {"latent_distance", "residual_mean", "residual_max"}
+        unknown = set(weights) - known
+        if unknown or not weights:
+            raise ValueError(f"score components must be among {sorted(known)}, got {sorted(weights)}")
+        return weights
+
+
+class CalibrationConfig(_Strict):
+    target_false_alarm_rate: Annotated[float, Field(gt=0, lt=0.5)] = 0.01
+    method: Literal["quantile", "f1_optimal"] = "quantile"
+    validation_path: str | None = None  # labelled folder (MVTec test layout), required by f1_optimal
+
+    @model_validator(mode="after")
+    def _f1_needs_labels(self) -> "CalibrationConfig":
+        if self.method == "f1_optimal" and not self.validation_path:
+            raise ValueError("calibration.method 'f1_optimal' needs calibration.validation_path (a labelled folder)")
+        return self
+
+
+class ExportConfig(_Strict):
+    opset: Annotated[int, Field(ge=13, le=23)] = 17
+    parity_tolerance: Annotated[float, Field(gt=0)] = 1e-3
+
+
+class TrainConfig(_Strict):
+    name: str = "model"
+    version: str = "1"
+    data: DataConfig
+    input: InputConfig = InputConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossWeights = LossWeights()
+    train: TrainLoopConfig = TrainLoopConfig()
+    score: ScoreConfig = ScoreConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _geometry(self) -> "TrainConfig":
+        if (self.input.channels == 1) != (self.input.color_order == "gray"):
+            raise ValueError(f"input.color_order '{self.input.color_order}' does not fit {self.input.channels} channel(s)")
+        if self.train.augment.rot90 and self.input.height != self.input.width:
+            raise ValueError("train.augment.rot90 needs a square input (height == width)")
+        return self
+
+
+def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read a YAML training config with a safe loader; every problem is one ConfigError sentence."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return validate_train_config(raw, path)
+
+
+def validate_train_config(raw: dict, source: str | Path) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None

@@ -1,0 +1,163 @@
+"""Data sets: MVTec-layout image folders and the MNIST one-class protocol.
+
+Images are decoded and preprocessed with `inspector.preprocess` (the one contract), once, into
+memory: the dev sets are small and re-decoding PNGs every epoch would dominate training time on two
+cores. Unreadable files are skipped with a warning naming the file and counted, never a crash
+mid-epoch.
+
+Layout (see ../shared/data/README.md):
+    <root>/train/good/*.png, <root>/test/<good|defect type>/*.png,
+    <root>/ground_truth/<defect type>/<stem>_mask.png (optional)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspector.card import ImageInput
+from inspector.errors import ItemRejected
+from inspector.preprocess import IMAGE_SUFFIXES, prepare_image, read_image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+def data_root() -> Path:
+    """Where the shared evaluation data lives: $QI_DATA, else ../shared/data."""
+    return Path(os.environ.get("QI_DATA", DEFAULT_DATA_ROOT))
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+@dataclass
+class LoadedImages:
+    """Preprocessed model-space tensors (N, C, H, W) with their files; `skipped` counts unreadable ones."""
+
+    tensors: np.ndarray
+    paths: list[Path]
+    labels: np.ndarray  # 1 = anomaly, 0 = normal
+    defect_types: list[str]
+    masks: list[np.ndarray | None] = field(default_factory=list)  # HxW bool at model resolution
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: np.ndarray | list[int]) -> "LoadedImages":
+        idx = [int(i) for i in indices]
+        return LoadedImages(
+            self.tensors[idx],
+            [self.paths[i] for i in idx],
+            self.labels[idx],
+            [self.defect_types[i] for i in idx],
+            [self.masks[i] for i in idx] if self.masks else [],
+            list(self.skipped),
+        )
+
+
+def _mask_path(root: Path, defect: str, image: Path) -> Path | None:
+    folder = root / "ground_truth" / defect
+    for candidate in (folder / f"{image.stem}_mask.png", folder / f"{image.stem}.png"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_mask(path: Path | None, spec: ImageInput) -> np.ndarray | None:
+    if path is None:
+        return None
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        log.warning("skipping unreadable mask %s", path)
+        return None
+    return cv2.resize(mask, (spec.width, spec.height), interpolation=cv2.INTER_NEAREST) > 127
+
+
+def load_images(
+    paths: list[Path], spec: ImageInput, labels: list[int] | None = None, defect_types: list[str] | None = None,
+    mask_paths: list[Path | None] | None = None,
+) -> LoadedImages:
+    """Decode and preprocess files; skip (warn + count) the ones that cannot be read."""
+    tensors, kept, kept_labels, kept_types, masks, skipped = [], [], [], [], [], []
+    for i, path in enumerate(paths):
+        try:
+            tiles, _ = prepare_image(read_image(path, spec.max_pixels), spec, str(path))
+        except ItemRejected as rejected:
+            log.warning("skipping %s: %s", path, rejected)
+            skipped.append((path, rejected.reason))
+            continue
+        tensors.append(tiles[0])
+        kept.append(path)
+        kept_labels.append(labels[i] if labels else 0)
+        kept_types.append(defect_types[i] if defect_types else "good")
+        masks.append(_read_mask(mask_paths[i], spec) if mask_paths else None)
+    array = np.stack(tensors) if tensors else np.zeros((0, spec.channels, spec.height, spec.width), np.float32)
+    return LoadedImages(array, kept, np.asarray(kept_labels, dtype=np.int64), kept_types, masks, skipped)
+
+
+def load_train_good(root: Path, spec: ImageInput) -> LoadedImages:
+    folder = Path(root) / "train" / "good"
+    paths = list_images(folder)
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no training images found (expected MVTec layout <root>/train/good/*.png)")
+    return load_images(paths, spec)
+
+
+def load_test(root: Path, spec: ImageInput) -> LoadedImages:
+    """Every test/<type>/ folder; 'good' is normal, anything else a defect. Masks where present."""
+    test_root = Path(root) / "test"
+    if not test_root.is_dir():
+        raise FileNotFoundError(f"{test_root}: no test folder (expected <root>/test/good and <root>/test/<defect>)")
+    paths, labels, types, masks = [], [], [], []
+    for folder in sorted(p for p in test_root.iterdir() if p.is_dir()):
+        for image in list_images(folder):
+            paths.append(image)
+            labels.append(0 if folder.name == "good" else 1)
+            types.append(folder.name)
+            masks.append(None if folder.name == "good" else _mask_path(Path(root), folder.name, image))
+    return load_images(paths, spec, labels, types, masks)
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split of n normal items into (train, held-out) indices for calibration."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_hold = max(1, int(round(n * fraction)))
+    if n - n_hold < 1:
+        raise ValueError(f"only {n} normal images: too few to hold out {fraction:.0%} for calibration")
+    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
+
+
+def mnist_one_class(npz_path: Path, anomaly_digit: int, spec: ImageInput, max_train: int | None = None, seed: int = 0):
+    """GANomaly paper protocol: train on the nine other digits of x_train; test on all of x_test.
+
+    Returns (train LoadedImages, test LoadedImages). `max_train` subsamples the training digits
+    (deterministically) to fit a time budget.
+    """
+    with np.load(npz_path) as data:
+        x_train, y_train, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+    normal = np.flatnonzero(y_train != anomaly_digit)
+    if max_train is not None and len(normal) > max_train:
+        normal = np.sort(np.random.default_rng(seed).choice(normal, max_train, replace=False))
+
+    def prepare(images: np.ndarray) -> np.ndarray:
+        return np.stack([prepare_image(img, spec)[0][0] for img in images])
+
+    train = LoadedImages(prepare(x_train[normal]), [Path(f"x_train[{i}]") for i in normal],
+                         np.zeros(len(normal), np.int64), ["good"] * len(normal))
+    labels = (y_test == anomaly_digit).astype(np.int64)
+    test = LoadedImages(prepare(x_test), [Path(f"x_test[{i}]") for i in range(len(x_test))], labels,
+                        [str(d) for d in y_test])
+    return train, test

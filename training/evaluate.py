@@ -1,0 +1,206 @@
+"""Evaluate an exported model (the .onnx file itself, through the inspector's Scorer) on a test set.
+
+Metrics: image AUROC and average precision (anomaly = positive), F1 / precision / recall and the
+false-alarm rate at the card's threshold, per-defect-type AUROC, pixel AUROC where masks exist.
+Writes `metrics.json` and a report folder with ROC curve, score histogram (normal vs defect with the
+threshold line) and a grid of the worst and best test images with heatmap overlays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from inspector.overlay import heatmap_reference, side_by_side
+from inspector.preprocess import read_image
+from inspector.scorer import Rejection, Scorer
+
+from .data import list_images
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64
+MAX_PIXELS_FOR_PIXEL_AUROC = 20_000_000
+
+
+@dataclass
+class TestItem:
+    path: Path | None
+    label: int
+    kind: str
+    mask_path: Path | None = None
+    array: np.ndarray | None = None  # in-memory items (MNIST)
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path else self.kind
+
+
+def list_test_items(root: Path) -> list[TestItem]:
+    test_root = Path(root) / "test"
+    if not test_root.is_dir():
+        raise FileNotFoundError(f"{test_root}: no test folder (expected <root>/test/good and <root>/test/<defect>)")
+    items = []
+    for folder in sorted(p for p in test_root.iterdir() if p.is_dir()):
+        for image in list_images(folder):
+            mask = None
+            if folder.name != "good":
+                candidate = Path(root) / "ground_truth" / folder.name / f"{image.stem}_mask.png"
+                mask = candidate if candidate.is_file() else None
+            items.append(TestItem(image, 0 if folder.name == "good" else 1, folder.name, mask))
+    return items
+
+
+def image_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    labels = labels.astype(bool)
+    predicted = scores >= threshold
+    tp, fp = int(np.sum(predicted & labels)), int(np.sum(predicted & ~labels))
+    fn, tn = int(np.sum(~predicted & labels)), int(np.sum(~predicted & ~labels))
+    out = {"n_normal": int((~labels).sum()), "n_anomalous": int(labels.sum()), "threshold": float(threshold),
+           "true_positives": tp, "false_positives": fp, "false_negatives": fn, "true_negatives": tn,
+           "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
+           "f1": 2 * tp / max(1, 2 * tp + fp + fn), "false_alarm_rate": fp / max(1, fp + tn)}
+    if labels.any() and (~labels).any():
+        out["image_auroc"] = float(roc_auc_score(labels, scores))
+        out["average_precision"] = float(average_precision_score(labels, scores))
+    return out
+
+
+def _plots(report: Path, scores: np.ndarray, labels: np.ndarray, threshold: float, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels.astype(bool)
+    if labels.any() and (~labels).any():
+        fpr, tpr, _ = roc_curve(labels, scores)
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot(fpr, tpr, label=f"AUROC {roc_auc_score(labels, scores):.3f}")
+        ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
+        ax.set_xlabel("false-alarm rate")
+        ax.set_ylabel("recall")
+        ax.set_title(title)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        fig.savefig(report / "roc.png", dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(min(scores.min(), threshold) * 0.95, max(scores.max(), threshold) * 1.05, 40)
+    ax.hist(scores[~labels], bins=bins, alpha=0.6, label="normal")
+    if labels.any():
+        ax.hist(scores[labels], bins=bins, alpha=0.6, label="defect")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    ax.set_xlabel("anomaly score")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(report / "score_histogram.png", dpi=110)
+    plt.close(fig)
+
+
+def _example_grid(report: Path, picks: list[tuple[str, TestItem, float, np.ndarray]], scorer: Scorer) -> None:
+    """Rows of 'frame | overlay' tiles with a caption; written with OpenCV (no extra dependency)."""
+    reference = heatmap_reference(scorer.card, scorer.threshold)
+    tiles = []
+    for caption, item, score, heatmap in picks:
+        frame = item.array if item.array is not None else read_image(item.path)
+        pair = side_by_side(cv2.resize(frame, (160, 160 * frame.shape[0] // frame.shape[1] or 1)), heatmap, reference)
+        pair = cv2.resize(pair, (320, 160))
+        canvas = np.full((184, 320, 3), 255, np.uint8)
+        canvas[24:] = pair
+        cv2.putText(canvas, f"{caption} {item.kind} {score:.2f}", (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+        tiles.append(canvas)
+    if not tiles:
+        return
+    columns = 4
+    while len(tiles) % columns:
+        tiles.append(np.full_like(tiles[0], 255))
+    rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
+    cv2.imwrite(str(report / "examples.png"), np.vstack(rows))
+
+
+def _score_items(scorer: Scorer, items: list[TestItem]) -> tuple[list, list[np.ndarray | None]]:
+    results, heatmaps = [], []
+    for start in range(0, len(items), CHUNK):
+        chunk = items[start:start + CHUNK]
+        if chunk[0].array is not None:
+            out = scorer.score_images([i.array for i in chunk], [i.name for i in chunk])
+        else:
+            out = scorer.score_files([i.path for i in chunk])
+        results.extend(out)
+    for r in results:
+        heatmaps.append(None if isinstance(r, Rejection) else r.heatmap)
+    return results, heatmaps
+
+
+def _pixel_auroc(items: list[TestItem], heatmaps: list[np.ndarray | None]) -> float | None:
+    truth, predicted, total = [], [], 0
+    for item, heatmap in zip(items, heatmaps):
+        if heatmap is None or item.path is None:
+            continue
+        if item.label == 1 and item.mask_path is None:
+            continue
+        size = cv2.imread(str(item.mask_path or item.path), cv2.IMREAD_GRAYSCALE)
+        if size is None:
+            continue
+        mask = size > 127 if item.mask_path else np.zeros(size.shape, bool)
+        total += mask.size
+        if total > MAX_PIXELS_FOR_PIXEL_AUROC:
+            log.warning("pixel AUROC computed on the first %d images only (pixel budget)", len(truth))
+            break
+        truth.append(mask.reshape(-1))
+        predicted.append(cv2.resize(heatmap, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR).reshape(-1))
+    if not truth or not any(t.any() for t in truth):
+        return None
+    return float(roc_auc_score(np.concatenate(truth), np.concatenate(predicted)))
+
+
+def evaluate(scorer: Scorer, items: list[TestItem], out_dir: Path | None, title: str = "") -> dict:
+    """Score `items` with the deployed scorer and compute metrics; write report files if `out_dir`."""
+    results, heatmaps = _score_items(scorer, items)
+    kept = [i for i, r in enumerate(results) if not isinstance(r, Rejection)]
+    rejected = [(items[i].name, results[i].reason) for i, r in enumerate(results) if isinstance(r, Rejection)]
+    for name, reason in rejected:
+        log.warning("evaluation skipped %s (%s)", name, reason)
+    scores = np.array([results[i].raw for i in kept])
+    labels = np.array([items[i].label for i in kept])
+    metrics = image_metrics(scores, labels, scorer.threshold)
+    metrics["rejected"] = len(rejected)
+    metrics["per_defect_auroc"] = {}
+    kinds = sorted({items[i].kind for i in kept if items[i].label == 1})
+    for kind in kinds:
+        sel = [j for j, i in enumerate(kept) if items[i].label == 0 or items[i].kind == kind]
+        if len(set(labels[sel])) == 2:
+            metrics["per_defect_auroc"][kind] = float(roc_auc_score(labels[sel], scores[sel]))
+    pixel = _pixel_auroc([items[i] for i in kept], [heatmaps[i] for i in kept])
+    if pixel is not None:
+        metrics["pixel_auroc"] = pixel
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(out_dir / "metrics.json", metrics)
+        report = out_dir / "report"
+        report.mkdir(exist_ok=True)
+        _plots(report, scores, labels, scorer.threshold, title)
+        if all(heatmaps[i] is not None for i in kept):
+            order = np.argsort(scores)
+            normals = [j for j in order if labels[j] == 0]
+            defects = [j for j in order if labels[j] == 1]
+            picks = ([("worst normal", j) for j in normals[-4:][::-1]] + [("weakest defect", j) for j in defects[:4]]
+                     + [("best defect", j) for j in defects[-4:][::-1]])
+            _example_grid(report, [(c, items[kept[j]], float(scores[j]), heatmaps[kept[j]]) for c, j in picks], scorer)
+    return metrics
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,92 @@
+"""Export a scoring module to ONNX with its card embedded, and prove parity with torch.
+
+The exported graph has a dynamic batch axis and one output per named output of the module's forward.
+At export time the same held-out images are scored by torch and by onnxruntime (through the
+inspector's own Scorer, so the check covers the deployed code path); the largest absolute difference
+of the combined scores is written into the card, and export fails above the tolerance.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from inspector.card import CARD_KEY, ExportInfo, ModelCard
+from inspector.scorer import Scorer, combine_score
+
+from .torch_scoring import run_scoring
+
+INPUT_NAME = "image"
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def to_onnx_model(module: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    module.eval()
+    with torch.no_grad():
+        output_names = list(module(example[:1]).keys())
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example[:1],), buffer, input_names=[INPUT_NAME], output_names=output_names,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
+            opset_version=opset, dynamo=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def write_card(model: onnx.ModelProto, card: ModelCard) -> None:
+    for prop in list(model.metadata_props):
+        if prop.key == CARD_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=CARD_KEY, value=card.to_json())
+    model.producer_name = "qinspector"
+    model.model_version = abs(hash(card.version)) % (2**31)
+
+
+def save_atomic(model: onnx.ModelProto, path: Path) -> None:
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(model.SerializeToString())
+    os.replace(tmp, path)
+
+
+def replace_card(path: Path, card: ModelCard) -> None:
+    """Rewrite the card of an existing .onnx file (e.g. to record evaluation metrics), atomically."""
+    model = onnx.load(str(path))
+    write_card(model, card)
+    save_atomic(model, path)
+
+
+def export_with_parity(module: nn.Module, card: ModelCard, parity_images: np.ndarray, path: Path,
+                       opset: int, tolerance: float, flops: int | None = None) -> ModelCard:
+    """Export, embed the card, then compare torch and onnxruntime scores; returns the final card."""
+    example = torch.from_numpy(np.ascontiguousarray(parity_images[:1]))
+    model = to_onnx_model(module, example, opset)
+    provisional = card.with_updates(export=ExportInfo(opset=opset, parity_max_abs_diff=0.0,
+                                                      parity_tolerance=tolerance, flops_per_item=flops))
+    write_card(model, provisional)
+    save_atomic(model, path)
+
+    torch_outputs = run_scoring(module, parity_images, keep_maps=False)
+    torch_scores = combine_score(torch_outputs, card.score)
+    onnx_scores, _ = Scorer(path).score_tensor(parity_images)
+    diff = float(np.max(np.abs(torch_scores - onnx_scores))) if len(parity_images) else 0.0
+    final = provisional.with_updates(export=ExportInfo(opset=opset, parity_max_abs_diff=diff,
+                                                       parity_tolerance=tolerance, flops_per_item=flops))
+    write_card(model, final)
+    save_atomic(model, path)
+    if diff > tolerance:
+        raise ParityError(f"{path}: onnxruntime and torch scores differ by {diff:.3g}, above the tolerance {tolerance:g}")
+    return final

@@ -1,0 +1,129 @@
+"""The whole job behind `inspector train`: train on normal images, calibrate, export, evaluate.
+
+    train/good --split--> fit part ---------------> GANomaly training loop
+                     \--> held-out part (20%) ---> component scales + threshold (never test/)
+    scoring module + card --> model.onnx (parity-checked) --> evaluation on test/ when present
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import inspector
+from inspector.card import ModelCard, Provenance, ScoreDefinition
+from inspector.scorer import Scorer, combine_score
+
+from .calibrate import calibrate
+from .config import TrainConfig, expand_data_path
+from .data import LoadedImages, load_test, load_train_good, mnist_one_class, split_holdout
+from .evaluate import TestItem, evaluate, list_test_items
+from .export import export_with_parity, replace_card
+from .flops import count_flops
+from .models.ganomaly import GANomalyScoring
+from .torch_scoring import run_scoring
+from .train import train_ganomaly
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+EVALUATION_SUMMARY_KEYS = ("image_auroc", "average_precision", "f1", "recall", "false_alarm_rate", "pixel_auroc",
+                           "n_normal", "n_anomalous")
+
+
+@dataclass
+class FitResult:
+    model_path: Path
+    card: ModelCard
+    metrics: dict | None
+    train_seconds: float
+
+
+def load_training_data(config: TrainConfig) -> tuple[LoadedImages, list[TestItem] | None]:
+    spec = config.input.to_spec()
+    root = config.data.resolved_path
+    if config.data.kind == "mnist":
+        train, test = mnist_one_class(root, config.data.anomaly_digit, spec, config.data.max_train, config.train.seed)
+        with np.load(root) as data:
+            raw_test = data["x_test"]
+        items = [TestItem(None, int(label), kind, None, raw_test[i])
+                 for i, (label, kind) in enumerate(zip(test.labels, test.defect_types))]
+        return train, items
+    train = load_train_good(root, spec)
+    if train.skipped:
+        log.warning("%d unreadable training file(s) skipped", len(train.skipped))
+    items = list_test_items(root) if (root / "test").is_dir() else None
+    return train, items
+
+
+def component_scales(outputs: dict[str, np.ndarray], names: list[str]) -> dict[str, float]:
+    """Median of each component on held-out normal data: scores become 'times a typical normal'."""
+    scales = {}
+    for name in names:
+        values = np.asarray(outputs[name], dtype=np.float64).reshape(-1)
+        median = float(np.median(values))
+        scales[name] = median if median > 0 else max(float(values.mean()), 1e-12)
+    return scales
+
+
+def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
+        evaluate_test: bool = True) -> FitResult:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    spec = config.input.to_spec()
+    normal, test_items = load_training_data(config)
+    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
+    log.info("training on %d normal images, %d held out for calibration", len(fit_idx), len(hold_idx))
+
+    started = time.perf_counter()
+    trained = train_ganomaly(config, normal.tensors[fit_idx], run_dir, resume=resume, progress=progress)
+    scoring = GANomalyScoring(trained.generator, config.score.pool_kernel, config.score.residual).eval()
+
+    held_out = normal.tensors[hold_idx]
+    outputs = run_scoring(scoring, held_out, keep_maps=False)
+    score = ScoreDefinition(weights=dict(config.score.weights),
+                            scales=component_scales(outputs, list(config.score.weights)),
+                            map_output="anomaly_map",
+                            description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
+                                        "median on held-out normal images; anomaly_map = locally averaged "
+                                        f"{config.score.residual} residual (kernel {config.score.pool_kernel})")
+    normal_scores = combine_score(outputs, score)
+    validation = None
+    if config.calibration.method == "f1_optimal":
+        validation = load_test(expand_data_path(config.calibration.validation_path), spec)
+        v_out = run_scoring(scoring, validation.tensors, keep_maps=False)
+        validation = (combine_score(v_out, score), validation.labels)
+    calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
+                            *(validation or (None, None)))
+    created = datetime.now(timezone.utc)
+    card = ModelCard(
+        name=config.name, family="ganomaly", version=f"{config.version}+{created:%Y%m%dT%H%M%SZ}", input=spec,
+        score=score, calibration=calibration,
+        training=Provenance(data=str(config.data.resolved_path), steps=trained.steps, epochs=trained.epochs,
+                            seed=config.train.seed, created=created.isoformat(timespec="seconds"),
+                            train_seconds=round(trained.seconds, 2), package_version=inspector.__version__,
+                            torch_version=torch.__version__, config=config.model_dump(mode="json")),
+    )
+    flops = count_flops(scoring, torch.from_numpy(held_out[:1]))
+    model_path = run_dir / MODEL_FILE
+    card = export_with_parity(scoring, card, held_out, model_path, config.export.opset,
+                              config.export.parity_tolerance, flops)
+    log.info("exported %s (threshold %.4g, parity %.2g, %.1f MFLOPs/item) on %s", model_path,
+             card.calibration.threshold, card.export.parity_max_abs_diff, flops / 1e6, platform.node())
+
+    metrics = None
+    if evaluate_test and test_items:
+        metrics = evaluate(Scorer(model_path), test_items, run_dir, title=config.name)
+        metrics["train_seconds"] = trained.seconds
+        metrics["flops_per_item"] = flops
+        card = card.with_updates(evaluation={k: metrics[k] for k in EVALUATION_SUMMARY_KEYS if k in metrics})
+        replace_card(model_path, card)
+    return FitResult(model_path, card, metrics, time.perf_counter() - started)

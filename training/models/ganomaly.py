@@ -1,0 +1,94 @@
+"""GANomaly (Akcay et al., 2018): encoder -> decoder -> encoder generator plus a DCGAN discriminator.
+
+Training losses (weights configurable, defaults 1 / 50 / 1):
+  adversarial: feature matching, || f(x) - f(G(x)) ||^2 on discriminator features
+  contextual:  || x - G(x) ||_1
+  encoder:     || E(x) - E'(G(x)) ||^2
+
+Scoring outputs (`GANomalyScoring`, the module that is exported to ONNX):
+  latent_distance  mean (E(x) - E'(G(x)))^2            -- the paper's score
+  residual_mean    mean of the per-pixel error          -- global reconstruction error
+  residual_max     max of the locally averaged error    -- small local defects (specks, cracks)
+  anomaly_map      the locally averaged error map (N, 1, H, W), the heatmap
+Which combination is the anomaly score is the card's decision, chosen by the benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .blocks import Decoder, Encoder, dcgan_init, local_mean
+
+
+@dataclass(frozen=True)
+class GANomalyShape:
+    height: int
+    width: int
+    channels: int
+    base_width: int = 16
+    latent_dim: int = 100
+
+
+class GANomaly(nn.Module):
+    """The generator: forward returns the reconstruction and both latent codes by name."""
+
+    def __init__(self, shape: GANomalyShape):
+        super().__init__()
+        self.shape = shape
+        args = (shape.height, shape.width, shape.channels, shape.base_width, shape.latent_dim)
+        self.encoder = Encoder(*args)
+        self.decoder = Decoder(*args)
+        self.encoder_reconstruction = Encoder(*args)
+        dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        latent_in = self.encoder(x)
+        reconstruction = self.decoder(latent_in)
+        latent_out = self.encoder_reconstruction(reconstruction)
+        return {"reconstruction": reconstruction, "latent_in": latent_in, "latent_out": latent_out}
+
+
+class GANomalyDiscriminator(nn.Module):
+    """DCGAN discriminator; forward returns its features (for feature matching) and the logit."""
+
+    def __init__(self, shape: GANomalyShape, spectral_norm: bool = False):
+        super().__init__()
+        self.body = Encoder(shape.height, shape.width, shape.channels, shape.base_width, 1, spectral_norm=spectral_norm)
+        dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.body.features(x)
+        return {"features": features, "logit": self.body.to_latent(features).flatten(1)}
+
+
+def residual_map(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-pixel reconstruction error, averaged over channels: (N, 1, H, W)."""
+    diff = x - reconstruction
+    error = diff.abs() if kind == "l1" else diff.pow(2)
+    return error.mean(dim=1, keepdim=True)
+
+
+class GANomalyScoring(nn.Module):
+    """Exportable scorer: image batch in, named score components and the anomaly map out."""
+
+    def __init__(self, generator: GANomaly, pool_kernel: int = 9, residual: str = "l2"):
+        super().__init__()
+        if residual not in ("l1", "l2"):
+            raise ValueError(f"residual must be 'l1' or 'l2', got {residual!r}")
+        self.generator = generator
+        self.pool_kernel = pool_kernel
+        self.residual = residual
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.generator(image)
+        error = residual_map(image, out["reconstruction"], self.residual)
+        anomaly_map = local_mean(error, self.pool_kernel)
+        return {
+            "latent_distance": (out["latent_in"] - out["latent_out"]).pow(2).flatten(1).mean(dim=1),
+            "residual_mean": error.flatten(1).mean(dim=1),
+            "residual_max": anomaly_map.flatten(1).amax(dim=1),
+            "anomaly_map": anomaly_map,
+        }

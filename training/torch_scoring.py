@@ -1,0 +1,22 @@
+"""Run an exportable scoring module in torch over a tensor set (eval mode, no grad, in batches)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def run_scoring(module: nn.Module, tensors: np.ndarray, batch_size: int = 64,
+                keep_maps: bool = True) -> dict[str, np.ndarray]:
+    """Named outputs of `module` for (N, C, H, W) inputs, concatenated over batches."""
+    module.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(tensors), batch_size):
+        out = module(torch.from_numpy(np.ascontiguousarray(tensors[start:start + batch_size])))
+        for name, value in out.items():
+            if not keep_maps and value.dim() > 1:
+                continue
+            parts.setdefault(name, []).append(value.numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
