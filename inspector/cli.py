@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate a synthetic defect data set, train for about a minute, calibrate, "
                        "export and evaluate; prints the metrics and where the report is.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--steps", type=int, default=400, help="training steps (about a minute on 2 cores)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (about a minute on 2 cores)")
     return parser
 
 

@@ -159,26 +159,37 @@ def tile_origins(length: int, tile: int, overlap: float) -> list[int]:
     return starts
 
 
+def frame_tensor(image: np.ndarray, spec: ImageInput, origin: str = "image") -> np.ndarray:
+    """For `resize: tile`: the whole frame at native resolution, normalised, (C, Hf, Wf) float32.
+    A frame smaller than one tile is brought up to tile size (only upscaling, never downscaling)."""
+    image = ensure_uint8_image(image, origin, spec.max_pixels)
+    pixels = to_model_channels(image, spec, origin)
+    if pixels.shape[0] < spec.height or pixels.shape[1] < spec.width:
+        pixels = _resize(pixels, max(spec.height, pixels.shape[0]), max(spec.width, pixels.shape[1]))
+    return _normalise(pixels, spec)
+
+
+def tiles_from_frame(frame: np.ndarray, spec: ImageInput) -> tuple[np.ndarray, TileLayout]:
+    """(C, Hf, Wf) normalised frame -> (T, C, H, W) tiles on the card's grid, and their layout."""
+    tops = tile_origins(frame.shape[1], spec.height, spec.tile_overlap)
+    lefts = tile_origins(frame.shape[2], spec.width, spec.tile_overlap)
+    origins = tuple((t, l) for t in tops for l in lefts)
+    tiles = np.stack([frame[:, t : t + spec.height, l : l + spec.width] for t, l in origins])
+    return tiles, TileLayout(frame.shape[1], frame.shape[2], origins)
+
+
 def prepare_image(image: np.ndarray, spec: ImageInput, origin: str = "image") -> tuple[np.ndarray, TileLayout | None]:
     """One frame -> model input tiles (T, C, H, W) float32, and their layout for `resize: tile`.
 
     For `stretch` and `center_crop`, T = 1 and the layout is None.
     """
+    if spec.resize == "tile":
+        return tiles_from_frame(frame_tensor(image, spec, origin), spec)
     image = ensure_uint8_image(image, origin, spec.max_pixels)
     pixels = to_model_channels(image, spec, origin)
     if spec.resize == "stretch":
         return _normalise(_resize(pixels, spec.height, spec.width), spec)[None], None
-    if spec.resize == "center_crop":
-        return _normalise(_center_crop(pixels, spec.height, spec.width), spec)[None], None
-    if pixels.shape[0] < spec.height or pixels.shape[1] < spec.width:
-        # A frame smaller than one tile is brought up to tile size (only upscaling, never downscaling).
-        pixels = _resize(pixels, max(spec.height, pixels.shape[0]), max(spec.width, pixels.shape[1]))
-    tops = tile_origins(pixels.shape[0], spec.height, spec.tile_overlap)
-    lefts = tile_origins(pixels.shape[1], spec.width, spec.tile_overlap)
-    origins = tuple((t, l) for t in tops for l in lefts)
-    normalised = _normalise(pixels, spec)
-    tiles = np.stack([normalised[:, t : t + spec.height, l : l + spec.width] for t, l in origins])
-    return tiles, TileLayout(pixels.shape[0], pixels.shape[1], origins)
+    return _normalise(_center_crop(pixels, spec.height, spec.width), spec)[None], None
 
 
 def preprocess_images(images: list[np.ndarray], spec: ImageInput) -> np.ndarray:
@@ -192,7 +203,7 @@ def preprocess_images(images: list[np.ndarray], spec: ImageInput) -> np.ndarray:
 
 def stitch_tiles(maps: np.ndarray, layout: TileLayout) -> np.ndarray:
     """Per-tile maps (T, H, W) -> one frame map, the maximum where tiles overlap."""
-    out = np.zeros((layout.frame_height, layout.frame_width), dtype=np.float32)
+    out = np.full((layout.frame_height, layout.frame_width), -np.inf, dtype=np.float32)
     h, w = maps.shape[1:]
     for tile_map, (top, left) in zip(maps, layout.origins):
         region = out[top : top + h, left : left + w]

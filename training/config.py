@@ -62,7 +62,7 @@ class InputConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    family: Literal["ganomaly"] = "ganomaly"
+    family: Literal["ganomaly", "autoencoder"] = "ganomaly"  # autoencoder: the reference, no GAN losses
     base_width: Annotated[int, Field(ge=4, le=128)] = 16
     latent_dim: Annotated[int, Field(ge=2, le=1024)] = 100
 

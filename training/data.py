@@ -22,7 +22,7 @@ import numpy as np
 
 from inspector.card import ImageInput
 from inspector.errors import ItemRejected
-from inspector.preprocess import IMAGE_SUFFIXES, prepare_image, read_image
+from inspector.preprocess import IMAGE_SUFFIXES, frame_tensor, prepare_image, read_image
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def list_images(folder: Path) -> list[Path]:
 class LoadedImages:
     """Preprocessed model-space tensors (N, C, H, W) with their files; `skipped` counts unreadable ones."""
 
-    tensors: np.ndarray
+    tensors: np.ndarray  # (N, C, H, W), or an object array of (C, Hi, Wi) frames when tiled frames differ in size
     paths: list[Path]
     labels: np.ndarray  # 1 = anomaly, 0 = normal
     defect_types: list[str]
@@ -84,6 +84,14 @@ def _read_mask(path: Path | None, spec: ImageInput) -> np.ndarray | None:
     return cv2.resize(mask, (spec.width, spec.height), interpolation=cv2.INTER_NEAREST) > 127
 
 
+def model_space(image: np.ndarray, spec: ImageInput, origin: str = "image") -> np.ndarray:
+    """The training tensor of one image: the model input, or the whole native frame for tiled models
+    (training then samples random tile-sized crops from it)."""
+    if spec.resize == "tile":
+        return frame_tensor(image, spec, origin)
+    return prepare_image(image, spec, origin)[0][0]
+
+
 def load_images(
     paths: list[Path], spec: ImageInput, labels: list[int] | None = None, defect_types: list[str] | None = None,
     mask_paths: list[Path | None] | None = None,
@@ -92,17 +100,21 @@ def load_images(
     tensors, kept, kept_labels, kept_types, masks, skipped = [], [], [], [], [], []
     for i, path in enumerate(paths):
         try:
-            tiles, _ = prepare_image(read_image(path, spec.max_pixels), spec, str(path))
+            tensor = model_space(read_image(path, spec.max_pixels), spec, str(path))
         except ItemRejected as rejected:
             log.warning("skipping %s: %s", path, rejected)
             skipped.append((path, rejected.reason))
             continue
-        tensors.append(tiles[0])
+        tensors.append(tensor)
         kept.append(path)
         kept_labels.append(labels[i] if labels else 0)
         kept_types.append(defect_types[i] if defect_types else "good")
         masks.append(_read_mask(mask_paths[i], spec) if mask_paths else None)
-    array = np.stack(tensors) if tensors else np.zeros((0, spec.channels, spec.height, spec.width), np.float32)
+    if len({t.shape for t in tensors}) > 1:
+        array = np.empty(len(tensors), dtype=object)  # native frames of different sizes (tiled models)
+        array[:] = tensors
+    else:
+        array = np.stack(tensors) if tensors else np.zeros((0, spec.channels, spec.height, spec.width), np.float32)
     return LoadedImages(array, kept, np.asarray(kept_labels, dtype=np.int64), kept_types, masks, skipped)
 
 
@@ -153,7 +165,7 @@ def mnist_one_class(npz_path: Path, anomaly_digit: int, spec: ImageInput, max_tr
         normal = np.sort(np.random.default_rng(seed).choice(normal, max_train, replace=False))
 
     def prepare(images: np.ndarray) -> np.ndarray:
-        return np.stack([prepare_image(img, spec)[0][0] for img in images])
+        return np.stack([model_space(img, spec) for img in images])
 
     train = LoadedImages(prepare(x_train[normal]), [Path(f"x_train[{i}]") for i in normal],
                          np.zeros(len(normal), np.int64), ["good"] * len(normal))

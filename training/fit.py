@@ -1,7 +1,7 @@
 """The whole job behind `inspector train`: train on normal images, calibrate, export, evaluate.
 
-    train/good --split--> fit part ---------------> GANomaly training loop
-                     \--> held-out part (20%) ---> component scales + threshold (never test/)
+    train/good --split--> fit part (80%) ---------> GANomaly training loop
+               `-------> held-out part (20%) ---> component scales + threshold (never test/)
     scoring module + card --> model.onnx (parity-checked) --> evaluation on test/ when present
 """
 
@@ -19,6 +19,7 @@ import torch
 
 import inspector
 from inspector.card import ModelCard, Provenance, ScoreDefinition
+from inspector.preprocess import tiles_from_frame
 from inspector.scorer import Scorer, combine_score
 
 from .calibrate import calibrate
@@ -44,6 +45,7 @@ class FitResult:
     card: ModelCard
     metrics: dict | None
     train_seconds: float
+    generator: torch.nn.Module
 
 
 def load_training_data(config: TrainConfig) -> tuple[LoadedImages, list[TestItem] | None]:
@@ -61,6 +63,26 @@ def load_training_data(config: TrainConfig) -> tuple[LoadedImages, list[TestItem
         log.warning("%d unreadable training file(s) skipped", len(train.skipped))
     items = list_test_items(root) if (root / "test").is_dir() else None
     return train, items
+
+
+PARITY_ITEMS = 64
+
+
+def model_inputs(tensors: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs for stored training tensors, and which frame each came from: the tensors
+    themselves, or for tiled models the tiles of every native frame."""
+    if spec.resize != "tile":
+        return np.asarray(tensors, dtype=np.float32), np.arange(len(tensors))
+    tiles = [tiles_from_frame(frame, spec)[0] for frame in tensors]
+    owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(tiles)])
+    return np.concatenate(tiles), owner
+
+
+def per_frame_max(scores: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """A frame scores as its worst tile (identity for untiled models)."""
+    out = np.full(int(owner.max()) + 1, -np.inf)
+    np.maximum.at(out, owner, scores)
+    return out
 
 
 def component_scales(outputs: dict[str, np.ndarray], names: list[str]) -> dict[str, float]:
@@ -85,9 +107,10 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
 
     started = time.perf_counter()
     trained = train_ganomaly(config, normal.tensors[fit_idx], run_dir, resume=resume, progress=progress)
-    scoring = GANomalyScoring(trained.generator, config.score.pool_kernel, config.score.residual).eval()
+    scoring = GANomalyScoring(trained.generator, config.score.pool_kernel, config.score.residual,
+                              with_latent="latent_distance" in config.score.weights).eval()
 
-    held_out = normal.tensors[hold_idx]
+    held_out, owner = model_inputs(normal.tensors[hold_idx], spec)
     outputs = run_scoring(scoring, held_out, keep_maps=False)
     score = ScoreDefinition(weights=dict(config.score.weights),
                             scales=component_scales(outputs, list(config.score.weights)),
@@ -95,17 +118,18 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
                                         "median on held-out normal images; anomaly_map = locally averaged "
                                         f"{config.score.residual} residual (kernel {config.score.pool_kernel})")
-    normal_scores = combine_score(outputs, score)
+    normal_scores = per_frame_max(combine_score(outputs, score), owner)
     validation = None
     if config.calibration.method == "f1_optimal":
         validation = load_test(expand_data_path(config.calibration.validation_path), spec)
-        v_out = run_scoring(scoring, validation.tensors, keep_maps=False)
-        validation = (combine_score(v_out, score), validation.labels)
+        v_inputs, v_owner = model_inputs(validation.tensors, spec)
+        v_out = run_scoring(scoring, v_inputs, keep_maps=False)
+        validation = (per_frame_max(combine_score(v_out, score), v_owner), validation.labels)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)))
     created = datetime.now(timezone.utc)
     card = ModelCard(
-        name=config.name, family="ganomaly", version=f"{config.version}+{created:%Y%m%dT%H%M%SZ}", input=spec,
+        name=config.name, family=config.model.family, version=f"{config.version}+{created:%Y%m%dT%H%M%SZ}", input=spec,
         score=score, calibration=calibration,
         training=Provenance(data=str(config.data.resolved_path), steps=trained.steps, epochs=trained.epochs,
                             seed=config.train.seed, created=created.isoformat(timespec="seconds"),
@@ -114,7 +138,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     )
     flops = count_flops(scoring, torch.from_numpy(held_out[:1]))
     model_path = run_dir / MODEL_FILE
-    card = export_with_parity(scoring, card, held_out, model_path, config.export.opset,
+    card = export_with_parity(scoring, card, held_out[:PARITY_ITEMS], model_path, config.export.opset,
                               config.export.parity_tolerance, flops)
     log.info("exported %s (threshold %.4g, parity %.2g, %.1f MFLOPs/item) on %s", model_path,
              card.calibration.threshold, card.export.parity_max_abs_diff, flops / 1e6, platform.node())
@@ -126,4 +150,4 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         metrics["flops_per_item"] = flops
         card = card.with_updates(evaluation={k: metrics[k] for k in EVALUATION_SUMMARY_KEYS if k in metrics})
         replace_card(model_path, card)
-    return FitResult(model_path, card, metrics, time.perf_counter() - started)
+    return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator)

@@ -43,6 +43,17 @@ def build_models(config: TrainConfig) -> tuple[GANomaly, GANomalyDiscriminator]:
     return GANomaly(shape), GANomalyDiscriminator(shape)
 
 
+def random_crops(items: list[torch.Tensor], height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """A batch of tile-sized crops at random places of native-resolution frames (tiled models); for
+    whole-frame models the items already have the input size and are just stacked."""
+    crops = []
+    for item in items:
+        top = int(torch.randint(0, item.shape[-2] - height + 1, (1,), generator=generator))
+        left = int(torch.randint(0, item.shape[-1] - width + 1, (1,), generator=generator))
+        crops.append(item[:, top:top + height, left:left + width])
+    return torch.stack(crops)
+
+
 def augment(batch: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Random flips / quarter turns, per item. Only label-preserving for parts without a fixed pose."""
     options = config.train.augment
@@ -104,7 +115,8 @@ class _LossLog:
 
 def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resume: bool = False,
                    progress: bool = True) -> TrainResult:
-    """Train on normal images (N, C, H, W) float32 in model space; returns the generator in eval mode."""
+    """Train on normal images in model space ((C, H, W) float32 items: model inputs, or native frames
+    for tiled models); returns the generator in eval mode."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -115,6 +127,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.train.lr, betas=betas)
     sampler = torch.Generator().manual_seed(config.train.seed)
     step, epoch, elapsed = 0, 0, 0.0
+    order, position = None, 0  # the current epoch's permutation and how far into it we are
     checkpoint_path = run_dir / CHECKPOINT
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=True)
@@ -124,16 +137,20 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         opt_d.load_state_dict(state["opt_d"])
         sampler.set_state(state["sampler"])
         step, epoch, elapsed = int(state["step"]), int(state["epoch"]), float(state["seconds"])
+        order, position = state["order"], int(state["position"])
         log.info("resumed from %s at step %d", checkpoint_path, step)
     losses_log = _LossLog(run_dir / LOSSES, resume and step > 0)
 
-    data = torch.from_numpy(images)
+    data = [torch.from_numpy(np.ascontiguousarray(item)) for item in images]
     n = len(data)
     if n == 0:
         raise ValueError("no training images")
     batch_size = min(config.train.batch_size, n)
     weights = config.loss
     bce = nn.BCEWithLogitsLoss()
+    ganomaly = config.model.family == "ganomaly"
+    adversarial = ganomaly and weights.adversarial > 0
+    encoder_weight = weights.encoder if ganomaly else 0.0
     generator.train()
     discriminator.train()
     started = time.perf_counter() - elapsed
@@ -144,51 +161,66 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
             "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "sampler": sampler.get_state(),
             "step": step, "epoch": epoch, "seconds": time.perf_counter() - started,
+            "order": order, "position": position,
         }, checkpoint_path)
 
     bar = tqdm(total=config.train.steps, initial=step, disable=not progress, desc="train", unit="step", leave=False)
     while step < config.train.steps:
-        order = torch.randperm(n, generator=sampler)
-        for start in range(0, n - batch_size + 1, batch_size):
-            if step >= config.train.steps:
-                break
-            x = augment(data[order[start:start + batch_size]], config, sampler)
-            out = generator(x)
-            fake = out["reconstruction"]
+        if order is None or position + batch_size > n:
+            if order is not None:  # an epoch just ended
+                epoch += 1
+                losses_log.flush(epoch, step, time.perf_counter() - started)
+                if time.perf_counter() - last_checkpoint >= config.train.checkpoint_min_interval_s:
+                    save()
+                    last_checkpoint = time.perf_counter()
+            order, position = torch.randperm(n, generator=sampler), 0
+        picked = [data[i] for i in order[position:position + batch_size].tolist()]
+        position += batch_size
+        x = random_crops(picked, config.input.height, config.input.width, sampler)
+        x = augment(x, config, sampler)
+        out = generator(x)
+        fake = out["reconstruction"]
 
-            # Generator: match discriminator features, reconstruct, keep latent codes consistent.
+        # Generator: match discriminator features, reconstruct, keep latent codes consistent.
+        loss_con = (fake - x).abs().mean()
+        loss_enc = (out["latent_out"] - out["latent_in"]).pow(2).mean()
+        if not adversarial:
+            loss_adv = torch.zeros(())
+        else:
             real_features = discriminator(x)["features"].detach()
             loss_adv = (discriminator(fake)["features"] - real_features).pow(2).mean()
-            loss_con = (fake - x).abs().mean()
-            loss_enc = (out["latent_out"] - out["latent_in"]).pow(2).mean()
-            loss_g = weights.adversarial * loss_adv + weights.contextual * loss_con + weights.encoder * loss_enc
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+        loss_g = weights.adversarial * loss_adv + weights.contextual * loss_con + encoder_weight * loss_enc
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
 
-            # Discriminator: real vs reconstructed.
+        # Discriminator: real vs reconstructed (skipped for a plain autoencoder, adversarial weight 0).
+        loss_d = torch.zeros(())
+        if adversarial:
             logits_real = discriminator(x)["logit"]
             logits_fake = discriminator(fake.detach())["logit"]
-            loss_d = 0.5 * (bce(logits_real, torch.ones_like(logits_real)) + bce(logits_fake, torch.zeros_like(logits_fake)))
+            loss_d = 0.5 * (bce(logits_real, torch.ones_like(logits_real))
+                            + bce(logits_fake, torch.zeros_like(logits_fake)))
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
             if loss_d.item() < config.train.discriminator_reset_below:
                 dcgan_init(discriminator)
 
-            step += 1
-            losses = {"discriminator": loss_d.item(), "adversarial": loss_adv.item(), "contextual": loss_con.item(),
-                      "encoder": loss_enc.item(), "generator": loss_g.item()}
-            losses_log.add(losses)
-            bar.update(1)
-            bar.set_postfix(d=f"{losses['discriminator']:.3f}", con=f"{losses['contextual']:.4f}",
-                            enc=f"{losses['encoder']:.4f}")
-        epoch += 1
-        losses_log.flush(epoch, step, time.perf_counter() - started)
-        if time.perf_counter() - last_checkpoint >= config.train.checkpoint_min_interval_s:
-            save()
-            last_checkpoint = time.perf_counter()
+        step += 1
+        losses = {"discriminator": loss_d.item(), "adversarial": loss_adv.item(), "contextual": loss_con.item(),
+                  "encoder": loss_enc.item(), "generator": loss_g.item()}
+        losses_log.add(losses)
+        bar.update(1)
+        bar.set_postfix(d=f"{losses['discriminator']:.3f}", con=f"{losses['contextual']:.4f}",
+                        enc=f"{losses['encoder']:.4f}")
     bar.close()
+    if position + batch_size > n:  # the last step finished an epoch
+        epoch += 1
+        order, position = None, 0
+        losses_log.flush(epoch, step, time.perf_counter() - started)
+    else:  # stopped inside an epoch: its losses so far get a row of their own, labelled with that epoch
+        losses_log.flush(epoch + 1, step, time.perf_counter() - started)
     save()
     generator.eval()
     return TrainResult(generator, step, epoch, time.perf_counter() - started)

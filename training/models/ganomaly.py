@@ -74,21 +74,26 @@ def residual_map(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> to
 class GANomalyScoring(nn.Module):
     """Exportable scorer: image batch in, named score components and the anomaly map out."""
 
-    def __init__(self, generator: GANomaly, pool_kernel: int = 9, residual: str = "l2"):
+    def __init__(self, generator: GANomaly, pool_kernel: int = 9, residual: str = "l2", with_latent: bool = True):
         super().__init__()
         if residual not in ("l1", "l2"):
             raise ValueError(f"residual must be 'l1' or 'l2', got {residual!r}")
         self.generator = generator
         self.pool_kernel = pool_kernel
         self.residual = residual
+        self.with_latent = with_latent  # the second encoder costs a third of the FLOPs: export it only if scored
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.generator(image)
-        error = residual_map(image, out["reconstruction"], self.residual)
+        generator = self.generator
+        latent_in = generator.encoder(image)
+        reconstruction = generator.decoder(latent_in)
+        error = residual_map(image, reconstruction, self.residual)
         anomaly_map = local_mean(error, self.pool_kernel)
-        return {
-            "latent_distance": (out["latent_in"] - out["latent_out"]).pow(2).flatten(1).mean(dim=1),
-            "residual_mean": error.flatten(1).mean(dim=1),
-            "residual_max": anomaly_map.flatten(1).amax(dim=1),
-            "anomaly_map": anomaly_map,
-        }
+        outputs = {}
+        if self.with_latent:
+            latent_out = generator.encoder_reconstruction(reconstruction)
+            outputs["latent_distance"] = (latent_in - latent_out).pow(2).flatten(1).mean(dim=1)
+        outputs["residual_mean"] = error.flatten(1).mean(dim=1)
+        outputs["residual_max"] = anomaly_map.flatten(1).amax(dim=1)
+        outputs["anomaly_map"] = anomaly_map
+        return outputs

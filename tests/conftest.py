@@ -1,0 +1,64 @@
+"""Shared fixtures: the real data folder (skip with a reason when absent) and tiny trained models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("QI_DATA", ROOT.parent / "shared" / "data"))
+os.environ.setdefault("QI_DATA", str(DATA))
+PIPED_CLASS = DATA / "piped" / "PA_BDP01_TL"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set QI_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def piped_class() -> Path:
+    return require(PIPED_CLASS)
+
+
+def tiny_config(data: Path, **overrides) -> dict:
+    """A model small enough to train in a few seconds: the point is the plumbing, not accuracy."""
+    raw = {
+        "name": "tiny", "data": {"path": str(data)},
+        "input": {"height": 32, "width": 32, "channels": 3, "color_order": "rgb", "resize": "stretch"},
+        "model": {"base_width": 8, "latent_dim": 16},
+        "train": {"steps": 4, "batch_size": 8, "threads": 1},
+        "score": {"weights": {"residual_max": 1.0}, "pool_kernel": 3},
+    }
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_piped_run(piped_class, tmp_path_factory):
+    """A tiny GANomaly trained on a real PIPED class, exported with its card (no test evaluation)."""
+    from training.config import validate_train_config
+    from training.fit import fit
+
+    config = validate_train_config(tiny_config(piped_class), "tiny")
+    run = tmp_path_factory.mktemp("tiny_piped")
+    return fit(config, run, progress=False, evaluate_test=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_tiled_run(piped_class, tmp_path_factory):
+    """Same, scored at native resolution in 32x32 tiles."""
+    from training.config import validate_train_config
+    from training.fit import fit
+
+    config = validate_train_config(tiny_config(piped_class, **{"input.resize": "tile", "input.tile_overlap": 0.5}), "tiny")
+    run = tmp_path_factory.mktemp("tiny_tiled")
+    return fit(config, run, progress=False, evaluate_test=False)

@@ -1,0 +1,90 @@
+"""The model card: round trip through the .onnx file, and one-sentence refusal of bad cards."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from inspector.card import CARD_KEY, parse_card
+from inspector.errors import ModelCardError
+from inspector.scorer import Scorer
+
+
+def _rewrite_card(src, dst, mutate):
+    model = onnx.load(str(src))
+    for prop in model.metadata_props:
+        if prop.key == CARD_KEY:
+            data = json.loads(prop.value)
+            result = mutate(data)
+            prop.value = result if isinstance(result, str) else json.dumps(data)
+    onnx.save(model, str(dst))
+
+
+def test_card_round_trips_through_the_onnx_file(tiny_piped_run):
+    card = tiny_piped_run.card
+    loaded = Scorer(tiny_piped_run.model_path).card
+    assert loaded == card
+    assert parse_card(card.to_json()) == card
+    assert loaded.input.channels == 3 and loaded.input.color_order == "rgb"
+    assert loaded.calibration.method == "quantile" and loaded.calibration.threshold > 0
+    assert {"p50", "p99", "max"} <= set(loaded.calibration.quantiles)
+    assert loaded.training.steps == 4 and loaded.export.parity_max_abs_diff <= loaded.export.parity_tolerance
+
+
+def test_onnx_without_card_is_refused(tiny_piped_run, tmp_path):
+    model = onnx.load(str(tiny_piped_run.model_path))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ModelCardError, match="has no model card"):
+        Scorer(tmp_path / "bare.onnx")
+
+
+def test_newer_card_format_is_refused(tiny_piped_run, tmp_path):
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "new.onnx", lambda d: d.update(format_version=99))
+    with pytest.raises(ModelCardError, match="format 99 is newer"):
+        Scorer(tmp_path / "new.onnx")
+
+
+def test_card_that_disagrees_with_the_graph_is_refused(tiny_piped_run, tmp_path):
+    def gray(d):
+        d["input"].update(channels=1, color_order="gray", mean=[0.5], std=[0.5])
+
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "gray.onnx", gray)
+    with pytest.raises(ModelCardError, match=r"card says input .* but the graph takes"):
+        Scorer(tmp_path / "gray.onnx")
+
+
+def test_card_scoring_an_output_the_graph_lacks_is_refused(tiny_piped_run, tmp_path):
+    def latent(d):
+        d["score"]["weights"] = {"latent_distance": 1.0}
+        d["score"]["scales"] = {"latent_distance": 1.0}
+
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "latent.onnx", latent)
+    with pytest.raises(ModelCardError, match="does not have"):
+        Scorer(tmp_path / "latent.onnx")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    ('{"format_version": 1}', "is required but missing"),
+])
+def test_broken_card_text_gives_one_sentence(text, message):
+    with pytest.raises(ModelCardError, match=message) as info:
+        parse_card(text, "m.onnx")
+    assert "\n" not in str(info.value)
+
+
+def test_invalid_threshold_in_card_names_the_field(tiny_piped_run, tmp_path):
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "thr.onnx", lambda d: d["calibration"].update(threshold=-1))
+    with pytest.raises(ModelCardError, match=r"card\.calibration\.threshold"):
+        Scorer(tmp_path / "thr.onnx")
+
+
+def test_threshold_override_needs_no_re_export(tiny_piped_run):
+    scorer = Scorer(tiny_piped_run.model_path, threshold=123.0)
+    assert scorer.threshold == 123.0 and scorer.card.calibration.threshold != 123.0
+    with pytest.raises(ModelCardError, match="positive number"):
+        Scorer(tiny_piped_run.model_path, threshold=0.0)

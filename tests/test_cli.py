@@ -1,0 +1,99 @@
+"""The command line as a user meets it: train -> evaluate -> score on a real PIPED class, and one clear
+line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.data import list_images
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def inspector(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inspector.cli", *args], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=300)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(piped_class, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = inspector("--log-level", "WARNING", "train", "--data", str(piped_class), "--out", str(out),
+                       "--steps", "3", "--no-progress", "--set", "input.height=32", "--set", "input.width=32",
+                       "--set", "model.base_width=8", "--set", "train.threads=1")
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_train_exports_a_calibrated_model_and_evaluates_it(trained):
+    out, result = trained
+    assert "model: " in result.stdout and "image_auroc" in result.stdout
+    for name in ("model.onnx", "checkpoint.pt", "losses.csv", "metrics.json", "config.json",
+                 "report/roc.png", "report/score_histogram.png", "report/examples.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_normal"] == 16 and metrics["n_anomalous"] == 48 and 0 <= metrics["image_auroc"] <= 1
+
+
+def test_evaluate_writes_metrics_for_an_exported_model(trained, piped_class, tmp_path):
+    out, _ = trained
+    result = inspector("--log-level", "WARNING", "evaluate", str(out / "model.onnx"), "--data", str(piped_class),
+                       "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["n_anomalous"] == 48
+    assert (tmp_path / "report" / "roc.png").stat().st_size > 1000
+
+
+def test_score_prints_one_json_line_per_image_and_rejects_bad_files(trained, piped_class, tmp_path):
+    out, _ = trained
+    good = list_images(piped_class / "test" / "good")[:2]
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(good[0].read_bytes()[:64])
+    result = inspector("score", str(out / "model.onnx"), *map(str, good), str(corrupt))
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(good[0]), str(good[1]), str(corrupt)]
+    assert {"score", "normalised", "verdict"} <= set(lines[0])
+    assert lines[2]["rejected"] == "decode_failed" and "corrupt.png" in lines[2]["error"]
+    assert result.returncode == 1  # a file could not be scored
+
+
+def test_card_command_prints_the_card(trained):
+    out, _ = trained
+    result = inspector("card", str(out / "model.onnx"))
+    card = json.loads(result.stdout)
+    assert card["family"] == "ganomaly" and card["input"]["height"] == 32
+
+
+def test_a_non_onnx_model_file_is_one_clear_line(tmp_path):
+    fake = tmp_path / "model.onnx"
+    fake.write_text("hello")
+    result = inspector("score", str(fake), "x.png")
+    assert result.returncode == 2
+    assert "not a loadable ONNX model" in error_line(result)
+
+
+def test_a_misspelled_config_key_is_one_line_naming_it(tmp_path):
+    config = tmp_path / "line.yaml"
+    config.write_text("name: x\ndata: {path: somewhere}\ntrain: {stpes: 10}\n")
+    result = inspector("train", "-c", str(config))
+    assert result.returncode == 2
+    line = error_line(result)
+    assert str(config) in line and "unknown field 'train.stpes'" in line
+
+
+def test_missing_data_folder_is_one_clear_line(tmp_path):
+    result = inspector("train", "--data", str(tmp_path / "nowhere"), "--no-progress")
+    assert result.returncode == 2
+    assert "no training images found" in error_line(result)

@@ -1,0 +1,99 @@
+"""One preprocessing: training and inspector produce identical tensors from the same file."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from inspector.card import ImageInput
+from inspector.errors import ItemRejected
+from inspector.preprocess import (decode_image, prepare_image, read_image, stitch_tiles, tile_origins,
+                                  tiles_from_frame, frame_tensor)
+from training.data import list_images, load_images, load_train_good
+
+COLOUR = ImageInput(height=64, width=64, channels=3, color_order="rgb", mean=(0.5,) * 3, std=(0.5,) * 3)
+GRAY = ImageInput(height=32, width=48, channels=1, color_order="gray")
+
+
+def test_training_loader_and_inspector_give_identical_tensors(piped_class):
+    loaded = load_train_good(piped_class, COLOUR)
+    for tensor, path in zip(loaded.tensors[:5], loaded.paths[:5]):
+        tiles, layout = prepare_image(read_image(path), COLOUR, str(path))
+        assert layout is None
+        assert np.array_equal(tiles[0], tensor)
+
+
+def test_preprocessing_is_deterministic_and_in_model_range(piped_class):
+    path = list_images(piped_class / "train" / "good")[0]
+    a, _ = prepare_image(read_image(path), COLOUR)
+    b, _ = prepare_image(read_image(path), COLOUR)
+    assert np.array_equal(a, b)
+    assert a.shape == (1, 3, 64, 64) and a.dtype == np.float32
+    assert -1.0 <= a.min() and a.max() <= 1.0
+
+
+def test_rgb_model_gets_rgb_order():
+    blue = np.zeros((20, 20, 3), np.uint8)
+    blue[..., 0] = 255  # OpenCV frames are BGR
+    tiles, _ = prepare_image(blue, COLOUR)
+    assert tiles[0, 2].mean() == pytest.approx(1.0) and tiles[0, 0].mean() == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("shape", [(7, 300), (1000, 33, 3), (480, 640, 4), (64, 64, 1)])
+def test_any_frame_geometry_becomes_the_model_input(shape):
+    frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    tiles, _ = prepare_image(frame, GRAY)
+    assert tiles.shape == (1, 1, 32, 48)
+
+
+def test_grayscale_frame_into_colour_model_is_rejected_with_reason():
+    with pytest.raises(ItemRejected) as info:
+        prepare_image(np.zeros((64, 64), np.uint8), COLOUR, "cam0#12")
+    assert info.value.reason == "wrong_channels"
+    assert "cam0#12" in str(info.value) and "grayscale" in str(info.value)
+
+
+def test_corrupt_and_empty_files_are_rejected_with_reasons(tmp_path, piped_class):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(list_images(piped_class / "train" / "good")[0].read_bytes()[:200])
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    reasons = {}
+    for path in (empty, truncated, text, tmp_path / "missing.png"):
+        with pytest.raises(ItemRejected) as info:
+            read_image(path)
+        reasons[path.name] = info.value.reason
+        assert path.name in str(info.value)
+    assert reasons == {"empty.png": "empty_file", "truncated.png": "decode_failed", "notes.png": "decode_failed",
+                       "missing.png": "file_missing"}
+
+
+def test_huge_image_is_refused_from_its_header_before_decoding():
+    ok, png = cv2.imencode(".png", np.zeros((300, 400), np.uint8))
+    with pytest.raises(ItemRejected) as info:
+        decode_image(png.tobytes(), "big.png", max_pixels=100_000)
+    assert info.value.reason == "too_large"
+
+
+def test_training_skips_unreadable_files_and_counts_them(tmp_path, piped_class):
+    good = list_images(piped_class / "train" / "good")[:3]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    loaded = load_images(good + [bad], COLOUR)
+    assert len(loaded) == 3
+    assert loaded.skipped == [(bad, "decode_failed")]
+
+
+def test_tiles_cover_the_frame_and_stitch_back():
+    assert tile_origins(128, 64, 0.0) == [0, 64]
+    assert tile_origins(128, 64, 0.5) == [0, 32, 64]
+    assert tile_origins(100, 64, 0.0) == [0, 36]
+    spec = ImageInput(height=32, width=32, channels=1, color_order="gray", resize="tile")
+    frame = np.random.default_rng(1).integers(0, 255, (70, 90), dtype=np.uint8)
+    tiles, layout = tiles_from_frame(frame_tensor(frame, spec), spec)
+    assert tiles.shape[1:] == (1, 32, 32) and len(tiles) == 3 * 3
+    stitched = stitch_tiles(tiles[:, 0], layout)
+    assert np.allclose(stitched, frame_tensor(frame, spec)[0])

@@ -1,0 +1,71 @@
+"""The GANomaly model and the training loop: named outputs, geometry, checkpoints, resume."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import validate_train_config
+from training.data import load_train_good
+from training.models.ganomaly import GANomaly, GANomalyDiscriminator, GANomalyScoring, GANomalyShape
+from training.train import CHECKPOINT, LOSSES, train_ganomaly
+
+from .conftest import tiny_config
+
+
+@pytest.mark.parametrize("height, width, channels", [(32, 32, 1), (64, 96, 3), (256, 256, 1), (48, 80, 3)])
+def test_ganomaly_handles_sizes_from_32_to_256_square_or_not(height, width, channels):
+    shape = GANomalyShape(height, width, channels, base_width=4, latent_dim=8)
+    x = torch.rand(2, channels, height, width) * 2 - 1
+    out = GANomaly(shape).eval()(x)
+    assert set(out) == {"reconstruction", "latent_in", "latent_out"}
+    assert out["reconstruction"].shape == x.shape
+    assert out["latent_in"].shape == out["latent_out"].shape == (2, 8, 1, 1)
+    assert GANomalyDiscriminator(shape)(x)["logit"].shape == (2, 1)
+    scores = GANomalyScoring(GANomaly(shape).eval(), pool_kernel=4)(x)
+    assert scores["anomaly_map"].shape == (2, 1, height, width)
+    assert {k: v.shape for k, v in scores.items() if k != "anomaly_map"} == {
+        "latent_distance": (2,), "residual_mean": (2,), "residual_max": (2,)}
+
+
+def test_scoring_in_eval_mode_is_independent_of_batch_company():
+    shape = GANomalyShape(32, 32, 1, base_width=4, latent_dim=8)
+    model = GANomalyScoring(GANomaly(shape)).eval()
+    x = torch.rand(6, 1, 32, 32)
+    with torch.no_grad():
+        together = model(x)["latent_distance"]
+        alone = torch.cat([model(x[i:i + 1])["latent_distance"] for i in range(6)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-7)
+
+
+def test_input_size_not_a_multiple_of_16_is_a_config_error():
+    from inspector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"field 'input.height'.*multiple of 16"):
+        validate_train_config({"data": {"path": "x"}, "input": {"height": 100}}, "cfg.yaml")
+
+
+def test_training_writes_losses_and_checkpoint_and_resume_continues_exactly(piped_class, tmp_path):
+    raw = tiny_config(piped_class, **{"train.steps": 6, "train.augment": {"hflip": True, "rot90": True}})
+    config = validate_train_config(raw, "tiny")
+    images = load_train_good(piped_class, config.input.to_spec()).tensors[:16]
+
+    straight = train_ganomaly(config, images, tmp_path / "straight", progress=False)
+    half = validate_train_config({**raw, "train": {**raw["train"], "steps": 3}}, "tiny")
+    train_ganomaly(half, images, tmp_path / "resumed", progress=False)
+    resumed = train_ganomaly(config, images, tmp_path / "resumed", resume=True, progress=False)
+
+    assert straight.steps == resumed.steps == 6
+    for a, b in zip(straight.generator.state_dict().values(), resumed.generator.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    state = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
+    assert state["step"] == 6
+    straight_rows = list(csv.DictReader((tmp_path / "straight" / LOSSES).open()))
+    resumed_rows = list(csv.DictReader((tmp_path / "resumed" / LOSSES).open()))
+    # 16 images / batch 8: two steps an epoch; the interrupted epoch 2 is logged in two parts
+    assert [(int(r["epoch"]), int(r["step"])) for r in straight_rows] == [(1, 2), (2, 4), (3, 6)]
+    assert [(int(r["epoch"]), int(r["step"])) for r in resumed_rows] == [(1, 2), (2, 3), (2, 4), (3, 6)]
+    assert all(np.isfinite(float(r["contextual"])) for r in resumed_rows)
