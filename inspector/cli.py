@@ -26,6 +26,7 @@ typical use:
   inspector evaluate runs/bdp01/model.onnx --data ../shared/data/piped/PA_BDP01_TL
   inspector score runs/bdp01/model.onnx part1.png part2.png    one JSON line per image
   inspector card runs/bdp01/model.onnx                          print the model card
+  inspector run -c configs/line1.yaml                           the streaming daemon (metrics on :9108)
 """
 
 
@@ -77,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_score(sub)
+    p = sub.add_parser("run", help="the inspector daemon: stream sources through the model, serve metrics",
+                       description="Run the inspector daemon described by a YAML config (see configs/line1.yaml): "
+                       "sources -> bounded queues -> micro-batches -> model -> journal, evidence, Prometheus metrics "
+                       "on /metrics and /healthz. SIGTERM or Ctrl-C drains the queues and exits 0.")
+    p.add_argument("-c", "--config", type=Path, required=True)
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="exit once every source has finished (video files without loop), after draining")
+    p.add_argument("--check", action="store_true", help="validate the config and the model, then exit")
     p = sub.add_parser("card", help="print a model's card (JSON)")
     p.add_argument("model", type=Path)
     p = sub.add_parser("demo", help="the one-command demo on generated data (needs the train extra)",
@@ -105,6 +114,21 @@ def _score(args) -> int:
     return 1 if failed else 0
 
 
+def _run(args) -> int:
+    from .config import load_daemon_config
+    from .daemon import Daemon, configure_logging
+
+    config = load_daemon_config(args.config)
+    configure_logging(config.logging.level, config.logging.format)
+    daemon = Daemon(config, exit_when_done=args.exit_when_done)
+    if args.check:
+        print(f"{args.config}: ok (model {daemon.scorer.card.name} {daemon.scorer.card.version}, "
+              f"{len(daemon.sources)} source(s))")
+        return 0
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
 def _card(args) -> int:
     from .scorer import Scorer
 
@@ -121,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             return _score(args)
         if args.command == "card":
             return _card(args)
+        if args.command == "run":
+            return _run(args)
         try:
             from training import cli as training_cli
         except ImportError as exc:

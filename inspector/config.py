@@ -1,0 +1,193 @@
+"""Typed, validated daemon configuration (`inspector run -c line.yaml`).
+
+The daemon refuses to start on any problem, with one sentence naming the file, the field and what
+was expected: unknown keys (a misspelled key must not silently fall back to a default), wrong
+types, a missing model file, a folder source whose folder does not exist, a video file that is
+not there. YAML is read with the safe loader. Relative paths are relative to the config file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, describe_validation_error
+
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Strict):
+    path: Path
+    threshold: Annotated[float, Field(gt=0)] | None = None  # overrides the card's threshold
+    intra_op_threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0 = onnxruntime's default (all cores)
+    inter_op_threads: Annotated[int, Field(ge=1, le=256)] = 1
+    optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class Backoff(_Strict):
+    initial_s: Annotated[float, Field(gt=0)] = 0.5
+    max_s: Annotated[float, Field(gt=0)] = 30.0
+    factor: Annotated[float, Field(ge=1)] = 2.0
+
+
+class _SourceBase(_Strict):
+    name: str
+    policy: Literal["drop_oldest", "block"] | None = None  # default: drop_oldest for live streams, block otherwise
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not SOURCE_NAME.match(name):
+            raise ValueError("source names are 1-63 letters, digits, '_', '.', '-' and start with a letter or digit")
+        return name
+
+
+class CameraSource(_SourceBase):
+    """cv2.VideoCapture on a device index, a video file, or an rtsp:// / http(s):// URL."""
+
+    kind: Literal["camera"]
+    uri: Union[int, str]
+    realtime: bool = True  # video files: pace frames at the file's frame rate
+    loop: bool = False  # video files: start again at the end (soak tests, demos)
+    reconnect: Backoff = Backoff()
+    read_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+
+    @property
+    def is_file(self) -> bool:
+        return isinstance(self.uri, str) and "://" not in self.uri
+
+    @property
+    def effective_policy(self) -> str:
+        return self.policy or ("block" if self.is_file else "drop_oldest")
+
+
+class FolderSource(_SourceBase):
+    """Watch a directory for new image files; existing files first, in name order."""
+
+    kind: Literal["folder"]
+    path: Path
+    patterns: list[str] = Field(default_factory=lambda: ["*.png", "*.jpg", "*.jpeg", "*.bmp", "*.tif", "*.tiff"])
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    settle_s: Annotated[float, Field(ge=0, le=60)] = 0.3  # size and mtime unchanged this long = fully written
+    move_processed: bool = True  # scored files to done/, unreadable ones to rejected/
+    incomplete_grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # an undecodable file this fresh may still be arriving
+
+    @property
+    def effective_policy(self) -> str:
+        return self.policy or "block"
+
+
+SourceSettings = Annotated[Union[CameraSource, FolderSource], Field(discriminator="kind")]
+
+
+class Batching(_Strict):
+    max_batch: Annotated[int, Field(ge=1, le=1024)] = 32
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0
+
+
+class QueueSettings(_Strict):
+    size: Annotated[int, Field(ge=1, le=100_000)] = 256  # per source
+
+
+class MetricsSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108  # 0 = pick a free port (tests)
+    drift_window: Annotated[int, Field(ge=10, le=1_000_000)] = 500
+
+
+class JournalSettings(_Strict):
+    path: Path = Path("journal/decisions.jsonl")
+    max_bytes: Annotated[int, Field(ge=1024)] = 50_000_000
+    backups: Annotated[int, Field(ge=0, le=1000)] = 5
+    fsync: bool = False  # fsync after every batch: survives power loss, costs a disk sync per batch
+
+
+class EvidenceSettings(_Strict):
+    dir: Path | None = Path("evidence")
+    max_files: Annotated[int, Field(ge=1)] = 1000
+    max_bytes: Annotated[int, Field(ge=1)] = 500_000_000
+
+
+class LoggingSettings(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    status_interval_s: Annotated[float, Field(ge=0)] = 10.0  # periodic one-line status; 0 = off
+
+
+class DaemonConfig(_Strict):
+    model: ModelSettings
+    sources: Annotated[list[SourceSettings], Field(min_length=1)]
+    batching: Batching = Batching()
+    queue: QueueSettings = QueueSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    journal: JournalSettings = JournalSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "DaemonConfig":
+        names = [s.name for s in self.sources]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"source names must be unique, repeated: {duplicates}")
+        return self
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _check_files(config: DaemonConfig, source: Path) -> None:
+    if not config.model.path.is_file():
+        raise ConfigError(f"{source}: field 'model.path': model file {config.model.path} does not exist")
+    for index, settings in enumerate(config.sources):
+        field = f"sources.{index}"
+        if isinstance(settings, FolderSource) and not settings.path.is_dir():
+            raise ConfigError(f"{source}: field '{field}.path': folder {settings.path} does not exist")
+        if isinstance(settings, CameraSource) and settings.is_file and not Path(settings.uri).is_file():
+            raise ConfigError(f"{source}: field '{field}.uri': video file {settings.uri} does not exist "
+                              "(use an integer for a camera device, or an rtsp:// or http:// URL)")
+
+
+def parse_daemon_config(raw: object, source: str | Path, base: Path | None = None, check_files: bool = True) -> DaemonConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of fields at the top level")
+    try:
+        config = DaemonConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None
+    base = base or Path(".")
+    config.model.path = _resolve(config.model.path, base)
+    config.journal.path = _resolve(config.journal.path, base)
+    if config.evidence.dir is not None:
+        config.evidence.dir = _resolve(config.evidence.dir, base)
+    for settings in config.sources:
+        if isinstance(settings, FolderSource):
+            settings.path = _resolve(settings.path, base)
+        elif settings.is_file:
+            settings.uri = str(_resolve(Path(settings.uri), base))
+    if check_files:
+        _check_files(config, Path(source))
+    return config
+
+
+def load_daemon_config(path: str | Path, check_files: bool = True) -> DaemonConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}: not valid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
+    return parse_daemon_config(raw, path, base=path.parent.resolve(), check_files=check_files)

@@ -1,0 +1,173 @@
+"""The inspector daemon: wires config -> scorer, sources, pipeline, sinks, HTTP endpoint; owns the lifecycle.
+
+SIGTERM / SIGINT: stop the sources (each finishes the item it is reading), keep scoring until every
+source thread has ended, drain the queues, flush the journal, exit 0. A second signal exits at once.
+One bad item never stops the daemon: it is rejected, logged once, counted and journaled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .config import CameraSource, DaemonConfig, FolderSource
+from .errors import ConfigError
+from .pipeline import Pipeline
+from .scorer import Scorer
+from .sinks.evidence import EvidenceSink
+from .sinks.journal import JournalSink
+from .sinks.metrics import Metrics, MetricsServer
+from .sources.base import Source
+from .sources.camera import CameraSourceThread
+from .sources.folder import FolderSourceThread
+
+log = logging.getLogger("inspector.daemon")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, exit_when_done: bool = False):
+        self.config = config
+        self.exit_when_done = exit_when_done
+        m = config.model
+        self.scorer = Scorer(m.path, threshold=m.threshold, intra_op_threads=m.intra_op_threads,
+                             inter_op_threads=m.inter_op_threads, optimization=m.optimization)
+        self.metrics = Metrics(config.metrics.drift_window)
+        self.metrics.set_model(self.scorer)
+        sinks = [JournalSink(config.journal.path, config.journal.max_bytes, config.journal.backups,
+                             config.journal.fsync, model_version=lambda: self.scorer.card.version,
+                             on_error=self._sink_error)]
+        if config.evidence.dir is not None:
+            sinks.append(EvidenceSink(config.evidence.dir, config.evidence.max_files, config.evidence.max_bytes,
+                                      lambda: self.scorer, on_error=self._sink_error,
+                                      on_written=lambda source: self.metrics.evidence.labels(source).inc()))
+        sinks.append(self.metrics)
+        self.journal = sinks[0]
+        self.pipeline = Pipeline(lambda: self.scorer, sinks, config.batching.max_batch, config.batching.max_wait_ms,
+                                 on_drop=self.metrics.count_drop, on_error=self._sink_error)
+        self.sources: list[Source] = []
+        for settings in config.sources:
+            self.metrics.register_source(settings.name)
+            callbacks = {"on_state": lambda name, up: self.metrics.source_up.labels(name).set(1 if up else 0),
+                         "on_reconnect": lambda name: self.metrics.reconnects.labels(name).inc()}
+            if isinstance(settings, CameraSource):
+                source: Source = CameraSourceThread(settings, **callbacks)
+            elif isinstance(settings, FolderSource):
+                source = FolderSourceThread(settings, self.scorer.card.input.max_pixels, **callbacks)
+            else:  # pragma: no cover - the config's discriminated union admits nothing else
+                raise TypeError(settings)
+            source.emit = self.pipeline.add_source(settings.name, config.queue.size, settings.effective_policy)
+            self.sources.append(source)
+        try:
+            self.server = MetricsServer(self.metrics, config.metrics.host, config.metrics.port, self.health)
+        except OSError as exc:
+            raise ConfigError(f"field 'metrics': cannot listen on {config.metrics.host}:{config.metrics.port} "
+                              f"({exc.strerror or exc})") from None
+        self._stop = threading.Event()
+        self._signals = 0
+
+    def _sink_error(self, sink: str) -> None:
+        self.metrics.sink_errors.labels(sink.lower().replace("sink", "")).inc()
+
+    def health(self) -> tuple[bool, dict]:
+        now = time.time()
+        states = {}
+        for s in self.sources:
+            states[s.name] = ("up" if s.up else "finished" if s.finished.is_set() else
+                              "retrying" if s.healthy(now) else "down")
+        healthy = all(state != "down" for state in states.values())
+        return healthy, {"status": "ok" if healthy else "unhealthy", "model": self.scorer.card.version,
+                         "sources": states}
+
+    def request_stop(self, signum: int | None = None, frame=None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting immediately")
+            os._exit(1)
+        log.info("stopping: finishing queued items (send the signal again to exit at once)")
+        self._stop.set()
+        for source in self.sources:
+            source.stop()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def _keep_going(self) -> bool:
+        all_finished = all(s.finished.is_set() for s in self.sources)
+        if self._stop.is_set() or (self.exit_when_done and all_finished):
+            return not all_finished  # keep batching until every source thread has handed over its last item
+        return True
+
+    def _status_line(self, started: float, last: dict) -> None:
+        now = time.perf_counter()
+        totals = self.metrics.totals
+        items = totals["scored"] + totals["rejected"]
+        rate = (items - last["items"]) / max(1e-9, now - last["time"])
+        last.update(items=items, time=now)
+        log.info("status: %d items (%.1f/s), %d anomalies, %d rejected, %d dropped, p99 latency %.1f ms, queued %d",
+                 items, rate, totals["anomalies"], totals["rejected"], totals["dropped"],
+                 self.metrics.latency_p99() * 1000, self.pipeline.pending())
+
+    def run(self) -> int:
+        self.server.start()
+        self.metrics.up.set(1)
+        host, port = self.server.address[:2]
+        log.info("model %s %s (threshold %.4g); metrics on http://%s:%d/metrics", self.scorer.card.name,
+                 self.scorer.card.version, self.scorer.threshold, host, port)
+        for source in self.sources:
+            source.start(source.emit)
+        started = time.perf_counter()
+        last = {"items": 0, "time": started}
+        interval = self.config.logging.status_interval_s
+        next_status = started + interval if interval else float("inf")
+        depth_every = 0.5
+        next_depth = started
+
+        def keep_going() -> bool:
+            nonlocal next_status, next_depth
+            now = time.perf_counter()
+            if now >= next_depth:
+                for source in self.sources:
+                    self.metrics.queue_depth.labels(source.name).set(self.pipeline.depth(source.name))
+                next_depth = now + depth_every
+            if now >= next_status:
+                self._status_line(started, last)
+                next_status = now + interval
+            return self._keep_going()
+
+        try:
+            self.pipeline.run(keep_going)
+        finally:
+            for sink in self.pipeline.sinks:
+                sink.close()
+            for source in self.sources:
+                self.metrics.queue_depth.labels(source.name).set(0)
+            self._status_line(started, last)
+            self.metrics.up.set(0)
+            self.server.stop()
+        log.info("stopped after %d items", self.pipeline.items_done)
+        return 0

@@ -1,0 +1,1 @@
+"""Where results go: Prometheus metrics, the decision journal, evidence images."""

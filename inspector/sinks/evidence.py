@@ -1,0 +1,105 @@
+"""Evidence images: for every anomaly, the frame and its heatmap overlay side by side (PNG).
+
+Written atomically (temp file + rename) under the evidence folder; file names are built from
+sanitised source names and sequence numbers only, so nothing can escape the folder. Retention keeps
+at most `max_files` files and `max_bytes` bytes, deleting the oldest first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+import cv2
+
+from ..overlay import heatmap_reference, side_by_side
+from ..scorer import ANOMALY, ScoreResult
+from ..sources.base import Item
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_component(text: str, limit: int = 64) -> str:
+    """A file-name component that cannot be a path: no separators, no leading dots, bounded length."""
+    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:limit]
+    return cleaned or "_"
+
+
+class EvidenceSink:
+    def __init__(self, folder: Path, max_files: int, max_bytes: int, scorer_ref: Callable,
+                 on_error: Callable[[str], None] | None = None, on_written: Callable[[str], None] | None = None):
+        self.folder = Path(folder)
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self._scorer_ref = scorer_ref
+        self._on_error = on_error or (lambda reason: None)
+        self._on_written = on_written or (lambda source: None)
+        self._failing = False
+        self._files: deque[tuple[Path, int]] = deque()
+        self._bytes = 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        existing = sorted((p for p in self.folder.glob("*.png") if p.is_file()), key=lambda p: p.stat().st_mtime)
+        for path in existing:
+            size = path.stat().st_size
+            self._files.append((path, size))
+            self._bytes += size
+        self._enforce()
+
+    def path_for(self, item: Item) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(item.captured_at))
+        name = f"{safe_component(item.source)}_{stamp}_{item.seq:08d}.png"
+        path = (self.folder / name).resolve()
+        if path.parent != self.folder.resolve():  # belt and braces: never write outside the folder
+            raise ValueError(f"evidence path {path} escapes {self.folder}")
+        return path
+
+    def _enforce(self) -> None:
+        while self._files and (len(self._files) > self.max_files or self._bytes > self.max_bytes):
+            path, size = self._files.popleft()
+            self._bytes -= size
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def handle(self, items: list[Item], results: list, inference_s: float) -> None:
+        scorer = self._scorer_ref()
+        for item, result in zip(items, results):
+            if not isinstance(result, ScoreResult) or result.verdict != ANOMALY or item.image is None:
+                continue
+            if result.heatmap is None:
+                continue
+            try:
+                picture = side_by_side(item.image, result.heatmap, heatmap_reference(scorer.card, scorer.threshold))
+                ok, encoded = cv2.imencode(".png", picture)
+                if not ok:
+                    raise OSError("PNG encoding failed")
+                path = self.path_for(item)
+                tmp = path.with_name(path.name + ".tmp")
+                with open(tmp, "wb") as handle:
+                    handle.write(encoded.tobytes())
+                os.replace(tmp, path)
+            except OSError as exc:
+                if not self._failing:
+                    log.error("evidence %s: cannot write (%s); scoring continues", self.folder, exc.strerror or exc)
+                    self._failing = True
+                self._on_error("evidence")
+                continue
+            if self._failing:
+                log.info("evidence %s: writing again", self.folder)
+                self._failing = False
+            size = len(encoded)
+            self._files.append((path, size))
+            self._bytes += size
+            self._on_written(item.source)
+            self._enforce()
+
+    def close(self) -> None:
+        pass

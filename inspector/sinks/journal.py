@@ -1,0 +1,111 @@
+"""The decision journal: one JSON line per item, flushed per batch, size-rotated.
+
+An item is journaled before it counts as done. When the disk is full or the folder is not
+writable, scoring goes on: the failure is logged once per outage, counted (`on_error`), and the
+journal resumes by itself when writing works again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from ..scorer import Rejection, ScoreResult
+from ..sources.base import Item
+
+log = logging.getLogger(__name__)
+
+
+def record(item: Item, result: ScoreResult | Rejection, latency_s: float, model_version: str) -> dict:
+    base = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "source": item.source, "seq": item.seq, "origin": item.origin,
+        "captured_at": round(item.captured_at, 6), "latency_ms": round(latency_s * 1000, 3),
+        "model_version": model_version,
+    }
+    if isinstance(result, Rejection):
+        base.update(verdict="rejected", reason=result.reason, error=result.message)
+    else:
+        base.update(score=round(result.raw, 6), normalised=round(result.normalised, 6), verdict=result.verdict)
+    return base
+
+
+class JournalSink:
+    def __init__(self, path: Path, max_bytes: int, backups: int, fsync: bool = False,
+                 model_version: Callable[[], str] = lambda: "", on_error: Callable[[str], None] | None = None):
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.fsync = fsync
+        self.model_version = model_version
+        self._on_error = on_error or (lambda reason: None)
+        self._file = None
+        self._failing = False
+        self.lines_written = 0
+
+    def _open(self):
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+        return self._file
+
+    def _rotate_if_needed(self) -> None:
+        if self._file is None or self._file.tell() < self.max_bytes:
+            return
+        self._file.close()
+        self._file = None
+        if self.backups == 0:
+            os.replace(self.path, self.path.with_name(self.path.name + ".old"))
+            os.remove(self.path.with_name(self.path.name + ".old"))
+            return
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+    def handle(self, items: list[Item], results: list, inference_s: float) -> None:
+        now = time.perf_counter()
+        version = self.model_version()
+        text = "".join(json.dumps(record(item, result, now - item.enqueued, version)) + "\n"
+                       for item, result in zip(items, results))
+        try:
+            handle = self._open()
+            handle.write(text)
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+            self._rotate_if_needed()
+        except OSError as exc:
+            if not self._failing:
+                log.error("journal %s: cannot write (%s); scoring continues, lines are lost until it recovers",
+                          self.path, exc.strerror or exc)
+                self._failing = True
+            self._on_error("journal")
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:
+                    pass
+                self._file = None
+            return
+        if self._failing:
+            log.info("journal %s: writing again", self.path)
+            self._failing = False
+        self.lines_written += len(items)
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.flush()
+                if self.fsync:
+                    os.fsync(self._file.fileno())
+                self._file.close()
+            except OSError as exc:
+                log.error("journal %s: close failed (%s)", self.path, exc.strerror)
+            self._file = None

@@ -1,0 +1,182 @@
+"""Prometheus metrics (prometheus-client) and the /metrics + /healthz HTTP endpoint.
+
+Names follow Prometheus conventions: `inspector_` prefix, snake_case, base units (seconds),
+`_total` counters, a `source` label on everything per source. Score histograms are of the
+normalised score (1.0 = threshold), so one set of buckets fits every model.
+
+Drift (`inspector_score_drift_psi{source}`): the population stability index between the last
+`drift_window` scores of a source and the calibration distribution in the card, over the bins the
+card's normal-score quantiles define (p50, p90, p95, p99 -> expected shares 50/40/5/4/1 %).
+Below 0.1 is stable, 0.1-0.25 a moderate shift, above 0.25 a real drift (lighting, camera,
+material): recalibrate or retrain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..scorer import ANOMALY, Rejection, Scorer, ScoreResult
+from ..sources.base import Item
+
+log = logging.getLogger(__name__)
+
+SCORE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+DRIFT_LEVELS = ("p50", "p90", "p95", "p99")
+DRIFT_EXPECTED = np.array([0.50, 0.40, 0.05, 0.04, 0.01])
+
+
+def population_stability_index(scores: np.ndarray, edges: np.ndarray, expected: np.ndarray) -> float:
+    counts = np.bincount(np.searchsorted(edges, scores, side="right"), minlength=len(expected))[: len(expected)]
+    actual = np.clip(counts / max(1, len(scores)), 1e-4, None)
+    expected = np.clip(expected, 1e-4, None)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+class Metrics:
+    def __init__(self, drift_window: int = 500):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.scored = Counter("inspector_items_scored", "Items scored, by source and verdict", ["source", "verdict"], registry=r)
+        self.anomalies = Counter("inspector_anomalies", "Items whose score reached the threshold", ["source"], registry=r)
+        self.rejected = Counter("inspector_items_rejected", "Items that could not be scored, by reason", ["source", "reason"], registry=r)
+        self.dropped = Counter("inspector_items_dropped", "Items dropped by backpressure (drop_oldest)", ["source"], registry=r)
+        self.score = Histogram("inspector_anomaly_score", "Normalised anomaly score (1.0 = threshold)", ["source"],
+                               buckets=SCORE_BUCKETS, registry=r)
+        self.inference = Histogram("inspector_inference_latency_seconds", "Model inference time per batch",
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("inspector_batch_size", "Items per inference batch",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.latency = Histogram("inspector_end_to_end_latency_seconds", "Capture to journaled, per item", ["source"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("inspector_queue_depth", "Items waiting in the source's queue", ["source"], registry=r)
+        self.source_up = Gauge("inspector_source_up", "1 when the source delivers, 0 when down or finished", ["source"], registry=r)
+        self.reconnects = Counter("inspector_source_reconnects", "Attempts to reopen a lost source", ["source"], registry=r)
+        self.model_info = Gauge("inspector_model_info", "The active model (value 1)", ["name", "version", "family"], registry=r)
+        self.threshold = Gauge("inspector_model_threshold", "Active threshold in raw score units", registry=r)
+        self.last_anomaly = Gauge("inspector_last_anomaly_timestamp_seconds", "When the last anomaly was scored", ["source"], registry=r)
+        self.drift = Gauge("inspector_score_drift_psi", "Population stability index of recent scores vs calibration", ["source"], registry=r)
+        self.sink_errors = Counter("inspector_sink_errors", "Failed journal / evidence writes", ["sink"], registry=r)
+        self.evidence = Counter("inspector_evidence_written", "Evidence images written", ["source"], registry=r)
+        self.up = Gauge("inspector_up", "1 while the daemon runs", registry=r)
+        self.drift_window = drift_window
+        self._edges: np.ndarray | None = None
+        self._recent: dict[str, deque] = {}
+        self._latencies: deque = deque(maxlen=2000)
+        self._lock = threading.Lock()
+        self.totals = {"scored": 0, "anomalies": 0, "rejected": 0, "dropped": 0}
+
+    def register_source(self, name: str) -> None:
+        for metric in (self.anomalies, self.dropped, self.reconnects, self.evidence):
+            metric.labels(name)
+        for verdict in ("normal", "anomaly"):
+            self.scored.labels(name, verdict)
+        self.source_up.labels(name).set(0)
+        self.queue_depth.labels(name).set(0)
+        self.drift.labels(name).set(0)
+        self._recent[name] = deque(maxlen=self.drift_window)
+
+    def set_model(self, scorer: Scorer) -> None:
+        self.model_info.clear()
+        card = scorer.card
+        self.model_info.labels(card.name, card.version, card.family).set(1)
+        self.threshold.set(scorer.threshold)
+        quantiles = card.calibration.quantiles
+        self._edges = None
+        if all(level in quantiles for level in DRIFT_LEVELS):
+            self._edges = np.array([quantiles[level] for level in DRIFT_LEVELS]) / scorer.threshold
+
+    def count_drop(self, source: str) -> None:
+        self.dropped.labels(source).inc()
+        self.totals["dropped"] += 1
+
+    def handle(self, items: list[Item], results: list, inference_s: float) -> None:
+        now = time.perf_counter()
+        wall = time.time()
+        scored = sum(isinstance(r, ScoreResult) for r in results)
+        if scored:
+            self.inference.observe(inference_s)
+            self.batch_size.observe(scored)
+        for item, result in zip(items, results):
+            latency = now - item.enqueued
+            self.latency.labels(item.source).observe(latency)
+            self._latencies.append(latency)
+            if isinstance(result, Rejection):
+                self.rejected.labels(item.source, result.reason).inc()
+                self.totals["rejected"] += 1
+                continue
+            self.scored.labels(item.source, result.verdict).inc()
+            self.score.labels(item.source).observe(result.normalised)
+            self.totals["scored"] += 1
+            recent = self._recent.get(item.source)
+            if recent is not None:
+                recent.append(result.normalised)
+            if result.verdict == ANOMALY:
+                self.anomalies.labels(item.source).inc()
+                self.last_anomaly.labels(item.source).set(wall)
+                self.totals["anomalies"] += 1
+        self._update_drift({item.source for item in items})
+
+    def _update_drift(self, sources: set[str]) -> None:
+        if self._edges is None:
+            return
+        for source in sources:
+            recent = self._recent.get(source)
+            if recent and len(recent) >= min(50, self.drift_window):
+                psi = population_stability_index(np.fromiter(recent, float), self._edges, DRIFT_EXPECTED)
+                self.drift.labels(source).set(psi)
+
+    def latency_p99(self) -> float:
+        values = list(self._latencies)
+        return float(np.percentile(values, 99)) if values else math.nan
+
+    def close(self) -> None:
+        pass
+
+
+class MetricsServer:
+    """/metrics (Prometheus text format) and /healthz (200 healthy / 503 not, JSON body)."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, health: Callable[[], tuple[bool, dict]]):
+        registry = metrics.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server API
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    body, status, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+                elif path == "/healthz":
+                    healthy, detail = health()
+                    body, status, ctype = json.dumps(detail).encode(), 200 if healthy else 503, "application/json"
+                else:
+                    body, status, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format, *args):  # noqa: A002 - quiet: Prometheus scrapes every few seconds
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.address = self.server.server_address
+        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

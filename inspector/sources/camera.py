@@ -1,0 +1,107 @@
+"""Camera source: cv2.VideoCapture on a device index, a video file or an RTSP/HTTP URL.
+
+Live streams (devices, URLs) that fail to open or stop delivering are reopened with capped
+exponential backoff; `source_up` is 0 meanwhile and every attempt counts as a reconnect. A video file
+that ends finishes the source cleanly (or starts again with `loop: true`); with `realtime: true`
+frames are paced at the file's frame rate, otherwise read as fast as the pipeline takes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import cv2
+
+from ..config import CameraSource
+from .base import Emit, Item, Source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FPS = 25.0
+
+
+class CameraSourceThread(Source):
+    def __init__(self, settings: CameraSource, **callbacks):
+        super().__init__(settings.name, **callbacks)
+        self.settings = settings
+
+    def _open(self) -> cv2.VideoCapture:
+        uri = self.settings.uri
+        if isinstance(uri, int):
+            return cv2.VideoCapture(uri)
+        if self.settings.is_file:
+            return cv2.VideoCapture(uri)
+        timeout_ms = int(self.settings.read_timeout_s * 1000)
+        return cv2.VideoCapture(uri, cv2.CAP_FFMPEG,
+                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+
+    def _wait(self, seconds: float) -> None:
+        self.retrying_until = time.time() + seconds
+        self.stopping.wait(seconds)
+
+    def produce(self, emit: Emit) -> None:
+        backoff = self.settings.reconnect.initial_s
+        outage_logged = False
+        while not self.stopping.is_set():
+            capture = self._open()
+            if not capture.isOpened():
+                capture.release()
+                if self.settings.is_file:
+                    log.error("source %s: cannot open video file %s (not a readable video)", self.name, self.settings.uri)
+                    self.set_up(False)
+                    return
+                if not outage_logged:
+                    log.warning("source %s: cannot open %s; retrying with backoff up to %.0f s",
+                                self.name, self.settings.uri, self.settings.reconnect.max_s)
+                    outage_logged = True
+                self.set_up(False)
+                self.count_reconnect()
+                self._wait(backoff)
+                backoff = min(backoff * self.settings.reconnect.factor, self.settings.reconnect.max_s)
+                continue
+            self.set_up(True)
+            self.retrying_until = None
+            backoff, outage_logged = self.settings.reconnect.initial_s, False
+            frames = self._stream(capture, emit)
+            capture.release()
+            if self.settings.is_file:
+                if self.settings.loop and frames > 0 and not self.stopping.is_set():
+                    continue
+                log.info("source %s: video file ended after %d frames", self.name, frames)
+                self.mark_finished()
+                return
+            if self.stopping.is_set():
+                break
+            log.warning("source %s: stream stopped delivering frames; reconnecting", self.name)
+            outage_logged = True
+            self.set_up(False)
+            self.count_reconnect()
+            self._wait(backoff)
+        self.set_up(False)
+
+    def _stream(self, capture: cv2.VideoCapture, emit: Emit) -> int:
+        """Read frames until the capture fails or the source stops; returns the number of frames read."""
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if fps and fps > 0 and fps < 1000 else DEFAULT_FPS
+        pace = self.settings.is_file and self.settings.realtime
+        started = time.monotonic()
+        index = 0
+        while not self.stopping.is_set():
+            ok, frame = capture.read()
+            if not ok:
+                return index
+            index += 1
+            captured = time.time()
+            if pace:
+                delay = started + index / fps - time.monotonic()
+                if delay > 0:
+                    self.stopping.wait(delay)
+            origin = f"frame {index}"
+            if frame is None or frame.size == 0:
+                item = Item(self.name, self.next_seq(), captured, origin, rejection=("empty_frame", f"{self.name} {origin}: empty frame"))
+            else:
+                item = Item(self.name, self.next_seq(), captured, origin, image=frame)
+            if not emit(item):
+                return index
+        return index

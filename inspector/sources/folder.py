@@ -1,0 +1,128 @@
+"""Folder source: watch a directory for new image files.
+
+Files present at start come first, then new ones, in name order. A file is read only once its size
+and modification time have stayed the same for `settle_s` (a writer that is still copying it is
+never read early). A file that still fails to decode while younger than `incomplete_grace_s` is
+treated as still arriving (a writer that paused) and retried; after that it is rejected. With `move_processed`, a scored file moves to `done/` and an unreadable one to
+`rejected/` after it has been journaled, so a restarted daemon neither scores a finished file again
+nor skips an unfinished one. Polling (not inotify) so it works on network shares too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import time
+from pathlib import Path
+
+from ..config import FolderSource
+from ..errors import ItemRejected
+from ..preprocess import read_image
+from ..scorer import Rejection
+from .base import Emit, Item, Source
+
+log = logging.getLogger(__name__)
+
+DONE, REJECTED = "done", "rejected"
+
+
+class FolderSourceThread(Source):
+    def __init__(self, settings: FolderSource, max_pixels: int = 50_000_000, **callbacks):
+        super().__init__(settings.name, **callbacks)
+        self.settings = settings
+        self.max_pixels = max_pixels
+        self._observed: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
+        self._taken: set[str] = set()  # emitted and not yet moved (or kept in place)
+
+    def _candidates(self) -> list[os.DirEntry]:
+        entries = []
+        with os.scandir(self.settings.path) as it:
+            for entry in it:
+                if entry.is_file(follow_symlinks=False) and any(
+                        fnmatch.fnmatch(entry.name.lower(), p.lower()) for p in self.settings.patterns):
+                    entries.append(entry)
+        return sorted(entries, key=lambda e: e.name)
+
+    def _ready(self, entry: os.DirEntry, now: float) -> bool:
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            self._observed.pop(entry.name, None)
+            return False
+        key = (stat.st_size, stat.st_mtime_ns)
+        previous = self._observed.get(entry.name)
+        if previous is None or previous[:2] != key:
+            self._observed[entry.name] = (*key, now)
+            return self.settings.settle_s == 0 and stat.st_size > 0
+        return now - previous[2] >= self.settings.settle_s
+
+    def produce(self, emit: Emit) -> None:
+        self.set_up(True)
+        down_logged = False
+        while not self.stopping.is_set():
+            try:
+                entries = self._candidates()
+            except OSError as exc:
+                if not down_logged:
+                    log.warning("source %s: cannot list %s (%s); retrying", self.name, self.settings.path, exc.strerror)
+                    down_logged = True
+                self.set_up(False)
+                self.retrying_until = time.time() + self.settings.poll_interval_s * 5
+                self.stopping.wait(self.settings.poll_interval_s * 5)
+                continue
+            if down_logged:
+                down_logged = False
+                self.set_up(True)
+            now = time.monotonic()
+            present = {e.name for e in entries}
+            for name in list(self._observed):
+                if name not in present:
+                    del self._observed[name]
+            for entry in entries:
+                if self.stopping.is_set():
+                    return
+                if entry.name in self._taken or not self._ready(entry, now):
+                    continue
+                item = self._item(Path(entry.path))
+                if item is None:
+                    continue  # looks incomplete: observe it again
+                self._taken.add(entry.name)
+                self._observed.pop(entry.name, None)
+                if not emit(item):
+                    return
+            self.stopping.wait(self.settings.poll_interval_s)
+
+    def _item(self, path: Path) -> Item | None:
+        captured = time.time()
+        try:
+            image = read_image(path, self.max_pixels)
+            return Item(self.name, self.next_seq(), captured, path.name, image=image, on_done=self._finish)
+        except ItemRejected as rejected:
+            if rejected.reason in ("decode_failed", "empty_file") and self._young(path, captured):
+                self._observed.pop(path.name, None)
+                return None
+            return Item(self.name, self.next_seq(), captured, path.name,
+                        rejection=(rejected.reason, str(rejected)), on_done=self._finish)
+
+    def _young(self, path: Path, now: float) -> bool:
+        try:
+            return now - path.stat().st_mtime < self.settings.incomplete_grace_s
+        except OSError:
+            return False
+
+    def _finish(self, item: Item, result: object) -> None:
+        """After the item is journaled: move the file out of the watched folder (or remember it)."""
+        if not self.settings.move_processed:
+            return  # stays in _taken: never scored twice by this process
+        target_dir = self.settings.path / (REJECTED if isinstance(result, Rejection) else DONE)
+        source = self.settings.path / item.origin
+        try:
+            target_dir.mkdir(exist_ok=True)
+            os.replace(source, target_dir / item.origin)
+        except FileNotFoundError:
+            pass  # deleted meanwhile: nothing to move
+        except OSError as exc:
+            log.warning("source %s: cannot move %s to %s/ (%s)", self.name, item.origin, target_dir.name, exc.strerror)
+            return
+        self._taken.discard(item.origin)
