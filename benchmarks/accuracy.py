@@ -31,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results import write_section  # noqa: E402
 from training.config import load_train_config  # noqa: E402
 from training.data import data_root, load_test, mnist_one_class  # noqa: E402
 from training.fit import fit, model_inputs, per_frame_max  # noqa: E402
@@ -152,17 +153,6 @@ def table(rows: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nEvery table below is written by a script; the command that made it is above it.\n"
-    if MARK_START in text and MARK_END in text:
-        before, rest = text.split(MARK_START, 1)
-        after = rest.split(MARK_END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default="piped,mvtec_screw,mnist")
@@ -188,7 +178,7 @@ def main() -> int:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
-    write_results(args.out, table(rows, command.strip()))
+    write_section(args.out, table(rows, command.strip()), MARK_START, MARK_END)
     print(f"wrote {args.out}")
     return 0
 

@@ -1,0 +1,174 @@
+"""Throughput benchmark: onnxruntime through the scorer vs torch eager on the same weights, and the
+daemon end to end on a video file; writes a table to RESULTS.md.
+
+    python benchmarks/throughput.py                  # about 5 minutes on 2 cores
+    python benchmarks/throughput.py --quick          # fewer repetitions
+
+All figures of one table come from one run on one machine, so compare them as ratios (ONNX vs
+torch, daemon vs raw scorer); the machine is shared and absolute numbers move with its load.
+FLOPs per frame are given on every row: at ~200 GFLOP/s (a float32 matmul on these 2 cores) a
+model of F FLOPs can never exceed 200e9 / F frames/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.results import write_section  # noqa: E402
+from inspector.card import Calibration, ImageInput, ModelCard, Provenance, ScoreDefinition  # noqa: E402
+from inspector.config import parse_daemon_config  # noqa: E402
+from inspector.daemon import Daemon  # noqa: E402
+from inspector.scorer import Scorer  # noqa: E402
+from training.export import export_with_parity  # noqa: E402
+from training.flops import count_flops  # noqa: E402
+from training.models.ganomaly import GANomaly, GANomalyScoring, GANomalyShape  # noqa: E402
+
+MARK_START, MARK_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
+
+
+def build_model(folder: Path, size: int, width: int, channels: int = 3) -> tuple[Path, torch.nn.Module, int]:
+    """An exported GANomaly scoring graph of the given input size and width (weights: DCGAN init;
+    speed does not depend on training)."""
+    torch.manual_seed(0)
+    scoring = GANomalyScoring(GANomaly(GANomalyShape(size, size, channels, width, 100)), pool_kernel=9,
+                              residual="l2", with_latent=False).eval()
+    spec = ImageInput(height=size, width=size, channels=channels, color_order="rgb" if channels == 3 else "gray",
+                      mean=(0.5,) * channels, std=(0.5,) * channels)
+    card = ModelCard(name=f"bench{size}w{width}", family="ganomaly", version="bench", input=spec,
+                     score=ScoreDefinition(weights={"residual_max": 1.0}, scales={"residual_max": 1.0}),
+                     calibration=Calibration(threshold=1.0, method="manual", n_samples=0),
+                     training=Provenance(data="none", steps=0, epochs=0, seed=0, created="", train_seconds=0,
+                                         package_version="bench"))
+    example = np.random.default_rng(0).uniform(-1, 1, (4, channels, size, size)).astype(np.float32)
+    flops = count_flops(scoring, torch.from_numpy(example))
+    path = folder / f"bench_{size}_w{width}.onnx"
+    export_with_parity(scoring, card, example, path, opset=17, tolerance=1e-3, flops=flops)
+    return path, scoring, flops
+
+
+def timed(fn, batch: np.ndarray, seconds: float) -> tuple[float, float, float]:
+    """(items/s, p50 latency ms, p99 latency ms) of repeated calls on one batch."""
+    for _ in range(3):
+        fn(batch)
+    latencies = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or len(latencies) < 20:
+        t0 = time.perf_counter()
+        fn(batch)
+        latencies.append(time.perf_counter() - t0)
+    total = time.perf_counter() - started
+    return len(latencies) * len(batch) / total, 1000 * np.percentile(latencies, 50), 1000 * np.percentile(latencies, 99)
+
+
+def daemon_fps(model: Path, folder: Path, size: int, frames: int, max_batch: int) -> float:
+    video = folder / f"video_{size}.avi"
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 25.0, (size, size))
+    pool = [rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(16)]
+    for i in range(frames):
+        writer.write(pool[i % len(pool)])
+    writer.release()
+    config = parse_daemon_config({
+        "model": {"path": str(model), "intra_op_threads": 2},
+        "sources": [{"name": "bench", "kind": "camera", "uri": str(video), "realtime": False}],
+        "batching": {"max_batch": max_batch, "max_wait_ms": 5}, "metrics": {"port": 0},
+        "journal": {"path": str(folder / "journal.jsonl")}, "evidence": {"dir": None},
+        "logging": {"status_interval_s": 0}}, "bench")
+    daemon = Daemon(config, exit_when_done=True)
+    started = time.perf_counter()
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    thread.join()
+    elapsed = time.perf_counter() - started
+    return daemon.pipeline.items_done / elapsed
+
+
+def run(args) -> str:
+    torch.set_num_threads(args.threads)
+    rows, knob_rows = [], []
+    seconds = 1.0 if args.quick else 3.0
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for size, width in [(64, 16), (128, 16), (128, 8), (256, 8)]:
+            model_path, module, flops = build_model(folder, size, width)
+            scorer = Scorer(model_path, intra_op_threads=args.threads)
+            for batch_size in (1, 8, 32):
+                batch = np.random.default_rng(1).uniform(-1, 1, (batch_size, 3, size, size)).astype(np.float32)
+                ort = timed(lambda b: scorer.score_tensor(b), batch, seconds)
+                with torch.no_grad():
+                    tch = timed(lambda b: module(torch.from_numpy(b)), batch, seconds)
+                rows.append((size, width, flops, batch_size, ort, tch))
+                print(f"{size}px w{width} b{batch_size}: onnx {ort[0]:.0f}/s torch {tch[0]:.0f}/s", flush=True)
+            frames = 600 if args.quick else 3000
+            e2e = daemon_fps(model_path, folder, size, frames, 32)
+            raw32 = [r for r in rows if r[0] == size and r[1] == width and r[3] == 32][0][4][0]
+            rows.append((size, width, flops, "daemon", (e2e, raw32), None))
+            print(f"{size}px w{width} daemon: {e2e:.0f}/s ({e2e / raw32:.0%} of raw b32)", flush=True)
+        # What each runtime knob changes, on the 128 px width-8 model at batch 32.
+        model_path, _, flops = build_model(folder, 128, 8)
+        batch = np.random.default_rng(1).uniform(-1, 1, (32, 3, 128, 128)).astype(np.float32)
+        for label, kwargs in [("optimisation all, 2 threads", {"intra_op_threads": 2}),
+                              ("optimisation disabled, 2 threads", {"intra_op_threads": 2, "optimization": "disable"}),
+                              ("optimisation basic, 2 threads", {"intra_op_threads": 2, "optimization": "basic"}),
+                              ("optimisation all, 1 thread", {"intra_op_threads": 1})]:
+            knob_scorer = Scorer(model_path, **kwargs)
+            knob_rows.append((label, timed(lambda b: knob_scorer.score_tensor(b), batch, seconds)))
+    return table(rows, knob_rows, args)
+
+
+def table(rows, knob_rows, args) -> str:
+    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
+    lines = [MARK_START, "## Throughput (images)", "", f"Command: `{command.strip()}`  ",
+             f"Machine: {platform.node()}, {args.threads} threads for both runtimes, torch {torch.__version__}, "
+             f"run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.  ",
+             "Model: the exported GANomaly scoring graph (encoder -> decoder -> residual map -> local mean -> max; "
+             "no second encoder, as the default residual_max score does not use it). Inputs are preprocessed "
+             "tensors for (a) and (b); (c) decodes a video file, preprocesses, scores, journals and updates "
+             "metrics (evidence off).", "",
+             "| input | width | MFLOPs/frame | batch | (a) ONNX Runtime frames/s | p50 ms | p99 ms | (b) torch eager frames/s "
+             "| p50 ms | p99 ms | ONNX / torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size, width, flops, batch, ort, tch in rows:
+        if batch == "daemon":
+            e2e, raw = ort
+            lines.append(f"| {size}x{size} | {width} | {flops / 1e6:.0f} | (c) daemon, video, realtime false, max batch 32 "
+                         f"| {e2e:.0f} | | | | | | {e2e / raw:.0%} of (a) b32 |")
+        else:
+            lines.append(f"| {size}x{size} | {width} | {flops / 1e6:.0f} | {batch} | {ort[0]:.0f} | {ort[1]:.2f} | {ort[2]:.2f} "
+                         f"| {tch[0]:.0f} | {tch[1]:.2f} | {tch[2]:.2f} | {ort[0] / tch[0]:.2f}x |")
+    lines += ["", "Runtime knobs (128x128, width 8, batch 32, ONNX Runtime):", "",
+              "| setting | frames/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+    for label, (fps, p50, p99) in knob_rows:
+        lines.append(f"| {label} | {fps:.0f} | {p50:.2f} | {p99:.2f} |")
+    lines.append(MARK_END)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = parser.parse_args()
+    section = run(args)
+    write_section(args.out, section, MARK_START, MARK_END)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
