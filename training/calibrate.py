@@ -3,8 +3,8 @@
 `quantile` (default) needs no labelled defects: the threshold is the (1 - target) quantile of the
 scores of held-out normal images, so about `target` of normal parts raise an alarm. A held-out set
 too small to resolve that quantile (n * target < 1, e.g. 6 images at 1%) would otherwise put the
-threshold at the largest observed score, which under-states the tail; there the quantile comes from
-a log-normal fitted to the held-out scores, never below their maximum. `f1_optimal` is the option
+threshold at the largest observed score: too low for 6 images, and hostage to one odd image in 60.
+There the quantile comes from a log-normal fitted to the held-out scores. `f1_optimal` is the option
 for users who have a labelled validation folder.
 """
 
@@ -36,8 +36,7 @@ def quantile_threshold(normal_scores: np.ndarray, target_false_alarm_rate: float
     positive = np.maximum(scores, 1e-12)
     logs = np.log(positive)
     spread = logs.std(ddof=1) if scores.size > 1 else 0.0
-    fitted = float(np.exp(logs.mean() + NormalDist().inv_cdf(level) * spread))
-    return max(fitted, float(scores.max()))
+    return float(np.exp(logs.mean() + NormalDist().inv_cdf(level) * spread))
 
 
 def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
