@@ -72,7 +72,8 @@ class Daemon:
         for settings in config.sources:
             self.metrics.register_source(settings.name)
             callbacks = {"on_state": lambda name, up: self.metrics.source_up.labels(name).set(1 if up else 0),
-                         "on_reconnect": lambda name: self.metrics.reconnects.labels(name).inc()}
+                         "on_reconnect": lambda name: self.metrics.reconnects.labels(name).inc(),
+                         "on_finished": lambda name: self.metrics.source_finished.labels(name).set(1)}
             if isinstance(settings, CameraSource):
                 source: Source = CameraSourceThread(settings, **callbacks)
             elif isinstance(settings, FolderSource):
@@ -90,7 +91,8 @@ class Daemon:
         self._signals = 0
 
     def _sink_error(self, sink: str) -> None:
-        self.metrics.sink_errors.labels(sink.lower().replace("sink", "")).inc()
+        """Journal / evidence write failures (reported by the sinks) and unexpected sink exceptions."""
+        self.metrics.sink_errors.labels(sink.lower().removesuffix("sink")).inc()
 
     def health(self) -> tuple[bool, dict]:
         now = time.time()

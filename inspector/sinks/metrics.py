@@ -61,6 +61,7 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("inspector_queue_depth", "Items waiting in the source's queue", ["source"], registry=r)
         self.source_up = Gauge("inspector_source_up", "1 when the source delivers, 0 when down or finished", ["source"], registry=r)
+        self.source_finished = Gauge("inspector_source_finished", "1 when the source ended normally (a video file)", ["source"], registry=r)
         self.reconnects = Counter("inspector_source_reconnects", "Attempts to reopen a lost source", ["source"], registry=r)
         self.model_info = Gauge("inspector_model_info", "The active model (value 1)", ["name", "version", "family"], registry=r)
         self.threshold = Gauge("inspector_model_threshold", "Active threshold in raw score units", registry=r)
@@ -69,6 +70,8 @@ class Metrics:
         self.sink_errors = Counter("inspector_sink_errors", "Failed journal / evidence writes", ["sink"], registry=r)
         self.evidence = Counter("inspector_evidence_written", "Evidence images written", ["source"], registry=r)
         self.up = Gauge("inspector_up", "1 while the daemon runs", registry=r)
+        for sink in ("journal", "evidence"):
+            self.sink_errors.labels(sink)
         self.drift_window = drift_window
         self._edges: np.ndarray | None = None
         self._recent: dict[str, deque] = {}
@@ -82,6 +85,7 @@ class Metrics:
         for verdict in ("normal", "anomaly"):
             self.scored.labels(name, verdict)
         self.source_up.labels(name).set(0)
+        self.source_finished.labels(name).set(0)
         self.queue_depth.labels(name).set(0)
         self.drift.labels(name).set(0)
         self._recent[name] = deque(maxlen=self.drift_window)

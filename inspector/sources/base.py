@@ -41,13 +41,14 @@ class Source:
     """
 
     def __init__(self, name: str, on_state: Callable[[str, bool], None] | None = None,
-                 on_reconnect: Callable[[str], None] | None = None):
+                 on_reconnect: Callable[[str], None] | None = None, on_finished: Callable[[str], None] | None = None):
         self.name = name
         self.stopping = threading.Event()
         self.finished = threading.Event()
         self._seq = 0
         self._on_state = on_state or (lambda name, up: None)
         self._on_reconnect = on_reconnect or (lambda name: None)
+        self._on_finished = on_finished or (lambda name: None)
         self.up = False
         self.retrying_until: float | None = None  # while retrying: when the next attempt is due
         self.thread: threading.Thread | None = None
@@ -66,6 +67,7 @@ class Source:
         """A source that ended normally (a video file reached its end): down, but not a failure."""
         self.up = False
         self._on_state(self.name, False)
+        self._on_finished(self.name)
 
     def count_reconnect(self) -> None:
         self._on_reconnect(self.name)
