@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -54,6 +54,65 @@ class ImageInput(_Strict):
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         return self
+
+
+class NumericFeature(_Strict):
+    """x -> (transform(x) - center) / scale; transform log1p for non-negative heavy-tailed counts."""
+
+    name: str
+    transform: Literal["none", "log1p"] = "none"
+    center: float = 0.0
+    scale: Annotated[float, Field(gt=0)] = 1.0
+
+
+class CategoricalFeature(_Strict):
+    """One-hot over `vocabulary` plus one explicit unknown bucket (values never seen in training)."""
+
+    name: str
+    vocabulary: list[str]
+
+
+class TabularInput(_Strict):
+    """How rows of a flow table become the model input (N, window * features), float32.
+
+    `columns` is the order of fields in an incoming CSV row (or the keys of a JSON object); the
+    feature vector is the numeric features in their order, then each categorical one-hot (with
+    its unknown bucket). `window` consecutive rows of one source are concatenated, every
+    `stride` rows.
+    """
+
+    kind: Literal["tabular"] = "tabular"
+    columns: list[str]
+    numeric: list[NumericFeature]
+    categorical: list[CategoricalFeature] = Field(default_factory=list)
+    label: str | None = None  # evaluation only; ignored at inference
+    normal_values: list[str] = Field(default_factory=lambda: ["normal", "0"])  # label values of normal rows
+    window: Annotated[int, Field(ge=1, le=1024)] = 1
+    stride: Annotated[int, Field(ge=1, le=1024)] = 1
+    max_line_bytes: Annotated[int, Field(ge=64, le=16_000_000)] = 65_536
+
+    @property
+    def row_width(self) -> int:
+        return len(self.numeric) + sum(len(c.vocabulary) + 1 for c in self.categorical)
+
+    @property
+    def width(self) -> int:
+        return self.row_width * self.window
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TabularInput":
+        names = [f.name for f in self.numeric] + [c.name for c in self.categorical]
+        missing = [n for n in names if n not in self.columns]
+        if missing:
+            raise ValueError(f"features {missing} are not among the columns")
+        if len(set(names)) != len(names):
+            raise ValueError("a column is used as a feature twice")
+        if not names:
+            raise ValueError("at least one feature is needed")
+        return self
+
+
+InputSpec = Annotated[Union[ImageInput, TabularInput], Field(discriminator="kind")]
 
 
 class ScoreDefinition(_Strict):
@@ -111,7 +170,7 @@ class ModelCard(_Strict):
     name: str
     family: Literal["ganomaly", "anogan", "autoencoder"]
     version: str
-    input: ImageInput
+    input: InputSpec
     score: ScoreDefinition
     calibration: Calibration
     training: Provenance
@@ -162,11 +221,14 @@ def check_card_matches_graph(
 ) -> None:
     """Refuse a card that describes a different graph than the one in the file."""
     spec = card.input
-    expected = [spec.channels, spec.height, spec.width]
+    if isinstance(spec, TabularInput):
+        expected, what = [spec.width], "(window x features)"
+    else:
+        expected, what = [spec.channels, spec.height, spec.width], "(C, H, W)"
     actual = list(input_shape[1:])
-    if len(input_shape) != 4 or any(isinstance(a, int) and a != e for a, e in zip(actual, expected)):
+    if len(actual) != len(expected) or any(isinstance(a, int) and a != e for a, e in zip(actual, expected)):
         raise ModelCardError(
-            f"{source}: the model card says input (C, H, W) = {tuple(expected)} but the graph takes "
+            f"{source}: the model card says input {what} = {tuple(expected)} but the graph takes "
             f"{tuple(input_shape)}"
         )
     needed = set(card.score.weights) | ({card.score.map_output} if card.score.map_output else set())

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import InspectorError
+from .errors import ConfigError, InspectorError
 
 TRAIN_EXTRA_HINT = (
     "this subcommand needs the training extra (torch); install it with: pip install 'qinspector[train]' "
@@ -52,21 +52,25 @@ def _add_evaluate(sub) -> None:
                        description="Score <data>/test/* with the exported model (the file itself, through the "
                        "inspector's scorer) and write metrics.json plus report/ (ROC, score histogram, examples).")
     p.add_argument("model", type=Path)
-    p.add_argument("--data", required=True, help="MVTec-layout folder with test/good and test/<defect>")
+    p.add_argument("--data", required=True, help="MVTec-layout folder with test/good and test/<defect>, or for a "
+                   "traffic model a labelled CSV table (gzip allowed)")
+    p.add_argument("--header", action="store_true", help="tables: the first line names the columns")
     p.add_argument("--out", type=Path, help="where metrics.json and report/ go (default: beside the model)")
     p.add_argument("--threshold", type=float, help="use this threshold instead of the card's")
 
 
 def _add_score(sub) -> None:
-    p = sub.add_parser("score", help="score image files; one JSON line per file on stdout",
-                       description="Score image files with a model.onnx. Prints one JSON object per file: "
-                       "score (raw), normalised (1.0 = threshold), verdict; or rejected with the reason. "
-                       "Exit status 0 when every file was scored, 1 when any was rejected.")
+    p = sub.add_parser("score", help="score image files or traffic tables; one JSON line per item on stdout",
+                       description="Score image files (image model) or CSV / JSON-lines tables, gzip allowed "
+                       "(traffic model) with a model.onnx. Prints one JSON object per image or window: score "
+                       "(raw), normalised (1.0 = threshold), verdict; or rejected with the reason. Exit status 0 "
+                       "when every item was scored, 1 when any was rejected.")
     p.add_argument("model", type=Path)
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--threshold", type=float, help="override the card's threshold")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
     p.add_argument("--batch", type=int, default=32, help="images per inference batch")
+    p.add_argument("--header", action="store_true", help="tables: the first line is a header to skip")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,10 +100,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _score_table(scorer, path: Path, header: bool) -> int:
+    """One JSON line per window of a CSV / JSON-lines table (gzip allowed); returns rejected rows."""
+    import gzip
+
+    from .card import TabularInput
+    from .errors import ItemRejected
+    from .preprocess import encode_rows, parse_csv_line, parse_json_line, windows
+
+    spec: TabularInput = scorer.card.input
+    parse = parse_json_line if ".jsonl" in path.suffixes or ".json" in path.suffixes else parse_csv_line
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows, origins, failed = [], [], 0
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if (number == 1 and header) or not line.strip():
+                continue
+            try:
+                rows.append(parse(line, spec, f"{path}:{number}"))
+                origins.append(f"{path}:{number}")
+            except ItemRejected as rejected:
+                failed += 1
+                print(json.dumps({"file": str(path), "line": number, "rejected": rejected.reason, "error": str(rejected)}))
+    encoded = encode_rows(rows, spec, origins)
+    for _, rejected in encoded.rejected:
+        failed += 1
+        print(json.dumps({"rejected": rejected.reason, "error": str(rejected)}))
+    features, starts = windows(encoded.features, spec.window, spec.stride)
+    for start, result in zip(starts, scorer.score_features(features)):
+        origin = origins[encoded.kept[start + spec.window - 1]]
+        print(json.dumps({"file": str(path), "line": int(origin.rsplit(":", 1)[1]), "score": round(result.raw, 6),
+                          "normalised": round(result.normalised, 6), "verdict": result.verdict}))
+    return failed
+
+
 def _score(args) -> int:
+    from .card import TabularInput
     from .scorer import Rejection, Scorer
 
     scorer = Scorer(args.model, threshold=args.threshold, intra_op_threads=args.threads)
+    if isinstance(scorer.card.input, TabularInput):
+        return 1 if sum(_score_table(scorer, path, args.header) for path in args.files) else 0
     failed = 0
     for start in range(0, len(args.files), args.batch):
         chunk = args.files[start:start + args.batch]
@@ -120,7 +161,11 @@ def _run(args) -> int:
 
     config = load_daemon_config(args.config)
     configure_logging(config.logging.level, config.logging.format)
-    daemon = Daemon(config, exit_when_done=args.exit_when_done)
+    try:
+        daemon = Daemon(config, exit_when_done=args.exit_when_done)
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(str(args.config)) else f"{args.config}: {message}") from None
     if args.check:
         print(f"{args.config}: ok (model {daemon.scorer.card.name} {daemon.scorer.card.version}, "
               f"{len(daemon.sources)} source(s))")

@@ -85,7 +85,41 @@ class FolderSource(_SourceBase):
         return self.policy or "block"
 
 
-SourceSettings = Annotated[Union[CameraSource, FolderSource], Field(discriminator="kind")]
+class TrafficSource(_SourceBase):
+    """Flow records (CSV or JSON lines) for a tabular model: a followed file, stdin, or TCP clients."""
+
+    kind: Literal["traffic"]
+    mode: Literal["file", "stdin", "tcp"]
+    format: Literal["csv", "jsonl"] = "csv"
+    path: Path | None = None  # mode file
+    header: bool = False  # mode file, CSV: the file starts with a header line to skip
+    from_start: bool = True  # mode file: read what the file already holds, then follow
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.1
+    listen: str = "127.0.0.1:9200"  # mode tcp: bind address host:port (loopback unless configured)
+    max_connections: Annotated[int, Field(ge=1, le=10_000)] = 16
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> "TrafficSource":
+        if self.mode == "file" and self.path is None:
+            raise ValueError("mode 'file' needs path")
+        if self.mode == "tcp":
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"listen must be host:port, got {self.listen!r}")
+        return self
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def effective_policy(self) -> str:
+        return self.policy or "block"
+
+
+SourceSettings = Annotated[Union[CameraSource, FolderSource, TrafficSource], Field(discriminator="kind")]
 
 
 class Batching(_Strict):
@@ -172,6 +206,9 @@ def parse_daemon_config(raw: object, source: str | Path, base: Path | None = Non
     for settings in config.sources:
         if isinstance(settings, FolderSource):
             settings.path = _resolve(settings.path, base)
+        elif isinstance(settings, TrafficSource):
+            if settings.path is not None:
+                settings.path = _resolve(settings.path, base)
         elif settings.is_file:
             settings.uri = str(_resolve(Path(settings.uri), base))
     if check_files:

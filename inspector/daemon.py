@@ -16,7 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from .config import CameraSource, DaemonConfig, FolderSource
+from .card import ImageInput, TabularInput
+from .config import CameraSource, DaemonConfig, FolderSource, TrafficSource
 from .errors import ConfigError
 from .pipeline import Pipeline
 from .scorer import Scorer
@@ -26,6 +27,7 @@ from .sinks.metrics import Metrics, MetricsServer
 from .sources.base import Source
 from .sources.camera import CameraSourceThread
 from .sources.folder import FolderSourceThread
+from .sources.traffic import TrafficSourceThread
 
 log = logging.getLogger("inspector.daemon")
 
@@ -75,9 +77,18 @@ class Daemon:
                          "on_reconnect": lambda name: self.metrics.reconnects.labels(name).inc(),
                          "on_finished": lambda name: self.metrics.source_finished.labels(name).set(1)}
             if isinstance(settings, CameraSource):
+                self._require_input(settings, ImageInput)
                 source: Source = CameraSourceThread(settings, **callbacks)
             elif isinstance(settings, FolderSource):
+                self._require_input(settings, ImageInput)
                 source = FolderSourceThread(settings, self.scorer.card.input.max_pixels, **callbacks)
+            elif isinstance(settings, TrafficSource):
+                self._require_input(settings, TabularInput)
+                source = TrafficSourceThread(
+                    settings, self.scorer.card.input,
+                    on_unknown=lambda name, column, n: self.metrics.unknown_categories.labels(name, column).inc(n),
+                    on_connection_refused=lambda name: self.metrics.connections_refused.labels(name).inc(),
+                    **callbacks)
             else:  # pragma: no cover - the config's discriminated union admits nothing else
                 raise TypeError(settings)
             source.emit = self.pipeline.add_source(settings.name, config.queue.size, settings.effective_policy)
@@ -89,6 +100,12 @@ class Daemon:
                               f"({exc.strerror or exc})") from None
         self._stop = threading.Event()
         self._signals = 0
+
+    def _require_input(self, settings, kind: type) -> None:
+        if not isinstance(self.scorer.card.input, kind):
+            wanted = "images" if kind is ImageInput else "traffic rows"
+            raise ConfigError(f"field 'sources' ({settings.name}): a {settings.kind} source delivers {wanted}, but "
+                              f"{self.scorer.path} is a {self.scorer.card.input.kind} model")
 
     def _sink_error(self, sink: str) -> None:
         """Journal / evidence write failures (reported by the sinks) and unexpected sink exceptions."""

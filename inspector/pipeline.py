@@ -19,6 +19,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import numpy as np
+
 from .scorer import Rejection, Scorer, ScoreResult
 from .sources.base import Emit, Item
 
@@ -126,22 +128,27 @@ class Pipeline:
     def process(self, batch: list[Item]) -> None:
         scorer = self._scorer_ref()
         results: list[ScoreResult | Rejection | None] = [None] * len(batch)
-        to_score = []
+        frames, windows = [], []
         for index, item in enumerate(batch):
             if item.rejection is not None:
                 results[index] = Rejection(*item.rejection)
+            elif item.features is not None:
+                windows.append(index)
             else:
-                to_score.append(index)
+                frames.append(index)
         started = time.perf_counter()
-        if to_score:
+        for indices, run in ((frames, lambda: scorer.score_images(
+                                 [batch[i].image for i in frames], [f"{batch[i].source} {batch[i].origin}" for i in frames],
+                                 max_batch=self.max_batch)),
+                             (windows, lambda: scorer.score_features(np.stack([batch[i].features for i in windows])))):
+            if not indices:
+                continue
             try:
-                scored = scorer.score_images([batch[i].image for i in to_score],
-                                             [f"{batch[i].source} {batch[i].origin}" for i in to_score],
-                                             max_batch=self.max_batch)
+                scored = run()
             except Exception as exc:  # an unexpected runtime failure must not kill the daemon
-                log.exception("scoring a batch of %d failed", len(to_score))
-                scored = [Rejection("inference_error", f"inference failed: {exc}")] * len(to_score)
-            for index, result in zip(to_score, scored):
+                log.exception("scoring a batch of %d failed", len(indices))
+                scored = [Rejection("inference_error", f"inference failed: {exc}")] * len(indices)
+            for index, result in zip(indices, scored):
                 results[index] = result
         inference_s = time.perf_counter() - started
         for sink in self.sinks:
@@ -156,7 +163,7 @@ class Pipeline:
                     item.on_done(item, result)
                 except Exception:
                     log.exception("completion of %s %s failed", item.source, item.origin)
-            item.image = None
+            item.image = item.features = None
         self.items_done += len(batch)
 
     def run(self, keep_going: Callable[[], bool], poll: float = 0.05) -> None:

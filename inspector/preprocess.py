@@ -11,6 +11,8 @@ because colour cannot be invented and silently tripling the channel would score 
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import struct
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .card import ImageInput
+from .card import ImageInput, TabularInput
 from .errors import ItemRejected
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -219,3 +221,118 @@ def denormalise(tensor: np.ndarray, spec: ImageInput) -> np.ndarray:
     if spec.color_order == "rgb":
         x = cv2.cvtColor(x, cv2.COLOR_RGB2BGR)
     return x
+
+
+# --- tabular rows (flow records) -------------------------------------------------------------------
+#
+# Rows arrive as CSV lines or JSON objects; `encode_rows` is the one function that turns parsed rows
+# into feature vectors, for training (all normal rows at once) and for the inspector (each chunk of
+# lines a source has read). A bad row is rejected with a reason, never raised past the caller:
+#   line_too_long, wrong_column_count, bad_json, non_numeric, non_finite.
+# A category never seen in training is not an error: it goes to the feature's unknown bucket and
+# is counted (a new protocol or service is exactly what an anomaly detector should see).
+
+
+def parse_csv_line(line: str, spec: TabularInput, origin: str = "row") -> list[str]:
+    if len(line) > spec.max_line_bytes:
+        raise ItemRejected("line_too_long", f"{origin}: line of {len(line)} bytes exceeds {spec.max_line_bytes}")
+    fields = next(csv.reader([line.rstrip("\r\n")]), [])
+    if len(fields) != len(spec.columns):
+        raise ItemRejected("wrong_column_count", f"{origin}: {len(fields)} fields, expected {len(spec.columns)}")
+    return fields
+
+
+def parse_json_line(line: str, spec: TabularInput, origin: str = "row") -> list[str]:
+    """A JSON object with the feature columns as keys (others ignored), or an array in column order."""
+    if len(line) > spec.max_line_bytes:
+        raise ItemRejected("line_too_long", f"{origin}: line of {len(line)} bytes exceeds {spec.max_line_bytes}")
+    try:
+        value = json.loads(line)
+    except ValueError:
+        raise ItemRejected("bad_json", f"{origin}: not a JSON object") from None
+    if isinstance(value, list):
+        if len(value) != len(spec.columns):
+            raise ItemRejected("wrong_column_count", f"{origin}: {len(value)} fields, expected {len(spec.columns)}")
+        return ["" if v is None else str(v) for v in value]
+    if not isinstance(value, dict):
+        raise ItemRejected("bad_json", f"{origin}: expected a JSON object or array")
+    needed = [f.name for f in spec.numeric] + [c.name for c in spec.categorical]
+    missing = [name for name in needed if name not in value]
+    if missing:
+        raise ItemRejected("wrong_column_count", f"{origin}: missing field(s) {missing[:3]}")
+    return ["" if value.get(c) is None else str(value.get(c)) for c in spec.columns]
+
+
+@dataclass
+class EncodedRows:
+    features: np.ndarray  # (n_ok, row_width) float32
+    kept: list[int]  # index of each encoded row in the input
+    rejected: list[tuple[int, ItemRejected]]
+    unknown: dict[str, int]  # categorical column -> rows that fell into its unknown bucket
+
+
+def _signed_log1p(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def encode_rows(rows: list[list[str]], spec: TabularInput, origins: list[str] | None = None) -> EncodedRows:
+    """Parsed rows (fields in `spec.columns` order) -> feature vectors; bad rows rejected per row."""
+    index = {name: i for i, name in enumerate(spec.columns)}
+    numeric_idx = [index[f.name] for f in spec.numeric]
+    values, kept, rejected = [], [], []
+    for r, row in enumerate(rows):
+        try:
+            values.append([float(row[i]) for i in numeric_idx])
+            kept.append(r)
+        except ValueError:
+            origin = origins[r] if origins else f"row {r}"
+            bad = next(spec.numeric[j].name for j, i in enumerate(numeric_idx) if not _is_float(row[i]))
+            rejected.append((r, ItemRejected("non_numeric", f"{origin}: field '{bad}' is not a number")))
+    numbers = np.asarray(values, dtype=np.float64).reshape(len(kept), len(numeric_idx))
+    finite = np.isfinite(numbers).all(axis=1)
+    if not finite.all():
+        for position in np.flatnonzero(~finite)[::-1]:
+            r = kept[position]
+            origin = origins[r] if origins else f"row {r}"
+            rejected.append((r, ItemRejected("non_finite", f"{origin}: NaN or infinite value")))
+        numbers = numbers[finite]
+        kept = [r for r, ok in zip(kept, finite) if ok]
+        rejected.sort(key=lambda item: item[0])
+    log_columns = [j for j, f in enumerate(spec.numeric) if f.transform == "log1p"]
+    if log_columns:
+        numbers[:, log_columns] = _signed_log1p(numbers[:, log_columns])
+    center = np.array([f.center for f in spec.numeric])
+    scale = np.array([f.scale for f in spec.numeric])
+    parts = [((numbers - center) / scale).astype(np.float32)]
+    unknown: dict[str, int] = {}
+    for feature in spec.categorical:
+        lookup = {v: i for i, v in enumerate(feature.vocabulary)}
+        column = index[feature.name]
+        codes = np.array([lookup.get(rows[r][column], len(feature.vocabulary)) for r in kept], dtype=np.int64)
+        n_unknown = int(np.sum(codes == len(feature.vocabulary)))
+        if n_unknown:
+            unknown[feature.name] = n_unknown
+        one_hot = np.zeros((len(kept), len(feature.vocabulary) + 1), dtype=np.float32)
+        one_hot[np.arange(len(kept)), codes] = 1.0
+        parts.append(one_hot)
+    features = np.concatenate(parts, axis=1) if kept else np.zeros((0, spec.row_width), np.float32)
+    return EncodedRows(features, kept, rejected, unknown)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def windows(features: np.ndarray, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive rows (N, F) -> windows (M, window * F) every `stride` rows, and each window's
+    first row index. A stream shorter than `window` gives no window."""
+    n = len(features)
+    if n < window:
+        return np.zeros((0, window * features.shape[1]), np.float32), np.zeros(0, np.int64)
+    starts = np.arange(0, n - window + 1, stride)
+    stacked = np.stack([features[s:s + window].reshape(-1) for s in starts])
+    return stacked.astype(np.float32, copy=False), starts

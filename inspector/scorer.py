@@ -105,6 +105,17 @@ class Scorer:
         outputs = self.run(batch)
         return combine_score(outputs, self.card.score), outputs
 
+    def score_features(self, windows: np.ndarray, max_batch: int = 4096) -> list[ScoreResult]:
+        """Score encoded feature windows (N, window * features) of a tabular model."""
+        results = []
+        for start in range(0, len(windows), max_batch):
+            scores, outputs = self.score_tensor(windows[start:start + max_batch])
+            for i, raw in enumerate(scores):
+                raw = float(raw)
+                components = {k: float(np.asarray(outputs[k]).reshape(-1)[i]) for k in self.card.score.weights}
+                results.append(ScoreResult(raw, raw / self.threshold, self.verdict(raw), components))
+        return results
+
     def verdict(self, raw: float) -> str:
         return ANOMALY if raw >= self.threshold else NORMAL
 

@@ -66,6 +66,13 @@ def resolve_config(args) -> TrainConfig:
 def _print_metrics(metrics: dict | None, out_dir: Path) -> None:
     if not metrics:
         return
+    if "n_normal" not in metrics:  # tables: one metrics dict per test set
+        for name, m in metrics.items():
+            print(f"{name}: AUROC {m.get('auroc', float('nan')):.3f}, AP {m.get('average_precision', float('nan')):.3f}, "
+                  f"F1 {m['f1']:.3f}, recall {m['recall']:.3f}, false-alarm rate {m['false_alarm_rate']:.3f} "
+                  f"({m['n_normal']} normal, {m['n_anomalous']} attack windows)")
+        print(f"metrics: {out_dir / 'metrics.json'}")
+        return
     shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE if k in metrics)
     print(f"test: {shown}  ({metrics['n_normal']} normal, {metrics['n_anomalous']} defective images)")
     print(f"report: {out_dir / 'report'}  metrics: {out_dir / 'metrics.json'}")
@@ -98,11 +105,26 @@ def evaluate(args) -> int:
     from .evaluate import list_test_items
 
     scorer = Scorer(args.model, threshold=args.threshold)
+    out = args.out or args.model.parent
+    if scorer.card.input.kind == "tabular":
+        from .evaluate import evaluate_windows
+        from .tabular import make_windows, read_table
+
+        spec = scorer.card.input
+        try:
+            table = read_table(Path(args.data), args.header, None if args.header else spec.columns)
+        except FileNotFoundError as exc:
+            raise InspectorError(str(exc)) from None
+        test = make_windows(table.rows, spec, table.columns.index(spec.label), spec.normal_values)
+        metrics = evaluate_windows(scorer, test, out, title=scorer.card.name)
+        print(f"test: AUROC {metrics.get('auroc', float('nan')):.3f}, AP {metrics.get('average_precision', float('nan')):.3f}, "
+              f"F1 {metrics['f1']:.3f}, false-alarm rate {metrics['false_alarm_rate']:.3f} "
+              f"({metrics['n_normal']} normal, {metrics['n_anomalous']} attack windows)  metrics: {out / 'metrics.json'}")
+        return 0
     try:
         items = list_test_items(Path(args.data))
     except FileNotFoundError as exc:
         raise InspectorError(str(exc)) from None
-    out = args.out or args.model.parent
     metrics = run_evaluation(scorer, items, out, title=scorer.card.name)
     _print_metrics(metrics, out)
     return 0

@@ -7,7 +7,7 @@ start with `$QI_DATA`, replaced by the shared data folder ($QI_DATA, default ../
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,16 +30,28 @@ def expand_data_path(path: str) -> Path:
 
 
 class DataConfig(_Strict):
-    kind: Literal["mvtec", "mnist"] = "mvtec"
+    kind: Literal["mvtec", "mnist", "table"] = "mvtec"
     path: str
     anomaly_digit: Annotated[int, Field(ge=0, le=9)] | None = None
     max_train: Annotated[int, Field(ge=1)] | None = None
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    # tables (CSV, optionally gzip): flow records, one row per connection
+    header: bool = True  # False: the file has no header row; name the columns below
+    columns: list[str] | None = None
+    label: str | None = None  # evaluation only; the rows whose label is in normal_values are normal
+    normal_values: list[str] = Field(default_factory=lambda: ["normal", "0", "Normal", "BENIGN"])
+    test_paths: dict[str, str] = Field(default_factory=dict)  # name -> table scored after training
+    normal_train_fraction: Annotated[float, Field(gt=0, lt=1)] | None = None  # one table: fit on this share of its normal rows, test on the rest + attacks
 
     @model_validator(mode="after")
-    def _mnist_needs_digit(self) -> "DataConfig":
+    def _kind_fields(self) -> "DataConfig":
         if self.kind == "mnist" and self.anomaly_digit is None:
             raise ValueError("data.kind 'mnist' needs data.anomaly_digit (the digit treated as the anomaly)")
+        if self.kind == "table":
+            if not self.header and not self.columns:
+                raise ValueError("a table without a header row needs data.columns (the column names in order)")
+            if not self.label:
+                raise ValueError("data.kind 'table' needs data.label (the column that tells normal rows from attacks)")
         return self
 
     @property
@@ -61,9 +73,22 @@ class InputConfig(_Strict):
                           resize=self.resize, tile_overlap=self.tile_overlap, mean=mean, std=mean)
 
 
+class FeatureConfig(_Strict):
+    """Which columns are what, for tables. Every column not named categorical or ignored (and not the
+    label) is numeric. log1p: 'auto' applies it to non-negative columns whose maximum exceeds 100
+    (counts, bytes, durations), or give the list of columns."""
+
+    categorical: list[str] = Field(default_factory=list)
+    ignore: list[str] = Field(default_factory=list)
+    log1p: Union[Literal["auto", "none"], list[str]] = "auto"
+    window: Annotated[int, Field(ge=1, le=1024)] = 1
+    stride: Annotated[int, Field(ge=1, le=1024)] = 1
+    max_line_bytes: Annotated[int, Field(ge=64, le=16_000_000)] = 65_536
+
+
 class ModelConfig(_Strict):
     family: Literal["ganomaly", "autoencoder"] = "ganomaly"  # autoencoder: the reference, no GAN losses
-    base_width: Annotated[int, Field(ge=4, le=128)] = 16
+    base_width: Annotated[int, Field(ge=4, le=1024)] = 16  # images: first conv filters; tables: hidden units
     latent_dim: Annotated[int, Field(ge=2, le=1024)] = 100
 
 
@@ -128,6 +153,7 @@ class TrainConfig(_Strict):
     version: str = "1"
     data: DataConfig
     input: InputConfig = InputConfig()
+    features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
     loss: LossWeights = LossWeights()
     train: TrainLoopConfig = TrainLoopConfig()

@@ -204,3 +204,24 @@ def write_metrics(path: Path, metrics: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, path)
+
+
+def evaluate_windows(scorer: Scorer, test, out_dir: Path | None, title: str = "") -> dict:
+    """Metrics for a tabular test set (windows with labels and attack kinds) through the exported model."""
+    scores = np.array([r.raw for r in scorer.score_features(test.features)])
+    metrics = image_metrics(scores, test.labels, scorer.threshold)
+    if "image_auroc" in metrics:
+        metrics["auroc"] = metrics.pop("image_auroc")
+    metrics["per_attack_auroc"] = {}
+    kinds = np.array(test.kinds)
+    for kind in sorted(set(test.kinds) - {"normal"}):
+        sel = (test.labels == 0) | (kinds == kind)
+        if len(set(test.labels[sel])) == 2 and (kinds == kind).sum() >= 10:
+            metrics["per_attack_auroc"][kind] = float(roc_auc_score(test.labels[sel], scores[sel]))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(out_dir / "metrics.json", metrics)
+        report = out_dir / "report"
+        report.mkdir(exist_ok=True)
+        _plots(report, scores, test.labels, scorer.threshold, title)
+    return metrics

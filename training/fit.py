@@ -25,7 +25,7 @@ from inspector.scorer import Scorer, combine_score
 from .calibrate import calibrate
 from .config import TrainConfig, expand_data_path
 from .data import LoadedImages, load_test, load_train_good, mnist_one_class, split_holdout
-from .evaluate import TestItem, evaluate, list_test_items
+from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
 from .flops import count_flops
 from .models.ganomaly import GANomalyScoring
@@ -35,7 +35,7 @@ from .train import train_ganomaly
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
-EVALUATION_SUMMARY_KEYS = ("image_auroc", "average_precision", "f1", "recall", "false_alarm_rate", "pixel_auroc",
+EVALUATION_SUMMARY_KEYS = ("image_auroc", "auroc", "average_precision", "f1", "recall", "false_alarm_rate", "pixel_auroc",
                            "n_normal", "n_anomalous")
 
 
@@ -95,11 +95,40 @@ def component_scales(outputs: dict[str, np.ndarray], names: list[str]) -> dict[s
     return scales
 
 
-def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
-        evaluate_test: bool = True) -> FitResult:
+def _card(config: TrainConfig, spec, score: ScoreDefinition, calibration, trained) -> ModelCard:
+    created = datetime.now(timezone.utc)
+    return ModelCard(
+        name=config.name, family=config.model.family, version=f"{config.version}+{created:%Y%m%dT%H%M%SZ}",
+        input=spec, score=score, calibration=calibration,
+        training=Provenance(data=str(config.data.resolved_path), steps=trained.steps, epochs=trained.epochs,
+                            seed=config.train.seed, created=created.isoformat(timespec="seconds"),
+                            train_seconds=round(trained.seconds, 2), package_version=inspector.__version__,
+                            torch_version=torch.__version__, config=config.model_dump(mode="json")),
+    )
+
+
+def _export(config: TrainConfig, scoring, card: ModelCard, held_out: np.ndarray, run_dir: Path) -> ModelCard:
+    flops = count_flops(scoring, torch.from_numpy(held_out[:1]))
+    model_path = run_dir / MODEL_FILE
+    card = export_with_parity(scoring, card, held_out[:PARITY_ITEMS], model_path, config.export.opset,
+                              config.export.parity_tolerance, flops)
+    log.info("exported %s (threshold %.4g, parity %.2g, %.1f MFLOPs/item) on %s", model_path,
+             card.calibration.threshold, card.export.parity_max_abs_diff, flops / 1e6, platform.node())
+    return card
+
+
+def _prepare_run(config: TrainConfig, run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    return run_dir
+
+
+def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
+        evaluate_test: bool = True) -> FitResult:
+    if config.data.kind == "table":
+        return fit_tabular(config, run_dir, resume=resume, progress=progress, evaluate_test=evaluate_test)
+    run_dir = _prepare_run(config, run_dir)
     spec = config.input.to_spec()
     normal, test_items = load_training_data(config)
     fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
@@ -127,27 +156,51 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         validation = (per_frame_max(combine_score(v_out, score), v_owner), validation.labels)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)))
-    created = datetime.now(timezone.utc)
-    card = ModelCard(
-        name=config.name, family=config.model.family, version=f"{config.version}+{created:%Y%m%dT%H%M%SZ}", input=spec,
-        score=score, calibration=calibration,
-        training=Provenance(data=str(config.data.resolved_path), steps=trained.steps, epochs=trained.epochs,
-                            seed=config.train.seed, created=created.isoformat(timespec="seconds"),
-                            train_seconds=round(trained.seconds, 2), package_version=inspector.__version__,
-                            torch_version=torch.__version__, config=config.model_dump(mode="json")),
-    )
-    flops = count_flops(scoring, torch.from_numpy(held_out[:1]))
+    card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run_dir)
     model_path = run_dir / MODEL_FILE
-    card = export_with_parity(scoring, card, held_out[:PARITY_ITEMS], model_path, config.export.opset,
-                              config.export.parity_tolerance, flops)
-    log.info("exported %s (threshold %.4g, parity %.2g, %.1f MFLOPs/item) on %s", model_path,
-             card.calibration.threshold, card.export.parity_max_abs_diff, flops / 1e6, platform.node())
 
     metrics = None
     if evaluate_test and test_items:
         metrics = evaluate(Scorer(model_path), test_items, run_dir, title=config.name)
         metrics["train_seconds"] = trained.seconds
-        metrics["flops_per_item"] = flops
+        metrics["flops_per_item"] = card.export.flops_per_item
         card = card.with_updates(evaluation={k: metrics[k] for k in EVALUATION_SUMMARY_KEYS if k in metrics})
         replace_card(model_path, card)
+    return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator)
+
+
+def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
+                evaluate_test: bool = True) -> FitResult:
+    """Flow tables: fit the feature spec on normal rows, train the MLP GANomaly, calibrate on held-out
+    normal windows, export, and evaluate every test table (metrics.json per test set)."""
+    from .evaluate import evaluate_windows
+    from .models.tabular import TabularScoring
+    from .tabular import load_tabular
+
+    run_dir = _prepare_run(config, run_dir)
+    started = time.perf_counter()
+    spec, normal, test_sets = load_tabular(config)
+    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
+    log.info("training on %d normal windows of %d features, %d held out for calibration", len(fit_idx),
+             spec.width, len(hold_idx))
+    trained = train_ganomaly(config, normal[fit_idx], run_dir, resume=resume, progress=progress)
+    scoring = TabularScoring(trained.generator, with_latent="latent_distance" in config.score.weights).eval()
+    held_out = normal[hold_idx]
+    outputs = run_scoring(scoring, held_out, batch_size=4096)
+    score = ScoreDefinition(weights=dict(config.score.weights),
+                            scales=component_scales(outputs, list(config.score.weights)), map_output=None,
+                            description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
+                                        "median on held-out normal windows")
+    calibration = calibrate(combine_score(outputs, score), config.calibration.target_false_alarm_rate)
+    card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run_dir)
+    model_path = run_dir / MODEL_FILE
+    metrics = None
+    if evaluate_test and test_sets:
+        scorer = Scorer(model_path)
+        metrics = {name: evaluate_windows(scorer, test, run_dir / name, title=f"{config.name} {name}")
+                   for name, test in test_sets.items()}
+        first = metrics[next(iter(metrics))]
+        card = card.with_updates(evaluation={k: first[k] for k in EVALUATION_SUMMARY_KEYS if k in first})
+        replace_card(model_path, card)
+        write_metrics(run_dir / "metrics.json", metrics)
     return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator)

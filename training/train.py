@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .config import TrainConfig
 from .models.blocks import dcgan_init
 from .models.ganomaly import GANomaly, GANomalyDiscriminator, GANomalyShape
+from .models.tabular import TabularDiscriminator, TabularGANomaly
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,26 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def build_models(config: TrainConfig) -> tuple[GANomaly, GANomalyDiscriminator]:
+def build_models(config: TrainConfig, feature_width: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """Generator and discriminator: convolutional for images, MLPs for feature windows of `feature_width`."""
+    if config.data.kind == "table":
+        if feature_width is None:
+            raise ValueError("tabular models need the feature width")
+        return (TabularGANomaly(feature_width, config.model.base_width, config.model.latent_dim),
+                TabularDiscriminator(feature_width, config.model.base_width))
     shape = GANomalyShape(config.input.height, config.input.width, config.input.channels,
                           config.model.base_width, config.model.latent_dim)
     return GANomaly(shape), GANomalyDiscriminator(shape)
+
+
+def reinitialise(module: nn.Module) -> None:
+    """Fresh weights for a collapsed discriminator: DCGAN init for conv nets, PyTorch defaults otherwise."""
+    if isinstance(module, GANomalyDiscriminator):
+        dcgan_init(module)
+        return
+    for layer in module.modules():
+        if hasattr(layer, "reset_parameters") and layer is not module:
+            layer.reset_parameters()
 
 
 def random_crops(items: list[torch.Tensor], height: int, width: int, generator: torch.Generator) -> torch.Tensor:
@@ -81,7 +98,7 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
 
 @dataclass
 class TrainResult:
-    generator: GANomaly
+    generator: nn.Module
     steps: int
     epochs: int
     seconds: float
@@ -121,7 +138,8 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
-    generator, discriminator = build_models(config)
+    tabular = config.data.kind == "table"
+    generator, discriminator = build_models(config, images.shape[1] if tabular else None)
     betas = tuple(config.train.betas)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.train.lr, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.train.lr, betas=betas)
@@ -176,8 +194,11 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
             order, position = torch.randperm(n, generator=sampler), 0
         picked = [data[i] for i in order[position:position + batch_size].tolist()]
         position += batch_size
-        x = random_crops(picked, config.input.height, config.input.width, sampler)
-        x = augment(x, config, sampler)
+        if tabular:
+            x = torch.stack(picked)
+        else:
+            x = random_crops(picked, config.input.height, config.input.width, sampler)
+            x = augment(x, config, sampler)
         out = generator(x)
         fake = out["reconstruction"]
 
@@ -226,9 +247,9 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
     return TrainResult(generator, step, epoch, time.perf_counter() - started)
 
 
-def load_generator(config: TrainConfig, run_dir: Path) -> GANomaly:
+def load_generator(config: TrainConfig, run_dir: Path, feature_width: int | None = None) -> nn.Module:
     """The trained generator from a run folder's checkpoint, in eval mode."""
-    generator, _ = build_models(config)
+    generator, _ = build_models(config, feature_width)
     state = torch.load(run_dir / CHECKPOINT, weights_only=True)
     generator.load_state_dict(state["generator"])
     return generator.eval()

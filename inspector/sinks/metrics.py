@@ -69,6 +69,8 @@ class Metrics:
         self.drift = Gauge("inspector_score_drift_psi", "Population stability index of recent scores vs calibration", ["source"], registry=r)
         self.sink_errors = Counter("inspector_sink_errors", "Failed journal / evidence writes", ["sink"], registry=r)
         self.evidence = Counter("inspector_evidence_written", "Evidence images written", ["source"], registry=r)
+        self.unknown_categories = Counter("inspector_unknown_categories", "Traffic rows with a category unseen in training (unknown bucket)", ["source", "column"], registry=r)
+        self.connections_refused = Counter("inspector_connections_refused", "TCP clients refused at the connection limit", ["source"], registry=r)
         self.up = Gauge("inspector_up", "1 while the daemon runs", registry=r)
         for sink in ("journal", "evidence"):
             self.sink_errors.labels(sink)

@@ -3,3 +3,4 @@
 from .base import Item, Source  # noqa: F401
 from .camera import CameraSourceThread  # noqa: F401
 from .folder import FolderSourceThread  # noqa: F401
+from .traffic import TrafficSourceThread  # noqa: F401

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Item:
-    """One thing to score: a frame (or, later, a window of traffic rows), or a rejection placeholder.
+    """One thing to score: a frame or a window of traffic rows, or a rejection placeholder.
 
     A rejected item still travels through the pipeline so it is journaled and counted in order.
     """
@@ -25,6 +25,7 @@ class Item:
     captured_at: float  # wall clock, seconds since the epoch
     origin: str  # frame index or file name
     image: np.ndarray | None = field(default=None, repr=False)
+    features: np.ndarray | None = field(default=None, repr=False)  # a window of encoded traffic rows
     rejection: tuple[str, str] | None = None  # (reason, message)
     enqueued: float = field(default_factory=time.perf_counter)
     on_done: Callable[["Item", object], None] | None = field(default=None, repr=False)

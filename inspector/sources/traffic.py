@@ -1,0 +1,314 @@
+"""Traffic source: flow records as CSV or JSON lines, from a followed file, stdin, or TCP clients.
+
+Lines are read in chunks, parsed, and encoded with `inspector.preprocess.encode_rows` (the one
+tabular transform, shared with training). `window` consecutive good rows of the source form one
+item, every `stride` rows. A bad row (too long, wrong field count, not JSON, non-numeric, NaN/inf)
+becomes a rejected item with its reason — journaled and counted, the stream goes on. A category
+never seen in training goes to the unknown bucket and is counted per column.
+
+  file   followed like `tail -F`: existing lines first (or only new ones), then appended lines; a
+         partial last line waits for its newline; rotation (rename + new file) and truncation are
+         detected; after a rotation the old file is still read for ROTATION_GRACE_S (a writer may be
+         finishing its last lines), then the new file is read from its start.
+  stdin  lines until end of input, then the source finishes.
+  tcp    a listener (bind address, connection limit, idle timeout, line-length limit) accepting
+         newline-delimited lines from several clients at once; a client that disconnects in the
+         middle of a line has that partial line rejected (`incomplete_line`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import numpy as np
+
+from ..card import TabularInput
+from ..config import TrafficSource
+from ..errors import ItemRejected
+from ..preprocess import encode_rows, parse_csv_line, parse_json_line
+from .base import Emit, Item, Source
+
+log = logging.getLogger(__name__)
+
+ROTATION_GRACE_S = 1.0  # after a rotation, the old file is drained this long before switching
+
+
+class _Windower:
+    """Turns the source's good rows into windows of `window` rows every `stride` rows."""
+
+    def __init__(self, window: int, stride: int):
+        self.window, self.stride = window, stride
+        self.rows: deque = deque(maxlen=window)
+        self.since_last = stride - 1  # the first full window is emitted at once
+
+    def push(self, row: np.ndarray) -> np.ndarray | None:
+        self.rows.append(row)
+        if len(self.rows) < self.window:
+            return None
+        self.since_last += 1
+        if self.since_last < self.stride:
+            return None
+        self.since_last = 0
+        return np.concatenate(self.rows)
+
+
+class TrafficSourceThread(Source):
+    def __init__(self, settings: TrafficSource, spec: TabularInput,
+                 on_unknown: Callable[[str, str, int], None] | None = None,
+                 on_connection_refused: Callable[[str], None] | None = None, **callbacks):
+        super().__init__(settings.name, **callbacks)
+        self.settings = settings
+        self.spec = spec
+        self.parse = parse_json_line if settings.format == "jsonl" else parse_csv_line
+        self._windower = _Windower(spec.window, spec.stride)
+        self._lock = threading.Lock()  # TCP clients share the source's windower and sequence
+        self._on_unknown = on_unknown or (lambda source, column, n: None)
+        self._on_refused = on_connection_refused or (lambda source: None)
+        self._lines = 0
+
+    # --- shared: lines -> items -------------------------------------------------------------------
+    def handle_lines(self, lines: list[str], emit: Emit, prefix: str = "") -> bool:
+        """Parse, encode and emit a chunk of complete lines in order; False when the pipeline stopped."""
+        with self._lock:
+            entries: list[tuple[str, object]] = []  # (origin, parsed fields or the rejection)
+            for line in lines:
+                self._lines += 1
+                if not line.strip():
+                    continue
+                origin = f"{prefix}line {self._lines}"
+                try:
+                    entries.append((origin, self.parse(line, self.spec, origin)))
+                except ItemRejected as rejected:
+                    entries.append((origin, rejected))
+            positions = [k for k, (_, what) in enumerate(entries) if not isinstance(what, ItemRejected)]
+            encoded = encode_rows([entries[k][1] for k in positions], self.spec, [entries[k][0] for k in positions])
+            for column, count in encoded.unknown.items():
+                self._on_unknown(self.name, column, count)
+            outcome: list[object] = [what for _, what in entries]
+            for row, rejected in encoded.rejected:
+                outcome[positions[row]] = rejected
+            for m, row in enumerate(encoded.kept):
+                outcome[positions[row]] = encoded.features[m]
+            now = time.time()
+            for (origin, _), what in zip(entries, outcome):
+                if isinstance(what, ItemRejected):
+                    item = Item(self.name, self.next_seq(), now, origin, rejection=(what.reason, str(what)))
+                else:
+                    window = self._windower.push(what)
+                    if window is None:
+                        continue
+                    item = Item(self.name, self.next_seq(), now, origin, features=window)
+                if not emit(item):
+                    return False
+        return True
+
+    def reject(self, emit: Emit, origin: str, reason: str, message: str) -> bool:
+        with self._lock:
+            return emit(Item(self.name, self.next_seq(), time.time(), origin, rejection=(reason, message)))
+
+    def produce(self, emit: Emit) -> None:
+        mode = self.settings.mode
+        if mode == "file":
+            self._follow_file(emit)
+        elif mode == "stdin":
+            self._read_stream(sys.stdin.buffer, emit)
+            self.mark_finished()
+        else:
+            self._serve_tcp(emit)
+
+    # --- stdin / generic stream ------------------------------------------------------------------
+    def _read_stream(self, stream: BinaryIO, emit: Emit) -> None:
+        self.set_up(True)
+        reader = _LineReader(self.spec.max_line_bytes)
+        while not self.stopping.is_set():
+            data = stream.readline(self.spec.max_line_bytes + 2)
+            if not data:
+                break
+            if not self._feed(reader, data, emit, ""):
+                return
+        self._flush_partial(reader, emit, "")
+
+    def _feed(self, reader: "_LineReader", data: bytes, emit: Emit, prefix: str) -> bool:
+        lines, too_long = reader.feed(data)
+        for _ in range(too_long):
+            if not self.reject(emit, f"{prefix}line", "line_too_long",
+                               f"{prefix}line longer than {self.spec.max_line_bytes} bytes"):
+                return False
+        return self.handle_lines(lines, emit, prefix) if lines else True
+
+    def _flush_partial(self, reader: "_LineReader", emit: Emit, prefix: str) -> None:
+        if reader.pending():
+            self.reject(emit, f"{prefix}end", "incomplete_line", f"{prefix}connection ended in the middle of a line")
+
+    # --- followed file ---------------------------------------------------------------------------
+    def _follow_file(self, emit: Emit) -> None:
+        path = Path(self.settings.path)
+        reader = _LineReader(self.spec.max_line_bytes)
+        handle, inode = None, None
+        first_open = True
+        rotated_at: float | None = None
+        skip_header = self.settings.header
+        down_logged = False
+        while not self.stopping.is_set():
+            if handle is None:
+                try:
+                    handle = open(path, "rb")
+                except FileNotFoundError:
+                    if not down_logged:
+                        log.warning("source %s: waiting for %s to appear", self.name, path)
+                        down_logged = True
+                    self.set_up(False)
+                    self.retrying_until = time.time() + 1.0
+                    self.stopping.wait(self.settings.poll_interval_s)
+                    continue
+                inode = os.fstat(handle.fileno()).st_ino
+                if first_open and not self.settings.from_start:
+                    handle.seek(0, os.SEEK_END)
+                    skip_header = False
+                first_open = False
+                down_logged = False
+                self.set_up(True)
+            chunk = handle.read(1 << 20)
+            if chunk:
+                if skip_header:
+                    newline = chunk.find(b"\n")
+                    if newline < 0:
+                        continue
+                    chunk, skip_header = chunk[newline + 1:], False
+                if not self._feed(reader, chunk, emit, ""):
+                    handle.close()
+                    return
+                continue
+            # at the end of the file: rotated or truncated?
+            try:
+                stat = os.stat(path)
+                rotated = stat.st_ino != inode
+                truncated = not rotated and stat.st_size < handle.tell()
+            except FileNotFoundError:
+                rotated, truncated = True, False
+            if rotated and rotated_at is None:
+                rotated_at = time.monotonic()  # keep draining the old file: its writer may still be finishing
+            if truncated or (rotated_at is not None and time.monotonic() - rotated_at >= ROTATION_GRACE_S):
+                log.info("source %s: %s was %s; reading the new file from its start", self.name, path,
+                         "truncated" if truncated else "rotated")
+                self._flush_partial(reader, emit, "")
+                reader = _LineReader(self.spec.max_line_bytes)
+                handle.close()
+                handle, rotated_at = None, None
+                skip_header = self.settings.header
+                continue
+            self.stopping.wait(self.settings.poll_interval_s)
+        if handle is not None:
+            handle.close()
+
+    # --- TCP listener ----------------------------------------------------------------------------
+    def _serve_tcp(self, emit: Emit) -> None:
+        host, port = self.settings.listen_address
+        server = socket.create_server((host, port), reuse_port=False)
+        server.settimeout(0.2)
+        self.address = server.getsockname()
+        log.info("source %s: listening for rows on %s:%d", self.name, *self.address[:2])
+        self.set_up(True)
+        clients: set[threading.Thread] = set()
+        refused_logged = 0.0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    conn, peer = server.accept()
+                except socket.timeout:
+                    clients = {t for t in clients if t.is_alive()}
+                    continue
+                clients = {t for t in clients if t.is_alive()}
+                if len(clients) >= self.settings.max_connections:
+                    self._on_refused(self.name)
+                    if time.time() - refused_logged > 60:
+                        log.warning("source %s: connection limit %d reached; refusing %s:%d (logged once a minute)",
+                                    self.name, self.settings.max_connections, *peer[:2])
+                        refused_logged = time.time()
+                    conn.close()
+                    continue
+                thread = threading.Thread(target=self._client, args=(conn, peer, emit), daemon=True,
+                                          name=f"traffic-{self.name}-{peer[1]}")
+                clients.add(thread)
+                thread.start()
+        finally:
+            server.close()
+            for thread in clients:
+                thread.join(timeout=2)
+
+    def _client(self, conn: socket.socket, peer, emit: Emit) -> None:
+        prefix = f"{peer[0]}:{peer[1]} "
+        reader = _LineReader(self.spec.max_line_bytes)
+        conn.settimeout(min(self.settings.idle_timeout_s, 0.5))
+        idle_since = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    data = conn.recv(1 << 16)
+                except socket.timeout:
+                    if time.monotonic() - idle_since > self.settings.idle_timeout_s:
+                        log.info("source %s: closing idle connection %s", self.name, prefix.strip())
+                        break
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                idle_since = time.monotonic()
+                if not self._feed(reader, data, emit, prefix):
+                    return
+            self._flush_partial(reader, emit, prefix)
+        finally:
+            conn.close()
+
+
+class _LineReader:
+    """Splits a byte stream into complete text lines; bounded: a line longer than the limit is
+    dropped up to its newline (and counted) instead of buffered."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.buffer = bytearray()
+        self.discarding = False
+
+    def pending(self) -> bool:
+        return bool(self.buffer) and not self.discarding
+
+    def feed(self, data: bytes) -> tuple[list[str], int]:
+        lines: list[str] = []
+        too_long = 0
+        start = 0
+        while True:
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                break
+            piece = data[start:newline]
+            start = newline + 1
+            if self.discarding:
+                self.discarding = False
+                self.buffer.clear()
+                continue
+            if len(self.buffer) + len(piece) > self.limit:
+                too_long += 1
+                self.buffer.clear()
+                continue
+            self.buffer += piece
+            lines.append(self.buffer.decode("utf-8", errors="replace"))
+            self.buffer.clear()
+        rest = data[start:]
+        if not self.discarding:
+            if len(self.buffer) + len(rest) > self.limit:
+                too_long += 1
+                self.buffer.clear()
+                self.discarding = True
+            else:
+                self.buffer += rest
+        return lines, too_long

@@ -1,0 +1,71 @@
+"""GANomaly for feature vectors (flow-record windows): MLP encoder -> decoder -> encoder, MLP
+discriminator; the same losses, output names and score components as the image model.
+
+residual_mean is the mean squared error over features; residual_max the largest single-feature
+squared error (one absurd field, e.g. a byte count, is an anomaly even if the rest is normal).
+The tabular AnoGAN-style variant belongs beside this module (issue "AnoGAN family").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mlp(sizes: list[int], final_activation: nn.Module | None = None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += [nn.BatchNorm1d(b), nn.LeakyReLU(0.2, inplace=True)]
+    if final_activation is not None:
+        layers.append(final_activation)
+    return nn.Sequential(*layers)
+
+
+class TabularGANomaly(nn.Module):
+    def __init__(self, width: int, hidden: int = 128, latent_dim: int = 16):
+        super().__init__()
+        self.width = width
+        self.encoder = mlp([width, hidden, hidden // 2, latent_dim])
+        self.decoder = mlp([latent_dim, hidden // 2, hidden, width])
+        self.encoder_reconstruction = mlp([width, hidden, hidden // 2, latent_dim])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        latent_in = self.encoder(x)
+        reconstruction = self.decoder(latent_in)
+        return {"reconstruction": reconstruction, "latent_in": latent_in,
+                "latent_out": self.encoder_reconstruction(reconstruction)}
+
+
+class TabularDiscriminator(nn.Module):
+    def __init__(self, width: int, hidden: int = 128):
+        super().__init__()
+        self.features = nn.Sequential(nn.Linear(width, hidden), nn.LeakyReLU(0.2, inplace=True),
+                                      nn.Linear(hidden, hidden // 2), nn.LeakyReLU(0.2, inplace=True))
+        self.classify = nn.Linear(hidden // 2, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.features(x)
+        return {"features": features, "logit": self.classify(features)}
+
+
+class TabularScoring(nn.Module):
+    """Exportable scorer: feature windows in, named score components out (no heatmap)."""
+
+    def __init__(self, generator: TabularGANomaly, with_latent: bool = True):
+        super().__init__()
+        self.generator = generator
+        self.with_latent = with_latent
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        g = self.generator
+        latent_in = g.encoder(features)
+        reconstruction = g.decoder(latent_in)
+        error = (features - reconstruction).pow(2)
+        outputs = {}
+        if self.with_latent:
+            outputs["latent_distance"] = (latent_in - g.encoder_reconstruction(reconstruction)).pow(2).mean(dim=1)
+        outputs["residual_mean"] = error.mean(dim=1)
+        outputs["residual_max"] = error.amax(dim=1)
+        return outputs
