@@ -279,16 +279,21 @@ def encode_rows(rows: list[list[str]], spec: TabularInput, origins: list[str] | 
     """Parsed rows (fields in `spec.columns` order) -> feature vectors; bad rows rejected per row."""
     index = {name: i for i, name in enumerate(spec.columns)}
     numeric_idx = [index[f.name] for f in spec.numeric]
-    values, kept, rejected = [], [], []
-    for r, row in enumerate(rows):
-        try:
-            values.append([float(row[i]) for i in numeric_idx])
-            kept.append(r)
-        except ValueError:
-            origin = origins[r] if origins else f"row {r}"
-            bad = next(spec.numeric[j].name for j, i in enumerate(numeric_idx) if not _is_float(row[i]))
-            rejected.append((r, ItemRejected("non_numeric", f"{origin}: field '{bad}' is not a number")))
-    numbers = np.asarray(values, dtype=np.float64).reshape(len(kept), len(numeric_idx))
+    kept, rejected = list(range(len(rows))), []
+    fields = [[row[i] for i in numeric_idx] for row in rows]
+    try:  # fast path: numpy parses the whole chunk at C speed
+        numbers = np.array(fields, dtype=np.float64).reshape(len(rows), len(numeric_idx))
+    except ValueError:  # some row has a non-numeric field: find it, row by row
+        values, kept = [], []
+        for r, row_fields in enumerate(fields):
+            try:
+                values.append([float(v) for v in row_fields])
+                kept.append(r)
+            except ValueError:
+                origin = origins[r] if origins else f"row {r}"
+                bad = next(spec.numeric[j].name for j, v in enumerate(row_fields) if not _is_float(v))
+                rejected.append((r, ItemRejected("non_numeric", f"{origin}: field '{bad}' is not a number")))
+        numbers = np.asarray(values, dtype=np.float64).reshape(len(kept), len(numeric_idx))
     finite = np.isfinite(numbers).all(axis=1)
     if not finite.all():
         for position in np.flatnonzero(~finite)[::-1]:

@@ -108,12 +108,13 @@ class Scorer:
     def score_features(self, windows: np.ndarray, max_batch: int = 4096) -> list[ScoreResult]:
         """Score encoded feature windows (N, window * features) of a tabular model."""
         results = []
+        names = list(self.card.score.weights)
         for start in range(0, len(windows), max_batch):
             scores, outputs = self.score_tensor(windows[start:start + max_batch])
-            for i, raw in enumerate(scores):
-                raw = float(raw)
-                components = {k: float(np.asarray(outputs[k]).reshape(-1)[i]) for k in self.card.score.weights}
-                results.append(ScoreResult(raw, raw / self.threshold, self.verdict(raw), components))
+            columns = [np.asarray(outputs[k], dtype=np.float64).reshape(-1).tolist() for k in names]
+            for i, raw in enumerate(scores.tolist()):
+                results.append(ScoreResult(raw, raw / self.threshold, ANOMALY if raw >= self.threshold else NORMAL,
+                                           {k: column[i] for k, column in zip(names, columns)}))
         return results
 
     def verdict(self, raw: float) -> str:

@@ -77,6 +77,7 @@ class Metrics:
         self.drift_window = drift_window
         self._edges: np.ndarray | None = None
         self._recent: dict[str, deque] = {}
+        self._by_source: dict[str, dict] = {}
         self._latencies: deque = deque(maxlen=2000)
         self._lock = threading.Lock()
         self.totals = {"scored": 0, "anomalies": 0, "rejected": 0, "dropped": 0}
@@ -106,6 +107,16 @@ class Metrics:
         self.dropped.labels(source).inc()
         self.totals["dropped"] += 1
 
+    def _children(self, source: str) -> dict:
+        """Per-source metric children, looked up once: labels() takes a lock and a dict lookup per call."""
+        children = self._by_source.get(source)
+        if children is None:
+            children = {"latency": self.latency.labels(source), "score": self.score.labels(source),
+                        "normal": self.scored.labels(source, "normal"), "anomaly": self.scored.labels(source, "anomaly"),
+                        "anomalies": self.anomalies.labels(source), "last_anomaly": self.last_anomaly.labels(source)}
+            self._by_source[source] = children
+        return children
+
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
         now = time.perf_counter()
         wall = time.time()
@@ -114,22 +125,23 @@ class Metrics:
             self.inference.observe(inference_s)
             self.batch_size.observe(scored)
         for item, result in zip(items, results):
+            children = self._children(item.source)
             latency = now - item.enqueued
-            self.latency.labels(item.source).observe(latency)
+            children["latency"].observe(latency)
             self._latencies.append(latency)
             if isinstance(result, Rejection):
                 self.rejected.labels(item.source, result.reason).inc()
                 self.totals["rejected"] += 1
                 continue
-            self.scored.labels(item.source, result.verdict).inc()
-            self.score.labels(item.source).observe(result.normalised)
+            children[result.verdict].inc()
+            children["score"].observe(result.normalised)
             self.totals["scored"] += 1
             recent = self._recent.get(item.source)
             if recent is not None:
                 recent.append(result.normalised)
             if result.verdict == ANOMALY:
-                self.anomalies.labels(item.source).inc()
-                self.last_anomaly.labels(item.source).set(wall)
+                children["anomalies"].inc()
+                children["last_anomaly"].set(wall)
                 self.totals["anomalies"] += 1
         self._update_drift({item.source for item in items})
 
