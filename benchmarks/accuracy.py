@@ -2,12 +2,17 @@
 
     python benchmarks/accuracy.py                         # everything (about an hour on 2 cores)
     python benchmarks/accuracy.py --sets piped --variants default,autoencoder
+    python benchmarks/accuracy.py --sets nsl_kdd,unsw_nb15 --variants default,autoencoder,isolation_forest,ocsvm
 
-Sets: the 8 PIPED classes, mvtec_screw, and the MNIST one-class protocol (10 digits). Variants:
+Sets: the 8 PIPED classes, mvtec_screw, the MNIST one-class protocol (10 digits), and the traffic
+tables nsl_kdd (KDDTest+, KDDTest-21) and unsw_nb15. Variants:
   default      the shipped config of each set (configs/*.yaml)
   autoencoder  plain convolutional autoencoder, same geometry and budget, mean reconstruction error
   classic      GANomaly as published: whole frame resized to 128 (MNIST: 32), no augmentation,
-               latent-distance score
+               latent-distance score (images only)
+  isolation_forest, ocsvm
+               scikit-learn baselines on the same encoded traffic features (tables only; the
+               one-class SVM is fitted on a 10,000-row subsample), calibrated the same way
 Per row: image AUROC / AP of the card's score, F1 and false-alarm rate at the calibrated threshold
 (through the exported .onnx file), pixel AUROC where masks exist, train time, and the AUROC each
 score component would give on the same trained model (so the table shows which score works).
@@ -38,6 +43,9 @@ from training.fit import fit, model_inputs, per_frame_max  # noqa: E402
 from training.models.ganomaly import GANomalyScoring  # noqa: E402
 from training.torch_scoring import run_scoring  # noqa: E402
 
+TABLES = {"nsl_kdd": "nsl_kdd.yaml", "unsw_nb15": "unsw_nb15.yaml"}
+BASELINES = ("isolation_forest", "ocsvm")
+OCSVM_MAX_TRAIN = 10_000
 PIPED = ["bdp01", "bft01", "brg01", "brg03", "btn01", "flr01", "fvn01", "gla01"]
 COMPONENTS = ("latent_distance", "residual_mean", "residual_max")
 MARK_START, MARK_END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
@@ -45,6 +53,8 @@ MARK_START, MARK_END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 
 def variant_overrides(variant: str, set_name: str) -> dict:
     if variant == "default":
+        return {}
+    if variant in BASELINES:
         return {}
     if variant == "autoencoder":
         return {"model.family": "autoencoder", "score.weights": {"residual_mean": 1.0}}
@@ -65,6 +75,8 @@ def jobs(sets: list[str]) -> list[tuple[str, Path, dict]]:
             out += [(f"piped_{c}", ROOT / "configs" / f"piped_{c}.yaml", {}) for c in PIPED]
         elif s == "mvtec_screw":
             out.append(("mvtec_screw", ROOT / "configs" / "mvtec_screw.yaml", {}))
+        elif s in TABLES:
+            out.append((s, ROOT / "configs" / TABLES[s], {}))
         elif s == "mnist":
             out += [(f"mnist_digit{d}", ROOT / "configs" / "mnist_digit0.yaml",
                      {"data.anomaly_digit": d, "name": f"mnist_digit{d}"}) for d in range(10)]
@@ -87,9 +99,73 @@ def component_aurocs(config, generator) -> dict[str, float]:
             for name in COMPONENTS}
 
 
-def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path, threads: int) -> dict:
+def run_tabular_baseline(config, variant: str) -> list[dict]:
+    """scikit-learn reference on the same encoded features, calibrated the same way (1% of held-out normals)."""
+    from sklearn.ensemble import IsolationForest
+    from sklearn.svm import OneClassSVM
+
+    from training.calibrate import quantile_threshold
+    from training.data import split_holdout
+    from training.evaluate import image_metrics
+    from training.tabular import load_tabular
+
+    spec, normal, tests = load_tabular(config)
+    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
+    train = normal[fit_idx]
+    if variant == "ocsvm" and len(train) > OCSVM_MAX_TRAIN:
+        train = train[np.random.default_rng(0).choice(len(train), OCSVM_MAX_TRAIN, replace=False)]
+    model = (IsolationForest(n_estimators=200, random_state=config.train.seed, n_jobs=2) if variant == "isolation_forest"
+             else OneClassSVM(nu=0.01, gamma="scale"))
+    started = time.perf_counter()
+    model.fit(train)
+    fit_seconds = time.perf_counter() - started
+    threshold = quantile_threshold(-model.decision_function(normal[hold_idx]), config.calibration.target_false_alarm_rate)
+    rows = []
+    for test_name, test in tests.items():
+        started = time.perf_counter()
+        scores = -model.decision_function(test.features)
+        score_seconds = time.perf_counter() - started
+        m = image_metrics(scores, test.labels, threshold)
+        rows.append({"set": f"{config.name} {test_name}", "variant": variant, "auroc": m.get("image_auroc"),
+                     "average_precision": m.get("average_precision"), "f1": m["f1"], "false_alarm_rate": m["false_alarm_rate"],
+                     "fit_seconds": round(fit_seconds, 1), "score_seconds": round(score_seconds, 2),
+                     "rows_per_s": round(len(test.features) / max(score_seconds, 1e-9)), "train_rows": len(train),
+                     "kind": "table"})
+    return rows
+
+
+def run_tabular(config, variant: str, runs: Path) -> list[dict]:
+    if variant in BASELINES:
+        return run_tabular_baseline(config, variant)
+    from inspector.scorer import Scorer
+    from training.tabular import load_tabular
+
+    result = fit(config, runs / variant / config.name, progress=False)
+    _, _, tests = load_tabular(config)
+    scorer = Scorer(result.model_path)
+    rows = []
+    for test_name, m in result.metrics.items():
+        started = time.perf_counter()
+        scorer.score_features(tests[test_name].features)
+        score_seconds = time.perf_counter() - started
+        rows.append({"set": f"{config.name} {test_name}", "variant": variant, "auroc": m.get("auroc"),
+                     "average_precision": m.get("average_precision"), "f1": m["f1"], "false_alarm_rate": m["false_alarm_rate"],
+                     "fit_seconds": result.card.training.train_seconds, "score_seconds": round(score_seconds, 2),
+                     "rows_per_s": round(len(tests[test_name].features) / max(score_seconds, 1e-9)),
+                     "train_rows": result.card.calibration.n_samples, "kind": "table", "steps": result.card.training.steps,
+                     "mflops_per_frame": round(result.card.export.flops_per_item / 1e6, 3)})
+    return rows
+
+
+def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path, threads: int) -> list[dict]:
     overrides = {**extra, **variant_overrides(variant, name), "train.threads": threads}
     config = load_train_config(config_path, overrides)
+    if config.data.kind == "table":
+        if variant == "classic":
+            return []
+        return run_tabular(config, variant, runs)
+    if variant in BASELINES:
+        return []
     started = time.perf_counter()
     result = fit(config, runs / variant / name, progress=False)
     wall = time.perf_counter() - started
@@ -113,22 +189,15 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         "input": f"{spec.height}x{spec.width} {spec.resize}" + (f" ({tiles} tiles)" if tiles > 1 else ""),
         "components": component_aurocs(config, result.generator),
     }
-    return row
+    return [row]
 
 
 def fmt(value, digits=3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def table(rows: list[dict], command: str) -> str:
-    lines = [MARK_START, "## Accuracy", "",
-             f"Command: `{command}`  ",
-             f"Machine: {platform.node()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-             f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.  ",
-             "Thresholds: quantile of held-out train/good scores for a 1% false-alarm target; nothing is tuned on test/. "
-             "Image AUROC/AP/F1/FAR are measured on the exported .onnx through the inspector's scorer; the component "
-             "columns give the torch AUROC of each score component on the same trained model.", "",
-             "| set | variant | input | MFLOPs/frame | score | image AUROC | AP | F1 @thr | FAR test/good | pixel AUROC "
+def image_table(rows: list[dict]) -> list[str]:
+    lines = ["| set | variant | input | MFLOPs/frame | score | image AUROC | AP | F1 @thr | FAR test/good | pixel AUROC "
              "| AUROC latent | AUROC res. mean | AUROC res. max | train s | steps | epochs |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -149,8 +218,47 @@ def table(rows: list[dict], command: str) -> str:
         pixels = [r["pixel_auroc"] for r in rs if r["pixel_auroc"] is not None]
         lines.append(f"| {group} | {variant} | {len(rs)} | {fmt(np.mean(aurocs) if aurocs else None)} | "
                      f"{fmt(np.mean(pixels) if pixels else None)} | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} |")
+    return lines
+
+
+def table_table(rows: list[dict]) -> list[str]:
+    lines = ["| test set | model | AUROC | AP | F1 @thr | FAR normal rows | fit s | score s | rows/s scored | train rows |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['set']} | {r['variant']} | {fmt(r['auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
+                     f"{fmt(r['false_alarm_rate'])} | {r['fit_seconds']:.0f} | {r['score_seconds']:.2f} | "
+                     f"{r['rows_per_s']:,} | {r['train_rows']:,} |")
+    return lines
+
+
+def table(rows: list[dict], commands: list[str]) -> str:
+    images = [r for r in rows if r.get("kind") != "table"]
+    tables = [r for r in rows if r.get("kind") == "table"]
+    measured = sorted({r.get("measured", "") for r in rows} - {""})
+    lines = [MARK_START, "## Accuracy", "", "Commands:", ""] + [f"    {c}" for c in commands] + [
+        "", f"Machine: {platform.node()} (2 cores), torch {torch.__version__}; rows measured "
+        f"{measured[0] if measured else '?'} to {measured[-1] if measured else '?'}. Train times were measured while "
+        "other work shared the machine: compare them within a table, not across runs.", "",
+        "Thresholds: quantile of held-out normal scores (20% of train/good, 10% of normal rows for tables) for a 1% "
+        "false-alarm target; nothing is tuned or selected on test data. AUROC / AP / F1 / FAR are measured on the "
+        "exported .onnx through the inspector's scorer; the component columns give the torch AUROC of each score "
+        "component on the same trained model, which is how the default score of each data kind is chosen."]
+    if images:
+        lines += ["", "### Images", ""] + image_table(images)
+    if tables:
+        lines += ["", "### Network traffic (one row per connection, W = 1)", ""] + table_table(tables)
     lines.append(MARK_END)
     return "\n".join(lines)
+
+
+def latest_rows(paths: list[Path]) -> list[dict]:
+    """The newest recorded row for every (set, variant), in first-seen order."""
+    rows: dict[tuple[str, str], dict] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            rows[(row["set"], row["variant"])] = row
+    return list(rows.values())
 
 
 def main() -> int:
@@ -161,7 +269,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--jsonl", type=Path, help="append rows here as they finish (default <runs>/accuracy.jsonl)")
+    parser.add_argument("--table-from", type=Path, nargs="+", metavar="JSONL",
+                        help="train nothing: rebuild the tables from rows recorded by earlier runs (newest per set "
+                        "and variant), e.g. an image run and a traffic run")
+    parser.add_argument("--commands", nargs="*", default=[], help="with --table-from: the commands that made the rows")
     args = parser.parse_args()
+    if args.table_from:
+        write_section(args.out, table(latest_rows(args.table_from), args.commands), MARK_START, MARK_END)
+        print(f"wrote {args.out}")
+        return 0
     logging.basicConfig(level=logging.WARNING)
     if not data_root().is_dir():
         print(f"data folder {data_root()} not found (set QI_DATA)", file=sys.stderr)
@@ -172,13 +288,14 @@ def main() -> int:
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     for variant in args.variants.split(","):
         for name, config_path, extra in jobs(args.sets.split(",")):
-            row = run_job(name, config_path, extra, variant, args.runs, args.threads)
-            rows.append(row)
-            with jsonl.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+            for row in run_job(name, config_path, extra, variant, args.runs, args.threads):
+                row["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                rows.append(row)
+                with jsonl.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
-    write_section(args.out, table(rows, command.strip()), MARK_START, MARK_END)
+    write_section(args.out, table(rows, [command.strip()]), MARK_START, MARK_END)
     print(f"wrote {args.out}")
     return 0
 
