@@ -30,6 +30,7 @@ class ModelSettings(_Strict):
     intra_op_threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0 = onnxruntime's default (all cores)
     inter_op_threads: Annotated[int, Field(ge=1, le=256)] = 1
     optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    watch_interval_s: Annotated[float, Field(ge=0, le=3600)] = 2.0  # poll the model file for replacement; 0 = only SIGHUP
 
 
 class Backoff(_Strict):

@@ -1,5 +1,6 @@
 """The inspector daemon: wires config -> scorer, sources, pipeline, sinks, HTTP endpoint; owns the lifecycle.
 
+SIGHUP or a new model file (atomic rename): hot-swap the model between batches (see reloader.py).
 SIGTERM / SIGINT: stop the sources (each finishes the item it is reading), keep scoring until every
 source thread has ended, drain the queues, flush the journal, exit 0. A second signal exits at once.
 One bad item never stops the daemon: it is rejected, logged once, counted and journaled.
@@ -20,6 +21,7 @@ from .card import ImageInput, TabularInput
 from .config import CameraSource, DaemonConfig, FolderSource, TrafficSource
 from .errors import ConfigError
 from .pipeline import Pipeline
+from .reloader import ModelReloader
 from .scorer import Scorer
 from .sinks.evidence import EvidenceSink
 from .sinks.journal import JournalSink
@@ -54,9 +56,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig, exit_when_done: bool = False):
         self.config = config
         self.exit_when_done = exit_when_done
-        m = config.model
-        self.scorer = Scorer(m.path, threshold=m.threshold, intra_op_threads=m.intra_op_threads,
-                             inter_op_threads=m.inter_op_threads, optimization=m.optimization)
+        self.scorer = self._load_scorer(config.model.path)
         self.metrics = Metrics(config.metrics.drift_window)
         self.metrics.set_model(self.scorer)
         sinks = [JournalSink(config.journal.path, config.journal.max_bytes, config.journal.backups,
@@ -100,6 +100,19 @@ class Daemon:
                               f"({exc.strerror or exc})") from None
         self._stop = threading.Event()
         self._signals = 0
+        self.reloader = ModelReloader(config.model.path, lambda: self.scorer, self._activate, self._load_scorer,
+                                      lambda result: self.metrics.reloads.labels(result).inc(),
+                                      poll_s=config.model.watch_interval_s)
+
+    def _load_scorer(self, path: Path) -> Scorer:
+        m = self.config.model
+        return Scorer(path, threshold=m.threshold, intra_op_threads=m.intra_op_threads,
+                      inter_op_threads=m.inter_op_threads, optimization=m.optimization)
+
+    def _activate(self, scorer: Scorer) -> None:
+        """Switch models: the pipeline reads self.scorer once per batch, so this lands between batches."""
+        self.scorer = scorer
+        self.metrics.set_model(scorer)
 
     def _require_input(self, settings, kind: type) -> None:
         if not isinstance(self.scorer.card.input, kind):
@@ -134,6 +147,7 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.reloader.request())
 
     def _keep_going(self) -> bool:
         all_finished = all(s.finished.is_set() for s in self.sources)
@@ -159,6 +173,8 @@ class Daemon:
                  self.scorer.card.version, self.scorer.threshold, host, port)
         for source in self.sources:
             source.start(source.emit)
+        if self.config.model.watch_interval_s > 0:
+            self.reloader.start()
         started = time.perf_counter()
         last = {"items": 0, "time": started}
         interval = self.config.logging.status_interval_s
@@ -181,6 +197,7 @@ class Daemon:
         try:
             self.pipeline.run(keep_going)
         finally:
+            self.reloader.stop()
             for sink in self.pipeline.sinks:
                 sink.close()
             for source in self.sources:

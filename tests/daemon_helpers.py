@@ -96,12 +96,12 @@ def health(port: int) -> tuple[int, dict]:
 class DaemonProcess:
     """`inspector run` in a subprocess with a config written for the test."""
 
-    def __init__(self, folder: Path, model: Path, sources: list[dict], **sections):
+    def __init__(self, folder: Path, model_path: Path, sources: list[dict], **sections):
         self.folder = folder
         self.port = free_port()
         self.journal = folder / "journal" / "decisions.jsonl"
         self.evidence = folder / "evidence"
-        config = {"model": {"path": str(model), "intra_op_threads": 1}, "sources": sources,
+        config = {"model": {"path": str(model_path), "intra_op_threads": 1}, "sources": sources,
                   "metrics": {"port": self.port}, "journal": {"path": str(self.journal)},
                   "evidence": {"dir": str(self.evidence)}, "logging": {"status_interval_s": 0},
                   "batching": {"max_batch": 16, "max_wait_ms": 2}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,7 +99,8 @@ def component_scales(outputs: dict[str, np.ndarray], names: list[str]) -> dict[s
 def _card(config: TrainConfig, spec, score: ScoreDefinition, calibration, trained) -> ModelCard:
     created = datetime.now(timezone.utc)
     return ModelCard(
-        name=config.name, family=config.model.family, version=f"{config.version}+{created:%Y%m%dT%H%M%SZ}",
+        name=config.name, family=config.model.family,
+        version=f"{config.version}+{created:%Y%m%dT%H%M%SZ}.{uuid.uuid4().hex[:6]}",  # unique even within a second
         input=spec, score=score, calibration=calibration,
         training=Provenance(data=str(config.data.resolved_path), steps=trained.steps, epochs=trained.epochs,
                             seed=config.train.seed, created=created.isoformat(timespec="seconds"),

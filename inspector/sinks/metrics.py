@@ -71,9 +71,12 @@ class Metrics:
         self.evidence = Counter("inspector_evidence_written", "Evidence images written", ["source"], registry=r)
         self.unknown_categories = Counter("inspector_unknown_categories", "Traffic rows with a category unseen in training (unknown bucket)", ["source", "column"], registry=r)
         self.connections_refused = Counter("inspector_connections_refused", "TCP clients refused at the connection limit", ["source"], registry=r)
+        self.reloads = Counter("inspector_model_reloads", "Model hot-swap attempts by result (loaded, refused)", ["result"], registry=r)
         self.up = Gauge("inspector_up", "1 while the daemon runs", registry=r)
         for sink in ("journal", "evidence"):
             self.sink_errors.labels(sink)
+        for result in ("loaded", "refused"):
+            self.reloads.labels(result)
         self.drift_window = drift_window
         self._edges: np.ndarray | None = None
         self._recent: dict[str, deque] = {}
