@@ -21,6 +21,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from .ratelimit import RateLimitedLog
 from .scorer import Rejection, Scorer, ScoreResult
 from .sources.base import Emit, Item
 
@@ -57,6 +58,7 @@ class Pipeline:
         self._on_drop = on_drop or (lambda source: None)
         self._on_error = on_error or (lambda where: None)
         self.items_done = 0
+        self._rejections = RateLimitedLog(log)
 
     # --- producer side -------------------------------------------------------------------------
     def add_source(self, name: str, size: int, policy: str) -> Emit:
@@ -151,6 +153,9 @@ class Pipeline:
             for index, result in zip(indices, scored):
                 results[index] = result
         inference_s = time.perf_counter() - started
+        for item, result in zip(batch, results):
+            if isinstance(result, Rejection):
+                self._rejections.warning((item.source, result.reason), f"rejected: {result.message}")
         for sink in self.sinks:
             try:
                 sink.handle(batch, results, inference_s)  # type: ignore[arg-type]

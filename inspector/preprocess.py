@@ -228,7 +228,7 @@ def denormalise(tensor: np.ndarray, spec: ImageInput) -> np.ndarray:
 # Rows arrive as CSV lines or JSON objects; `encode_rows` is the one function that turns parsed rows
 # into feature vectors, for training (all normal rows at once) and for the inspector (each chunk of
 # lines a source has read). A bad row is rejected with a reason, never raised past the caller:
-#   line_too_long, wrong_column_count, bad_json, non_numeric, non_finite.
+#   line_too_long, bad_csv, wrong_column_count, bad_json, non_numeric, non_finite.
 # A category never seen in training is not an error: it goes to the feature's unknown bucket and
 # is counted (a new protocol or service is exactly what an anomaly detector should see).
 
@@ -236,7 +236,10 @@ def denormalise(tensor: np.ndarray, spec: ImageInput) -> np.ndarray:
 def parse_csv_line(line: str, spec: TabularInput, origin: str = "row") -> list[str]:
     if len(line) > spec.max_line_bytes:
         raise ItemRejected("line_too_long", f"{origin}: line of {len(line)} bytes exceeds {spec.max_line_bytes}")
-    fields = next(csv.reader([line.rstrip("\r\n")]), [])
+    try:
+        fields = next(csv.reader([line.rstrip("\r\n")]), [])
+    except csv.Error as exc:  # stray carriage return, NUL byte, ...
+        raise ItemRejected("bad_csv", f"{origin}: not a CSV row ({exc})") from None
     if len(fields) != len(spec.columns):
         raise ItemRejected("wrong_column_count", f"{origin}: {len(fields)} fields, expected {len(spec.columns)}")
     return fields
@@ -261,6 +264,9 @@ def parse_json_line(line: str, spec: TabularInput, origin: str = "row") -> list[
     if missing:
         raise ItemRejected("wrong_column_count", f"{origin}: missing field(s) {missing[:3]}")
     return ["" if value.get(c) is None else str(value.get(c)) for c in spec.columns]
+
+
+FEATURE_LIMIT = 1e6
 
 
 @dataclass
@@ -308,7 +314,9 @@ def encode_rows(rows: list[list[str]], spec: TabularInput, origins: list[str] | 
         numbers[:, log_columns] = _signed_log1p(numbers[:, log_columns])
     center = np.array([f.center for f in spec.numeric])
     scale = np.array([f.scale for f in spec.numeric])
-    parts = [((numbers - center) / scale).astype(np.float32)]
+    # An absurd but finite value (1e300 bytes) must score as a strong anomaly, not overflow float32
+    # into inf and then NaN inside the model: features are clipped to +-FEATURE_LIMIT.
+    parts = [np.clip((numbers - center) / scale, -FEATURE_LIMIT, FEATURE_LIMIT).astype(np.float32)]
     unknown: dict[str, int] = {}
     for feature in spec.categorical:
         lookup = {v: i for i, v in enumerate(feature.vocabulary)}

@@ -113,12 +113,13 @@ class Scorer:
             scores, outputs = self.score_tensor(windows[start:start + max_batch])
             columns = [np.asarray(outputs[k], dtype=np.float64).reshape(-1).tolist() for k in names]
             for i, raw in enumerate(scores.tolist()):
-                results.append(ScoreResult(raw, raw / self.threshold, ANOMALY if raw >= self.threshold else NORMAL,
+                results.append(ScoreResult(raw, raw / self.threshold, self.verdict(raw),
                                            {k: column[i] for k, column in zip(names, columns)}))
         return results
 
     def verdict(self, raw: float) -> str:
-        return ANOMALY if raw >= self.threshold else NORMAL
+        """A score that is not a number is an anomaly: an input crafted to break the model must not pass."""
+        return NORMAL if raw < self.threshold else ANOMALY
 
     def score_images(
         self, images: list[np.ndarray], origins: list[str] | None = None, *, max_batch: int = 64, heatmaps: bool = True
