@@ -80,6 +80,7 @@ class FolderSource(_SourceBase):
     settle_s: Annotated[float, Field(ge=0, le=60)] = 0.3  # size and mtime unchanged this long = fully written
     move_processed: bool = True  # scored files to done/, unreadable ones to rejected/
     incomplete_grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # an undecodable file this fresh may still be arriving
+    max_pixels: Annotated[int, Field(ge=1)] | None = None  # refuse larger images before decoding; None = the card's limit
 
     @property
     def effective_policy(self) -> str:

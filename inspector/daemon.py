@@ -81,7 +81,7 @@ class Daemon:
                 source: Source = CameraSourceThread(settings, **callbacks)
             elif isinstance(settings, FolderSource):
                 self._require_input(settings, ImageInput)
-                source = FolderSourceThread(settings, self.scorer.card.input.max_pixels, **callbacks)
+                source = FolderSourceThread(settings, settings.max_pixels or self.scorer.card.input.max_pixels, **callbacks)
             elif isinstance(settings, TrafficSource):
                 self._require_input(settings, TabularInput)
                 source = TrafficSourceThread(
