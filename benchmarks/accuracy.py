@@ -140,9 +140,12 @@ def run_tabular(config, variant: str, runs: Path) -> list[dict]:
     from inspector.scorer import Scorer
     from training.tabular import load_tabular
 
+    from training.models.tabular import TabularScoring
+
     result = fit(config, runs / variant / config.name, progress=False)
     _, _, tests = load_tabular(config)
     scorer = Scorer(result.model_path)
+    components = TabularScoring(result.generator, with_latent=True).eval()
     rows = []
     for test_name, m in result.metrics.items():
         started = time.perf_counter()
@@ -153,7 +156,9 @@ def run_tabular(config, variant: str, runs: Path) -> list[dict]:
                      "fit_seconds": result.card.training.train_seconds, "score_seconds": round(score_seconds, 2),
                      "rows_per_s": round(len(tests[test_name].features) / max(score_seconds, 1e-9)),
                      "train_rows": result.card.calibration.n_samples, "kind": "table", "steps": result.card.training.steps,
-                     "mflops_per_frame": round(result.card.export.flops_per_item / 1e6, 3)})
+                     "mflops_per_frame": round(result.card.export.flops_per_item / 1e6, 3),
+                     "components": {name: float(roc_auc_score(tests[test_name].labels, values)) for name, values in
+                                    run_scoring(components, tests[test_name].features, batch_size=4096).items()}})
     return rows
 
 
@@ -222,11 +227,14 @@ def image_table(rows: list[dict]) -> list[str]:
 
 
 def table_table(rows: list[dict]) -> list[str]:
-    lines = ["| test set | model | AUROC | AP | F1 @thr | FAR normal rows | fit s | score s | rows/s scored | train rows |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| test set | model | AUROC | AP | F1 @thr | FAR normal rows | AUROC latent | AUROC res. mean | AUROC res. max "
+             "| fit s | score s | rows/s scored | train rows |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        c = r.get("components", {})
         lines.append(f"| {r['set']} | {r['variant']} | {fmt(r['auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
-                     f"{fmt(r['false_alarm_rate'])} | {r['fit_seconds']:.0f} | {r['score_seconds']:.2f} | "
+                     f"{fmt(r['false_alarm_rate'])} | {fmt(c.get('latent_distance'))} | {fmt(c.get('residual_mean'))} | "
+                     f"{fmt(c.get('residual_max'))} | {r['fit_seconds']:.0f} | {r['score_seconds']:.2f} | "
                      f"{r['rows_per_s']:,} | {r['train_rows']:,} |")
     return lines
 
