@@ -81,7 +81,8 @@ class Daemon:
                 source: Source = CameraSourceThread(settings, **callbacks)
             elif isinstance(settings, FolderSource):
                 self._require_input(settings, ImageInput)
-                source = FolderSourceThread(settings, settings.max_pixels or self.scorer.card.input.max_pixels, **callbacks)
+                source = FolderSourceThread(settings, settings.max_pixels or self.scorer.card.input.max_pixels,
+                                            journal=config.journal.path, **callbacks)
             elif isinstance(settings, TrafficSource):
                 self._require_input(settings, TabularInput)
                 source = TrafficSourceThread(

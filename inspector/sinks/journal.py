@@ -55,7 +55,14 @@ class JournalSink:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "ab")
+            if self._file.tell() > 0 and not self._ends_with_newline():
+                self._file.write(b"\n")  # a line cut short by a crash stays alone on its line
         return self._file
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
 
     def _rotate_if_needed(self) -> None:
         if self._file is None or self._file.tell() < self.max_bytes:

@@ -5,12 +5,14 @@ and modification time have stayed the same for `settle_s` (a writer that is stil
 never read early). A file that still fails to decode while younger than `incomplete_grace_s` is
 treated as still arriving (a writer that paused) and retried; after that it is rejected. With `move_processed`, a scored file moves to `done/` and an unreadable one to
 `rejected/` after it has been journaled, so a restarted daemon neither scores a finished file again
-nor skips an unfinished one. Polling (not inotify) so it works on network shares too.
+nor skips an unfinished one; a file journaled just before a crash but not yet moved is recognised
+from the journal at start-up and moved without being scored again. Polling (not inotify) so it works on network shares too.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
 import time
@@ -25,13 +27,15 @@ from .base import Emit, Item, Source
 log = logging.getLogger(__name__)
 
 DONE, REJECTED = "done", "rejected"
+JOURNAL_TAIL_BYTES = 8_000_000  # how much of the journal recovery reads after a crash
 
 
 class FolderSourceThread(Source):
-    def __init__(self, settings: FolderSource, max_pixels: int = 50_000_000, **callbacks):
+    def __init__(self, settings: FolderSource, max_pixels: int = 50_000_000, journal: Path | None = None, **callbacks):
         super().__init__(settings.name, **callbacks)
         self.settings = settings
         self.max_pixels = max_pixels
+        self.journal = journal
         self._observed: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
         self._taken: set[str] = set()  # emitted and not yet moved (or kept in place)
 
@@ -57,7 +61,42 @@ class FolderSourceThread(Source):
             return self.settings.settle_s == 0 and stat.st_size > 0
         return now - previous[2] >= self.settings.settle_s
 
+    def recover(self) -> int:
+        """After a crash: files the journal already decided but that were never moved (the process died
+        between journaling and moving) are moved now instead of being scored twice. A file counts as
+        decided only if it was last modified before the journal line's capture time, so a new file that
+        reuses an old name is still scored."""
+        if not (self.settings.move_processed and self.journal and self.journal.is_file()):
+            return 0
+        decided: dict[str, tuple[float, bool]] = {}
+        with open(self.journal, "rb") as handle:
+            handle.seek(max(0, self.journal.stat().st_size - JOURNAL_TAIL_BYTES))
+            for raw in handle.read().splitlines():
+                try:
+                    line = json.loads(raw)
+                except ValueError:
+                    continue  # a line cut short by the crash, or the partial first line of the tail
+                if isinstance(line, dict) and line.get("source") == self.name and "origin" in line:
+                    decided[line["origin"]] = (float(line.get("captured_at", 0)), line.get("verdict") == "rejected")
+        moved = 0
+        for name, (captured_at, rejected) in decided.items():
+            path = self.settings.path / name
+            try:
+                if path.stat().st_mtime > captured_at:
+                    continue
+            except OSError:
+                continue
+            target = self.settings.path / (REJECTED if rejected else DONE)
+            target.mkdir(exist_ok=True)
+            os.replace(path, target / name)
+            moved += 1
+        if moved:
+            log.info("source %s: %d file(s) were journaled before a crash but not moved; moved now, not re-scored",
+                     self.name, moved)
+        return moved
+
     def produce(self, emit: Emit) -> None:
+        self.recover()
         self.set_up(True)
         down_logged = False
         while not self.stopping.is_set():
