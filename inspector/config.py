@@ -218,7 +218,8 @@ def parse_daemon_config(raw: object, source: str | Path, base: Path | None = Non
     return config
 
 
-def load_daemon_config(path: str | Path, check_files: bool = True) -> DaemonConfig:
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file's top-level mapping, read with the safe loader; every problem is one ConfigError sentence."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -229,4 +230,11 @@ def load_daemon_config(path: str | Path, check_files: bool = True) -> DaemonConf
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(f"{path}: not valid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
-    return parse_daemon_config(raw, path, base=path.parent.resolve(), check_files=check_files)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    return raw
+
+
+def load_daemon_config(path: str | Path, check_files: bool = True) -> DaemonConfig:
+    path = Path(path)
+    return parse_daemon_config(read_yaml_mapping(path), path, base=path.parent.resolve(), check_files=check_files)

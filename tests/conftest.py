@@ -33,13 +33,9 @@ def tiny_config(data: Path, **overrides) -> dict:
         "train": {"steps": 4, "batch_size": 8, "threads": 1},
         "score": {"weights": {"residual_max": 1.0}, "pool_kernel": 3},
     }
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return raw
+    from training.config import apply_overrides
+
+    return apply_overrides(raw, overrides)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import yaml
 
 from inspector.errors import ConfigError, InspectorError
 
-from .config import TrainConfig, load_train_config, validate_train_config
+from .config import TrainConfig, apply_overrides, load_train_config, validate_train_config
 from .data import list_images
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,7 @@ def resolve_config(args) -> TrainConfig:
         raise ConfigError("inspector train needs --config FILE or --data FOLDER")
     data = Path(args.data)
     raw: dict = {"name": data.name.lower() or "model", "data": {"path": args.data}, "input": _infer_input(data)}
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return validate_train_config(raw, "command line")
+    return validate_train_config(apply_overrides(raw, overrides), "command line")
 
 
 def _print_metrics(metrics: dict | None, out_dir: Path) -> None:

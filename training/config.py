@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inspector.card import ImageInput
+from inspector.config import read_yaml_mapping
 from inspector.errors import ConfigError, describe_validation_error
 
 from .data import data_root
@@ -170,26 +170,20 @@ class TrainConfig(_Strict):
         return self
 
 
-def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """Read a YAML training config with a safe loader; every problem is one ConfigError sentence."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+def apply_overrides(raw: dict, overrides: dict | None) -> dict:
+    """Set dotted keys (`train.steps`) in a raw config mapping, creating sections as needed."""
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return validate_train_config(raw, path)
+    return raw
+
+
+def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read a YAML training config (safe loader), apply overrides, validate; problems are one ConfigError sentence."""
+    return validate_train_config(apply_overrides(read_yaml_mapping(path), overrides), path)
 
 
 def validate_train_config(raw: dict, source: str | Path) -> TrainConfig:
