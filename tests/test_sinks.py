@@ -1,0 +1,81 @@
+"""Sinks in isolation: journal rotation, evidence retention and safe names, the drift gauge."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from inspector.config import parse_daemon_config
+from inspector.errors import ConfigError
+from inspector.scorer import Rejection, ScoreResult
+from inspector.sinks.evidence import EvidenceSink, safe_component
+from inspector.sinks.journal import JournalSink
+from inspector.sinks.metrics import DRIFT_EXPECTED, population_stability_index
+from inspector.sources.base import Item
+
+
+def _items(n, source="cam"):
+    return [Item(source, i, time.time(), f"frame {i}", image=np.zeros((8, 8, 3), np.uint8)) for i in range(1, n + 1)]
+
+
+def test_the_journal_rotates_by_size_and_keeps_every_line(tmp_path):
+    sink = JournalSink(tmp_path / "j.jsonl", max_bytes=2_000, backups=50)
+    for start in range(0, 100, 10):
+        items = _items(100)[start:start + 10]
+        results = [ScoreResult(0.5, 0.25, "normal", {}) if i % 3 else Rejection("decode_failed", "bad") for i in range(10)]
+        sink.handle(items, results, 0.001)
+    sink.close()
+    files = sorted(tmp_path.glob("j.jsonl*"))
+    assert len(files) > 3 and all(f.stat().st_size < 4_000 for f in files)
+    lines = [json.loads(l) for f in files for l in f.read_text().splitlines()]
+    assert sorted(l["seq"] for l in lines) == list(range(1, 101))
+    assert {l["verdict"] for l in lines} == {"normal", "rejected"}
+
+
+class _Card:
+    class score:  # noqa: N801 - a stand-in with the two fields the overlay reads
+        map_output = "anomaly_map"
+        weights = {"residual_max": 1.0}
+        scales = {"residual_max": 1.0}
+
+
+class _Scorer:
+    card = _Card()
+    threshold = 1.0
+
+
+def test_evidence_keeps_at_most_max_files_and_writes_inside_its_folder(tmp_path):
+    sink = EvidenceSink(tmp_path / "evidence", max_files=3, max_bytes=10**9, scorer_ref=lambda: _Scorer())
+    items = _items(5, source="../../etc/passwd")
+    results = [ScoreResult(2.0, 2.0, "anomaly", {}, heatmap=np.ones((8, 8), np.float32)) for _ in items]
+    sink.handle(items, results, 0.0)
+    written = sorted((tmp_path / "evidence").iterdir())
+    assert len(written) == 3
+    assert all(p.parent == tmp_path / "evidence" and p.name.startswith("_.._etc_passwd_") for p in written)
+    assert not (tmp_path / "etc").exists()
+
+
+@pytest.mark.parametrize("hostile", ["../x", "/abs/path", "a/../../b", "..", ".hidden", "name\x00nul", "x" * 300])
+def test_safe_component_can_never_be_a_path(hostile):
+    name = safe_component(hostile)
+    assert "/" not in name and "\x00" not in name and not name.startswith(".") and 0 < len(name) <= 64
+
+
+def test_source_names_that_look_like_paths_are_refused_by_the_config(tmp_path):
+    with pytest.raises(ConfigError, match="sources.0.*name"):
+        parse_daemon_config({"model": {"path": "m.onnx"},
+                             "sources": [{"name": "../evil", "kind": "folder", "path": str(tmp_path)}]},
+                            "line.yaml", check_files=False)
+
+
+def test_drift_psi_is_small_for_the_calibration_distribution_and_large_for_a_shift():
+    rng = np.random.default_rng(0)
+    normal = rng.lognormal(0, 0.3, 200_000)
+    edges = np.quantile(normal, [0.5, 0.9, 0.95, 0.99])
+    same = rng.lognormal(0, 0.3, 500)
+    shifted = rng.lognormal(0.4, 0.3, 500)
+    assert population_stability_index(same, edges, DRIFT_EXPECTED) < 0.1
+    assert population_stability_index(shifted, edges, DRIFT_EXPECTED) > 0.25
