@@ -111,26 +111,27 @@ def _score_table(scorer, path: Path, header: bool) -> int:
     spec: TabularInput = scorer.card.input
     parse = parse_json_line if ".jsonl" in path.suffixes or ".json" in path.suffixes else parse_csv_line
     opener = gzip.open if path.suffix == ".gz" else open
-    rows, origins, failed = [], [], 0
+    rows, origins, out = [], [], []  # out: (line number, JSON object), printed in line order
     with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if (number == 1 and header) or not line.strip():
                 continue
             try:
                 rows.append(parse(line, spec, f"{path}:{number}"))
-                origins.append(f"{path}:{number}")
+                origins.append(number)
             except ItemRejected as rejected:
-                failed += 1
-                print(json.dumps({"file": str(path), "line": number, "rejected": rejected.reason, "error": str(rejected)}))
-    encoded = encode_rows(rows, spec, origins)
-    for _, rejected in encoded.rejected:
-        failed += 1
-        print(json.dumps({"rejected": rejected.reason, "error": str(rejected)}))
+                out.append((number, {"file": str(path), "line": number, "rejected": rejected.reason, "error": str(rejected)}))
+    encoded = encode_rows(rows, spec, [f"{path}:{n}" for n in origins])
+    for row, rejected in encoded.rejected:
+        out.append((origins[row], {"file": str(path), "line": origins[row], "rejected": rejected.reason, "error": str(rejected)}))
+    failed = len(out)
     features, starts = windows(encoded.features, spec.window, spec.stride)
     for start, result in zip(starts, scorer.score_features(features)):
-        origin = origins[encoded.kept[start + spec.window - 1]]
-        print(json.dumps({"file": str(path), "line": int(origin.rsplit(":", 1)[1]), "score": round(result.raw, 6),
-                          "normalised": round(result.normalised, 6), "verdict": result.verdict}))
+        number = origins[encoded.kept[start + spec.window - 1]]  # a window is reported at its last row
+        out.append((number, {"file": str(path), "line": number, "score": round(result.raw, 6),
+                             "normalised": round(result.normalised, 6), "verdict": result.verdict}))
+    for _, line in sorted(out, key=lambda entry: entry[0]):
+        print(json.dumps(line))
     return failed
 
 

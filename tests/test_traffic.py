@@ -227,3 +227,17 @@ def test_a_followed_file_that_grows_and_is_rotated_loses_no_complete_line(nsl_mo
         assert daemon.terminate() == 0
     assert scored(samples) == 900
     assert len(journal) == 900 and not [l for l in journal if l["verdict"] == "rejected"]
+
+
+def test_score_command_prints_one_line_per_row_in_order_with_rejections(nsl_model, tmp_path):
+    import subprocess
+    import sys
+
+    table = tmp_path / "flows.csv"
+    table.write_text("\n".join(kdd_test_lines(3) + ["bad,row"]) + "\n")
+    result = subprocess.run([sys.executable, "-m", "inspector.cli", "score", str(nsl_model), str(table)],
+                            capture_output=True, text=True, timeout=120)
+    lines = [json.loads(l) for l in result.stdout.splitlines()]
+    assert [l["line"] for l in lines] == [1, 2, 3, 4]
+    assert [l.get("verdict") for l in lines[:3]] != [None] * 3 and lines[3]["rejected"] == "wrong_column_count"
+    assert result.returncode == 1
