@@ -84,8 +84,9 @@ def augment(batch: torch.Tensor, config: TrainConfig, generator: torch.Generator
             item = item.flip(-1)
         if options.vflip and draw[1] < 0.5:
             item = item.flip(-2)
-        if options.rot90:
-            item = torch.rot90(item, int(turn), dims=(-2, -1))
+        if options.rot90:  # quarter turns keep a square input square; other shapes get half turns
+            quarter = int(turn) if item.shape[-1] == item.shape[-2] else 2 * (int(turn) % 2)
+            item = torch.rot90(item, quarter, dims=(-2, -1))
         out.append(item)
     return torch.stack(out)
 
