@@ -90,9 +90,23 @@ class FeatureConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    family: Literal["ganomaly", "autoencoder"] = "ganomaly"  # autoencoder: the reference, no GAN losses
+    family: Literal["ganomaly", "autoencoder", "anogan"] = "ganomaly"  # autoencoder: the reference, no GAN losses
     base_width: Annotated[int, Field(ge=4, le=1024)] = 16  # images: first conv filters; tables: hidden units
     latent_dim: Annotated[int, Field(ge=2, le=1024)] = 100
+
+
+class AnoGANConfig(_Strict):
+    """f-AnoGAN training (model.family: anogan): WGAN-GP phase, then the encoder with G and critic frozen."""
+
+    gan_steps: Annotated[int, Field(ge=1)] = 300
+    encoder_steps: Annotated[int, Field(ge=1)] = 300
+    n_critic: Annotated[int, Field(ge=1, le=20)] = 5
+    gp_weight: Annotated[float, Field(ge=0)] = 10.0
+    feature_weight: Annotated[float, Field(ge=0)] = 1.0
+    lr: Annotated[float, Field(gt=0, lt=1)] = 1e-4
+    critic_lr_factor: Annotated[float, Field(gt=0)] = 1.0  # two-time-scale update rule: > 1 for a faster critic
+    spectral_norm: bool = False
+    grad_clip: Annotated[float, Field(ge=0)] = 0.0  # max gradient norm for the generator; 0 = off
 
 
 class LossWeights(_Strict):
@@ -129,7 +143,7 @@ class ScoreConfig(_Strict):
     @field_validator("weights")
     @classmethod
     def _known_components(cls, weights: dict[str, float]) -> dict[str, float]:
-        known = {"latent_distance", "residual_mean", "residual_max"}
+        known = {"latent_distance", "residual_mean", "residual_max", "feature_residual"}
         unknown = set(weights) - known
         if unknown or not weights:
             raise ValueError(f"score components must be among {sorted(known)}, got {sorted(weights)}")
@@ -160,6 +174,7 @@ class TrainConfig(_Strict):
     input: InputConfig = InputConfig()
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
+    anogan: AnoGANConfig = AnoGANConfig()
     loss: LossWeights = LossWeights()
     train: TrainLoopConfig = TrainLoopConfig()
     score: ScoreConfig = ScoreConfig()
@@ -168,6 +183,14 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _geometry(self) -> "TrainConfig":
+        anogan = self.model.family == "anogan"
+        if anogan and "latent_distance" in self.score.weights:
+            raise ValueError("score.weights: latent_distance is a GANomaly score; anogan models score "
+                             "residual_mean, residual_max and feature_residual")
+        if not anogan and "feature_residual" in self.score.weights:
+            raise ValueError("score.weights: feature_residual needs model.family anogan")
+        if anogan and self.data.kind == "table":
+            raise ValueError("model.family anogan is for images for now; use ganomaly for tables")
         if (self.input.channels == 1) != (self.input.color_order == "gray"):
             raise ValueError(f"input.color_order '{self.input.color_order}' does not fit {self.input.channels} channel(s)")
         return self

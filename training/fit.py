@@ -47,6 +47,7 @@ class FitResult:
     metrics: dict | None
     train_seconds: float
     generator: torch.nn.Module
+    scoring: torch.nn.Module | None = None  # the torch module that was exported (for parity checks and analysis)
 
 
 def load_training_data(config: TrainConfig) -> tuple[LoadedImages, list[TestItem] | None]:
@@ -137,9 +138,16 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     log.info("training on %d normal images, %d held out for calibration", len(fit_idx), len(hold_idx))
 
     started = time.perf_counter()
-    trained = train_ganomaly(config, normal.tensors[fit_idx], run_dir, resume=resume, progress=progress)
-    scoring = GANomalyScoring(trained.generator, config.score.pool_kernel, config.score.residual,
-                              with_latent="latent_distance" in config.score.weights).eval()
+    if config.model.family == "anogan":
+        from .models.anogan import AnoGANScoring
+        from .train_anogan import train_anogan
+
+        trained = train_anogan(config, normal.tensors[fit_idx], run_dir, progress=progress)
+        scoring = AnoGANScoring(trained.model, trained.critic, config.score.pool_kernel, config.score.residual).eval()
+    else:
+        trained = train_ganomaly(config, normal.tensors[fit_idx], run_dir, resume=resume, progress=progress)
+        scoring = GANomalyScoring(trained.generator, config.score.pool_kernel, config.score.residual,
+                                  with_latent="latent_distance" in config.score.weights).eval()
 
     held_out, owner = model_inputs(normal.tensors[hold_idx], spec)
     outputs = run_scoring(scoring, held_out, keep_maps=False)
@@ -168,7 +176,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         metrics["flops_per_item"] = card.export.flops_per_item
         card = card.with_updates(evaluation={k: metrics[k] for k in EVALUATION_SUMMARY_KEYS if k in metrics})
         replace_card(model_path, card)
-    return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator)
+    return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator, scoring)
 
 
 def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
@@ -205,4 +213,4 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
         card = card.with_updates(evaluation={k: first[k] for k in EVALUATION_SUMMARY_KEYS if k in first})
         replace_card(model_path, card)
         write_metrics(run_dir / "metrics.json", metrics)
-    return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator)
+    return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator, scoring)

@@ -1,0 +1,88 @@
+"""AnoGAN family, f-AnoGAN style: a WGAN-GP generator and critic trained on normal images, then an
+encoder trained with both frozen (izi_f), so scoring is one forward pass instead of AnoGAN's
+per-image latent search.
+
+Scoring outputs (`AnoGANScoring`, exported to ONNX):
+  residual_mean     mean squared pixel residual || x - G(E(x)) ||^2
+  residual_max      max of the locally averaged residual map (small local defects)
+  feature_residual  mean squared residual of critic features || f(x) - f(G(E(x))) ||^2
+  anomaly_map       the locally averaged residual map (N, 1, H, W)
+The AnoGAN score (1 - lambda) * residual + lambda * feature_residual is the card's weighted sum
+of these components (weights {residual_mean: 1 - lambda, feature_residual: lambda}).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import Decoder, Encoder, dcgan_init, local_mean
+from .ganomaly import GANomalyShape, residual_map
+
+
+class Critic(nn.Module):
+    """WGAN critic: DCGAN convolutions without batch norm (the gradient penalty is per sample)."""
+
+    def __init__(self, shape: GANomalyShape, spectral_norm: bool = False):
+        super().__init__()
+        self.body = Encoder(shape.height, shape.width, shape.channels, shape.base_width, 1, batch_norm=False,
+                            spectral_norm=spectral_norm)
+        dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.body.features(x)
+        return {"features": features, "critic": self.body.to_latent(features).flatten(1)}
+
+
+class AnoGAN(nn.Module):
+    """Generator (z -> image) and encoder (image -> z); z is bounded by tanh as in f-AnoGAN."""
+
+    def __init__(self, shape: GANomalyShape):
+        super().__init__()
+        self.shape = shape
+        args = (shape.height, shape.width, shape.channels, shape.base_width, shape.latent_dim)
+        self.generator = Decoder(*args)
+        self.encoder = Encoder(*args)
+        dcgan_init(self)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.rand(n, self.shape.latent_dim, 1, 1, generator=generator) * 2 - 1
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.encode(x)
+        return {"latent": z, "reconstruction": self.generator(z)}
+
+
+def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al., 2017): E[(|| grad_x critic(x_hat) ||_2 - 1)^2] on random interpolates."""
+    alpha = torch.rand(len(real), 1, 1, 1, generator=generator)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    score = critic(mixed)["critic"]
+    grads = torch.autograd.grad(score.sum(), mixed, create_graph=True)[0]
+    return (grads.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+
+
+class AnoGANScoring(nn.Module):
+    """Exportable single-pass scorer: encoder -> generator -> critic features -> components and map."""
+
+    def __init__(self, model: AnoGAN, critic: Critic, pool_kernel: int = 9, residual: str = "l2"):
+        super().__init__()
+        self.model = model
+        self.critic = critic
+        self.pool_kernel = pool_kernel
+        self.residual = residual
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        reconstruction = self.model.generator(self.model.encode(image))
+        error = residual_map(image, reconstruction, self.residual)
+        anomaly_map = local_mean(error, self.pool_kernel)
+        feature_error = (self.critic(image)["features"] - self.critic(reconstruction)["features"]).pow(2)
+        return {
+            "residual_mean": error.flatten(1).mean(dim=1),
+            "residual_max": anomaly_map.flatten(1).amax(dim=1),
+            "feature_residual": feature_error.flatten(1).mean(dim=1),
+            "anomaly_map": anomaly_map,
+        }
