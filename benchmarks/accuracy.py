@@ -68,7 +68,7 @@ def variant_overrides(variant: str, set_name: str) -> dict:
     raise ValueError(f"unknown variant {variant}")
 
 
-def jobs(sets: list[str]) -> list[tuple[str, Path, dict]]:
+def jobs(sets: list[str], digits: list[int] = list(range(10))) -> list[tuple[str, Path, dict]]:
     out = []
     for s in sets:
         if s == "piped":
@@ -79,7 +79,7 @@ def jobs(sets: list[str]) -> list[tuple[str, Path, dict]]:
             out.append((s, ROOT / "configs" / TABLES[s], {}))
         elif s == "mnist":
             out += [(f"mnist_digit{d}", ROOT / "configs" / "mnist_digit0.yaml",
-                     {"data.anomaly_digit": d, "name": f"mnist_digit{d}"}) for d in range(10)]
+                     {"data.anomaly_digit": d, "name": f"mnist_digit{d}"}) for d in digits]
         else:
             raise ValueError(f"unknown set {s}")
     return out
@@ -276,6 +276,7 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mnist-digits", default="0,1,2,3,4,5,6,7,8,9", help="anomaly digits of the MNIST protocol to run")
     parser.add_argument("--jsonl", type=Path, help="append rows here as they finish (default <runs>/accuracy.jsonl)")
     parser.add_argument("--table-from", type=Path, nargs="+", metavar="JSONL",
                         help="train nothing: rebuild the tables from rows recorded by earlier runs (newest per set "
@@ -295,7 +296,7 @@ def main() -> int:
     jsonl = args.jsonl or args.runs / "accuracy.jsonl"
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     for variant in args.variants.split(","):
-        for name, config_path, extra in jobs(args.sets.split(",")):
+        for name, config_path, extra in jobs(args.sets.split(","), [int(d) for d in args.mnist_digits.split(",")]):
             for row in run_job(name, config_path, extra, variant, args.runs, args.threads):
                 row["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
                 rows.append(row)
