@@ -143,7 +143,7 @@ def run_tabular(config, variant: str, runs: Path) -> list[dict]:
     from training.models.tabular import TabularScoring
 
     result = fit(config, runs / variant / config.name, progress=False)
-    _, _, tests = load_tabular(config)
+    _, normal, tests = load_tabular(config)
     scorer = Scorer(result.model_path)
     components = TabularScoring(result.generator, with_latent=True).eval()
     rows = []
@@ -155,7 +155,8 @@ def run_tabular(config, variant: str, runs: Path) -> list[dict]:
                      "average_precision": m.get("average_precision"), "f1": m["f1"], "false_alarm_rate": m["false_alarm_rate"],
                      "fit_seconds": result.card.training.train_seconds, "score_seconds": round(score_seconds, 2),
                      "rows_per_s": round(len(tests[test_name].features) / max(score_seconds, 1e-9)),
-                     "train_rows": result.card.calibration.n_samples, "kind": "table", "steps": result.card.training.steps,
+                     "train_rows": len(normal) - result.card.calibration.n_samples, "kind": "table",
+                     "steps": result.card.training.steps,
                      "mflops_per_frame": round(result.card.export.flops_per_item / 1e6, 3),
                      "components": {name: float(roc_auc_score(tests[test_name].labels, values)) for name, values in
                                     run_scoring(components, tests[test_name].features, batch_size=4096).items()}})
@@ -227,19 +228,23 @@ def image_table(rows: list[dict]) -> list[str]:
 
 
 def table_table(rows: list[dict]) -> list[str]:
-    lines = ["| test set | model | AUROC | AP | F1 @thr | FAR normal rows | AUROC latent | AUROC res. mean | AUROC res. max "
-             "| fit s | score s | rows/s scored | train rows |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fitted = {r["set"].split()[0]: r["train_rows"] for r in rows if r["variant"] == "isolation_forest"}
+    lines = ["Every model is fitted on the same normal training rows (" + ", ".join(
+                 f"{name}: {n:,}" for name, n in fitted.items()) + "; the one-class SVM on a 10,000-row subsample of "
+             "them), with the same 10% of normal rows held out to calibrate its threshold.", "",
+             "| test set | model | AUROC | AP | F1 @thr | FAR normal rows | AUROC latent | AUROC res. mean | AUROC res. max "
+             "| fit s | score s | rows/s scored |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r.get("components", {})
         lines.append(f"| {r['set']} | {r['variant']} | {fmt(r['auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
                      f"{fmt(r['false_alarm_rate'])} | {fmt(c.get('latent_distance'))} | {fmt(c.get('residual_mean'))} | "
                      f"{fmt(c.get('residual_max'))} | {r['fit_seconds']:.0f} | {r['score_seconds']:.2f} | "
-                     f"{r['rows_per_s']:,} | {r['train_rows']:,} |")
+                     f"{r['rows_per_s']:,} |")
     return lines
 
 
-def table(rows: list[dict], commands: list[str]) -> str:
+def table(rows: list[dict], commands: list[str], notes: list[str] = ()) -> str:
     images = [r for r in rows if r.get("kind") != "table"]
     tables = [r for r in rows if r.get("kind") == "table"]
     measured = sorted({r.get("measured", "") for r in rows} - {""})
@@ -255,6 +260,8 @@ def table(rows: list[dict], commands: list[str]) -> str:
         lines += ["", "### Images", ""] + image_table(images)
     if tables:
         lines += ["", "### Network traffic (one row per connection, W = 1)", ""] + table_table(tables)
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     lines.append(MARK_END)
     return "\n".join(lines)
 
@@ -282,9 +289,10 @@ def main() -> int:
                         help="train nothing: rebuild the tables from rows recorded by earlier runs (newest per set "
                         "and variant), e.g. an image run and a traffic run")
     parser.add_argument("--commands", nargs="*", default=[], help="with --table-from: the commands that made the rows")
+    parser.add_argument("--notes", nargs="*", default=[], help="with --table-from: sentences printed under the tables")
     args = parser.parse_args()
     if args.table_from:
-        write_section(args.out, table(latest_rows(args.table_from), args.commands), MARK_START, MARK_END)
+        write_section(args.out, table(latest_rows(args.table_from), args.commands, args.notes), MARK_START, MARK_END)
         print(f"wrote {args.out}")
         return 0
     logging.basicConfig(level=logging.WARNING)
