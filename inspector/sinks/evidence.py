@@ -44,8 +44,14 @@ class EvidenceSink:
         self._failing = False
         self._files: deque[tuple[Path, int]] = deque()
         self._bytes = 0
-        self.folder.mkdir(parents=True, exist_ok=True)
-        existing = sorted((p for p in self.folder.glob("*.png") if p.is_file()), key=lambda p: p.stat().st_mtime)
+        try:  # an unusable folder must not stop the daemon: writes fail, are counted, and recover later
+            self.folder.mkdir(parents=True, exist_ok=True)
+            existing = sorted((p for p in self.folder.glob("*.png") if p.is_file()), key=lambda p: p.stat().st_mtime)
+        except OSError as exc:
+            log.error("evidence %s: not usable (%s); scoring continues without evidence until it is",
+                      self.folder, exc.strerror or exc)
+            self._failing = True
+            existing = []
         for path in existing:
             size = path.stat().st_size
             self._files.append((path, size))
@@ -82,6 +88,7 @@ class EvidenceSink:
                 if not ok:
                     raise OSError("PNG encoding failed")
                 path = self.path_for(item)
+                self.folder.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.name + ".tmp")
                 with open(tmp, "wb") as handle:
                     handle.write(encoded.tobytes())
@@ -89,7 +96,7 @@ class EvidenceSink:
             except OSError as exc:
                 if not self._failing:
                     log.error("evidence %s: cannot write (%s); scoring continues", self.folder, exc.strerror or exc)
-                    self._failing = True
+                self._failing = True
                 self._on_error("evidence")
                 continue
             if self._failing:

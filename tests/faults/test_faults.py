@@ -180,3 +180,18 @@ def test_a_10_mb_line_and_a_flood_of_clients_are_bounded(tmp_path, tmp_path_fact
         assert daemon.terminate() == 0
     assert metric(samples, "inspector_items_rejected_total", source="feed", reason="line_too_long") == 1
     assert rss_kb < 1_500_000  # the 10 MB line was never buffered whole (peak RSS well under 1.5 GB)
+
+
+def test_an_unusable_evidence_folder_is_counted_and_recovers(tmp_path, model):
+    blocked = tmp_path / "evidence"
+    blocked.write_text("a file where the evidence folder should be")
+    video = tmp_path / "line.avi"
+    write_video(video, 30, defect_every=3)
+    sources = [{"name": "cam", "kind": "camera", "uri": str(video), "realtime": True, "loop": True}]
+    with DaemonProcess(tmp_path, model, sources) as daemon:
+        daemon.wait_for(lambda s: metric(s, "inspector_sink_errors_total", sink="evidence") >= 2)
+        blocked.unlink()
+        samples = daemon.wait_for(lambda s: metric(s, "inspector_evidence_written_total", source="cam") >= 2)
+        assert daemon.terminate() == 0
+    assert metric(samples, "inspector_items_scored_total", source="cam", verdict="anomaly") > 2
+    assert len(list(blocked.glob("*.png"))) >= 2
