@@ -213,8 +213,8 @@ def image_table(rows: list[dict]) -> list[str]:
                      f"{fmt(r['false_alarm_rate'])} | {fmt(r['pixel_auroc'])} | {fmt(c.get('latent_distance'))} | "
                      f"{fmt(c.get('residual_mean'))} | {fmt(c.get('residual_max'))} | {r['train_seconds']:.0f} | "
                      f"{r['steps']} | {r['epochs']} |")
-    lines += ["", "Means per group:", "", "| group | variant | rows | image AUROC | pixel AUROC | FAR test/good |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "Means per group:", "", "| group | variant | rows | image AUROC | pixel AUROC | FAR test/good "
+              "| AUROC latent | AUROC res. mean | AUROC res. max |", "|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         group = "piped" if r["set"].startswith("piped") else "mnist" if r["set"].startswith("mnist") else r["set"]
@@ -222,8 +222,10 @@ def image_table(rows: list[dict]) -> list[str]:
     for (group, variant), rs in groups.items():
         aurocs = [r["image_auroc"] for r in rs if r["image_auroc"] is not None]
         pixels = [r["pixel_auroc"] for r in rs if r["pixel_auroc"] is not None]
+        component_means = [fmt(np.mean([r["components"][c] for r in rs])) for c in COMPONENTS]
         lines.append(f"| {group} | {variant} | {len(rs)} | {fmt(np.mean(aurocs) if aurocs else None)} | "
-                     f"{fmt(np.mean(pixels) if pixels else None)} | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} |")
+                     f"{fmt(np.mean(pixels) if pixels else None)} | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} | "
+                     + " | ".join(component_means) + " |")
     return lines
 
 

@@ -158,7 +158,9 @@ def main() -> int:
     lines_out = [MARK_START, "## Soak", "", f"Command: `python benchmarks/soak.py {' '.join(sys.argv[1:])}`  ",
                  f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, {args.minutes:g} minutes; image daemon on a looping "
                  f"video at full rate (realtime false), traffic daemon on a TCP feed of {args.rows_per_second:,.0f} NSL-KDD "
-                 "rows/s. Warm-up = the first sample (after 10 s).", "",
+                 "rows/s. Warm-up = the first sample (after 10 s). p99 latencies are the upper bounds of the "
+                 "histogram buckets that hold them (buckets: 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500 ms, ...); the "
+                 "image daemon runs flat out with a full queue, so its latency is queueing, by design of the test.", "",
                  "| daemon | items journaled | items lost | exit code | RSS MB warm-up / peak / end | end vs warm-up "
                  "| fds start / end | threads start / end | p99 latency ms first / median / last interval |",
                  "|---|---|---|---|---|---|---|---|---|"]
