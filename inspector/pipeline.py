@@ -139,19 +139,12 @@ class Pipeline:
             else:
                 frames.append(index)
         started = time.perf_counter()
-        for indices, run in ((frames, lambda: scorer.score_images(
-                                 [batch[i].image for i in frames], [f"{batch[i].source} {batch[i].origin}" for i in frames],
-                                 max_batch=self.max_batch)),
-                             (windows, lambda: scorer.score_features(np.stack([batch[i].features for i in windows])))):
-            if not indices:
-                continue
-            try:
-                scored = run()
-            except Exception as exc:  # an unexpected runtime failure must not kill the daemon
-                log.exception("scoring a batch of %d failed", len(indices))
-                scored = [Rejection("inference_error", f"inference failed: {exc}")] * len(indices)
-            for index, result in zip(indices, scored):
-                results[index] = result
+        if frames:
+            self._fill(results, frames, lambda: scorer.score_images(
+                [batch[i].image for i in frames], [f"{batch[i].source} {batch[i].origin}" for i in frames],
+                max_batch=self.max_batch))
+        if windows:
+            self._fill(results, windows, lambda: scorer.score_features(np.stack([batch[i].features for i in windows])))
         inference_s = time.perf_counter() - started
         for item, result in zip(batch, results):
             if isinstance(result, Rejection):
@@ -170,6 +163,18 @@ class Pipeline:
                     log.exception("completion of %s %s failed", item.source, item.origin)
             item.image = item.features = None
         self.items_done += len(batch)
+
+    @staticmethod
+    def _fill(results: list, indices: list[int], score: Callable[[], list]) -> None:
+        """Put the scores of `indices` into `results`; an unexpected runtime failure rejects them
+        (reason inference_error) instead of killing the daemon."""
+        try:
+            scored = score()
+        except Exception as exc:
+            log.exception("scoring a batch of %d failed", len(indices))
+            scored = [Rejection("inference_error", f"inference failed: {exc}")] * len(indices)
+        for index, result in zip(indices, scored):
+            results[index] = result
 
     def run(self, keep_going: Callable[[], bool], poll: float = 0.05) -> None:
         """Batch and score until `keep_going()` is false, then drain what is still queued."""
