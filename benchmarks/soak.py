@@ -104,7 +104,10 @@ def feed(port: int, lines: list[str], rate: float, stop: threading.Event) -> Non
 
 
 def journal_loss(journal: Path) -> tuple[int, int]:
-    seqs = [json.loads(l)["seq"] for l in journal.read_text().splitlines() if l.strip()]
+    """(lines journaled, sequence numbers missing), over the journal and its rotated files."""
+    seqs = []
+    for path in [journal, *sorted(journal.parent.glob(journal.name + ".*"))]:
+        seqs += [json.loads(l)["seq"] for l in path.read_text().splitlines() if l.strip()]
     return len(seqs), (max(seqs) - len(set(seqs))) if seqs else 0
 
 
