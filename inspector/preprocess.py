@@ -194,15 +194,6 @@ def prepare_image(image: np.ndarray, spec: ImageInput, origin: str = "image") ->
     return _normalise(_center_crop(pixels, spec.height, spec.width), spec)[None], None
 
 
-def preprocess_images(images: list[np.ndarray], spec: ImageInput) -> np.ndarray:
-    """Batch form for training and evaluation of non-tiled models: (N, C, H, W) float32."""
-    if spec.resize == "tile":
-        raise ValueError("preprocess_images is for whole-frame models; use prepare_image for tiled ones")
-    if not images:
-        return np.zeros((0, spec.channels, spec.height, spec.width), dtype=np.float32)
-    return np.concatenate([prepare_image(img, spec, f"image {i}")[0] for i, img in enumerate(images)])
-
-
 def stitch_tiles(maps: np.ndarray, layout: TileLayout) -> np.ndarray:
     """Per-tile maps (T, H, W) -> one frame map, the maximum where tiles overlap."""
     out = np.full((layout.frame_height, layout.frame_width), -np.inf, dtype=np.float32)
@@ -211,16 +202,6 @@ def stitch_tiles(maps: np.ndarray, layout: TileLayout) -> np.ndarray:
         region = out[top : top + h, left : left + w]
         np.maximum(region, tile_map, out=region)
     return out
-
-
-def denormalise(tensor: np.ndarray, spec: ImageInput) -> np.ndarray:
-    """Model-space CxHxW float -> HxWxC uint8 BGR (or gray) for pictures and evidence."""
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    x = np.clip((tensor * std + mean) * 255.0, 0, 255).astype(np.uint8).transpose(1, 2, 0)
-    if spec.color_order == "rgb":
-        x = cv2.cvtColor(x, cv2.COLOR_RGB2BGR)
-    return x
 
 
 # --- tabular rows (flow records) -------------------------------------------------------------------

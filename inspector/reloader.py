@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .card import ImageInput, TabularInput
+from .card import TabularInput
 from .errors import InspectorError
 from .scorer import Scorer
 

@@ -21,7 +21,7 @@ from inspector.scorer import Scorer
 from inspector.sources.traffic import TrafficSourceThread, _Windower
 from training.config import load_train_config, validate_train_config
 from training.fit import fit
-from training.tabular import Table, fit_spec, make_windows, read_table
+from training.tabular import Table, fit_spec, make_windows
 
 from .conftest import DATA, require
 from .daemon_helpers import DaemonProcess, free_port, metric

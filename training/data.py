@@ -54,16 +54,6 @@ class LoadedImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, indices: np.ndarray | list[int]) -> "LoadedImages":
-        idx = [int(i) for i in indices]
-        return LoadedImages(
-            self.tensors[idx],
-            [self.paths[i] for i in idx],
-            self.labels[idx],
-            [self.defect_types[i] for i in idx],
-            [self.masks[i] for i in idx] if self.masks else [],
-            list(self.skipped),
-        )
 
 
 def _mask_path(root: Path, defect: str, image: Path) -> Path | None:
@@ -126,19 +116,23 @@ def load_train_good(root: Path, spec: ImageInput) -> LoadedImages:
     return load_images(paths, spec)
 
 
-def load_test(root: Path, spec: ImageInput) -> LoadedImages:
-    """Every test/<type>/ folder; 'good' is normal, anything else a defect. Masks where present."""
+def list_test_files(root: Path) -> list[tuple[Path, int, str, Path | None]]:
+    """(image, label, defect type, mask or None) for every test/<type>/ image; 'good' is normal."""
     test_root = Path(root) / "test"
     if not test_root.is_dir():
         raise FileNotFoundError(f"{test_root}: no test folder (expected <root>/test/good and <root>/test/<defect>)")
-    paths, labels, types, masks = [], [], [], []
+    files = []
     for folder in sorted(p for p in test_root.iterdir() if p.is_dir()):
+        good = folder.name == "good"
         for image in list_images(folder):
-            paths.append(image)
-            labels.append(0 if folder.name == "good" else 1)
-            types.append(folder.name)
-            masks.append(None if folder.name == "good" else _mask_path(Path(root), folder.name, image))
-    return load_images(paths, spec, labels, types, masks)
+            files.append((image, 0 if good else 1, folder.name, None if good else _mask_path(Path(root), folder.name, image)))
+    return files
+
+
+def load_test(root: Path, spec: ImageInput) -> LoadedImages:
+    """Every test/<type>/ folder; 'good' is normal, anything else a defect. Masks where present."""
+    files = list_test_files(root)
+    return load_images([f[0] for f in files], spec, [f[1] for f in files], [f[2] for f in files], [f[3] for f in files])
 
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

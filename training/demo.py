@@ -122,6 +122,6 @@ def run_demo(out: Path, steps: int) -> int:
           f"false-alarm rate {metrics.get('false_alarm_rate', 0):.2f}")
     print(f"      report: {out / 'run' / 'report'} (roc.png, score_histogram.png, examples.png)")
     stream_through_daemon(result.model_path, out)
-    print(f"      next: inspector run -c configs/line1.yaml   (the same line as a daemon, see README)")
+    print("      next: inspector run -c configs/line1.yaml   (the same line as a daemon, see README)")
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0

@@ -22,7 +22,7 @@ from inspector.overlay import heatmap_reference, side_by_side
 from inspector.preprocess import read_image
 from inspector.scorer import Rejection, Scorer
 
-from .data import list_images
+from .data import list_test_files
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,7 @@ class TestItem:
 
 
 def list_test_items(root: Path) -> list[TestItem]:
-    test_root = Path(root) / "test"
-    if not test_root.is_dir():
-        raise FileNotFoundError(f"{test_root}: no test folder (expected <root>/test/good and <root>/test/<defect>)")
-    items = []
-    for folder in sorted(p for p in test_root.iterdir() if p.is_dir()):
-        for image in list_images(folder):
-            mask = None
-            if folder.name != "good":
-                candidate = Path(root) / "ground_truth" / folder.name / f"{image.stem}_mask.png"
-                mask = candidate if candidate.is_file() else None
-            items.append(TestItem(image, 0 if folder.name == "good" else 1, folder.name, mask))
-    return items
+    return [TestItem(image, label, kind, mask) for image, label, kind, mask in list_test_files(root)]
 
 
 def image_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,9 +138,3 @@ def load_tabular(config: TrainConfig) -> tuple[TabularInput, np.ndarray, dict[st
     test_sets = {name: make_windows(rows, spec, label_index, data.normal_values) for name, rows in tests.items()}
     return spec, train.features, test_sets
 
-
-def stream_rows_text(rows: list[list[str]]) -> str:
-    """Rows back to CSV text (tests and benchmarks feed them to a traffic source)."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()

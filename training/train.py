@@ -247,10 +247,3 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
     generator.eval()
     return TrainResult(generator, step, epoch, time.perf_counter() - started)
 
-
-def load_generator(config: TrainConfig, run_dir: Path, feature_width: int | None = None) -> nn.Module:
-    """The trained generator from a run folder's checkpoint, in eval mode."""
-    generator, _ = build_models(config, feature_width)
-    state = torch.load(run_dir / CHECKPOINT, weights_only=True)
-    generator.load_state_dict(state["generator"])
-    return generator.eval()

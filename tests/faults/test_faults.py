@@ -4,7 +4,6 @@ journaled where an item is involved, and no accepted item is lost."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
