@@ -10,6 +10,11 @@ tables nsl_kdd (KDDTest+, KDDTest-21) and unsw_nb15. Variants:
   autoencoder  plain convolutional autoencoder, same geometry and budget, mean reconstruction error
   classic      GANomaly as published: whole frame resized to 128 (MNIST: 32), no augmentation,
                latent-distance score (images only)
+  anogan       the AnoGAN family (f-AnoGAN: WGAN-GP, then an izi_f encoder), same input geometry as
+               the set's config, score (1 - lambda) * pixel residual + lambda * critic-feature
+               residual (see ANOGAN_SCORES), encoder checkpoint chosen by the synthetic_auroc
+               criterion on held-out normal images (tables: validation_loss). Its rows also compare
+               the encoder's single pass with classic latent search on a seeded subset of test items.
   isolation_forest, ocsvm
                scikit-learn baselines on the same encoded traffic features (tables only; the
                one-class SVM is fitted on a 10,000-row subsample), calibrated the same way
@@ -47,7 +52,12 @@ TABLES = {"nsl_kdd": "nsl_kdd.yaml", "unsw_nb15": "unsw_nb15.yaml"}
 BASELINES = ("isolation_forest", "ocsvm")
 OCSVM_MAX_TRAIN = 10_000
 PIPED = ["bdp01", "bft01", "brg01", "brg03", "btn01", "flr01", "fvn01", "gla01"]
-COMPONENTS = ("latent_distance", "residual_mean", "residual_max")
+COMPONENTS = ("latent_distance", "residual_mean", "residual_max", "feature_residual")
+# AnoGAN score per data kind: the pixel residual the set's GANomaly config scores (local maximum for
+# parts, mean for digits and tables) with lambda = 0.1 on the critic-feature residual, as in AnoGAN.
+ANOGAN_LAMBDA = 0.1
+LATENT_SEARCH_STEPS = 100
+LATENT_SEARCH_ITEMS = {"piped": 24, "mvtec_screw": 24, "mnist": 200, "table": 2000}
 MARK_START, MARK_END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 
 
@@ -58,6 +68,12 @@ def variant_overrides(variant: str, set_name: str) -> dict:
         return {}
     if variant == "autoencoder":
         return {"model.family": "autoencoder", "score.weights": {"residual_mean": 1.0}}
+    if variant == "anogan":
+        table = set_name in TABLES
+        pixel = "residual_max" if set_name.startswith(("piped", "mvtec")) else "residual_mean"
+        return {"model.family": "anogan",
+                "score.weights": {pixel: 1 - ANOGAN_LAMBDA, "feature_residual": ANOGAN_LAMBDA},
+                "selection.criterion": "validation_loss" if table else "synthetic_auroc"}
     if variant == "classic":
         size = 32 if set_name.startswith("mnist") else 128
         return {"input.height": size, "input.width": size, "input.resize": "stretch",
@@ -85,18 +101,38 @@ def jobs(sets: list[str], digits: list[int] = list(range(10))) -> list[tuple[str
     return out
 
 
-def component_aurocs(config, generator) -> dict[str, float]:
-    """AUROC of every score component on test/ with the trained generator (torch), frame = worst tile."""
+def set_group(name: str) -> str:
+    return "piped" if name.startswith("piped") else "mnist" if name.startswith("mnist") else name
+
+
+def load_test_images(config):
     spec = config.input.to_spec()
     if config.data.kind == "mnist":
-        _, test = mnist_one_class(config.data.resolved_path, config.data.anomaly_digit, spec, 1)
+        return mnist_one_class(config.data.resolved_path, config.data.anomaly_digit, spec, 1)[1]
+    return load_test(config.data.resolved_path, spec)
+
+
+def component_aurocs(config, result) -> dict[str, float]:
+    """AUROC of every score component on test/ with the trained model (torch), frame = worst tile."""
+    spec = config.input.to_spec()
+    test = load_test_images(config)
+    if config.model.family == "anogan":
+        scoring = result.scoring
     else:
-        test = load_test(config.data.resolved_path, spec)
-    scoring = GANomalyScoring(generator, config.score.pool_kernel, config.score.residual, with_latent=True)
+        scoring = GANomalyScoring(result.generator, config.score.pool_kernel, config.score.residual, with_latent=True)
     inputs, owner = model_inputs(test.tensors, spec)
     outputs = run_scoring(scoring, inputs, batch_size=256, keep_maps=False)
     return {name: float(roc_auc_score(test.labels, per_frame_max(outputs[name].reshape(-1), owner)))
-            for name in COMPONENTS}
+            for name in COMPONENTS if name in outputs}
+
+
+def latent_search_row(scoring, card, frames, labels, spec, group: str) -> dict:
+    """Single pass vs latent search on a seeded subset of test items (both classes kept)."""
+    from training.latent_search import compare_with_single_pass
+
+    keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:LATENT_SEARCH_ITEMS[group]])
+    return compare_with_single_pass(scoring, card.score, card.calibration.threshold, frames[keep],
+                                    np.asarray(labels)[keep], LATENT_SEARCH_STEPS, spec)
 
 
 def run_tabular_baseline(config, variant: str) -> list[dict]:
@@ -145,7 +181,8 @@ def run_tabular(config, variant: str, runs: Path) -> list[dict]:
     result = fit(config, runs / variant / config.name, progress=False)
     _, normal, tests = load_tabular(config)
     scorer = Scorer(result.model_path)
-    components = TabularScoring(result.generator, with_latent=True).eval()
+    components = (result.scoring if config.model.family == "anogan"
+                  else TabularScoring(result.generator, with_latent=True).eval())
     rows = []
     for test_name, m in result.metrics.items():
         started = time.perf_counter()
@@ -160,6 +197,10 @@ def run_tabular(config, variant: str, runs: Path) -> list[dict]:
                      "mflops_per_frame": round(result.card.export.flops_per_item / 1e6, 3),
                      "components": {name: float(roc_auc_score(tests[test_name].labels, values)) for name, values in
                                     run_scoring(components, tests[test_name].features, batch_size=4096).items()}})
+        if variant == "anogan":
+            test = tests[test_name]
+            rows[-1]["latent_search"] = latent_search_row(result.scoring, result.card, test.features, test.labels, None,
+                                                          "table")
     return rows
 
 
@@ -193,8 +234,14 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         "steps": card.training.steps, "epochs": card.training.epochs,
         "mflops_per_frame": round(card.export.flops_per_item * tiles / 1e6, 1),
         "input": f"{spec.height}x{spec.width} {spec.resize}" + (f" ({tiles} tiles)" if tiles > 1 else ""),
-        "components": component_aurocs(config, result.generator),
+        "components": component_aurocs(config, result),
     }
+    if variant == "anogan":
+        test = load_test_images(config)
+        row["latent_search"] = latent_search_row(result.scoring, card, test.tensors, test.labels, spec, set_group(name))
+    if (result.model_path.parent / "selection.json").exists():
+        selection = json.loads((result.model_path.parent / "selection.json").read_text())
+        row["selection"] = {k: selection[k] for k in ("criterion", "selected_epoch", "selected_value")}
     return [row]
 
 
@@ -204,28 +251,30 @@ def fmt(value, digits=3) -> str:
 
 def image_table(rows: list[dict]) -> list[str]:
     lines = ["| set | variant | input | MFLOPs/frame | score | image AUROC | AP | F1 @thr | FAR test/good | pixel AUROC "
-             "| AUROC latent | AUROC res. mean | AUROC res. max | train s | steps | epochs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| AUROC latent | AUROC res. mean | AUROC res. max | AUROC feat. res. | train s | steps | epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["components"]
         lines.append(f"| {r['set']} | {r['variant']} | {r['input']} | {r['mflops_per_frame']:.0f} | {r['score']} | "
                      f"{fmt(r['image_auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
                      f"{fmt(r['false_alarm_rate'])} | {fmt(r['pixel_auroc'])} | {fmt(c.get('latent_distance'))} | "
-                     f"{fmt(c.get('residual_mean'))} | {fmt(c.get('residual_max'))} | {r['train_seconds']:.0f} | "
-                     f"{r['steps']} | {r['epochs']} |")
+                     f"{fmt(c.get('residual_mean'))} | {fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | "
+                     f"{r['train_seconds']:.0f} | {r['steps']} | {r['epochs']} |")
     lines += ["", "Means per group:", "", "| group | variant | rows | image AUROC | pixel AUROC | FAR test/good "
-              "| AUROC latent | AUROC res. mean | AUROC res. max |", "|---|---|---|---|---|---|---|---|---|"]
+              "| AUROC latent | AUROC res. mean | AUROC res. max | AUROC feat. res. | train s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        group = "piped" if r["set"].startswith("piped") else "mnist" if r["set"].startswith("mnist") else r["set"]
+        group = set_group(r["set"])
         groups.setdefault((group, r["variant"]), []).append(r)
     for (group, variant), rs in groups.items():
         aurocs = [r["image_auroc"] for r in rs if r["image_auroc"] is not None]
         pixels = [r["pixel_auroc"] for r in rs if r["pixel_auroc"] is not None]
-        component_means = [fmt(np.mean([r["components"][c] for r in rs])) for c in COMPONENTS]
+        component_means = [fmt(np.mean([r["components"][c] for r in rs]) if all(c in r["components"] for r in rs)
+                               else None) for c in COMPONENTS]
         lines.append(f"| {group} | {variant} | {len(rs)} | {fmt(np.mean(aurocs) if aurocs else None)} | "
                      f"{fmt(np.mean(pixels) if pixels else None)} | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} | "
-                     + " | ".join(component_means) + " |")
+                     + " | ".join(component_means) + f" | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
     return lines
 
 
@@ -235,14 +284,32 @@ def table_table(rows: list[dict]) -> list[str]:
                  f"{name}: {n:,}" for name, n in fitted.items()) + "; the one-class SVM on a 10,000-row subsample of "
              "them), with the same 10% of normal rows held out to calibrate its threshold.", "",
              "| test set | model | AUROC | AP | F1 @thr | FAR normal rows | AUROC latent | AUROC res. mean | AUROC res. max "
-             "| fit s | score s | rows/s scored |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| AUROC feat. res. | fit s | score s | rows/s scored |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r.get("components", {})
         lines.append(f"| {r['set']} | {r['variant']} | {fmt(r['auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
                      f"{fmt(r['false_alarm_rate'])} | {fmt(c.get('latent_distance'))} | {fmt(c.get('residual_mean'))} | "
-                     f"{fmt(c.get('residual_max'))} | {r['fit_seconds']:.0f} | {r['score_seconds']:.2f} | "
+                     f"{fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | {r['fit_seconds']:.0f} | "
+                     f"{r['score_seconds']:.2f} | "
                      f"{r['rows_per_s']:,} |")
+    return lines
+
+
+def latent_search_table(rows: list[dict]) -> list[str]:
+    lines = [f"Classic AnoGAN scores each item by {LATENT_SEARCH_STEPS} Adam steps on its latent code (the paper "
+             "uses about 500); f-AnoGAN's encoder does it in one forward pass. Same trained model, same seeded "
+             "subset of test items (both classes), same card score and threshold, measured in one run (torch, "
+             "batched).", "",
+             "| set | items | AUROC single pass | AUROC latent search | F1 single pass | F1 latent search "
+             "| ms/item single pass | ms/item latent search | latent search / single pass time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ls = r["latent_search"]
+        one, search = ls["single_pass"], ls["latent_search"]
+        lines.append(f"| {r['set']} | {ls['items']} | {fmt(one['image_auroc'])} | {fmt(search['image_auroc'])} | "
+                     f"{fmt(one['f1'])} | {fmt(search['f1'])} | {one['ms_per_item']:.2f} | {search['ms_per_item']:.1f} | "
+                     f"{ls['speedup']:.0f}x |")
     return lines
 
 
@@ -262,6 +329,9 @@ def table(rows: list[dict], commands: list[str], notes: list[str] = ()) -> str:
         lines += ["", "### Images", ""] + image_table(images)
     if tables:
         lines += ["", "### Network traffic (one row per connection, W = 1)", ""] + table_table(tables)
+    searched = [r for r in rows if "latent_search" in r]
+    if searched:
+        lines += ["", "### AnoGAN: single-pass encoder vs latent search", ""] + latent_search_table(searched)
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     lines.append(MARK_END)

@@ -24,6 +24,7 @@ typical use:
   inspector train --data ../shared/data/piped/PA_BDP01_TL --out runs/bdp01
   inspector train -c configs/piped_bdp01.yaml --out runs/bdp01
   inspector evaluate runs/bdp01/model.onnx --data ../shared/data/piped/PA_BDP01_TL
+  inspector evaluate runs/x/model.onnx --data DATA --latent-search 200 --limit 40   anogan: why the encoder exists
   inspector score runs/bdp01/model.onnx part1.png part2.png    one JSON line per image
   inspector card runs/bdp01/model.onnx                          print the model card
   inspector run -c configs/line1.yaml                           the streaming daemon (metrics on :9108)
@@ -57,6 +58,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--header", action="store_true", help="tables: the first line names the columns")
     p.add_argument("--out", type=Path, help="where metrics.json and report/ go (default: beside the model)")
     p.add_argument("--threshold", type=float, help="use this threshold instead of the card's")
+    p.add_argument("--latent-search", type=int, metavar="N",
+                   help="anogan models: also score by classic AnoGAN latent search (N gradient steps per item, torch, "
+                   "slow) and compare it with the encoder's single pass on the same items (latent_search.json)")
+    p.add_argument("--limit", type=int, metavar="K",
+                   help="with --latent-search: a seeded random subset of K test items (the search is slow)")
 
 
 def _add_score(sub) -> None:

@@ -104,9 +104,44 @@ class AnoGANConfig(_Strict):
     gp_weight: Annotated[float, Field(ge=0)] = 10.0
     feature_weight: Annotated[float, Field(ge=0)] = 1.0
     lr: Annotated[float, Field(gt=0, lt=1)] = 1e-4
-    critic_lr_factor: Annotated[float, Field(gt=0)] = 1.0  # two-time-scale update rule: > 1 for a faster critic
-    spectral_norm: bool = False
-    grad_clip: Annotated[float, Field(ge=0)] = 0.0  # max gradient norm for the generator; 0 = off
+
+
+class StabilityConfig(_Strict):
+    """GAN stability options shared by GANomaly and the AnoGAN family (section `stability:`).
+
+    Defaults are the settings the benchmark ran on the dev sets: GANomaly re-initialises a collapsed
+    discriminator (as the original does) and nothing else; the WGAN-GP critic needs none of them.
+    """
+
+    spectral_norm: bool = False  # spectral normalisation of every discriminator / critic layer
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0  # one-sided: real target 1 - s (BCE discriminators only)
+    discriminator_lr_factor: Annotated[float, Field(gt=0, le=100)] = 1.0  # two-time-scale update rule: D / critic lr = lr * factor
+    discriminator_reset_below: Annotated[float, Field(ge=0)] = 1e-5  # re-initialise a BCE discriminator whose loss falls below; 0 = never
+    grad_clip: Annotated[float, Field(ge=0)] = 0.0  # max gradient norm of generator and discriminator updates; 0 = off
+
+
+class DiagnosticsConfig(_Strict):
+    """What the run folder shows about training (losses.csv / losses.png, image grids, collapse check)."""
+
+    grids: Annotated[int, Field(ge=0, le=1000)] = 10  # sample / reconstruction grids per run at evenly spaced epochs (the last always); 0 = none
+    grid_items: Annotated[int, Field(ge=1, le=64)] = 16
+    collapse_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05  # warn when generated diversity / real diversity falls below
+
+
+class SelectionConfig(_Strict):
+    """Which checkpoint is exported, chosen on held-out normal data only (never test/).
+
+    synthetic_auroc: AUROC of the configured score separating held-out normal images from copies
+                     with synthetic defects (cut-paste patches and noise patches); images only.
+    validation_loss: lowest mean reconstruction error on held-out normal items.
+    last:            the final weights.
+    For the AnoGAN family the candidates are the checkpoints of its encoder phase (the generator
+    and critic are fixed by then).
+    """
+
+    criterion: Literal["last", "validation_loss", "synthetic_auroc"] = "last"
+    evaluations: Annotated[int, Field(ge=1, le=1000)] = 8  # evenly spaced over training, the last step included
+    max_items: Annotated[int, Field(ge=2, le=100_000)] = 64  # held-out items used (a fixed subsample)
 
 
 class LossWeights(_Strict):
@@ -132,7 +167,6 @@ class TrainLoopConfig(_Strict):
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
     augment: AugmentConfig = AugmentConfig()
     checkpoint_min_interval_s: Annotated[float, Field(ge=0)] = 20.0
-    discriminator_reset_below: Annotated[float, Field(ge=0)] = 1e-5
 
 
 class ScoreConfig(_Strict):
@@ -175,6 +209,9 @@ class TrainConfig(_Strict):
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
     anogan: AnoGANConfig = AnoGANConfig()
+    stability: StabilityConfig = StabilityConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    selection: SelectionConfig = SelectionConfig()
     loss: LossWeights = LossWeights()
     train: TrainLoopConfig = TrainLoopConfig()
     score: ScoreConfig = ScoreConfig()
@@ -189,8 +226,8 @@ class TrainConfig(_Strict):
                              "residual_mean, residual_max and feature_residual")
         if not anogan and "feature_residual" in self.score.weights:
             raise ValueError("score.weights: feature_residual needs model.family anogan")
-        if anogan and self.data.kind == "table":
-            raise ValueError("model.family anogan is for images for now; use ganomaly for tables")
+        if self.data.kind == "table" and self.selection.criterion == "synthetic_auroc":
+            raise ValueError("selection.criterion synthetic_auroc is for images; use validation_loss or last for tables")
         if (self.input.channels == 1) != (self.input.color_order == "gray"):
             raise ValueError(f"input.color_order '{self.input.color_order}' does not fit {self.input.channels} channel(s)")
         return self

@@ -20,7 +20,6 @@ import torch
 
 import inspector
 from inspector.card import ModelCard, Provenance, ScoreDefinition
-from inspector.preprocess import tiles_from_frame
 from inspector.scorer import Scorer, combine_score
 
 from .calibrate import calibrate
@@ -29,9 +28,9 @@ from .data import LoadedImages, load_test, load_train_good, mnist_one_class, spl
 from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
 from .flops import count_flops
-from .models.ganomaly import GANomalyScoring
+from .frame_scores import component_scales, model_inputs, per_frame_max
 from .torch_scoring import run_scoring
-from .train import train_ganomaly
+from .train import scoring_module, train_ganomaly
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +49,14 @@ class FitResult:
     scoring: torch.nn.Module | None = None  # the torch module that was exported (for parity checks and analysis)
 
 
-def load_training_data(config: TrainConfig) -> tuple[LoadedImages, list[TestItem] | None]:
+def load_training_data(config: TrainConfig, with_test: bool = True) -> tuple[LoadedImages, list[TestItem] | None]:
+    """Normal training images, and the test items when `with_test` (test/ is not touched otherwise)."""
     spec = config.input.to_spec()
     root = config.data.resolved_path
     if config.data.kind == "mnist":
         train, test = mnist_one_class(root, config.data.anomaly_digit, spec, config.data.max_train, config.train.seed)
+        if not with_test:
+            return train, None
         with np.load(root) as data:
             raw_test = data["x_test"]
         items = [TestItem(None, int(label), kind, None, raw_test[i])
@@ -63,38 +65,11 @@ def load_training_data(config: TrainConfig) -> tuple[LoadedImages, list[TestItem
     train = load_train_good(root, spec)
     if train.skipped:
         log.warning("%d unreadable training file(s) skipped", len(train.skipped))
-    items = list_test_items(root) if (root / "test").is_dir() else None
+    items = list_test_items(root) if with_test and (root / "test").is_dir() else None
     return train, items
 
 
 PARITY_ITEMS = 64
-
-
-def model_inputs(tensors: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs for stored training tensors, and which frame each came from: the tensors
-    themselves, or for tiled models the tiles of every native frame."""
-    if spec.resize != "tile":
-        return np.asarray(tensors, dtype=np.float32), np.arange(len(tensors))
-    tiles = [tiles_from_frame(frame, spec)[0] for frame in tensors]
-    owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(tiles)])
-    return np.concatenate(tiles), owner
-
-
-def per_frame_max(scores: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """A frame scores as its worst tile (identity for untiled models)."""
-    out = np.full(int(owner.max()) + 1, -np.inf)
-    np.maximum.at(out, owner, scores)
-    return out
-
-
-def component_scales(outputs: dict[str, np.ndarray], names: list[str]) -> dict[str, float]:
-    """Median of each component on held-out normal data: scores become 'times a typical normal'."""
-    scales = {}
-    for name in names:
-        values = np.asarray(outputs[name], dtype=np.float64).reshape(-1)
-        median = float(np.median(values))
-        scales[name] = median if median > 0 else max(float(values.mean()), 1e-12)
-    return scales
 
 
 def _card(config: TrainConfig, spec, score: ScoreDefinition, calibration, trained) -> ModelCard:
@@ -127,27 +102,34 @@ def _prepare_run(config: TrainConfig, run_dir: Path) -> Path:
     return run_dir
 
 
+def train_family(config: TrainConfig, train: np.ndarray, held_out: np.ndarray, run_dir: Path, resume: bool,
+                 progress: bool):
+    """Train the configured model family; returns the training result and its exportable scoring module."""
+    if config.model.family == "anogan":
+        from .models.anogan import anogan_scoring
+        from .train_anogan import train_anogan
+
+        if resume:
+            log.warning("--resume is not supported for the anogan family: training starts over")
+        trained = train_anogan(config, train, run_dir, progress=progress, validation=held_out)
+        return trained, anogan_scoring(config, trained.model, trained.critic).eval()
+    trained = train_ganomaly(config, train, run_dir, resume=resume, progress=progress, validation=held_out)
+    return trained, scoring_module(config, trained.generator).eval()
+
+
 def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
         evaluate_test: bool = True) -> FitResult:
     if config.data.kind == "table":
         return fit_tabular(config, run_dir, resume=resume, progress=progress, evaluate_test=evaluate_test)
     run_dir = _prepare_run(config, run_dir)
     spec = config.input.to_spec()
-    normal, test_items = load_training_data(config)
+    normal, test_items = load_training_data(config, with_test=evaluate_test)
     fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
-    log.info("training on %d normal images, %d held out for calibration", len(fit_idx), len(hold_idx))
+    log.info("training on %d normal images, %d held out for calibration and checkpoint selection", len(fit_idx),
+             len(hold_idx))
 
     started = time.perf_counter()
-    if config.model.family == "anogan":
-        from .models.anogan import AnoGANScoring
-        from .train_anogan import train_anogan
-
-        trained = train_anogan(config, normal.tensors[fit_idx], run_dir, progress=progress)
-        scoring = AnoGANScoring(trained.model, trained.critic, config.score.pool_kernel, config.score.residual).eval()
-    else:
-        trained = train_ganomaly(config, normal.tensors[fit_idx], run_dir, resume=resume, progress=progress)
-        scoring = GANomalyScoring(trained.generator, config.score.pool_kernel, config.score.residual,
-                                  with_latent="latent_distance" in config.score.weights).eval()
+    trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run_dir, resume, progress)
 
     held_out, owner = model_inputs(normal.tensors[hold_idx], spec)
     outputs = run_scoring(scoring, held_out, keep_maps=False)
@@ -184,7 +166,6 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     """Flow tables: fit the feature spec on normal rows, train the MLP GANomaly, calibrate on held-out
     normal windows, export, and evaluate every test table (metrics.json per test set)."""
     from .evaluate import evaluate_windows
-    from .models.tabular import TabularScoring
     from .tabular import load_tabular
 
     run_dir = _prepare_run(config, run_dir)
@@ -193,9 +174,8 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
     log.info("training on %d normal windows of %d features, %d held out for calibration", len(fit_idx),
              spec.width, len(hold_idx))
-    trained = train_ganomaly(config, normal[fit_idx], run_dir, resume=resume, progress=progress)
-    scoring = TabularScoring(trained.generator, with_latent="latent_distance" in config.score.weights).eval()
     held_out = normal[hold_idx]
+    trained, scoring = train_family(config, normal[fit_idx], held_out, run_dir, resume, progress)
     outputs = run_scoring(scoring, held_out, batch_size=4096)
     score = ScoreDefinition(weights=dict(config.score.weights),
                             scales=component_scales(outputs, list(config.score.weights)), map_output=None,

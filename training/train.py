@@ -1,10 +1,15 @@
 """The GANomaly training loop: plain PyTorch, seeded, resumable.
 
 Each step updates the generator (adversarial feature matching + contextual L1 + encoder L2), then
-the discriminator (binary cross-entropy on real vs reconstructed), and re-initialises the
-discriminator when its loss collapses below `discriminator_reset_below`, as the original GANomaly
-does. Per-epoch mean losses go to `losses.csv`; the run folder holds `checkpoint.pt`, written
-atomically at the end of an epoch (at most every `checkpoint_min_interval_s`) and at the end.
+the discriminator (binary cross-entropy on real vs reconstructed). Stability options (config
+section `stability`): spectral normalisation of the discriminator, one-sided label smoothing,
+two-time-scale learning rates, gradient clipping, and re-initialising the discriminator when its
+loss collapses below `discriminator_reset_below`, as the original GANomaly does.
+
+Every epoch appends a row to `losses.csv` (mean losses and the diversity ratio of reconstructions,
+see training.diagnostics); grids of reconstructions and `losses.png` are written at evenly spaced
+epochs. The run folder holds `checkpoint.pt`, written atomically at the end of an epoch (at most
+every `checkpoint_min_interval_s`) and at the end; it carries the checkpoint selector's state too.
 """
 
 from __future__ import annotations
@@ -22,15 +27,18 @@ from torch import nn
 from tqdm import tqdm
 
 from .config import TrainConfig
+from .diagnostics import CollapseMonitor, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
 from .models.blocks import dcgan_init
-from .models.ganomaly import GANomaly, GANomalyDiscriminator, GANomalyShape
-from .models.tabular import TabularDiscriminator, TabularGANomaly
+from .models.ganomaly import GANomaly, GANomalyDiscriminator, GANomalyScoring, GANomalyShape
+from .models.tabular import TabularDiscriminator, TabularGANomaly, TabularScoring
+from .selection import CheckpointSelector
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.csv"
-LOSS_FIELDS = ["epoch", "step", "discriminator", "adversarial", "contextual", "encoder", "generator", "seconds"]
+LOSS_FIELDS = ["epoch", "step", "discriminator", "adversarial", "contextual", "encoder", "generator", "diversity",
+               "seconds"]
 
 
 def seed_everything(seed: int) -> None:
@@ -44,20 +52,27 @@ def build_models(config: TrainConfig, feature_width: int | None = None) -> tuple
         if feature_width is None:
             raise ValueError("tabular models need the feature width")
         return (TabularGANomaly(feature_width, config.model.base_width, config.model.latent_dim),
-                TabularDiscriminator(feature_width, config.model.base_width))
+                TabularDiscriminator(feature_width, config.model.base_width, config.stability.spectral_norm))
     shape = GANomalyShape(config.input.height, config.input.width, config.input.channels,
                           config.model.base_width, config.model.latent_dim)
-    return GANomaly(shape), GANomalyDiscriminator(shape)
+    return GANomaly(shape), GANomalyDiscriminator(shape, config.stability.spectral_norm)
 
 
-def reinitialise(module: nn.Module) -> None:
-    """Fresh weights for a collapsed discriminator: DCGAN init for conv nets, PyTorch defaults otherwise."""
-    if isinstance(module, GANomalyDiscriminator):
-        dcgan_init(module)
-        return
-    for layer in module.modules():
-        if hasattr(layer, "reset_parameters") and layer is not module:
-            layer.reset_parameters()
+def scoring_module(config: TrainConfig, generator: nn.Module) -> nn.Module:
+    """The exportable scorer over a GANomaly generator (image or tabular), with the components the config scores."""
+    with_latent = "latent_distance" in config.score.weights
+    if config.data.kind == "table":
+        return TabularScoring(generator, with_latent=with_latent)
+    return GANomalyScoring(generator, config.score.pool_kernel, config.score.residual, with_latent=with_latent)
+
+
+def clip_gradients(module: nn.Module, max_norm: float) -> None:
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+
+
+def epochs_for(steps: int, steps_per_epoch: int) -> int:
+    return -(-steps // max(1, steps_per_epoch))
 
 
 def random_crops(items: list[torch.Tensor], height: int, width: int, generator: torch.Generator) -> torch.Tensor:
@@ -121,6 +136,9 @@ class _LossLog:
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.count += 1
 
+    def mean(self, name: str) -> float:
+        return self.sums.get(name, float("nan")) / max(1, self.count)
+
     def flush(self, epoch: int, step: int, seconds: float) -> None:
         if not self.count:
             return
@@ -132,19 +150,30 @@ class _LossLog:
 
 
 def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resume: bool = False,
-                   progress: bool = True) -> TrainResult:
+                   progress: bool = True, validation: np.ndarray | None = None) -> TrainResult:
     """Train on normal images in model space ((C, H, W) float32 items: model inputs, or native frames
-    for tiled models); returns the generator in eval mode."""
+    for tiled models) or feature windows; `validation` (held-out normal items of the same kind) feeds
+    checkpoint selection. Returns the selected generator in eval mode."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
     tabular = config.data.kind == "table"
+    stability = config.stability
     generator, discriminator = build_models(config, images.shape[1] if tabular else None)
     betas = tuple(config.train.betas)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.train.lr, betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.train.lr, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.train.lr * stability.discriminator_lr_factor,
+                             betas=betas)
     sampler = torch.Generator().manual_seed(config.train.seed)
+    data = [torch.from_numpy(np.ascontiguousarray(item)) for item in images]
+    n = len(data)
+    if n == 0:
+        raise ValueError("no training images")
+    batch_size = min(config.train.batch_size, n)
+    total_epochs = epochs_for(config.train.steps, n // batch_size)
+    selector = CheckpointSelector(config, validation, {"generator": generator},
+                                  lambda: scoring_module(config, generator), total_epochs)
     step, epoch, elapsed = 0, 0, 0.0
     order, position = None, 0  # the current epoch's permutation and how far into it we are
     checkpoint_path = run_dir / CHECKPOINT
@@ -157,19 +186,23 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         sampler.set_state(state["sampler"])
         step, epoch, elapsed = int(state["step"]), int(state["epoch"]), float(state["seconds"])
         order, position = state["order"], int(state["position"])
+        selector.load_state(state.get("selection"))
         log.info("resumed from %s at step %d", checkpoint_path, step)
     losses_log = _LossLog(run_dir / LOSSES, resume and step > 0)
 
-    data = [torch.from_numpy(np.ascontiguousarray(item)) for item in images]
-    n = len(data)
-    if n == 0:
-        raise ValueError("no training images")
-    batch_size = min(config.train.batch_size, n)
+    # A fixed batch of real items for the reconstruction grids.
+    shown = torch.stack([data[i] for i in torch.linspace(0, n - 1, min(n, config.diagnostics.grid_items)).long().tolist()])
+    if not tabular:
+        shown = random_crops(list(shown), config.input.height, config.input.width,
+                             torch.Generator().manual_seed(config.train.seed))
+    collapse = CollapseMonitor(config.diagnostics.collapse_ratio, "reconstructions")
+    diversity = float("nan")
     weights = config.loss
     bce = nn.BCEWithLogitsLoss()
     ganomaly = config.model.family == "ganomaly"
     adversarial = ganomaly and weights.adversarial > 0
     encoder_weight = weights.encoder if ganomaly else 0.0
+    real_target = 1.0 - stability.label_smoothing
     generator.train()
     discriminator.train()
     started = time.perf_counter() - elapsed
@@ -180,15 +213,30 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
             "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "sampler": sampler.get_state(),
             "step": step, "epoch": epoch, "seconds": time.perf_counter() - started,
-            "order": order, "position": position,
+            "order": order, "position": position, "selection": selector.state(),
         }, checkpoint_path)
+
+    def end_of_epoch(label: int) -> None:
+        """Diversity check, the losses row, and on planned epochs a grid, the plot and a selection round."""
+        nonlocal diversity
+        diversity = collapse.observe(losses_log.mean("diversity"), label)
+        losses_log.flush(label, step, time.perf_counter() - started)
+        if not tabular and evenly_spaced(label, total_epochs, config.diagnostics.grids):
+            generator.eval()
+            with torch.no_grad():
+                reconstructions = generator(shown)["reconstruction"]
+            generator.train()
+            write_grid(grid_path(run_dir, "reconstructions", label), shown, config.input.color_order, reconstructions)
+            plot_losses(run_dir / LOSSES)
+        if selector.due(label):
+            selector.evaluate(label, step)
 
     bar = tqdm(total=config.train.steps, initial=step, disable=not progress, desc="train", unit="step", leave=False)
     while step < config.train.steps:
         if order is None or position + batch_size > n:
             if order is not None:  # an epoch just ended
                 epoch += 1
-                losses_log.flush(epoch, step, time.perf_counter() - started)
+                end_of_epoch(epoch)
                 if time.perf_counter() - last_checkpoint >= config.train.checkpoint_min_interval_s:
                     save()
                     last_checkpoint = time.perf_counter()
@@ -214,6 +262,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         loss_g = weights.adversarial * loss_adv + weights.contextual * loss_con + encoder_weight * loss_enc
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        clip_gradients(generator, stability.grad_clip)
         opt_g.step()
 
         # Discriminator: real vs reconstructed (skipped for a plain autoencoder, adversarial weight 0).
@@ -221,29 +270,40 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         if adversarial:
             logits_real = discriminator(x)["logit"]
             logits_fake = discriminator(fake.detach())["logit"]
-            loss_d = 0.5 * (bce(logits_real, torch.ones_like(logits_real))
+            loss_d = 0.5 * (bce(logits_real, torch.full_like(logits_real, real_target))
                             + bce(logits_fake, torch.zeros_like(logits_fake)))
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
+            clip_gradients(discriminator, stability.grad_clip)
             opt_d.step()
-            if loss_d.item() < config.train.discriminator_reset_below:
+            if loss_d.item() < stability.discriminator_reset_below + _smoothing_floor(stability.label_smoothing):
                 dcgan_init(discriminator)
+                log.info("discriminator re-initialised at step %d (loss %.2g)", step + 1, loss_d.item())
 
         step += 1
         losses = {"discriminator": loss_d.item(), "adversarial": loss_adv.item(), "contextual": loss_con.item(),
-                  "encoder": loss_enc.item(), "generator": loss_g.item()}
+                  "encoder": loss_enc.item(), "generator": loss_g.item(), "diversity": diversity_ratio(fake, x)}
         losses_log.add(losses)
         bar.update(1)
         bar.set_postfix(d=f"{losses['discriminator']:.3f}", con=f"{losses['contextual']:.4f}",
-                        enc=f"{losses['encoder']:.4f}")
+                        enc=f"{losses['encoder']:.4f}", div=f"{diversity:.2f}")
     bar.close()
     if position + batch_size > n:  # the last step finished an epoch
         epoch += 1
         order, position = None, 0
-        losses_log.flush(epoch, step, time.perf_counter() - started)
+        end_of_epoch(epoch)
     else:  # stopped inside an epoch: its losses so far get a row of their own, labelled with that epoch
-        losses_log.flush(epoch + 1, step, time.perf_counter() - started)
+        end_of_epoch(epoch + 1)
     save()
+    plot_losses(run_dir / LOSSES)
+    selector.restore_best(run_dir)
     generator.eval()
     return TrainResult(generator, step, epoch, time.perf_counter() - started)
 
+
+def _smoothing_floor(smoothing: float) -> float:
+    """The least BCE loss a perfect discriminator reaches when real targets are 1 - s (0 without
+    smoothing): half the binary entropy of s. A collapse is a loss near that floor, not near 0."""
+    if smoothing <= 0:
+        return 0.0
+    return 0.5 * float(-(smoothing * np.log(smoothing) + (1 - smoothing) * np.log(1 - smoothing)))

@@ -1,72 +1,138 @@
-"""Training loop of the AnoGAN family (f-AnoGAN): plain PyTorch, two phases.
+"""Training loop of the AnoGAN family (f-AnoGAN), images or feature windows: plain PyTorch, two phases.
 
 1. WGAN-GP: `n_critic` critic steps (Wasserstein loss + gradient penalty) per generator step,
    Adam(lr, betas=(0, 0.9)) as in Gulrajani et al.
 2. izi_f encoder training with the generator and critic frozen: || x - G(E(x)) ||^2 plus
    `feature_weight` * || f(x) - f(G(E(x))) ||^2 on critic features.
-Per-phase mean losses go to losses.csv; checkpoint_gan_phase.pt after phase 1 and checkpoint.pt at
-the end are written atomically.
+Stability options (config section `stability`) that apply to a Wasserstein critic: spectral
+normalisation, two-time-scale learning rates, gradient clipping (label smoothing and
+re-initialisation are for BCE discriminators; a critic's loss has no collapse floor).
+
+Diagnostics: one losses.csv row per epoch of each phase (an epoch = one pass of critic batches in
+phase 1, of encoder batches in phase 2) with the diversity ratio of generated samples (phase 1) or
+reconstructions (phase 2); sample grids from fixed latent codes and reconstruction grids at evenly
+spaced epochs; losses.png. Checkpoint selection (config `selection`) picks among encoder-phase
+epochs. checkpoint_gan_phase.pt after phase 1 and checkpoint.pt (the selected weights) at the end
+are written atomically.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm import tqdm
 
 from .config import TrainConfig
-from .models.anogan import AnoGAN, Critic, gradient_penalty
-from .models.ganomaly import GANomalyShape
-from .train import CHECKPOINT, LOSSES, atomic_torch_save, augment, random_crops, seed_everything
+from .diagnostics import CollapseMonitor, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
+from .models.anogan import anogan_scoring, build_anogan, gradient_penalty
+from .selection import CheckpointSelector
+from .train import CHECKPOINT, LOSSES, atomic_torch_save, augment, clip_gradients, epochs_for, random_crops, seed_everything
 
+log = logging.getLogger(__name__)
 
 GAN_PHASE_CHECKPOINT = "checkpoint_gan_phase.pt"
+ANOGAN_LOSS_FIELDS = ["phase", "epoch", "step", "critic_wasserstein", "gradient_penalty", "generator", "encoder",
+                      "diversity", "seconds"]
 
 
 @dataclass
 class AnoGANResult:
-    model: AnoGAN
-    critic: Critic
+    model: nn.Module
+    critic: nn.Module
     steps: int
     epochs: int
     seconds: float
 
     @property
-    def generator(self) -> AnoGAN:  # the name fit() and the benchmark use for "the trained model"
+    def generator(self) -> nn.Module:  # the name fit() and the benchmark use for "the trained model"
         return self.model
 
 
 def _batches(data: list[torch.Tensor], batch_size: int, config: TrainConfig, sampler: torch.Generator):
+    tabular = config.data.kind == "table"
     while True:
         order = torch.randperm(len(data), generator=sampler).tolist()
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            x = random_crops([data[i] for i in order[start:start + batch_size]], config.input.height,
-                             config.input.width, sampler)
-            yield augment(x, config, sampler)
+            picked = [data[i] for i in order[start:start + batch_size]]
+            if tabular:
+                yield torch.stack(picked)
+            else:
+                yield augment(random_crops(picked, config.input.height, config.input.width, sampler), config, sampler)
 
 
-def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progress: bool = False) -> AnoGANResult:
+class _EpochLog:
+    """losses.csv rows: mean of each loss over the epoch's steps, plus diversity and elapsed time."""
+
+    def __init__(self, path: Path, started: float):
+        self.path, self.started = path, started
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        with path.open("w", newline="") as handle:
+            csv.writer(handle).writerow(ANOGAN_LOSS_FIELDS)
+
+    def add(self, **losses: float) -> None:
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def mean(self, name: str) -> float:
+        return self.sums.get(name, float("nan")) / max(1, self.count)
+
+    def flush(self, phase: str, epoch: int, step: int) -> None:
+        means = {k: v / max(1, self.count) for k, v in self.sums.items()}
+        row = [phase, epoch, step] + [f"{means[k]:.6g}" if k in means else "" for k in ANOGAN_LOSS_FIELDS[3:-1]]
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow(row + [f"{time.perf_counter() - self.started:.2f}"])
+        self.sums, self.count = {}, 0
+
+
+def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progress: bool = False,
+                 validation: np.ndarray | None = None) -> AnoGANResult:
+    """Train on normal items in model space (images, native frames for tiled models, or feature
+    windows); `validation` (held-out normal items) feeds checkpoint selection."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
-    options = config.anogan
-    shape = GANomalyShape(config.input.height, config.input.width, config.input.channels,
-                          config.model.base_width, config.model.latent_dim)
-    model, critic = AnoGAN(shape), Critic(shape, spectral_norm=options.spectral_norm)
+    options, stability = config.anogan, config.stability
+    tabular = config.data.kind == "table"
+    model, critic = build_anogan(config, images.shape[1] if tabular else None)
     sampler = torch.Generator().manual_seed(config.train.seed)
     data = [torch.from_numpy(np.ascontiguousarray(item)) for item in images]
+    if not data:
+        raise ValueError("no training items")
     batch_size = min(config.train.batch_size, len(data))
     batches = _batches(data, batch_size, config, sampler)
     opt_g = torch.optim.Adam(model.generator.parameters(), lr=options.lr, betas=(0.0, 0.9))
-    opt_c = torch.optim.Adam(critic.parameters(), lr=options.lr * options.critic_lr_factor, betas=(0.0, 0.9))
+    opt_c = torch.optim.Adam(critic.parameters(), lr=options.lr * stability.discriminator_lr_factor, betas=(0.0, 0.9))
     started = time.perf_counter()
-    rows = []
-    sums = {"critic": 0.0, "gradient_penalty": 0.0, "generator": 0.0}
+    losses = _EpochLog(run_dir / LOSSES, started)
+    color_order = config.input.color_order
+
+    # Fixed real items and latent codes for the grids.
+    shown_index = torch.linspace(0, len(data) - 1, min(len(data), config.diagnostics.grid_items)).long().tolist()
+    shown = torch.stack([data[i] for i in shown_index])
+    if not tabular:
+        shown = random_crops(list(shown), config.input.height, config.input.width,
+                             torch.Generator().manual_seed(config.train.seed))
+    fixed_z = model.sample_latent(len(shown), torch.Generator().manual_seed(config.train.seed + 1))
+
+    gan_per_epoch = max(1, len(data) // (batch_size * options.n_critic))
+    gan_epochs = epochs_for(options.gan_steps, gan_per_epoch)
+    enc_per_epoch = max(1, len(data) // batch_size)
+    enc_epochs = epochs_for(options.encoder_steps, enc_per_epoch)
+    bar = tqdm(total=options.gan_steps + options.encoder_steps, disable=not progress, desc="anogan", unit="step",
+               leave=False)
+
+    # Phase 1: WGAN-GP.
+    sample_collapse = CollapseMonitor(config.diagnostics.collapse_ratio, "generated samples")
     for step in range(1, options.gan_steps + 1):
         for _ in range(options.n_critic):
             real = next(batches)
@@ -76,18 +142,28 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
             loss_c = wasserstein + options.gp_weight * penalty
             opt_c.zero_grad(set_to_none=True)
             loss_c.backward()
+            clip_gradients(critic, stability.grad_clip)
             opt_c.step()
         fake = model.generator(model.sample_latent(batch_size, sampler))
         loss_g = -critic(fake)["critic"].mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        if options.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.generator.parameters(), options.grad_clip)
+        clip_gradients(model.generator, stability.grad_clip)
         opt_g.step()
-        sums["critic"] += wasserstein.item()
-        sums["gradient_penalty"] += penalty.item()
-        sums["generator"] += loss_g.item()
-    rows.append(["gan", options.gan_steps] + [f"{v / max(1, options.gan_steps):.6g}" for v in sums.values()] + [""])
+        losses.add(critic_wasserstein=wasserstein.item(), gradient_penalty=penalty.item(), generator=loss_g.item(),
+                   diversity=diversity_ratio(fake, real))
+        bar.update(1)
+        if step % gan_per_epoch == 0 or step == options.gan_steps:
+            epoch = -(-step // gan_per_epoch)
+            diversity = sample_collapse.observe(losses.mean("diversity"), epoch)
+            losses.flush("gan", epoch, step)
+            if not tabular and evenly_spaced(epoch, gan_epochs, config.diagnostics.grids):
+                model.generator.eval()
+                with torch.no_grad():
+                    samples = model.generator(fixed_z)
+                model.generator.train()
+                write_grid(grid_path(run_dir, "samples", epoch), samples, color_order)
+            bar.set_postfix(w=f"{-wasserstein.item():.3f}", gp=f"{penalty.item():.3f}", div=f"{diversity:.2f}")
     atomic_torch_save({"model": model.state_dict(), "critic": critic.state_dict(), "phase": "gan"},
                       run_dir / GAN_PHASE_CHECKPOINT)
 
@@ -96,8 +172,10 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
+    selector = CheckpointSelector(config, validation, {"model": model},
+                                  lambda: anogan_scoring(config, model, critic), enc_epochs)
+    reconstruction_collapse = CollapseMonitor(config.diagnostics.collapse_ratio, "reconstructions")
     opt_e = torch.optim.Adam(model.encoder.parameters(), lr=options.lr, betas=(0.5, 0.999))
-    encoder_loss = 0.0
     for step in range(1, options.encoder_steps + 1):
         x = next(batches)
         reconstruction = model.generator(model.encode(x))
@@ -106,15 +184,26 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
         opt_e.zero_grad(set_to_none=True)
         loss.backward()
         opt_e.step()
-        encoder_loss += loss.item()
-    rows.append(["encoder", options.encoder_steps, "", "", "", f"{encoder_loss / max(1, options.encoder_steps):.6g}"])
+        losses.add(encoder=loss.item(), diversity=diversity_ratio(reconstruction, x))
+        bar.update(1)
+        if step % enc_per_epoch == 0 or step == options.encoder_steps:
+            epoch = -(-step // enc_per_epoch)
+            diversity = reconstruction_collapse.observe(losses.mean("diversity"), gan_epochs + epoch)
+            losses.flush("encoder", gan_epochs + epoch, options.gan_steps + step)
+            if not tabular and evenly_spaced(epoch, enc_epochs, config.diagnostics.grids):
+                model.encoder.eval()
+                with torch.no_grad():
+                    reconstructions = model.generator(model.encode(shown))
+                model.encoder.train()
+                write_grid(grid_path(run_dir, "reconstructions", gan_epochs + epoch), shown, color_order, reconstructions)
+            if selector.due(epoch):
+                selector.evaluate(epoch, options.gan_steps + step)
+            bar.set_postfix(enc=f"{loss.item():.4f}", div=f"{diversity:.2f}")
+    bar.close()
+    selector.restore_best(run_dir)
     atomic_torch_save({"model": model.state_dict(), "critic": critic.state_dict(), "phase": "encoder"},
                       run_dir / CHECKPOINT)
-    with (run_dir / LOSSES).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["phase", "steps", "critic_wasserstein", "gradient_penalty", "generator", "encoder"])
-        writer.writerows(rows)
+    plot_losses(run_dir / LOSSES)
     model.eval()
     steps = options.gan_steps + options.encoder_steps
-    return AnoGANResult(model, critic, steps, max(1, steps * batch_size // max(1, len(data))),
-                        time.perf_counter() - started)
+    return AnoGANResult(model, critic, steps, gan_epochs + enc_epochs, time.perf_counter() - started)

@@ -9,6 +9,9 @@ Scoring outputs (`AnoGANScoring`, exported to ONNX):
   anomaly_map       the locally averaged residual map (N, 1, H, W)
 The AnoGAN score (1 - lambda) * residual + lambda * feature_residual is the card's weighted sum
 of these components (weights {residual_mean: 1 - lambda, feature_residual: lambda}).
+
+The tabular variant (flow-feature windows) has MLPs in the same roles and the same outputs except
+the map: residual_max is the largest single-feature squared error there.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 from .blocks import Decoder, Encoder, dcgan_init, local_mean
 from .ganomaly import GANomalyShape, residual_map
+from .tabular import TabularDiscriminator, mlp
 
 
 class Critic(nn.Module):
@@ -56,9 +60,38 @@ class AnoGAN(nn.Module):
         return {"latent": z, "reconstruction": self.generator(z)}
 
 
-def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+class TabularCritic(TabularDiscriminator):
+    """WGAN critic for feature windows (an MLP without batch norm)."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.features(x)
+        return {"features": features, "critic": self.classify(features)}
+
+
+class TabularAnoGAN(nn.Module):
+    """Generator (z -> feature window) and encoder (window -> z, tanh-bounded) as MLPs."""
+
+    def __init__(self, width: int, hidden: int = 128, latent_dim: int = 16):
+        super().__init__()
+        self.width = width
+        self.latent_dim = latent_dim
+        self.generator = mlp([latent_dim, hidden // 2, hidden, width])
+        self.encoder = mlp([width, hidden, hidden // 2, latent_dim])
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.rand(n, self.latent_dim, generator=generator) * 2 - 1
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.encode(x)
+        return {"latent": z, "reconstruction": self.generator(z)}
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al., 2017): E[(|| grad_x critic(x_hat) ||_2 - 1)^2] on random interpolates."""
-    alpha = torch.rand(len(real), 1, 1, 1, generator=generator)
+    alpha = torch.rand(len(real), *([1] * (real.dim() - 1)), generator=generator)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     score = critic(mixed)["critic"]
     grads = torch.autograd.grad(score.sum(), mixed, create_graph=True)[0]
@@ -76,7 +109,10 @@ class AnoGANScoring(nn.Module):
         self.residual = residual
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        reconstruction = self.model.generator(self.model.encode(image))
+        return self.components(image, self.model.generator(self.model.encode(image)))
+
+    def components(self, image: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Score components of images against given reconstructions (single pass or latent search)."""
         error = residual_map(image, reconstruction, self.residual)
         anomaly_map = local_mean(error, self.pool_kernel)
         feature_error = (self.critic(image)["features"] - self.critic(reconstruction)["features"]).pow(2)
@@ -86,3 +122,40 @@ class AnoGANScoring(nn.Module):
             "feature_residual": feature_error.flatten(1).mean(dim=1),
             "anomaly_map": anomaly_map,
         }
+
+
+class TabularAnoGANScoring(nn.Module):
+    """Exportable single-pass scorer for feature windows: the same components, no map."""
+
+    def __init__(self, model: TabularAnoGAN, critic: TabularCritic):
+        super().__init__()
+        self.model = model
+        self.critic = critic
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.components(features, self.model.generator(self.model.encode(features)))
+
+    def components(self, features: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
+        error = (features - reconstruction).pow(2)
+        feature_error = (self.critic(features)["features"] - self.critic(reconstruction)["features"]).pow(2)
+        return {"residual_mean": error.mean(dim=1), "residual_max": error.amax(dim=1),
+                "feature_residual": feature_error.mean(dim=1)}
+
+
+def build_anogan(config, feature_width: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """(generator + encoder, critic) for a training config: convolutional for images, MLPs for tables."""
+    spectral = config.stability.spectral_norm
+    if config.data.kind == "table":
+        if feature_width is None:
+            raise ValueError("tabular models need the feature width")
+        return (TabularAnoGAN(feature_width, config.model.base_width, config.model.latent_dim),
+                TabularCritic(feature_width, config.model.base_width, spectral))
+    shape = GANomalyShape(config.input.height, config.input.width, config.input.channels,
+                          config.model.base_width, config.model.latent_dim)
+    return AnoGAN(shape), Critic(shape, spectral_norm=spectral)
+
+
+def anogan_scoring(config, model: nn.Module, critic: nn.Module) -> nn.Module:
+    if config.data.kind == "table":
+        return TabularAnoGANScoring(model, critic)
+    return AnoGANScoring(model, critic, config.score.pool_kernel, config.score.residual)

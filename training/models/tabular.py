@@ -39,11 +39,15 @@ class TabularGANomaly(nn.Module):
 
 
 class TabularDiscriminator(nn.Module):
-    def __init__(self, width: int, hidden: int = 128):
+    """MLP without batch norm (so it also serves as a WGAN-GP critic, whose penalty is per sample);
+    `logit` is the GANomaly discriminator's logit or the critic's value."""
+
+    def __init__(self, width: int, hidden: int = 128, spectral_norm: bool = False):
         super().__init__()
-        self.features = nn.Sequential(nn.Linear(width, hidden), nn.LeakyReLU(0.2, inplace=True),
-                                      nn.Linear(hidden, hidden // 2), nn.LeakyReLU(0.2, inplace=True))
-        self.classify = nn.Linear(hidden // 2, 1)
+        wrap = nn.utils.spectral_norm if spectral_norm else (lambda m: m)
+        self.features = nn.Sequential(wrap(nn.Linear(width, hidden)), nn.LeakyReLU(0.2, inplace=True),
+                                      wrap(nn.Linear(hidden, hidden // 2)), nn.LeakyReLU(0.2, inplace=True))
+        self.classify = wrap(nn.Linear(hidden // 2, 1))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.features(x)

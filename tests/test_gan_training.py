@@ -1,0 +1,185 @@
+"""GAN training users can see and trust: stability options reach the models, the run folder shows
+losses, grids and a mode-collapse indicator, and the exported checkpoint is chosen on held-out
+normal data only -- never on test/."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from training.config import validate_train_config
+from training.data import load_train_good, split_holdout
+from training.diagnostics import CollapseMonitor, diversity_ratio, evenly_spaced
+from training.fit import fit
+from training.selection import SELECTION_LOG, CheckpointSelector, synthetic_defects
+from training.train import CHECKPOINT, LOSSES, _smoothing_floor, clip_gradients, random_crops, train_ganomaly
+from training.train_anogan import train_anogan
+
+from .conftest import tiny_config
+
+
+def test_diversity_ratio_is_zero_for_identical_items_and_one_for_the_real_batch_itself():
+    real = torch.rand(8, 3, 16, 16)
+    assert diversity_ratio(real, real) == pytest.approx(1.0)
+    assert diversity_ratio(real[:1].expand(8, -1, -1, -1), real) == pytest.approx(0.0)
+
+
+def test_evenly_spaced_events_include_the_last_and_never_exceed_the_count():
+    assert [i for i in range(1, 11) if evenly_spaced(i, 10, 3)] == [4, 7, 10]
+    assert [i for i in range(1, 4) if evenly_spaced(i, 3, 10)] == [1, 2, 3]
+    assert not any(evenly_spaced(i, 10, 0) for i in range(1, 11))
+
+
+def piped_crops(piped_class, n=16, size=32):
+    config = validate_train_config(tiny_config(piped_class), "tiny")
+    frames = load_train_good(piped_class, config.input.to_spec()).tensors[:n]
+    return random_crops([torch.from_numpy(f) for f in frames], size, size, torch.Generator().manual_seed(0))
+
+
+def test_collapse_indicator_fires_on_a_constant_generator_and_not_on_a_trained_one(piped_class, tmp_path, caplog):
+    config = validate_train_config(tiny_config(piped_class, **{"train.steps": 30}), "tiny")
+    images = load_train_good(piped_class, config.input.to_spec()).tensors
+    with caplog.at_level(logging.WARNING, logger="training.diagnostics"):
+        generator = train_ganomaly(config, images, tmp_path, progress=False).generator
+    assert "mode collapse" not in caplog.text
+    logged = [float(line.split(",")[7]) for line in (tmp_path / LOSSES).read_text().splitlines()[1:]]
+    assert min(logged) > config.diagnostics.collapse_ratio
+    real = piped_crops(piped_class)
+    monitor = CollapseMonitor(config.diagnostics.collapse_ratio, "reconstructions")
+    generator.train()  # as during training: batch statistics
+    with caplog.at_level(logging.WARNING, logger="training.diagnostics"), torch.no_grad():
+        healthy = monitor.check(generator(real)["reconstruction"], real, epoch=1)
+        assert healthy > config.diagnostics.collapse_ratio and monitor.warnings == 0
+        nn.init.zeros_(generator.decoder.net[-2].weight)  # the last transposed conv: tanh(0) for every input
+        collapsed = monitor.check(generator(real)["reconstruction"], real, epoch=2)
+    assert collapsed == pytest.approx(0.0, abs=1e-9)
+    assert monitor.warnings == 1 and "mode collapse suspected at epoch 2" in caplog.text
+
+
+@pytest.mark.parametrize("family", ["ganomaly", "anogan"])
+def test_the_run_folder_shows_losses_per_epoch_a_plot_and_image_grids(piped_class, tmp_path, family):
+    extra = {"train.steps": 6, "diagnostics.grids": 2}
+    if family == "anogan":
+        extra.update({"model.family": "anogan", "anogan.gan_steps": 4, "anogan.n_critic": 2, "anogan.encoder_steps": 4,
+                      "score.weights": {"residual_mean": 1.0}})
+    config = validate_train_config(tiny_config(piped_class, **extra), "tiny")
+    images = load_train_good(piped_class, config.input.to_spec()).tensors
+    (train_anogan if family == "anogan" else train_ganomaly)(config, images, tmp_path, progress=False)
+    rows = (tmp_path / LOSSES).read_text().splitlines()
+    header = rows[0].split(",")
+    assert "diversity" in header and len(rows) >= 3
+    diversity = [float(r.split(",")[header.index("diversity")]) for r in rows[1:]]
+    assert all(np.isfinite(diversity))
+    plot = cv2.imread(str(tmp_path / "losses.png"))
+    assert plot is not None and plot.shape[0] > 100
+    grids = sorted(p.name for p in (tmp_path / "diagnostics").glob("*.png"))
+    kinds = {"ganomaly": {"reconstructions"}, "anogan": {"samples", "reconstructions"}}[family]
+    assert {name.split("_e")[0] for name in grids} == kinds
+    assert len(grids) <= 2 * len(kinds)  # diagnostics.grids per phase, not one per epoch
+    assert all(cv2.imread(str(tmp_path / "diagnostics" / g)) is not None for g in grids)
+
+
+def test_stability_options_reach_the_discriminator_and_its_optimiser(piped_class, tmp_path):
+    config = validate_train_config(tiny_config(piped_class, **{
+        "stability": {"spectral_norm": True, "label_smoothing": 0.1, "discriminator_lr_factor": 4.0, "grad_clip": 1.0}}),
+        "tiny")
+    images = load_train_good(piped_class, config.input.to_spec()).tensors
+    train_ganomaly(config, images, tmp_path, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert any(k.endswith("weight_orig") for k in state["discriminator"])  # spectral normalisation
+    lr_d, lr_g = state["opt_d"]["param_groups"][0]["lr"], state["opt_g"]["param_groups"][0]["lr"]
+    assert lr_d == pytest.approx(4.0 * lr_g)  # two-time-scale update rule
+
+
+def test_gradient_clipping_bounds_the_update_norm():
+    layer = nn.Linear(10, 10)
+    (1000 * layer(torch.ones(4, 10)).sum()).backward()
+    clip_gradients(layer, 1.0)
+    norm = torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()
+    assert norm == pytest.approx(1.0, rel=1e-5)
+
+
+def test_a_smoothed_discriminator_is_reset_at_its_own_loss_floor_not_at_zero():
+    """With real targets 0.9 a perfect discriminator's BCE is 0.5 * H(0.9), never 0."""
+    bce = nn.BCEWithLogitsLoss()
+    best_real = bce(torch.logit(torch.tensor([0.9])), torch.tensor([0.9])).item()
+    perfect = 0.5 * (best_real + bce(torch.tensor([-40.0]), torch.tensor([0.0])).item())
+    assert _smoothing_floor(0.1) == pytest.approx(perfect, rel=1e-6)
+    assert _smoothing_floor(0.0) == 0.0
+
+
+def test_synthetic_defects_change_one_patch_of_each_frame_and_nothing_else():
+    frames = np.random.default_rng(0).uniform(-1, 1, (6, 3, 64, 48)).astype(np.float32)
+    defective = synthetic_defects(frames, patch_side=32, seed=1)
+    for before, after in zip(frames, defective):
+        changed = np.argwhere(np.any(before != after, axis=0))
+        assert len(changed)
+        (top, left), (bottom, right) = changed.min(axis=0), changed.max(axis=0)
+        assert bottom - top < 32 // 3 + 1 and right - left < 32 // 3 + 1
+        assert after.min() >= -1 and after.max() <= 1
+
+
+def held_out_frames(config, piped_class):
+    normal = load_train_good(piped_class, config.input.to_spec()).tensors
+    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
+    return normal[fit_idx], normal[hold_idx]
+
+
+@pytest.mark.parametrize("criterion", ["synthetic_auroc", "validation_loss"])
+def test_the_exported_weights_are_the_best_evaluated_ones(piped_class, tmp_path, criterion):
+    config = validate_train_config(tiny_config(piped_class, **{
+        "train.steps": 12, "selection": {"criterion": criterion, "evaluations": 4}}), "tiny")
+    result = fit(config, tmp_path, progress=False, evaluate_test=False)
+    log = json.loads((tmp_path / SELECTION_LOG).read_text())
+    values = [e["value"] for e in log["evaluations"]]
+    assert log["criterion"] == criterion and len(values) == 4
+    assert log["selected_value"] == max(values)
+    # Re-measuring the exported generator gives the selected value: the best weights were restored.
+    _, held_out = held_out_frames(config, piped_class)
+    again = CheckpointSelector(config, held_out, {"generator": result.generator},
+                               lambda: result.scoring, total_epochs=1)
+    assert again.measure() == pytest.approx(log["selected_value"], abs=1e-6)
+
+
+@pytest.fixture
+def class_with_sealed_test(piped_class, tmp_path):
+    """A copy of a PIPED class whose test/ folder cannot be read (and is watched: see below)."""
+    root = tmp_path / "part"
+    shutil.copytree(piped_class / "train", root / "train")
+    shutil.copytree(piped_class / "test" / "good", root / "test" / "good")
+    os.chmod(root / "test", 0)
+    yield root
+    os.chmod(root / "test", 0o755)
+
+
+@pytest.mark.parametrize("family", ["ganomaly", "anogan"])
+def test_checkpoint_selection_never_reads_test(class_with_sealed_test, tmp_path, family):
+    """test/ is unreadable (mode 000) and every open / listing under it is recorded by an audit
+    hook, which also catches reads a superuser's permissions would allow."""
+    sealed = str(class_with_sealed_test / "test")
+    touched: list[str] = []
+
+    def audit(event, args):
+        if event in ("open", "os.listdir", "os.scandir") and args and str(args[0]).startswith(sealed):
+            touched.append(f"{event} {args[0]}")
+
+    sys.addaudithook(audit)
+    extra = {"train.steps": 8, "selection": {"criterion": "synthetic_auroc", "evaluations": 3}}
+    if family == "anogan":
+        extra.update({"model.family": "anogan", "anogan.gan_steps": 3, "anogan.n_critic": 2, "anogan.encoder_steps": 6})
+    config = validate_train_config(tiny_config(class_with_sealed_test, **extra), "tiny")
+    result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
+    sealed = "\0"  # stop recording: the hook stays installed for the rest of the session
+    assert result.model_path.is_file()
+    assert json.loads((tmp_path / "run" / SELECTION_LOG).read_text())["selected_epoch"] is not None
+    assert touched == []
