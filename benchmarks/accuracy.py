@@ -56,7 +56,7 @@ COMPONENTS = ("latent_distance", "residual_mean", "residual_max", "feature_resid
 # AnoGAN score per data kind: the pixel residual the set's GANomaly config scores (local maximum for
 # parts, mean for digits and tables) with lambda = 0.1 on the critic-feature residual, as in AnoGAN.
 ANOGAN_LAMBDA = 0.1
-LATENT_SEARCH_STEPS = 100
+LATENT_SEARCH_STEPS = 200
 LATENT_SEARCH_ITEMS = {"piped": 24, "mvtec_screw": 24, "mnist": 200, "table": 2000}
 MARK_START, MARK_END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 

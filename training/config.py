@@ -135,11 +135,12 @@ class SelectionConfig(_Strict):
                      with synthetic defects (cut-paste patches and noise patches); images only.
     validation_loss: lowest mean reconstruction error on held-out normal items.
     last:            the final weights.
+    Unset, it is synthetic_auroc for images (the benchmark's choice) and last for tables.
     For the AnoGAN family the candidates are the checkpoints of its encoder phase (the generator
     and critic are fixed by then).
     """
 
-    criterion: Literal["last", "validation_loss", "synthetic_auroc"] = "last"
+    criterion: Literal["last", "validation_loss", "synthetic_auroc"] | None = None
     evaluations: Annotated[int, Field(ge=1, le=1000)] = 8  # evenly spaced over training, the last step included
     max_items: Annotated[int, Field(ge=2, le=100_000)] = 64  # held-out items used (a fixed subsample)
 
@@ -226,6 +227,8 @@ class TrainConfig(_Strict):
                              "residual_mean, residual_max and feature_residual")
         if not anogan and "feature_residual" in self.score.weights:
             raise ValueError("score.weights: feature_residual needs model.family anogan")
+        if self.selection.criterion is None:
+            self.selection.criterion = "last" if self.data.kind == "table" else "synthetic_auroc"
         if self.data.kind == "table" and self.selection.criterion == "synthetic_auroc":
             raise ValueError("selection.criterion synthetic_auroc is for images; use validation_loss or last for tables")
         if (self.input.channels == 1) != (self.input.color_order == "gray"):

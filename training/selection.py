@@ -2,10 +2,11 @@
 data only (the 20% of train/good also used for calibration; test/ is never read).
 
 synthetic_auroc  the configured score must rank held-out normal frames below copies of the same
-                 frames carrying a synthetic defect: half get a cut-paste patch (a piece of the
-                 frame moved elsewhere, brightness shifted; Li et al., CutPaste, 2021), half a
-                 Gaussian-noise patch. Patches are 1/8 to 1/3 of the model input side, so they are
-                 local at tile scale. The criterion is the AUROC of that separation.
+                 frames carrying a synthetic defect (SYNTHETIC_COPIES per frame): half get a
+                 cut-paste patch (a piece of the frame moved elsewhere, brightness shifted; Li et al.,
+                 CutPaste, 2021), half a Gaussian-noise patch. Patches are 1/8 to 1/3 of the model
+                 input side, so they are local at tile scale. The criterion is the AUROC of that
+                 separation; on ties the earlier epoch is kept (less fitted to the few normal images).
 validation_loss  the lowest mean reconstruction error (residual_mean) on held-out normal items.
 last             no evaluation: the final weights.
 Evaluations happen at `evaluations` evenly spaced epoch ends; the best state is kept in memory
@@ -35,6 +36,7 @@ from .torch_scoring import run_scoring
 log = logging.getLogger(__name__)
 
 SELECTION_LOG = "selection.json"
+SYNTHETIC_COPIES = 4
 
 
 def synthetic_defects(frames: np.ndarray, patch_side: int, seed: int) -> np.ndarray:
@@ -63,7 +65,7 @@ class CheckpointSelector:
 
     def __init__(self, config: TrainConfig, validation: np.ndarray | None, modules: dict[str, nn.Module],
                  make_scoring: Callable[[], nn.Module], total_epochs: int):
-        self.criterion = config.selection.criterion
+        self.criterion = config.selection.criterion if validation is not None else "last"  # nothing held out
         self.modules = modules
         self.make_scoring = make_scoring
         self.total_epochs = max(1, total_epochs)
@@ -81,8 +83,8 @@ class CheckpointSelector:
         keep = np.random.default_rng(config.train.seed).permutation(len(validation))[:config.selection.max_items]
         self.normal = np.ascontiguousarray(validation[np.sort(keep)], dtype=np.float32)
         if self.criterion == "synthetic_auroc":
-            self.defective = synthetic_defects(self.normal, min(self.spec.height, self.spec.width),
-                                               config.train.seed).astype(np.float32)
+            self.defective = synthetic_defects(np.concatenate([self.normal] * SYNTHETIC_COPIES),
+                                               min(self.spec.height, self.spec.width), config.train.seed).astype(np.float32)
 
     @property
     def active(self) -> bool:
