@@ -281,6 +281,14 @@ def encode_rows(rows: list[list[str]], spec: TabularInput, origins: list[str] | 
                 bad = next(spec.numeric[j].name for j, v in enumerate(row_fields) if not _is_float(v))
                 rejected.append((r, ItemRejected("non_numeric", f"{origin}: field '{bad}' is not a number")))
         numbers = np.asarray(values, dtype=np.float64).reshape(len(kept), len(numeric_idx))
+    categories = [[rows[r][index[f.name]] for r in kept] for f in spec.categorical]
+    return _encode(numbers, categories, kept, rejected, spec, origins)
+
+
+def _encode(numbers: np.ndarray, categories: list[list[str]], kept: list[int], rejected: list, spec: TabularInput,
+            origins: list[str] | None) -> EncodedRows:
+    """Numbers (n, numeric) and category texts (one list per categorical feature) of the kept rows ->
+    EncodedRows: non-finite rows rejected, log1p, scaling, clipping, one-hot with unknown bucket."""
     finite = np.isfinite(numbers).all(axis=1)
     if not finite.all():
         for position in np.flatnonzero(~finite)[::-1]:
@@ -289,6 +297,7 @@ def encode_rows(rows: list[list[str]], spec: TabularInput, origins: list[str] | 
             rejected.append((r, ItemRejected("non_finite", f"{origin}: NaN or infinite value")))
         numbers = numbers[finite]
         kept = [r for r, ok in zip(kept, finite) if ok]
+        categories = [[v for v, ok in zip(column, finite) if ok] for column in categories]
         rejected.sort(key=lambda item: item[0])
     log_columns = [j for j, f in enumerate(spec.numeric) if f.transform == "log1p"]
     if log_columns:
@@ -299,10 +308,9 @@ def encode_rows(rows: list[list[str]], spec: TabularInput, origins: list[str] | 
     # into inf and then NaN inside the model: features are clipped to +-FEATURE_LIMIT.
     parts = [np.clip((numbers - center) / scale, -FEATURE_LIMIT, FEATURE_LIMIT).astype(np.float32)]
     unknown: dict[str, int] = {}
-    for feature in spec.categorical:
+    for feature, column in zip(spec.categorical, categories):
         lookup = {v: i for i, v in enumerate(feature.vocabulary)}
-        column = index[feature.name]
-        codes = np.array([lookup.get(rows[r][column], len(feature.vocabulary)) for r in kept], dtype=np.int64)
+        codes = np.array([lookup.get(v, len(feature.vocabulary)) for v in column], dtype=np.int64)
         n_unknown = int(np.sum(codes == len(feature.vocabulary)))
         if n_unknown:
             unknown[feature.name] = n_unknown
@@ -311,6 +319,77 @@ def encode_rows(rows: list[list[str]], spec: TabularInput, origins: list[str] | 
         parts.append(one_hot)
     features = np.concatenate(parts, axis=1) if kept else np.zeros((0, spec.row_width), np.float32)
     return EncodedRows(features, kept, rejected, unknown)
+
+
+def encode_lines(lines: list[str], spec: TabularInput, fmt: str = "csv", origins: list[str] | None = None) -> EncodedRows:
+    """Text lines (CSV or JSON) -> EncodedRows: the same result as parsing every line
+    (parse_csv_line / parse_json_line) and calling encode_rows, bad lines rejected with their reason.
+
+    A chunk of plain CSV lines (right field counts, no quotes, NUL or carriage return) is parsed by
+    Apache Arrow's C++ CSV reader, about five times faster than Python and without holding the
+    GIL, so a traffic source keeps up with tens of thousands of rows per second. Anything Arrow
+    does not parse exactly as Python would -- a quoted field, an empty or odd number -- sends the
+    whole chunk down the line-by-line path, so the output never depends on which path ran."""
+    if fmt == "csv":
+        fast = _encode_csv_arrow(lines, spec, origins)
+        if fast is not None:
+            return fast
+    parse = parse_json_line if fmt == "jsonl" else parse_csv_line
+    parsed, positions, rejected = [], [], []
+    for k, line in enumerate(lines):
+        try:
+            parsed.append(parse(line, spec, origins[k] if origins else f"row {k}"))
+            positions.append(k)
+        except ItemRejected as exc:
+            rejected.append((k, exc))
+    encoded = encode_rows(parsed, spec, [origins[k] for k in positions] if origins else
+                          [f"row {k}" for k in positions])
+    rejected += [(positions[r], exc) for r, exc in encoded.rejected]
+    rejected.sort(key=lambda item: item[0])
+    return EncodedRows(encoded.features, [positions[r] for r in encoded.kept], rejected, encoded.unknown)
+
+
+_PLAIN_CSV_FORBIDDEN = ('"', "\0", "\r")
+
+
+def _encode_csv_arrow(lines: list[str], spec: TabularInput, origins: list[str] | None) -> EncodedRows | None:
+    """The Arrow fast path of encode_lines, or None when this chunk must go line by line."""
+    if not lines:
+        return None
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+    except ImportError:  # pragma: no cover - pyarrow is a dependency; keep working without it
+        return None
+    commas = len(spec.columns) - 1
+    if any(line.count(",") != commas or len(line) > spec.max_line_bytes for line in lines):
+        return None
+    text = "\n".join(lines) + "\n"
+    if any(mark in text for mark in _PLAIN_CSV_FORBIDDEN):
+        return None
+    numeric = [f.name for f in spec.numeric]
+    categorical = [f.name for f in spec.categorical]
+    data = text.encode("utf-8")
+    try:
+        table = pcsv.read_csv(
+            pa.py_buffer(data),
+            read_options=pcsv.ReadOptions(column_names=list(spec.columns), use_threads=False,
+                                          block_size=max(1 << 20, len(data) + 1)),
+            parse_options=pcsv.ParseOptions(quote_char=False, double_quote=False, newlines_in_values=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types={**{name: pa.float64() for name in numeric}, **{name: pa.string() for name in categorical}},
+                include_columns=numeric + categorical, null_values=[], true_values=[], false_values=[],
+                strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeEncodeError):
+        return None
+    if table.num_rows != len(lines):
+        return None
+    numbers = np.empty((len(lines), len(numeric)), dtype=np.float64)
+    for j, name in enumerate(numeric):
+        numbers[:, j] = table.column(name).to_numpy()
+    categories = [table.column(name).to_pylist() for name in categorical]
+    return _encode(numbers, categories, list(range(len(lines))), [], spec, origins)
 
 
 def _is_float(text: str) -> bool:

@@ -31,7 +31,7 @@ _OPT_LEVELS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class ScoreResult:
     raw: float
     normalised: float  # raw / threshold: 1.0 is the threshold
@@ -110,14 +110,16 @@ class Scorer:
 
     def score_features(self, windows: np.ndarray, max_batch: int = 4096) -> list[ScoreResult]:
         """Score encoded feature windows (N, window * features) of a tabular model."""
-        results = []
+        results: list[ScoreResult] = []
         names = list(self.card.score.weights)
         for start in range(0, len(windows), max_batch):
             scores, outputs = self.score_tensor(windows[start:start + max_batch])
+            scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+            # Vectorised per chunk (traffic rows arrive by the ten thousand); NaN is not < threshold: anomaly.
+            verdicts = np.where(scores < self.threshold, NORMAL, ANOMALY).tolist()
             columns = [np.asarray(outputs[k], dtype=np.float64).reshape(-1).tolist() for k in names]
-            for i, raw in enumerate(scores.tolist()):
-                results.append(ScoreResult(raw, raw / self.threshold, self.verdict(raw),
-                                           {k: column[i] for k, column in zip(names, columns)}))
+            components = [dict(zip(names, values)) for values in zip(*columns)]
+            results.extend(map(ScoreResult, scores.tolist(), (scores / self.threshold).tolist(), verdicts, components))
         return results
 
     def verdict(self, raw: float) -> str:

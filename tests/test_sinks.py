@@ -79,3 +79,24 @@ def test_drift_psi_is_small_for_the_calibration_distribution_and_large_for_a_shi
     shifted = rng.lognormal(0.4, 0.3, 500)
     assert population_stability_index(same, edges, DRIFT_EXPECTED) < 0.1
     assert population_stability_index(shifted, edges, DRIFT_EXPECTED) > 0.25
+
+
+def test_the_batch_histogram_exposes_exactly_what_prometheus_clients_histogram_does():
+    """Same values, including values equal to a bucket bound (le is inclusive), same exposition."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from inspector.sinks.bulk_histogram import BulkHistogram
+
+    buckets = (0.1, 0.5, 1.0, 2.0)
+    values = [0.05, 0.1, 0.3, 0.5, 0.5, 1.0, 1.5, 2.0, 7.0, 0.1]
+    reference, bulk = CollectorRegistry(), CollectorRegistry()
+    classic = Histogram("x_score", "doc", ["source"], buckets=buckets, registry=reference)
+    batch = BulkHistogram("x_score", "doc", ["source"], buckets=buckets, registry=bulk)
+    for v in values:
+        classic.labels("cam").observe(v)
+    batch.observe_many(("cam",), values[:4])
+    batch.observe_many(("cam",), values[4:])
+    def samples(registry):
+        return sorted(line for line in generate_latest(registry).decode().splitlines()
+                      if line.startswith("x_score") and "_created" not in line)
+    assert samples(bulk) == samples(reference)

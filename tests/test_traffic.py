@@ -241,3 +241,20 @@ def test_score_command_prints_one_line_per_row_in_order_with_rejections(nsl_mode
     assert [l["line"] for l in lines] == [1, 2, 3, 4]
     assert [l.get("verdict") for l in lines[:3]] != [None] * 3 and lines[3]["rejected"] == "wrong_column_count"
     assert result.returncode == 1
+
+
+def test_plain_csv_chunks_take_the_c_parser_and_encode_exactly_as_line_by_line(nsl_model):
+    from inspector.preprocess import _encode_csv_arrow, encode_lines
+
+    spec = Scorer(nsl_model).card.input
+    lines = kdd_test_lines(3000)
+    fast = _encode_csv_arrow(lines, spec, None)
+    assert fast is not None  # real flow records are plain CSV: the fast path is the one that runs
+    slow = encode_rows([parse_csv_line(line, spec) for line in lines], spec)
+    assert fast.kept == slow.kept and fast.unknown == slow.unknown
+    np.testing.assert_array_equal(fast.features, slow.features)
+    fields = lines[10].split(",")
+    fields[spec.columns.index("src_bytes")] = "abc"
+    one_bad = lines[:10] + [",".join(fields)]
+    mixed = encode_lines(one_bad, spec)  # a non-numeric field sends the chunk down the line-by-line path
+    assert [k for k, _ in mixed.rejected] == [10] and mixed.rejected[0][1].reason == "non_numeric"

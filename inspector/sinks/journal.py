@@ -26,16 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def record(item: Item, result: ScoreResult | Rejection, latency_s: float, model_version: str, now_iso: str) -> dict:
-    base = {
-        "time": now_iso, "source": item.source, "seq": item.seq, "origin": item.origin,
-        "captured_at": round(item.captured_at, 6), "latency_ms": round(latency_s * 1000, 3),
-        "model_version": model_version,
-    }
-    if isinstance(result, Rejection):
-        base.update(verdict="rejected", reason=result.reason, error=result.message)
-    else:
-        base.update(score=round(result.raw, 6), normalised=round(result.normalised, 6), verdict=result.verdict)
-    return base
+    """The journal line of one item (one dict literal per outcome: this runs per traffic row)."""
+    if type(result) is ScoreResult:
+        return {"time": now_iso, "source": item.source, "seq": item.seq, "origin": item.origin,
+                "captured_at": round(item.captured_at, 6), "latency_ms": round(latency_s * 1000, 3),
+                "model_version": model_version, "score": round(result.raw, 6),
+                "normalised": round(result.normalised, 6), "verdict": result.verdict}
+    return {"time": now_iso, "source": item.source, "seq": item.seq, "origin": item.origin,
+            "captured_at": round(item.captured_at, 6), "latency_ms": round(latency_s * 1000, 3),
+            "model_version": model_version, "verdict": "rejected", "reason": result.reason, "error": result.message}
 
 
 class JournalSink:
@@ -83,8 +82,11 @@ class JournalSink:
         now = time.perf_counter()
         version = self.model_version()
         now_iso = datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # one timestamp per batch
-        text = b"".join(orjson.dumps(record(item, result, now - item.enqueued, version, now_iso)) + b"\n"
-                        for item, result in zip(items, results))
+        if not items:
+            return
+        dumps = orjson.dumps
+        text = b"\n".join([dumps(record(item, result, now - item.enqueued, version, now_iso))
+                           for item, result in zip(items, results)]) + b"\n"
         try:
             handle = self._open()
             handle.write(text)

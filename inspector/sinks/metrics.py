@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from ..scorer import ANOMALY, Rejection, Scorer, ScoreResult
 from ..sources.base import Item
+from .bulk_histogram import BulkHistogram
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,14 @@ class Metrics:
         self.anomalies = Counter("inspector_anomalies", "Items whose score reached the threshold", ["source"], registry=r)
         self.rejected = Counter("inspector_items_rejected", "Items that could not be scored, by reason", ["source", "reason"], registry=r)
         self.dropped = Counter("inspector_items_dropped", "Items dropped by backpressure (drop_oldest)", ["source"], registry=r)
-        self.score = Histogram("inspector_anomaly_score", "Normalised anomaly score (1.0 = threshold)", ["source"],
-                               buckets=SCORE_BUCKETS, registry=r)
+        self.score = BulkHistogram("inspector_anomaly_score", "Normalised anomaly score (1.0 = threshold)", ["source"],
+                                   buckets=SCORE_BUCKETS, registry=r)
         self.inference = Histogram("inspector_inference_latency_seconds", "Model inference time per batch",
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("inspector_batch_size", "Items per inference batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
-        self.latency = Histogram("inspector_end_to_end_latency_seconds", "Capture to journaled, per item", ["source"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = BulkHistogram("inspector_end_to_end_latency_seconds", "Capture to journaled, per item",
+                                     ["source"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("inspector_queue_depth", "Items waiting in the source's queue", ["source"], registry=r)
         self.source_up = Gauge("inspector_source_up", "1 when the source delivers, 0 when down or finished", ["source"], registry=r)
         self.source_finished = Gauge("inspector_source_finished", "1 when the source ended normally (a video file)", ["source"], registry=r)
@@ -90,6 +91,8 @@ class Metrics:
             metric.labels(name)
         for verdict in ("normal", "anomaly"):
             self.scored.labels(name, verdict)
+        self.score.touch(name)
+        self.latency.touch(name)
         self.source_up.labels(name).set(0)
         self.source_finished.labels(name).set(0)
         self.queue_depth.labels(name).set(0)
@@ -114,39 +117,49 @@ class Metrics:
         """Per-source metric children, looked up once: labels() takes a lock and a dict lookup per call."""
         children = self._by_source.get(source)
         if children is None:
-            children = {"latency": self.latency.labels(source), "score": self.score.labels(source),
-                        "normal": self.scored.labels(source, "normal"), "anomaly": self.scored.labels(source, "anomaly"),
+            children = {"normal": self.scored.labels(source, "normal"), "anomaly": self.scored.labels(source, "anomaly"),
                         "anomalies": self.anomalies.labels(source), "last_anomaly": self.last_anomaly.labels(source)}
             self._by_source[source] = children
         return children
 
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
+        """Per batch: counts and histogram updates grouped by source, one call each."""
         now = time.perf_counter()
         wall = time.time()
         scored = sum(isinstance(r, ScoreResult) for r in results)
         if scored:
             self.inference.observe(inference_s)
             self.batch_size.observe(scored)
+        groups: dict[str, tuple[list, list, list]] = {}  # source -> (latencies, normalised scores, verdicts)
         for item, result in zip(items, results):
-            children = self._children(item.source)
-            latency = now - item.enqueued
-            children["latency"].observe(latency)
-            self._latencies.append(latency)
+            latencies, scores, verdicts = groups.setdefault(item.source, ([], [], []))
+            latencies.append(now - item.enqueued)
             if isinstance(result, Rejection):
                 self.rejected.labels(item.source, result.reason).inc()
                 self.totals["rejected"] += 1
                 continue
-            children[result.verdict].inc()
-            children["score"].observe(result.normalised)
-            self.totals["scored"] += 1
-            recent = self._recent.get(item.source)
-            if recent is not None:
-                recent.append(result.normalised)
-            if result.verdict == ANOMALY:
-                children["anomalies"].inc()
+            scores.append(result.normalised)
+            verdicts.append(result.verdict)
+        for source, (latencies, scores, verdicts) in groups.items():
+            children = self._children(source)
+            self.latency.observe_many((source,), latencies)
+            self._latencies.extend(latencies)
+            if not scores:
+                continue
+            self.score.observe_many((source,), scores)
+            anomalies = verdicts.count(ANOMALY)
+            if len(scores) - anomalies:
+                children["normal"].inc(len(scores) - anomalies)
+            if anomalies:
+                children["anomaly"].inc(anomalies)
+                children["anomalies"].inc(anomalies)
                 children["last_anomaly"].set(wall)
-                self.totals["anomalies"] += 1
-        self._update_drift({item.source for item in items})
+            self.totals["scored"] += len(scores)
+            self.totals["anomalies"] += anomalies
+            recent = self._recent.get(source)
+            if recent is not None:
+                recent.extend(scores)
+        self._update_drift(set(groups))
 
     def _update_drift(self, sources: set[str]) -> None:
         if self._edges is None:

@@ -1,8 +1,8 @@
 """Traffic source: flow records as CSV or JSON lines, from a followed file, stdin, or TCP clients.
 
-Lines are read in chunks, parsed, and encoded with `inspector.preprocess.encode_rows` (the one
-tabular transform, shared with training). `window` consecutive good rows of the source form one
-item, every `stride` rows. A bad row (too long, wrong field count, not JSON, non-numeric, NaN/inf)
+Lines are read in chunks, parsed, and encoded with `inspector.preprocess.encode_lines` (the one
+tabular transform, shared with training; plain CSV chunks take a C parser). `window` consecutive
+good rows of the source form one item, every `stride` rows. A bad row (too long, wrong field count, not JSON, non-numeric, NaN/inf)
 becomes a rejected item with its reason — journaled and counted, the stream goes on. A category
 never seen in training goes to the unknown bucket and is counted per column.
 
@@ -33,7 +33,7 @@ import numpy as np
 from ..card import TabularInput
 from ..config import TrafficSource
 from ..errors import ItemRejected
-from ..preprocess import encode_rows, parse_csv_line, parse_json_line
+from ..preprocess import encode_lines
 from .base import Emit, Item, Source
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,6 @@ class TrafficSourceThread(Source):
         super().__init__(settings.name, **callbacks)
         self.settings = settings
         self.spec = spec
-        self.parse = parse_json_line if settings.format == "jsonl" else parse_csv_line
         self._windower = _Windower(spec.window, spec.stride)
         self._lock = threading.Lock()  # TCP clients share the source's windower and sequence
         self._on_unknown = on_unknown or (lambda source, column, n: None)
@@ -78,27 +77,20 @@ class TrafficSourceThread(Source):
     def handle_lines(self, lines: list[str], emit: Emit, prefix: str = "") -> bool:
         """Parse, encode and emit a chunk of complete lines in order; False when the pipeline stopped."""
         with self._lock:
-            entries: list[tuple[str, object]] = []  # (origin, parsed fields or the rejection)
-            for line in lines:
-                self._lines += 1
-                if not line.strip():
-                    continue
-                origin = f"{prefix}line {self._lines}"
-                try:
-                    entries.append((origin, self.parse(line, self.spec, origin)))
-                except ItemRejected as rejected:
-                    entries.append((origin, rejected))
-            positions = [k for k, (_, what) in enumerate(entries) if not isinstance(what, ItemRejected)]
-            encoded = encode_rows([entries[k][1] for k in positions], self.spec, [entries[k][0] for k in positions])
+            first = self._lines + 1
+            self._lines += len(lines)
+            numbered = [(first + k, line) for k, line in enumerate(lines) if line.strip()]
+            origins = [f"{prefix}line {n}" for n, _ in numbered]
+            encoded = encode_lines([line for _, line in numbered], self.spec, self.settings.format, origins)
             for column, count in encoded.unknown.items():
                 self._on_unknown(self.name, column, count)
-            outcome: list[object] = [what for _, what in entries]
-            for row, rejected in encoded.rejected:
-                outcome[positions[row]] = rejected
-            for m, row in enumerate(encoded.kept):
-                outcome[positions[row]] = encoded.features[m]
+            outcome: list[object] = [None] * len(numbered)
+            for position, rejected in encoded.rejected:
+                outcome[position] = rejected
+            for m, position in enumerate(encoded.kept):
+                outcome[position] = encoded.features[m]
             now = time.time()
-            for (origin, _), what in zip(entries, outcome):
+            for origin, what in zip(origins, outcome):
                 if isinstance(what, ItemRejected):
                     item = Item(self.name, self.next_seq(), now, origin, rejection=(what.reason, str(what)))
                 else:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from inspector.card import CategoricalFeature, NumericFeature, TabularInput, parse_card
 from inspector.errors import ItemRejected, ModelCardError
-from inspector.preprocess import decode_image, encode_rows, parse_csv_line, parse_json_line
+from inspector.preprocess import decode_image, encode_lines, encode_rows, parse_csv_line, parse_json_line
 
 SPEC = TabularInput(columns=["a", "proto", "b", "label"],
                     numeric=[NumericFeature(name="a"), NumericFeature(name="b", transform="log1p", scale=2.0)],
@@ -34,6 +34,42 @@ def test_csv_rows_either_encode_or_are_rejected(text):
     assert all(isinstance(r, ItemRejected) for _, r in encoded.rejected)
     if encoded.kept:
         assert encoded.features.shape == (1, SPEC.row_width)
+
+
+def line_by_line(lines: list[str]):
+    """The reference: every line parsed alone, then encode_rows on the parsed ones."""
+    outcome = []
+    for k, text in enumerate(lines):
+        try:
+            fields = parse_csv_line(text, SPEC, f"row {k}")
+        except ItemRejected as exc:
+            outcome.append(exc.reason)
+            continue
+        encoded = encode_rows([fields], SPEC, [f"row {k}"])
+        outcome.append(encoded.rejected[0][1].reason if encoded.rejected else encoded.features[0].tolist())
+    return outcome
+
+
+number_text = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers().map(str),
+                        st.sampled_from(["", " 5", "5 ", "+5", "1_000", "0x10", "1e", ".5", "5.", "-0", "nan", "NaN",
+                                         "inf", "-Infinity", "1e999", "1E5", "１２", "1.5f", "true", "#3", "N/A", "null"]))
+plain_row = st.tuples(number_text, st.sampled_from(["tcp", "udp", "icmp", "", " tcp", "TCP", "ü"]), number_text,
+                      st.sampled_from(["normal", "smurf"])).map(",".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(plain_row, min_size=1, max_size=12), st.lists(st.one_of(plain_row, line), min_size=1, max_size=12)))
+def test_a_chunk_encodes_exactly_as_its_lines_do_one_by_one(lines):
+    """encode_lines may parse a plain CSV chunk with Arrow's C parser; the result must never differ
+    from parsing each line on its own: same kept rows, same features, same rejection reasons."""
+    lines = [text.replace("\n", " ") for text in lines]
+    encoded = encode_lines(lines, SPEC, "csv", [f"row {k}" for k in range(len(lines))])
+    outcome: list = [None] * len(lines)
+    for k, exc in encoded.rejected:
+        outcome[k] = exc.reason
+    for m, k in enumerate(encoded.kept):
+        outcome[k] = encoded.features[m].tolist()
+    assert outcome == line_by_line(lines)
 
 
 json_value = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
