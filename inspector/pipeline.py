@@ -66,18 +66,22 @@ class Pipeline:
         self._order.append(name)
         queue = self._queues[name]
 
-        def emit(item: Item) -> bool:
+        def emit(item: Item | list[Item]) -> bool:
+            """Queue one item, or a list of items in order under one lock (traffic chunks)."""
+            items = item if isinstance(item, list) else (item,)
             with self._cond:
-                if queue.policy == "block":
-                    while len(queue.items) >= queue.size and not self._closed:
-                        self._cond.wait(0.1)
-                elif len(queue.items) >= queue.size:
-                    queue.items.popleft()
-                    queue.dropped += 1
-                    self._on_drop(name)
-                if self._closed:
-                    return False
-                queue.items.append(item)
+                for one in items:
+                    if queue.policy == "block":
+                        while len(queue.items) >= queue.size and not self._closed:
+                            self._cond.notify_all()  # let the batcher drain what is queued
+                            self._cond.wait(0.1)
+                    elif len(queue.items) >= queue.size:
+                        queue.items.popleft()
+                        queue.dropped += 1
+                        self._on_drop(name)
+                    if self._closed:
+                        return False
+                    queue.items.append(one)
                 self._cond.notify_all()
                 return True
 

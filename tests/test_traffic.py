@@ -150,7 +150,7 @@ def test_training_and_the_traffic_source_encode_rows_identically(nsl_model):
 
     source = TrafficSourceThread(TrafficSource(name="t", kind="traffic", mode="stdin"), spec)
     items = []
-    source.handle_lines(lines, lambda item: items.append(item) or True)
+    source.handle_lines(lines, lambda emitted: items.extend(emitted if isinstance(emitted, list) else [emitted]) or True)
     assert np.array_equal(np.stack([i.features for i in items]), expected)
 
 

@@ -31,7 +31,7 @@ class Item:
     on_done: Callable[["Item", object], None] | None = field(default=None, repr=False)
 
 
-Emit = Callable[[Item], bool]  # returns False when the pipeline is stopping
+Emit = Callable[["Item | list[Item]"], bool]  # one item or a list in order; False when the pipeline is stopping
 
 
 class Source:

@@ -90,17 +90,15 @@ class TrafficSourceThread(Source):
             for m, position in enumerate(encoded.kept):
                 outcome[position] = encoded.features[m]
             now = time.time()
+            items = []
             for origin, what in zip(origins, outcome):
                 if isinstance(what, ItemRejected):
-                    item = Item(self.name, self.next_seq(), now, origin, rejection=(what.reason, str(what)))
+                    items.append(Item(self.name, self.next_seq(), now, origin, rejection=(what.reason, str(what))))
                 else:
                     window = self._windower.push(what)
-                    if window is None:
-                        continue
-                    item = Item(self.name, self.next_seq(), now, origin, features=window)
-                if not emit(item):
-                    return False
-        return True
+                    if window is not None:
+                        items.append(Item(self.name, self.next_seq(), now, origin, features=window))
+            return emit(items) if items else True
 
     def reject(self, emit: Emit, origin: str, reason: str, message: str) -> bool:
         with self._lock:
