@@ -30,6 +30,9 @@ class ModelSettings(_Strict):
     intra_op_threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0 = onnxruntime's default (all cores)
     inter_op_threads: Annotated[int, Field(ge=1, le=256)] = 1
     optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    # onnxruntime's worker threads spin between runs by default; beside source threads (video
+    # decoding, CSV parsing) on few cores that spinning steals their CPU. false = they sleep.
+    spinning: bool = False
     watch_interval_s: Annotated[float, Field(ge=0, le=3600)] = 2.0  # poll the model file for replacement; 0 = only SIGHUP
 
 

@@ -66,6 +66,7 @@ class Scorer:
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
         optimization: str = "all",
+        spinning: bool = True,
     ):
         self.path = Path(model_path)
         if not self.path.is_file():
@@ -75,6 +76,9 @@ class Scorer:
         options.inter_op_num_threads = inter_op_threads
         options.graph_optimization_level = _OPT_LEVELS[optimization]
         options.log_severity_level = 3
+        if not spinning:  # idle inference threads sleep instead of spinning: they share cores with the sources
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises several private types for bad files
