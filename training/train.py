@@ -191,10 +191,9 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
     losses_log = _LossLog(run_dir / LOSSES, resume and step > 0)
 
     # A fixed batch of real items for the reconstruction grids.
-    shown = torch.stack([data[i] for i in torch.linspace(0, n - 1, min(n, config.diagnostics.grid_items)).long().tolist()])
-    if not tabular:
-        shown = random_crops(list(shown), config.input.height, config.input.width,
-                             torch.Generator().manual_seed(config.train.seed))
+    picked = [data[i] for i in torch.linspace(0, n - 1, min(n, config.diagnostics.grid_items)).long().tolist()]
+    shown = torch.stack(picked) if tabular else random_crops(picked, config.input.height, config.input.width,
+                                                             torch.Generator().manual_seed(config.train.seed))
     collapse = CollapseMonitor(config.diagnostics.collapse_ratio, "reconstructions")
     diversity = float("nan")
     weights = config.loss

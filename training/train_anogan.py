@@ -118,10 +118,9 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
 
     # Fixed real items and latent codes for the grids.
     shown_index = torch.linspace(0, len(data) - 1, min(len(data), config.diagnostics.grid_items)).long().tolist()
-    shown = torch.stack([data[i] for i in shown_index])
-    if not tabular:
-        shown = random_crops(list(shown), config.input.height, config.input.width,
-                             torch.Generator().manual_seed(config.train.seed))
+    picked = [data[i] for i in shown_index]
+    shown = torch.stack(picked) if tabular else random_crops(picked, config.input.height, config.input.width,
+                                                             torch.Generator().manual_seed(config.train.seed))
     fixed_z = model.sample_latent(len(shown), torch.Generator().manual_seed(config.train.seed + 1))
 
     gan_per_epoch = max(1, len(data) // (batch_size * options.n_critic))
