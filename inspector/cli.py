@@ -33,13 +33,16 @@ typical use:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train on normal images, calibrate, export model.onnx, evaluate on test/",
-                       description="Train a GANomaly model on <data>/train/good only, hold out part of it to "
-                       "calibrate the threshold, export model.onnx with its card and, when <data>/test exists, "
-                       "evaluate it there (metrics.json and report/ in the run folder).")
+                       description="Train a GANomaly model (or AnoGAN: --set model.family=anogan) on "
+                       "<data>/train/good only, hold out part of it to choose the checkpoint and calibrate the "
+                       "threshold, export model.onnx with its card and, when <data>/test exists, evaluate it there "
+                       "(metrics.json and report/ in the run folder). The run folder also shows how training went: "
+                       "losses.csv / losses.png, image grids in diagnostics/, selection.json.")
     p.add_argument("-c", "--config", type=Path, help="training YAML (see configs/); --data alone uses defaults")
     p.add_argument("--data", help="MVTec-layout folder (overrides data.path)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
-    p.add_argument("--steps", type=int, help="training steps (overrides train.steps)")
+    p.add_argument("--steps", type=int, help="training steps (overrides train.steps; for anogan, the steps of each "
+                   "of its two phases)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (overrides train.threads)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set model.base_width=8 (value parsed as YAML)")

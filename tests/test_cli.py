@@ -98,3 +98,13 @@ def test_missing_data_folder_is_one_clear_line(tmp_path):
     result = inspector("train", "--data", str(tmp_path / "nowhere"), "--no-progress")
     assert result.returncode == 2
     assert "no training images found" in error_line(result)
+
+
+def test_steps_on_the_command_line_sets_both_anogan_phases(piped_class):
+    from inspector.cli import build_parser
+    from training.cli import resolve_config
+
+    args = build_parser().parse_args(["train", "--data", str(piped_class), "--steps", "40", "--set", "model.family=anogan"])
+    config = resolve_config(args)
+    assert (config.anogan.gan_steps, config.anogan.encoder_steps, config.train.steps) == (40, 40, 40)
+    assert config.selection.criterion == "synthetic_auroc"  # images: chosen on synthetic defects by default

@@ -41,6 +41,14 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 def resolve_config(args) -> TrainConfig:
+    config = _resolve_config(args)
+    if args.steps is not None and config.model.family == "anogan":  # --steps means both of its phases
+        return config.model_validate({**config.model_dump(), "anogan": {
+            **config.anogan.model_dump(), "gan_steps": args.steps, "encoder_steps": args.steps}})
+    return config
+
+
+def _resolve_config(args) -> TrainConfig:
     overrides = _parse_overrides(args.set)
     if args.data:
         overrides["data.path"] = args.data

@@ -90,11 +90,13 @@ def compare_with_single_pass(scoring: nn.Module, score: ScoreDefinition, thresho
     else:
         inputs, owner = np.asarray(frames, dtype=np.float32), np.arange(len(frames))
     report = {"items": int(len(labels)), "model_inputs": int(len(inputs)), "steps": steps}
-    for name, run in (("single_pass", lambda: run_scoring(scoring, inputs, batch_size=256, keep_maps=False)),
-                      ("latent_search", lambda: latent_search(scoring, inputs, score, steps))):
-        started = time.perf_counter()
-        outputs = run()
-        seconds = time.perf_counter() - started
+    for name, run, repeats in (("single_pass", lambda: run_scoring(scoring, inputs, batch_size=256, keep_maps=False), 5),
+                               ("latent_search", lambda: latent_search(scoring, inputs, score, steps), 1)):
+        seconds = float("inf")
+        for _ in range(repeats):  # the single pass takes well under a second: its best of 5 resists noise
+            started = time.perf_counter()
+            outputs = run()
+            seconds = min(seconds, time.perf_counter() - started)
         scores = per_frame_max(combine_score(outputs, score), owner)
         metrics = image_metrics(scores, np.asarray(labels), threshold)
         report[name] = {"image_auroc": metrics.get("image_auroc"), "average_precision": metrics.get("average_precision"),
