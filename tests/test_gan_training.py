@@ -183,3 +183,22 @@ def test_checkpoint_selection_never_reads_test(class_with_sealed_test, tmp_path,
     assert result.model_path.is_file()
     assert json.loads((tmp_path / "run" / SELECTION_LOG).read_text())["selected_epoch"] is not None
     assert touched == []
+
+
+class ConstantScore(nn.Module):
+    """A scorer that cannot tell anything apart: every item gets the same score."""
+
+    def forward(self, image):
+        ones = torch.ones(len(image))
+        return {"residual_max": ones, "residual_mean": ones}
+
+
+def test_training_warns_when_even_synthetic_defects_are_not_separated(piped_class, tmp_path, caplog):
+    config = validate_train_config(tiny_config(piped_class), "tiny")
+    _, held_out = held_out_frames(config, piped_class)
+    model = nn.Linear(1, 1)
+    selector = CheckpointSelector(config, held_out, {"model": model}, ConstantScore, total_epochs=1)
+    assert selector.evaluate(epoch=1, step=1) == pytest.approx(0.5)
+    with caplog.at_level(logging.WARNING, logger="training.selection"):
+        selector.restore_best(tmp_path)
+    assert "expect weak detection" in caplog.text

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SELECTION_LOG = "selection.json"
 SYNTHETIC_COPIES = 4
+WEAK_SEPARATION = 0.6  # below this best synthetic AUROC, training warns (a label-free sign of a weak model)
 
 
 def synthetic_defects(frames: np.ndarray, patch_side: int, seed: int) -> np.ndarray:
@@ -142,6 +143,10 @@ class CheckpointSelector:
             "criterion": self.criterion, "selected_epoch": self.best_epoch, "selected_value": self.best_value,
             "evaluations": self.history, "held_out_items": len(self.normal)}, indent=2))
         log.info("selected epoch %s by %s (%.4f)", self.best_epoch, self.criterion, self.best_value)
+        if self.criterion == "synthetic_auroc" and self.best_value < WEAK_SEPARATION:
+            log.warning("at its best epoch the model separates synthetic defects from held-out normal images with "
+                        "AUROC %.2f only (0.5 = chance): expect weak detection; consider more steps, another "
+                        "input size or the other model family", self.best_value)
 
     def state(self) -> dict:
         return {"history": self.history, "best_value": float(self.best_value), "best_epoch": self.best_epoch,
