@@ -244,7 +244,7 @@ class TrafficSourceThread(Source):
         try:
             while not self.stopping.is_set():
                 try:
-                    data = conn.recv(1 << 16)
+                    data = conn.recv(1 << 20)
                 except socket.timeout:
                     if time.monotonic() - idle_since > self.settings.idle_timeout_s:
                         log.info("source %s: closing idle connection %s", self.name, prefix.strip())
