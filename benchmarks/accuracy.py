@@ -322,7 +322,9 @@ def table(rows: list[dict], commands: list[str], notes: list[str] = ()) -> str:
         f"{measured[0] if measured else '?'} to {measured[-1] if measured else '?'}. Train times were measured while "
         "other work shared the machine: compare them within a table, not across runs.", "",
         "Thresholds: quantile of held-out normal scores (20% of train/good, 10% of normal rows for tables) for a 1% "
-        "false-alarm target; nothing is tuned or selected on test data. AUROC / AP / F1 / FAR are measured on the "
+        "false-alarm target; the exported checkpoint is chosen on the same held-out normal data (rows with a "
+        "'selection' entry: synthetic_auroc for images, see training/selection.py); nothing is tuned or selected on "
+        "test data. AUROC / AP / F1 / FAR are measured on the "
         "exported .onnx through the inspector's scorer; the component columns give the torch AUROC of each score "
         "component on the same trained model, which is how the default score of each data kind is chosen."]
     if images:
