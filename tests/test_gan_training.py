@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -28,6 +28,37 @@ GRID_FOLDER = "diagnostics"
 NOT_A_LOSS = {"phase", "epoch", "step", "seconds"}
 
 
+class EpochLossLog:
+    """losses.csv: per-step losses are summed, and each epoch appends one row: the leading columns
+    given at flush time (epoch, step, ...), the mean of every loss field (blank if not logged in
+    that epoch) and the seconds since training started."""
+
+    def __init__(self, path: Path, leading: list[str], fields: list[str], append: bool = False):
+        self.path, self.fields = path, fields
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        if not (append and path.exists()):
+            with path.open("w", newline="") as handle:
+                csv.writer(handle).writerow(leading + fields + ["seconds"])
+
+    def add(self, **losses: float) -> None:
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def mean(self, name: str) -> float:
+        return self.sums.get(name, float("nan")) / max(1, self.count)
+
+    def flush(self, *leading, seconds: float) -> None:
+        if not self.count:
+            return
+        means = {k: v / self.count for k, v in self.sums.items()}
+        row = list(leading) + [f"{means[k]:.6g}" if k in means else "" for k in self.fields] + [f"{seconds:.2f}"]
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow(row)
+        self.sums, self.count = {}, 0
+
+
 def mean_pairwise_distance(batch: torch.Tensor) -> float:
     flat = batch.detach().flatten(1).double()
     if len(flat) < 2:

@@ -14,7 +14,6 @@ every `checkpoint_min_interval_s`) and at the end; it carries the checkpoint sel
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .diagnostics import CollapseMonitor, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
+from .diagnostics import CollapseMonitor, EpochLossLog, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
 from .models.blocks import dcgan_init
 from .models.ganomaly import GANomaly, GANomalyDiscriminator, GANomalyScoring, GANomalyShape
 from .models.tabular import TabularDiscriminator, TabularGANomaly, TabularScoring
@@ -37,8 +36,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.csv"
-LOSS_FIELDS = ["epoch", "step", "discriminator", "adversarial", "contextual", "encoder", "generator", "diversity",
-               "seconds"]
+LOSS_FIELDS = ["discriminator", "adversarial", "contextual", "encoder", "generator", "diversity"]
 
 
 def seed_everything(seed: int) -> None:
@@ -120,35 +118,6 @@ class TrainResult:
     seconds: float
 
 
-class _LossLog:
-    """Accumulates step losses and appends one CSV row per epoch."""
-
-    def __init__(self, path: Path, resume: bool):
-        self.path = path
-        self.sums: dict[str, float] = {}
-        self.count = 0
-        if not (resume and path.exists()):
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerow(LOSS_FIELDS)
-
-    def add(self, losses: dict[str, float]) -> None:
-        for k, v in losses.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.count += 1
-
-    def mean(self, name: str) -> float:
-        return self.sums.get(name, float("nan")) / max(1, self.count)
-
-    def flush(self, epoch: int, step: int, seconds: float) -> None:
-        if not self.count:
-            return
-        means = {k: v / self.count for k, v in self.sums.items()}
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([epoch, step] + [f"{means.get(k, float('nan')):.6g}" for k in LOSS_FIELDS[2:-1]]
-                                   + [f"{seconds:.2f}"])
-        self.sums, self.count = {}, 0
-
-
 def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resume: bool = False,
                    progress: bool = True, validation: np.ndarray | None = None) -> TrainResult:
     """Train on normal images in model space ((C, H, W) float32 items: model inputs, or native frames
@@ -188,7 +157,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         order, position = state["order"], int(state["position"])
         selector.load_state(state.get("selection"))
         log.info("resumed from %s at step %d", checkpoint_path, step)
-    losses_log = _LossLog(run_dir / LOSSES, resume and step > 0)
+    losses_log = EpochLossLog(run_dir / LOSSES, ["epoch", "step"], LOSS_FIELDS, append=resume and step > 0)
 
     # A fixed batch of real items for the reconstruction grids.
     picked = [data[i] for i in torch.linspace(0, n - 1, min(n, config.diagnostics.grid_items)).long().tolist()]
@@ -219,7 +188,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         """Diversity check, the losses row, and on planned epochs a grid, the plot and a selection round."""
         nonlocal diversity
         diversity = collapse.observe(losses_log.mean("diversity"), label)
-        losses_log.flush(label, step, time.perf_counter() - started)
+        losses_log.flush(label, step, seconds=time.perf_counter() - started)
         if not tabular and evenly_spaced(label, total_epochs, config.diagnostics.grids):
             generator.eval()
             with torch.no_grad():
@@ -282,7 +251,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         step += 1
         losses = {"discriminator": loss_d.item(), "adversarial": loss_adv.item(), "contextual": loss_con.item(),
                   "encoder": loss_enc.item(), "generator": loss_g.item(), "diversity": diversity_ratio(fake, x)}
-        losses_log.add(losses)
+        losses_log.add(**losses)
         bar.update(1)
         bar.set_postfix(d=f"{losses['discriminator']:.3f}", con=f"{losses['contextual']:.4f}",
                         enc=f"{losses['encoder']:.4f}", div=f"{diversity:.2f}")

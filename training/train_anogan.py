@@ -18,7 +18,6 @@ are written atomically.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .diagnostics import CollapseMonitor, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
+from .diagnostics import CollapseMonitor, EpochLossLog, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
 from .models.anogan import anogan_scoring, build_anogan, gradient_penalty
 from .selection import CheckpointSelector
 from .train import CHECKPOINT, LOSSES, atomic_torch_save, augment, clip_gradients, epochs_for, random_crops, seed_everything
@@ -38,8 +37,7 @@ from .train import CHECKPOINT, LOSSES, atomic_torch_save, augment, clip_gradient
 log = logging.getLogger(__name__)
 
 GAN_PHASE_CHECKPOINT = "checkpoint_gan_phase.pt"
-ANOGAN_LOSS_FIELDS = ["phase", "epoch", "step", "critic_wasserstein", "gradient_penalty", "generator", "encoder",
-                      "diversity", "seconds"]
+ANOGAN_LOSS_FIELDS = ["critic_wasserstein", "gradient_penalty", "generator", "encoder", "diversity"]
 
 
 @dataclass
@@ -67,32 +65,6 @@ def _batches(data: list[torch.Tensor], batch_size: int, config: TrainConfig, sam
                 yield augment(random_crops(picked, config.input.height, config.input.width, sampler), config, sampler)
 
 
-class _EpochLog:
-    """losses.csv rows: mean of each loss over the epoch's steps, plus diversity and elapsed time."""
-
-    def __init__(self, path: Path, started: float):
-        self.path, self.started = path, started
-        self.sums: dict[str, float] = {}
-        self.count = 0
-        with path.open("w", newline="") as handle:
-            csv.writer(handle).writerow(ANOGAN_LOSS_FIELDS)
-
-    def add(self, **losses: float) -> None:
-        for key, value in losses.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.count += 1
-
-    def mean(self, name: str) -> float:
-        return self.sums.get(name, float("nan")) / max(1, self.count)
-
-    def flush(self, phase: str, epoch: int, step: int) -> None:
-        means = {k: v / max(1, self.count) for k, v in self.sums.items()}
-        row = [phase, epoch, step] + [f"{means[k]:.6g}" if k in means else "" for k in ANOGAN_LOSS_FIELDS[3:-1]]
-        with self.path.open("a", newline="") as handle:
-            csv.writer(handle).writerow(row + [f"{time.perf_counter() - self.started:.2f}"])
-        self.sums, self.count = {}, 0
-
-
 def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progress: bool = False,
                  validation: np.ndarray | None = None) -> AnoGANResult:
     """Train on normal items in model space (images, native frames for tiled models, or feature
@@ -113,7 +85,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
     opt_g = torch.optim.Adam(model.generator.parameters(), lr=options.lr, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(critic.parameters(), lr=options.lr * stability.discriminator_lr_factor, betas=(0.0, 0.9))
     started = time.perf_counter()
-    losses = _EpochLog(run_dir / LOSSES, started)
+    losses = EpochLossLog(run_dir / LOSSES, ["phase", "epoch", "step"], ANOGAN_LOSS_FIELDS)
     color_order = config.input.color_order
 
     # Fixed real items and latent codes for the grids.
@@ -155,7 +127,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
         if step % gan_per_epoch == 0 or step == options.gan_steps:
             epoch = -(-step // gan_per_epoch)
             diversity = sample_collapse.observe(losses.mean("diversity"), epoch)
-            losses.flush("gan", epoch, step)
+            losses.flush("gan", epoch, step, seconds=time.perf_counter() - started)
             if not tabular and evenly_spaced(epoch, gan_epochs, config.diagnostics.grids):
                 model.generator.eval()
                 with torch.no_grad():
@@ -188,7 +160,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
         if step % enc_per_epoch == 0 or step == options.encoder_steps:
             epoch = -(-step // enc_per_epoch)
             diversity = reconstruction_collapse.observe(losses.mean("diversity"), gan_epochs + epoch)
-            losses.flush("encoder", gan_epochs + epoch, options.gan_steps + step)
+            losses.flush("encoder", gan_epochs + epoch, options.gan_steps + step, seconds=time.perf_counter() - started)
             if not tabular and evenly_spaced(epoch, enc_epochs, config.diagnostics.grids):
                 model.encoder.eval()
                 with torch.no_grad():
