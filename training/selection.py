@@ -76,10 +76,10 @@ class CheckpointSelector:
         self.best_value = -np.inf
         self.best_state: dict | None = None
         self.best_epoch: int | None = None
-        if self.criterion != "last" and (validation is None or len(validation) < 2):
-            raise ValueError("checkpoint selection needs at least 2 held-out normal items")
         if self.criterion == "last":
             return
+        if len(validation) < 2:
+            raise ValueError("checkpoint selection needs at least 2 held-out normal items")
         keep = np.random.default_rng(config.train.seed).permutation(len(validation))[:config.selection.max_items]
         self.normal = np.ascontiguousarray(validation[np.sort(keep)], dtype=np.float32)
         if self.criterion == "synthetic_auroc":
