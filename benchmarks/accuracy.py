@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.results import write_section  # noqa: E402
 from training.config import load_train_config  # noqa: E402
 from training.data import data_root, load_test, mnist_one_class  # noqa: E402
-from training.fit import fit, model_inputs, per_frame_max  # noqa: E402
+from training.fit import fit  # noqa: E402
+from training.frame_scores import frame_outputs, per_frame_max  # noqa: E402
 from training.models.ganomaly import GANomalyScoring  # noqa: E402
 from training.torch_scoring import run_scoring  # noqa: E402
 
@@ -120,8 +121,7 @@ def component_aurocs(config, result) -> dict[str, float]:
         scoring = result.scoring
     else:
         scoring = GANomalyScoring(result.generator, config.score.pool_kernel, config.score.residual, with_latent=True)
-    inputs, owner = model_inputs(test.tensors, spec)
-    outputs = run_scoring(scoring, inputs, batch_size=256, keep_maps=False)
+    outputs, owner = frame_outputs(scoring, test.tensors, spec)
     return {name: float(roc_auc_score(test.labels, per_frame_max(outputs[name].reshape(-1), owner)))
             for name in COMPONENTS if name in outputs}
 

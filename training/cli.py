@@ -112,14 +112,8 @@ def evaluate(args) -> int:
         return evaluate_latent_search(args, scorer, out)
     if scorer.card.input.kind == "tabular":
         from .evaluate import evaluate_windows
-        from .tabular import make_windows, read_table
 
-        spec = scorer.card.input
-        try:
-            table = read_table(Path(args.data), args.header, None if args.header else spec.columns)
-        except FileNotFoundError as exc:
-            raise InspectorError(str(exc)) from None
-        test = make_windows(table.rows, spec, table.columns.index(spec.label), spec.normal_values)
+        test = _labelled_windows(args, scorer.card.input)
         metrics = evaluate_windows(scorer, test, out, title=scorer.card.name)
         print(f"test: AUROC {metrics.get('auroc', float('nan')):.3f}, AP {metrics.get('average_precision', float('nan')):.3f}, "
               f"F1 {metrics['f1']:.3f}, false-alarm rate {metrics['false_alarm_rate']:.3f} "
@@ -134,6 +128,17 @@ def evaluate(args) -> int:
     return 0
 
 
+def _labelled_windows(args, spec):
+    """The labelled test table of `evaluate --data` as feature windows of a tabular model."""
+    from .tabular import make_windows, read_table
+
+    try:
+        table = read_table(Path(args.data), args.header, None if args.header else spec.columns)
+    except FileNotFoundError as exc:
+        raise InspectorError(str(exc)) from None
+    return make_windows(table.rows, spec, table.columns.index(spec.label), spec.normal_values)
+
+
 def evaluate_latent_search(args, scorer, out: Path) -> int:
     """`evaluate --latent-search N`: single pass vs classic latent search on the same test items."""
     import json
@@ -146,21 +151,17 @@ def evaluate_latent_search(args, scorer, out: Path) -> int:
         raise InspectorError("--latent-search needs a number of steps >= 1")
     scoring = load_run_scoring(args.model)
     card = scorer.card
-    try:
-        if card.input.kind == "tabular":
-            from .tabular import make_windows, read_table
+    if card.input.kind == "tabular":
+        test = _labelled_windows(args, card.input)
+        frames, labels, spec = test.features, test.labels, None
+    else:
+        from .data import load_test
 
-            spec = card.input
-            table = read_table(Path(args.data), args.header, None if args.header else spec.columns)
-            test = make_windows(table.rows, spec, table.columns.index(spec.label), spec.normal_values)
-            frames, labels, spec = test.features, test.labels, None
-        else:
-            from .data import load_test
-
+        try:
             test = load_test(Path(args.data), card.input)
-            frames, labels, spec = test.tensors, np.asarray(test.labels), card.input
-    except FileNotFoundError as exc:
-        raise InspectorError(str(exc)) from None
+        except FileNotFoundError as exc:
+            raise InspectorError(str(exc)) from None
+        frames, labels, spec = test.tensors, np.asarray(test.labels), card.input
     if args.limit:
         keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:args.limit])
         frames, labels = frames[keep], labels[keep]

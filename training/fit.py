@@ -28,7 +28,7 @@ from .data import LoadedImages, load_test, load_train_good, mnist_one_class, spl
 from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
 from .flops import count_flops
-from .frame_scores import component_scales, model_inputs, per_frame_max
+from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max
 from .torch_scoring import run_scoring
 from .train import scoring_module, train_ganomaly
 
@@ -143,8 +143,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     validation = None
     if config.calibration.method == "f1_optimal":
         validation = load_test(expand_data_path(config.calibration.validation_path), spec)
-        v_inputs, v_owner = model_inputs(validation.tensors, spec)
-        v_out = run_scoring(scoring, v_inputs, keep_maps=False)
+        v_out, v_owner = frame_outputs(scoring, validation.tensors, spec)
         validation = (per_frame_max(combine_score(v_out, score), v_owner), validation.labels)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)))

@@ -11,12 +11,21 @@ from inspector.preprocess import tiles_from_frame
 
 def model_inputs(tensors: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs for stored training tensors, and which frame each came from: the tensors
-    themselves, or for tiled models the tiles of every native frame."""
-    if spec.resize != "tile":
+    themselves (untiled images; tables, spec None), or for tiled models the tiles of every native frame."""
+    if spec is None or spec.resize != "tile":
         return np.asarray(tensors, dtype=np.float32), np.arange(len(tensors))
     tiles = [tiles_from_frame(frame, spec)[0] for frame in tensors]
     owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(tiles)])
     return np.concatenate(tiles), owner
+
+
+def frame_outputs(scoring, frames: np.ndarray, spec) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-item score components of `scoring` (torch, no maps) over stored frames (or table rows, spec
+    None), and which frame each output row belongs to (see per_frame_max)."""
+    from .torch_scoring import run_scoring
+
+    inputs, owner = model_inputs(frames, spec)
+    return run_scoring(scoring, inputs, batch_size=256 if spec is not None else 4096, keep_maps=False), owner
 
 
 def per_frame_max(scores: np.ndarray, owner: np.ndarray) -> np.ndarray:

@@ -85,10 +85,7 @@ def compare_with_single_pass(scoring: nn.Module, score: ScoreDefinition, thresho
     from .frame_scores import model_inputs, per_frame_max
     from .torch_scoring import run_scoring
 
-    if spec is not None:
-        inputs, owner = model_inputs(frames, spec)
-    else:
-        inputs, owner = np.asarray(frames, dtype=np.float32), np.arange(len(frames))
+    inputs, owner = model_inputs(frames, spec)
     report = {"items": int(len(labels)), "model_inputs": int(len(inputs)), "steps": steps}
     for name, run, repeats in (("single_pass", lambda: run_scoring(scoring, inputs, batch_size=256, keep_maps=False), 5),
                                ("latent_search", lambda: latent_search(scoring, inputs, score, steps), 1)):

@@ -29,8 +29,7 @@ from inspector.scorer import combine_score
 
 from .config import TrainConfig
 from .diagnostics import evenly_spaced
-from .frame_scores import component_scales, model_inputs, per_frame_max
-from .torch_scoring import run_scoring
+from .frame_scores import component_scales, frame_outputs, per_frame_max
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +92,6 @@ class CheckpointSelector:
     def due(self, epoch: int) -> bool:
         return self.active and evenly_spaced(epoch, self.total_epochs, self.evaluations)
 
-    def _frame_outputs(self, scoring: nn.Module, frames: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        if self.spec is None:
-            return run_scoring(scoring, frames, batch_size=4096, keep_maps=False), np.arange(len(frames))
-        inputs, owner = model_inputs(frames, self.spec)
-        return run_scoring(scoring, inputs, batch_size=256, keep_maps=False), owner
-
     def measure(self) -> float:
         """The criterion on the current weights (higher is better)."""
         from sklearn.metrics import roc_auc_score
@@ -106,12 +99,12 @@ class CheckpointSelector:
         modes = [(m, m.training) for module in self.modules.values() for m in module.modules()]
         try:
             scoring = self.make_scoring()
-            normal, owner = self._frame_outputs(scoring, self.normal)
+            normal, owner = frame_outputs(scoring, self.normal, self.spec)
             if self.criterion == "validation_loss":
                 return -float(np.mean(normal["residual_mean"]))
             definition = ScoreDefinition(weights=self.weights, scales=component_scales(normal, list(self.weights)),
                                          map_output=None)
-            defective, defective_owner = self._frame_outputs(scoring, self.defective)
+            defective, defective_owner = frame_outputs(scoring, self.defective, self.spec)
             normal_scores = per_frame_max(combine_score(normal, definition), owner)
             defective_scores = per_frame_max(combine_score(defective, definition), defective_owner)
             labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defective_scores))]

@@ -195,7 +195,8 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
                 reconstructions = generator(shown)["reconstruction"]
             generator.train()
             write_grid(grid_path(run_dir, "reconstructions", label), shown, config.input.color_order, reconstructions)
-            plot_losses(run_dir / LOSSES)
+            if label < total_epochs:  # a view while training runs; the final plot is drawn once, at the end
+                plot_losses(run_dir / LOSSES)
         if selector.due(label):
             selector.evaluate(label, step)
 
