@@ -130,6 +130,10 @@ SourceSettings = Annotated[Union[CameraSource, FolderSource, TrafficSource], Fie
 class Batching(_Strict):
     max_batch: Annotated[int, Field(ge=1, le=1024)] = 32
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0
+    # Threads that score batches at once, each running the model on its own batch (sinks still see
+    # batches in queue order). On few cores, 2 workers with model.intra_op_threads 1 keep every core
+    # busy while the sources decode; 1 worker with all intra-op threads suits a lone large model.
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 class QueueSettings(_Strict):

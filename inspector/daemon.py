@@ -69,7 +69,8 @@ class Daemon:
         sinks.append(self.metrics)
         self.journal = sinks[0]
         self.pipeline = Pipeline(lambda: self.scorer, sinks, config.batching.max_batch, config.batching.max_wait_ms,
-                                 on_drop=self.metrics.count_drop, on_error=self._sink_error)
+                                 on_drop=self.metrics.count_drop, on_error=self._sink_error,
+                                 workers=config.batching.workers)
         self.sources: list[Source] = []
         for settings in config.sources:
             self.metrics.register_source(settings.name)

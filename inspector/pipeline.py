@@ -8,6 +8,14 @@ out of the queue:
 The batcher takes up to `max_batch` items round-robin across sources, waiting at most `max_wait_ms`
 after the first item for more to arrive. Every queue is bounded; nothing grows without limit.
 An item counts as done only after every sink (journal first) has handled it.
+
+With `workers` > 1, that many threads take and score batches at once (onnxruntime sessions accept
+concurrent runs; give each one intra-op thread), and a ticket taken with each batch makes the sinks
+see batches in the order they left the queues: the journal stays in order, counts stay exact.
+
+Frames are turned into model input on the thread that emits them, before they are queued: decoding
+and preprocessing of the next frames then run beside the model on the batcher thread, instead of
+between its runs. A frame the model cannot take is rejected right there and queued as a rejection.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from .errors import ItemRejected
 from .ratelimit import RateLimitedLog
 from .scorer import Rejection, Scorer, ScoreResult
 from .sources.base import Emit, Item
@@ -43,10 +52,20 @@ class _SourceQueue:
     dropped: int = 0
 
 
+class Batch(list):
+    """Items taken together from the queues, with their place in the order the sinks must see."""
+
+    ticket: int = -1
+
+
 class Pipeline:
     def __init__(self, scorer_ref: Callable[[], Scorer], sinks: list[Sink], max_batch: int, max_wait_ms: float,
-                 on_drop: Callable[[str], None] | None = None, on_error: Callable[[str], None] | None = None):
+                 on_drop: Callable[[str], None] | None = None, on_error: Callable[[str], None] | None = None,
+                 workers: int = 1):
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self._scorer_ref = scorer_ref
+        self.workers = workers
         self.sinks = sinks
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -59,6 +78,9 @@ class Pipeline:
         self._on_error = on_error or (lambda where: None)
         self.items_done = 0
         self._rejections = RateLimitedLog(log)
+        self._tickets_taken = 0  # under _cond
+        self._tickets_done = 0  # under _turn
+        self._turn = threading.Condition()
 
     # --- producer side -------------------------------------------------------------------------
     def add_source(self, name: str, size: int, policy: str) -> Emit:
@@ -69,6 +91,9 @@ class Pipeline:
         def emit(item: Item | list[Item]) -> bool:
             """Queue one item, or a list of items in order under one lock (traffic chunks)."""
             items = item if isinstance(item, list) else (item,)
+            for one in items:
+                if one.image is not None and one.rejection is None:
+                    self._prepare(one)
             with self._cond:
                 for one in items:
                     if queue.policy == "block":
@@ -86,6 +111,14 @@ class Pipeline:
                 return True
 
         return emit
+
+    def _prepare(self, item: Item) -> None:
+        try:
+            item.prepared = self._scorer_ref().prepare(item.image, f"{item.source} {item.origin}")
+        except ItemRejected as rejected:
+            item.rejection = (rejected.reason, str(rejected))
+        except Exception:  # never lose the item: the batcher prepares it again and rejects it there
+            log.exception("preparing %s %s failed", item.source, item.origin)
 
     def depth(self, name: str) -> int:
         return len(self._queues[name].items)
@@ -114,24 +147,52 @@ class Pipeline:
                 empty_rounds += 1
         return batch
 
-    def next_batch(self, timeout: float) -> list[Item]:
+    def next_batch(self, timeout: float) -> Batch:
         """Wait up to `timeout` for a first item, then up to max_wait for a fuller batch."""
         with self._cond:
             if not self.pending():
                 self._cond.wait(timeout)
                 if not self.pending():
-                    return []
+                    return Batch()
             deadline = time.perf_counter() + self.max_wait
             while self.pending() < self.max_batch and not self._closed:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch = self._take()
-            self._cond.notify_all()  # space for blocked producers
+            batch = Batch(self._take())  # empty when another worker took the items while this one waited
+            if batch:
+                batch.ticket = self._tickets_taken
+                self._tickets_taken += 1
+                self._cond.notify_all()  # space for blocked producers
             return batch
 
-    def process(self, batch: list[Item]) -> None:
+    def process(self, batch: Batch) -> None:
+        """Score a batch (concurrently with other workers), then hand it to the sinks in ticket order."""
+        if not batch:
+            return
+        try:
+            results, inference_s = self._score(batch)
+        except BaseException:
+            self._pass_turn(batch.ticket)
+            raise
+        with self._turn:
+            while self._tickets_done != batch.ticket:
+                self._turn.wait()
+            try:
+                self._finish(batch, results, inference_s)
+            finally:
+                self._tickets_done += 1
+                self._turn.notify_all()
+
+    def _pass_turn(self, ticket: int) -> None:
+        with self._turn:
+            while self._tickets_done != ticket:
+                self._turn.wait()
+            self._tickets_done += 1
+            self._turn.notify_all()
+
+    def _score(self, batch: list[Item]) -> tuple[list, float]:
         scorer = self._scorer_ref()
         results: list[ScoreResult | Rejection | None] = [None] * len(batch)
         frames, windows = [], []
@@ -146,10 +207,12 @@ class Pipeline:
         if frames:
             self._fill(results, frames, lambda: scorer.score_images(
                 [batch[i].image for i in frames], [f"{batch[i].source} {batch[i].origin}" for i in frames],
-                max_batch=self.max_batch))
+                max_batch=self.max_batch, prepared=[batch[i].prepared for i in frames]))
         if windows:
             self._fill(results, windows, lambda: scorer.score_features(np.stack([batch[i].features for i in windows])))
-        inference_s = time.perf_counter() - started
+        return results, time.perf_counter() - started
+
+    def _finish(self, batch: list[Item], results: list, inference_s: float) -> None:
         for item, result in zip(batch, results):
             if isinstance(result, Rejection):
                 self._rejections.warning((item.source, result.reason), f"rejected: {result.message}")
@@ -165,7 +228,7 @@ class Pipeline:
                     item.on_done(item, result)
                 except Exception:
                     log.exception("completion of %s %s failed", item.source, item.origin)
-            item.image = item.features = None
+            item.image = item.features = item.prepared = None
         self.items_done += len(batch)
 
     @staticmethod
@@ -182,11 +245,27 @@ class Pipeline:
 
     def run(self, keep_going: Callable[[], bool], poll: float = 0.05) -> None:
         """Batch and score until `keep_going()` is false, then drain what is still queued."""
-        while keep_going():
-            batch = self.next_batch(poll)
-            if batch:
-                self.process(batch)
-        self.close()
+        stop_helpers = threading.Event()
+
+        def helper() -> None:
+            while not stop_helpers.is_set():
+                batch = self.next_batch(poll)
+                if batch:
+                    self.process(batch)
+
+        helpers = [threading.Thread(target=helper, name=f"scorer-{i + 1}", daemon=True) for i in range(self.workers - 1)]
+        for thread in helpers:
+            thread.start()
+        try:
+            while keep_going():
+                batch = self.next_batch(poll)
+                if batch:
+                    self.process(batch)
+            self.close()
+        finally:
+            stop_helpers.set()
+            for thread in helpers:
+                thread.join()
         while True:
             batch = self.next_batch(0)
             if not batch:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .card import ModelCard, ScoreDefinition, card_from_metadata, check_card_matches_graph
+from .card import ImageInput, ModelCard, ScoreDefinition, card_from_metadata, check_card_matches_graph
 from .errors import ItemRejected, ModelCardError
 from .preprocess import TileLayout, prepare_image, stitch_tiles
 
@@ -38,6 +38,17 @@ class ScoreResult:
     verdict: str
     components: dict[str, float]
     heatmap: np.ndarray | None = field(default=None, repr=False)  # HxW float32, frame or model resolution
+
+
+@dataclass(slots=True)
+class PreparedFrame:
+    """A frame turned into model input, ahead of scoring (the daemon does this on the source's thread,
+    so decoding and preprocessing overlap the model run). `spec` is the card input it was made for:
+    after a model reload with another input geometry it is prepared again."""
+
+    tiles: np.ndarray  # (T, C, H, W) float32
+    layout: TileLayout | None
+    spec: ImageInput
 
 
 @dataclass
@@ -130,28 +141,46 @@ class Scorer:
         """A score that is not a number is an anomaly: an input crafted to break the model must not pass."""
         return NORMAL if raw < self.threshold else ANOMALY
 
+    def prepare(self, image: np.ndarray, origin: str = "image") -> PreparedFrame:
+        """Model input for one decoded frame; raises ItemRejected for a frame the model cannot take."""
+        tiles, layout = prepare_image(image, self.card.input, origin)
+        return PreparedFrame(tiles, layout, self.card.input)
+
     def score_images(
-        self, images: list[np.ndarray], origins: list[str] | None = None, *, max_batch: int = 64, heatmaps: bool = True
+        self,
+        images: list[np.ndarray | None],
+        origins: list[str] | None = None,
+        *,
+        max_batch: int = 64,
+        heatmaps: bool = True,
+        prepared: list[PreparedFrame | None] | None = None,
     ) -> list[ScoreResult | Rejection]:
-        """Score decoded frames (HxW or HxWxC uint8, BGR). Bad frames become Rejections, never exceptions."""
+        """Score decoded frames (HxW or HxWxC uint8, BGR). Bad frames become Rejections, never exceptions.
+
+        `prepared[i]`, when given and made for this model's input, is used instead of preparing
+        `images[i]` again (then `images[i]` may be None).
+        """
         origins = origins or [f"item {i}" for i in range(len(images))]
-        prepared: list[tuple[int, np.ndarray, TileLayout | None]] = []
+        ready: list[tuple[int, PreparedFrame]] = []
         results: list[ScoreResult | Rejection | None] = [None] * len(images)
         for index, (image, origin) in enumerate(zip(images, origins)):
-            try:
-                tiles, layout = prepare_image(image, self.card.input, origin)
-            except ItemRejected as rejected:
-                results[index] = Rejection(rejected.reason, str(rejected))
-                continue
-            prepared.append((index, tiles, layout))
-        if prepared:
-            all_tiles = np.concatenate([tiles for _, tiles, _ in prepared])
+            frame = prepared[index] if prepared is not None else None
+            if frame is None or (frame.spec is not self.card.input and frame.spec != self.card.input):
+                try:
+                    frame = self.prepare(image, origin)
+                except ItemRejected as rejected:
+                    results[index] = Rejection(rejected.reason, str(rejected))
+                    continue
+            ready.append((index, frame))
+        if ready:
+            all_tiles = ready[0][1].tiles if len(ready) == 1 else np.concatenate([f.tiles for _, f in ready])
             scores, outputs = self._score_in_chunks(all_tiles, max_batch)
             offset = 0
-            for index, tiles, layout in prepared:
-                span = slice(offset, offset + len(tiles))
-                offset += len(tiles)
-                results[index] = self._result(scores[span], {k: v[span] for k, v in outputs.items()}, layout, heatmaps)
+            for index, frame in ready:
+                span = slice(offset, offset + len(frame.tiles))
+                offset += len(frame.tiles)
+                results[index] = self._result(scores[span], {k: v[span] for k, v in outputs.items()}, frame.layout,
+                                              heatmaps)
         return results  # type: ignore[return-value]
 
     def _score_in_chunks(self, tiles: np.ndarray, max_batch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:

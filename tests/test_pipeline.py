@@ -68,6 +68,26 @@ def test_block_policy_is_lossless_and_bounded(scorer):
     assert max(peak) <= 2
 
 
+def test_several_workers_score_at_once_and_sinks_see_batches_in_queue_order(scorer):
+    recorder = Recorder()
+    pipeline = Pipeline(lambda: scorer, [recorder], max_batch=3, max_wait_ms=1, workers=3)
+    emit = pipeline.add_source("folder", size=4, policy="block")
+    frames = _frames(60)
+
+    def produce():
+        for seq, frame in enumerate(frames, start=1):
+            emit(Item("folder", seq, 0.0, f"f{seq}", image=frame))
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    pipeline.run(lambda: producer.is_alive())
+    producer.join()
+    assert [item.seq for item in recorder.items] == list(range(1, 61))
+    assert pipeline.items_done == 60
+    alone = scorer.score_images(frames)
+    assert [r.raw for r in recorder.results] == [r.raw for r in alone]
+
+
 def test_rejected_items_travel_with_the_batch_and_callbacks_run_after_sinks(scorer):
     recorder = Recorder()
     done = []

@@ -40,6 +40,15 @@ def test_rgb_model_gets_rgb_order():
     assert tiles[0, 2].mean() == pytest.approx(1.0) and tiles[0, 0].mean() == pytest.approx(-1.0)
 
 
+def test_normalisation_is_the_cards_mean_and_std_per_channel():
+    spec = ImageInput(height=16, width=16, channels=3, color_order="bgr", mean=(0.485, 0.456, 0.406),
+                      std=(0.229, 0.224, 0.225))
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    tiles, _ = prepare_image(pixels, spec)
+    expected = (pixels / 255.0 - np.array(spec.mean)) / np.array(spec.std)
+    np.testing.assert_allclose(tiles[0], expected.transpose(2, 0, 1), rtol=0, atol=2e-6)
+
+
 @pytest.mark.parametrize("shape", [(7, 300), (1000, 33, 3), (480, 640, 4), (64, 64, 1)])
 def test_any_frame_geometry_becomes_the_model_input(shape):
     frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)

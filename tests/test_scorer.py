@@ -8,7 +8,7 @@ import pytest
 
 from inspector.errors import ModelCardError
 from inspector.preprocess import prepare_image, read_image
-from inspector.scorer import ANOMALY, NORMAL, Rejection, ScoreResult, Scorer, combine_score
+from inspector.scorer import ANOMALY, NORMAL, PreparedFrame, Rejection, ScoreResult, Scorer, combine_score
 from training.data import list_images, load_test
 from training.fit import model_inputs, per_frame_max
 from training.models.ganomaly import GANomalyScoring
@@ -72,6 +72,18 @@ def test_tiled_model_returns_a_frame_sized_heatmap_and_its_worst_tile(tiny_tiled
     tiles_scores, _ = scorer.score_tensor(tiles)
     assert len(tiles) == 7 * 7  # 32x32 tiles with half overlap over a 128x128 frame
     assert result.raw == pytest.approx(float(tiles_scores.max()))
+
+
+def test_frames_prepared_ahead_score_the_same_and_stale_preparations_are_redone(tiny_piped_run, piped_class):
+    scorer = Scorer(tiny_piped_run.model_path)
+    images = [read_image(p) for p in _test_files(piped_class, 4)]
+    direct = [r.raw for r in scorer.score_images(images)]
+    ahead = [scorer.prepare(image) for image in images]
+    assert [r.raw for r in scorer.score_images([None] * 4, prepared=ahead)] == direct
+    # Made for another input geometry (a model reloaded since): prepared again from the image.
+    other_spec = scorer.card.input.model_copy(update={"height": 48, "width": 48})
+    stale = [PreparedFrame(np.zeros((1, 3, 48, 48), np.float32), None, other_spec) for _ in images]
+    assert [r.raw for r in scorer.score_images(images, prepared=stale)] == direct
 
 
 def test_threshold_override_changes_verdicts_not_scores(tiny_piped_run, piped_class):

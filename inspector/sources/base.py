@@ -25,6 +25,7 @@ class Item:
     captured_at: float  # wall clock, seconds since the epoch
     origin: str  # frame index or file name
     image: np.ndarray | None = field(default=None, repr=False)
+    prepared: object | None = field(default=None, repr=False)  # the image as model input (scorer.PreparedFrame)
     features: np.ndarray | None = field(default=None, repr=False)  # a window of encoded traffic rows
     rejection: tuple[str, str] | None = None  # (reason, message)
     enqueued: float = field(default_factory=time.perf_counter)
