@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import ModelCardError, describe_validation_error
 
 CARD_KEY = "qinspector.card"
-CARD_FORMAT_VERSION = 1
+CARD_FORMAT_VERSION = 2  # 2: calibration.confidence; format 1 cards still load
 
 
 class _Strict(BaseModel):
@@ -142,6 +142,8 @@ class Calibration(_Strict):
     threshold: Annotated[float, Field(gt=0)]
     method: Literal["quantile", "f1_optimal", "manual"]
     target_false_alarm_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
+    # quantile: the threshold is an upper limit of the (1 - target) quantile at this confidence
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] | None = None
     n_samples: Annotated[int, Field(ge=0)]
     quantiles: dict[str, float] = Field(default_factory=dict)
 
@@ -166,7 +168,7 @@ class ExportInfo(_Strict):
 
 
 class ModelCard(_Strict):
-    format_version: Literal[1] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2] = CARD_FORMAT_VERSION
     name: str
     family: Literal["ganomaly", "anogan", "autoencoder"]
     version: str

@@ -14,10 +14,11 @@ def test_quantile_threshold_meets_the_target_false_alarm_rate(target, distributi
     rng = np.random.default_rng(42)
     draw = {"lognormal": lambda n: rng.lognormal(0.0, 0.5, n), "gamma": lambda n: rng.gamma(2.0, 1.0, n),
             "uniform": lambda n: rng.uniform(0, 1, n)}[distribution]
-    threshold = quantile_threshold(draw(20_000), target)
-    fresh = draw(200_000)  # new normal items from the same process
-    rate = np.mean(fresh >= threshold)
-    assert rate == pytest.approx(target, rel=0.15)
+    holdout, fresh = draw(20_000), draw(200_000)  # fresh: new normal items from the same process
+    plain_estimate = np.mean(fresh >= quantile_threshold(holdout, target, confidence=0.5))
+    assert plain_estimate == pytest.approx(target, rel=0.15)
+    upper_limit = np.mean(fresh >= quantile_threshold(holdout, target))  # default confidence 0.9
+    assert 0.7 * target < upper_limit < plain_estimate
 
 
 def test_small_holdout_extrapolates_the_tail_instead_of_taking_the_largest_score():
@@ -28,18 +29,32 @@ def test_small_holdout_extrapolates_the_tail_instead_of_taking_the_largest_score
     rates, rates_of_max = [], []
     for _ in range(300):
         holdout = rng.lognormal(0.0, 0.3, 6)
-        threshold = quantile_threshold(holdout, 0.01)
+        threshold = quantile_threshold(holdout, 0.01, confidence=0.5)
         rates.append(np.mean(fresh >= threshold))
         rates_of_max.append(np.mean(fresh >= holdout.max()))
     assert np.median(rates) < 0.02
     assert np.mean(rates) < 0.35 * np.mean(rates_of_max)
 
 
+@pytest.mark.parametrize("n, draw", [(6, "lognormal"), (30, "lognormal"), (600, "gamma"), (5000, "uniform")])
+def test_threshold_keeps_false_alarms_under_the_target_with_the_configured_confidence(n, draw):
+    """Few scores (log-normal tolerance limit) and many (order statistic, any distribution): over
+    repeated holdouts, the false-alarm rate is at or under the target in about `confidence` of them."""
+    rng = np.random.default_rng(1)
+    sample = {"lognormal": lambda size: rng.lognormal(0.0, 0.4, size), "gamma": lambda size: rng.gamma(2.0, 1.0, size),
+              "uniform": lambda size: rng.uniform(0, 1, size)}[draw]
+    true_quantile = np.quantile(sample(2_000_000), 0.99)
+    for confidence in (0.5, 0.9):
+        met = np.mean([quantile_threshold(sample(n), 0.01, confidence) >= true_quantile for _ in range(400)])
+        assert met == pytest.approx(confidence, abs=0.06)
+
+
 def test_calibration_records_method_target_and_quantiles():
     scores = np.linspace(1.0, 2.0, 1001)
-    cal = calibrate(scores, 0.01)
+    cal = calibrate(scores, 0.01, confidence=0.9)
     assert cal.method == "quantile" and cal.target_false_alarm_rate == 0.01 and cal.n_samples == 1001
-    assert cal.threshold == pytest.approx(1.99, abs=1e-3)
+    assert cal.confidence == 0.9
+    assert 1.99 < cal.threshold < 1.997  # a little above the 99% point: its upper 90% confidence limit
     assert cal.quantiles["p50"] == pytest.approx(1.5) and cal.quantiles["max"] == 2.0
 
 

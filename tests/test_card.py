@@ -47,6 +47,17 @@ def test_newer_card_format_is_refused(tiny_piped_run, tmp_path):
         Scorer(tmp_path / "new.onnx")
 
 
+def test_format_1_cards_from_earlier_releases_still_load(tiny_piped_run, tmp_path):
+    def format_1(d):
+        d["format_version"] = 1
+        del d["calibration"]["confidence"]  # added in format 2
+
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "old.onnx", format_1)
+    card = Scorer(tmp_path / "old.onnx").card
+    assert card.format_version == 1 and card.calibration.confidence is None
+    assert tiny_piped_run.card.format_version == 2 and tiny_piped_run.card.calibration.confidence == 0.9
+
+
 def test_card_that_disagrees_with_the_graph_is_refused(tiny_piped_run, tmp_path):
     def gray(d):
         d["input"].update(channels=1, color_order="gray", mean=[0.5], std=[0.5])

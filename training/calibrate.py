@@ -1,11 +1,20 @@
 """Thresholds from normal data.
 
-`quantile` (default) needs no labelled defects: the threshold is the (1 - target) quantile of the
-scores of held-out normal images, so about `target` of normal parts raise an alarm. A held-out set
-too small to resolve that quantile (n * target < 1, e.g. 6 images at 1%) would otherwise put the
-threshold at the largest observed score: too low for 6 images, and hostage to one odd image in 60.
-There the quantile comes from a log-normal fitted to the held-out scores. `f1_optimal` is the option
-for users who have a labelled validation folder.
+`quantile` (default) needs no labelled defects: the threshold is set from the scores of held-out
+normal images so that at most `target` of normal parts raise an alarm. A quantile estimated from a
+few dozen scores is itself a random number: taken at face value (confidence 0.5) it lets through
+more than `target` false alarms about half of the time, and with 6 images at 1% it would sit at the
+largest score, alarming on about 1/7 of normal parts. So the threshold is an upper confidence limit
+of the (1 - target) quantile at `confidence` (default 0.9): at least 1 - target of normal parts pass,
+with that confidence, under the assumptions of the estimate used:
+
+  enough scores (the (1 - target) quantile has an order statistic above it with probability
+  >= confidence, e.g. n >= 230 at 1% and 0.9): that order statistic, from the binomial
+  distribution of ranks; no assumption on the score distribution.
+  fewer: a one-sided normal tolerance limit on the log scores (log-normal scores; the
+  non-central t factor k: exp(mean + k * sd)), which extrapolates the tail.
+
+`f1_optimal` is the option for users who have a labelled validation folder.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 from statistics import NormalDist
 
 import numpy as np
+from scipy import stats
 
 from inspector.card import Calibration
 
@@ -26,17 +36,31 @@ def score_quantiles(scores: np.ndarray) -> dict[str, float]:
     return out
 
 
-def quantile_threshold(normal_scores: np.ndarray, target_false_alarm_rate: float) -> float:
-    scores = np.asarray(normal_scores, dtype=np.float64)
+def quantile_threshold(normal_scores: np.ndarray, target_false_alarm_rate: float, confidence: float = 0.9) -> float:
+    """Upper `confidence` limit of the (1 - target) quantile of the normal scores (see the module doc)."""
+    scores = np.sort(np.asarray(normal_scores, dtype=np.float64).reshape(-1))
     if scores.size == 0 or not np.all(np.isfinite(scores)):
         raise ValueError("calibration needs at least one finite normal score")
+    if not 0.5 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
     level = 1.0 - target_false_alarm_rate
-    if scores.size * target_false_alarm_rate >= 1.0:
-        return float(np.quantile(scores, level, method="higher"))
-    positive = np.maximum(scores, 1e-12)
-    logs = np.log(positive)
-    spread = logs.std(ddof=1) if scores.size > 1 else 0.0
-    return float(np.exp(logs.mean() + NormalDist().inv_cdf(level) * spread))
+    n = scores.size
+    # Order statistic X_(k) (1-based) lies above the level-quantile iff fewer than k of n scores fall
+    # below it: P = BinomCDF(k - 1; n, level). The smallest k with P >= confidence, if k <= n.
+    rank = int(stats.binom.ppf(confidence, n, level)) + 1
+    if n * target_false_alarm_rate >= 1.0 and rank <= n:
+        return float(scores[rank - 1])
+    logs = np.log(np.maximum(scores, 1e-12))
+    if n < 2:
+        return float(np.exp(logs[0]))
+    return float(np.exp(logs.mean() + tolerance_factor(n, level, confidence) * logs.std(ddof=1)))
+
+
+def tolerance_factor(n: int, coverage: float, confidence: float) -> float:
+    """k of the one-sided normal tolerance limit mean + k * sd: it exceeds the `coverage` quantile
+    with probability `confidence` (non-central t; at confidence 0.5 close to the plain z quantile)."""
+    z = NormalDist().inv_cdf(coverage)
+    return float(stats.nct.ppf(confidence, df=n - 1, nc=z * np.sqrt(n)) / np.sqrt(n))
 
 
 def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -58,9 +82,10 @@ def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def calibrate(normal_scores: np.ndarray, target_false_alarm_rate: float, method: str = "quantile",
-              validation_scores: np.ndarray | None = None, validation_labels: np.ndarray | None = None) -> Calibration:
+              validation_scores: np.ndarray | None = None, validation_labels: np.ndarray | None = None,
+              confidence: float = 0.9) -> Calibration:
     if method == "quantile":
-        threshold = quantile_threshold(normal_scores, target_false_alarm_rate)
+        threshold = quantile_threshold(normal_scores, target_false_alarm_rate, confidence)
     elif method == "f1_optimal":
         if validation_scores is None or validation_labels is None:
             raise ValueError("f1_optimal calibration needs validation scores and labels")
@@ -69,4 +94,5 @@ def calibrate(normal_scores: np.ndarray, target_false_alarm_rate: float, method:
         raise ValueError(f"unknown calibration method {method!r}")
     threshold = max(threshold, 1e-12)
     return Calibration(threshold=threshold, method=method, target_false_alarm_rate=target_false_alarm_rate,
+                       confidence=confidence if method == "quantile" else None,
                        n_samples=int(np.asarray(normal_scores).size), quantiles=score_quantiles(normal_scores))

@@ -188,6 +188,10 @@ class ScoreConfig(_Strict):
 class CalibrationConfig(_Strict):
     target_false_alarm_rate: Annotated[float, Field(gt=0, lt=0.5)] = 0.01
     method: Literal["quantile", "f1_optimal"] = "quantile"
+    # quantile: the threshold is the upper limit of the normal-score quantile at this confidence, so
+    # the false-alarm rate stays at or under the target with it even from few held-out images (0.5 =
+    # the plain estimate; see training/calibrate.py)
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.9
     validation_path: str | None = None  # labelled folder (MVTec test layout), required by f1_optimal
 
     @model_validator(mode="after")

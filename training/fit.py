@@ -146,7 +146,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         v_out, v_owner = frame_outputs(scoring, validation.tensors, spec)
         validation = (per_frame_max(combine_score(v_out, score), v_owner), validation.labels)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
-                            *(validation or (None, None)))
+                            *(validation or (None, None)), confidence=config.calibration.confidence)
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run_dir)
     model_path = run_dir / MODEL_FILE
 
@@ -180,7 +180,8 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
                             scales=component_scales(outputs, list(config.score.weights)), map_output=None,
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
                                         "median on held-out normal windows")
-    calibration = calibrate(combine_score(outputs, score), config.calibration.target_false_alarm_rate)
+    calibration = calibrate(combine_score(outputs, score), config.calibration.target_false_alarm_rate,
+                            confidence=config.calibration.confidence)
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run_dir)
     model_path = run_dir / MODEL_FILE
     metrics = None
