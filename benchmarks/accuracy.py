@@ -204,8 +204,9 @@ def run_tabular(config, variant: str, runs: Path) -> list[dict]:
     return rows
 
 
-def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path, threads: int) -> list[dict]:
-    overrides = {**extra, **variant_overrides(variant, name), "train.threads": threads}
+def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path, threads: int,
+            settings: dict | None = None) -> list[dict]:
+    overrides = {**extra, **variant_overrides(variant, name), "train.threads": threads, **(settings or {})}
     config = load_train_config(config_path, overrides)
     if config.data.kind == "table":
         if variant == "classic":
@@ -350,6 +351,19 @@ def latest_rows(paths: list[Path]) -> list[dict]:
     return list(rows.values())
 
 
+def parse_settings(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs -> config overrides (values read as YAML: numbers, booleans, strings)."""
+    import yaml
+
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set needs KEY=VALUE, got {pair!r}")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default="piped,mvtec_screw,mnist")
@@ -358,6 +372,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mnist-digits", default="0,1,2,3,4,5,6,7,8,9", help="anomaly digits of the MNIST protocol to run")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every job (YAML value), e.g. --set train.device=cuda "
+                        "--set train.steps=3000; recorded in each row")
     parser.add_argument("--jsonl", type=Path, help="append rows here as they finish (default <runs>/accuracy.jsonl)")
     parser.add_argument("--table-from", type=Path, nargs="+", metavar="JSONL",
                         help="train nothing: rebuild the tables from rows recorded by earlier runs (newest per set "
@@ -374,13 +391,16 @@ def main() -> int:
         print(f"data folder {data_root()} not found (set QI_DATA)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    settings = parse_settings(args.settings)
     rows = []
     jsonl = args.jsonl or args.runs / "accuracy.jsonl"
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     for variant in args.variants.split(","):
         for name, config_path, extra in jobs(args.sets.split(","), [int(d) for d in args.mnist_digits.split(",")]):
-            for row in run_job(name, config_path, extra, variant, args.runs, args.threads):
+            for row in run_job(name, config_path, extra, variant, args.runs, args.threads, settings):
                 row["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                if settings:
+                    row["settings"] = settings
                 rows.append(row)
                 with jsonl.open("a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -69,3 +69,30 @@ def test_training_writes_losses_and_checkpoint_and_resume_continues_exactly(pipe
     assert [(int(r["epoch"]), int(r["step"])) for r in straight_rows] == [(1, 2), (2, 4), (3, 6)]
     assert [(int(r["epoch"]), int(r["step"])) for r in resumed_rows] == [(1, 2), (2, 3), (2, 4), (3, 6)]
     assert all(np.isfinite(float(r["contextual"])) for r in resumed_rows)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_it_is_one_clear_error(piped_class, tmp_path):
+    config = validate_train_config(tiny_config(piped_class, **{"train.device": "cuda"}), "tiny")
+    with pytest.raises(ValueError, match="train.device is 'cuda' but torch .* sees no CUDA device"):
+        train_ganomaly(config, np.zeros((8, 3, 32, 32), np.float32), tmp_path, progress=False)
+    auto = validate_train_config(tiny_config(piped_class, **{"train.device": "auto"}), "tiny")
+    assert train_ganomaly(auto, np.zeros((8, 3, 32, 32), np.float32), tmp_path / "auto", progress=False).steps == 4
+
+
+def test_anogan_refuses_cuda_in_the_config():
+    from inspector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="anogan models train on the CPU"):
+        validate_train_config({"data": {"path": "x"}, "model": {"family": "anogan"},
+                               "score": {"weights": {"residual_max": 1.0}}, "train": {"device": "cuda"}}, "cfg.yaml")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_model_trained_on_the_gpu_comes_back_on_the_cpu_and_exports(piped_class, tmp_path):
+    from training.fit import fit
+
+    config = validate_train_config(tiny_config(piped_class, **{"train.device": "cuda"}), "tiny")
+    result = fit(config, tmp_path, progress=False, evaluate_test=False)
+    assert result.model_path.is_file() and result.card.export.parity_max_abs_diff <= result.card.export.parity_tolerance
+    assert all(p.device.type == "cpu" for p in result.generator.parameters())

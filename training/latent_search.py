@@ -121,7 +121,7 @@ def load_run_scoring(model_path):
     config = TrainConfig.model_validate(json.loads(config_path.read_text()))
     if config.model.family != "anogan":
         raise InspectorError(f"latent search is for anogan models; {model_path} is a {config.model.family} model")
-    state = torch.load(checkpoint_path, weights_only=True)
+    state = torch.load(checkpoint_path, weights_only=True, map_location="cpu")  # trained on a GPU or not
     width = None
     if config.data.kind == "table":
         width = state["model"]["encoder.0.weight"].shape[1]

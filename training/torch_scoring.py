@@ -12,11 +12,12 @@ def run_scoring(module: nn.Module, tensors: np.ndarray, batch_size: int = 64,
                 keep_maps: bool = True) -> dict[str, np.ndarray]:
     """Named outputs of `module` for (N, C, H, W) inputs, concatenated over batches."""
     module.eval()
+    device = next(module.parameters()).device  # a model being trained on a GPU is scored there
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(tensors), batch_size):
-        out = module(torch.from_numpy(np.ascontiguousarray(tensors[start:start + batch_size])))
+        out = module(torch.from_numpy(np.ascontiguousarray(tensors[start:start + batch_size])).to(device))
         for name, value in out.items():
             if not keep_maps and value.dim() > 1:
                 continue
-            parts.setdefault(name, []).append(value.numpy())
+            parts.setdefault(name, []).append(value.cpu().numpy())
     return {name: np.concatenate(values) for name, values in parts.items()}

@@ -64,6 +64,16 @@ def scoring_module(config: TrainConfig, generator: nn.Module) -> nn.Module:
     return GANomalyScoring(generator, config.score.pool_kernel, config.score.residual, with_latent=with_latent)
 
 
+def training_device(setting: str) -> torch.device:
+    """The torch device for `train.device`; a clear error when CUDA is asked for and torch has none."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is 'cuda' but torch {torch.__version__} sees no CUDA device "
+                         "(a CPU build of torch, or no GPU); use 'cpu' or 'auto'")
+    return torch.device(setting)
+
+
 def clip_gradients(module: nn.Module, max_norm: float) -> None:
     if max_norm > 0:
         torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
@@ -129,7 +139,10 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
     seed_everything(config.train.seed)
     tabular = config.data.kind == "table"
     stability = config.stability
+    device = training_device(config.train.device)
     generator, discriminator = build_models(config, images.shape[1] if tabular else None)
+    generator.to(device)
+    discriminator.to(device)
     betas = tuple(config.train.betas)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.train.lr, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.train.lr * stability.discriminator_lr_factor,
@@ -147,7 +160,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
     order, position = None, 0  # the current epoch's permutation and how far into it we are
     checkpoint_path = run_dir / CHECKPOINT
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=True)
+        state = torch.load(checkpoint_path, weights_only=True, map_location=device)
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
@@ -192,7 +205,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         if not tabular and evenly_spaced(label, total_epochs, config.diagnostics.grids):
             generator.eval()
             with torch.no_grad():
-                reconstructions = generator(shown)["reconstruction"]
+                reconstructions = generator(shown.to(device))["reconstruction"].cpu()
             generator.train()
             write_grid(grid_path(run_dir, "reconstructions", label), shown, config.input.color_order, reconstructions)
             if label < total_epochs:  # a view while training runs; the final plot is drawn once, at the end
@@ -217,6 +230,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         else:
             x = random_crops(picked, config.input.height, config.input.width, sampler)
             x = augment(x, config, sampler)
+        x = x.to(device)
         out = generator(x)
         fake = out["reconstruction"]
 
@@ -224,7 +238,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         loss_con = (fake - x).abs().mean()
         loss_enc = (out["latent_out"] - out["latent_in"]).pow(2).mean()
         if not adversarial:
-            loss_adv = torch.zeros(())
+            loss_adv = torch.zeros((), device=device)
         else:
             real_features = discriminator(x)["features"].detach()
             loss_adv = (discriminator(fake)["features"] - real_features).pow(2).mean()
@@ -235,7 +249,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
         opt_g.step()
 
         # Discriminator: real vs reconstructed (skipped for a plain autoencoder, adversarial weight 0).
-        loss_d = torch.zeros(())
+        loss_d = torch.zeros((), device=device)
         if adversarial:
             logits_real = discriminator(x)["logit"]
             logits_fake = discriminator(fake.detach())["logit"]
@@ -266,7 +280,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
     save()
     plot_losses(run_dir / LOSSES)
     selector.restore_best(run_dir)
-    generator.eval()
+    generator.cpu().eval()
     return TrainResult(generator, step, epoch, time.perf_counter() - started)
 
 
