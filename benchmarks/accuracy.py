@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.results import write_section  # noqa: E402
+from training.cli import parse_overrides  # noqa: E402
 from training.config import load_train_config  # noqa: E402
 from training.data import data_root, load_test, mnist_one_class  # noqa: E402
 from training.fit import fit  # noqa: E402
@@ -351,19 +352,6 @@ def latest_rows(paths: list[Path]) -> list[dict]:
     return list(rows.values())
 
 
-def parse_settings(pairs: list[str]) -> dict:
-    """KEY=VALUE pairs -> config overrides (values read as YAML: numbers, booleans, strings)."""
-    import yaml
-
-    settings = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set needs KEY=VALUE, got {pair!r}")
-        settings[key.strip()] = yaml.safe_load(value)
-    return settings
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default="piped,mvtec_screw,mnist")
@@ -391,7 +379,7 @@ def main() -> int:
         print(f"data folder {data_root()} not found (set QI_DATA)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    settings = parse_settings(args.settings)
+    settings = parse_overrides(args.settings)
     rows = []
     jsonl = args.jsonl or args.runs / "accuracy.jsonl"
     jsonl.parent.mkdir(parents=True, exist_ok=True)

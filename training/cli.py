@@ -30,7 +30,8 @@ def _infer_input(data: Path) -> dict:
     return {"channels": 1, "color_order": "gray"} if gray else {"channels": 3, "color_order": "rgb"}
 
 
-def _parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str]) -> dict:
+    """--set KEY=VALUE items -> config overrides (values read as YAML: numbers, booleans, null, strings)."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -49,7 +50,7 @@ def resolve_config(args) -> TrainConfig:
 
 
 def _resolve_config(args) -> TrainConfig:
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     if args.data:
         overrides["data.path"] = args.data
     if args.steps is not None:
