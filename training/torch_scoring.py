@@ -12,7 +12,8 @@ def run_scoring(module: nn.Module, tensors: np.ndarray, batch_size: int = 64,
                 keep_maps: bool = True) -> dict[str, np.ndarray]:
     """Named outputs of `module` for (N, C, H, W) inputs, concatenated over batches."""
     module.eval()
-    device = next(module.parameters()).device  # a model being trained on a GPU is scored there
+    parameter = next(module.parameters(), None)  # a model being trained on a GPU is scored there
+    device = parameter.device if parameter is not None else torch.device("cpu")
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(tensors), batch_size):
         out = module(torch.from_numpy(np.ascontiguousarray(tensors[start:start + batch_size])).to(device))
