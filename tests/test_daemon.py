@@ -104,11 +104,14 @@ def test_a_lost_camera_shows_down_and_retries_while_the_daemon_stays_healthy(mod
     assert daemon.log().count("cannot open rtsp://127.0.0.1:9/stream") == 1  # logged once per outage
 
 
-def test_sigterm_under_load_journals_every_frame_read_and_exits_0(model, tmp_path):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_sigterm_under_load_journals_every_frame_read_and_exits_0(model, tmp_path, workers):
+    """With several scoring workers too: the journal holds every frame read, in capture order."""
     video = tmp_path / "long.avi"
     write_video(video, 400)
     sources = [{"name": "cam0", "kind": "camera", "uri": str(video), "realtime": False, "loop": True}]
-    daemon = DaemonProcess(tmp_path, model, sources, queue={"size": 64}).start()
+    daemon = DaemonProcess(tmp_path, model, sources, queue={"size": 64},
+                           batching={"max_batch": 16, "max_wait_ms": 2, "workers": workers}).start()
     try:
         daemon.wait_for(lambda s: metric(s, "inspector_items_scored_total", source="cam0", verdict="normal") > 200)
         assert daemon.terminate() == 0
