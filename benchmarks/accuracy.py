@@ -323,8 +323,8 @@ def table(rows: list[dict], commands: list[str], notes: list[str] = ()) -> str:
         "", f"Machine: {platform.node()} (2 cores), torch {torch.__version__}; rows measured "
         f"{measured[0] if measured else '?'} to {measured[-1] if measured else '?'}. Train times were measured while "
         "other work shared the machine: compare them within a table, not across runs.", "",
-        "Thresholds: quantile of held-out normal scores (20% of train/good, 10% of normal rows for tables) for a 1% "
-        "false-alarm target; the exported checkpoint is chosen on the same held-out normal data (rows with a "
+        "Thresholds: from held-out normal scores (20% of train/good, 10% of normal rows for tables) for a 1% "
+        "false-alarm target (training/calibrate.py; the notes say which rows used which confidence); the exported checkpoint is chosen on the same held-out normal data (rows with a "
         "'selection' entry: synthetic_auroc for images, see training/selection.py); nothing is tuned or selected on "
         "test data. AUROC / AP / F1 / FAR are measured on the "
         "exported .onnx through the inspector's scorer; the component columns give the torch AUROC of each score "

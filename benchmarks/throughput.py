@@ -94,7 +94,7 @@ def write_video(folder: Path, size: int, frames: int, codec: str) -> Path:
 
 
 def decode_fps(video: Path) -> float:
-    """Frames/s of reading the video alone (one thread): the ceiling of a daemon with one such source."""
+    """Frames/s of reading the video with nothing else running: the ceiling of a daemon with one such source."""
     capture = cv2.VideoCapture(str(video))
     started, frames = time.perf_counter(), 0
     while capture.read()[0]:
@@ -194,8 +194,8 @@ def table(rows, knob_rows, daemon_rows, args) -> str:
               "counted in the metrics (evidence off). Each setting ran "
               f"{DAEMON_REPEATS} times, each time right after a raw measurement of (a) at batch 32 with "
               f"{args.threads} threads; the figures are medians, the share is the median of the per-run ratios. "
-              "Decoding alone: reading the same file with `cv2.VideoCapture` and nothing else, one thread (one "
-              "source decodes on one thread, so this is the ceiling of a one-source daemon).", "",
+              "Decoding alone: reading the same file with `cv2.VideoCapture` and nothing else running (its FFmpeg "
+              "decoder may use both cores): the ceiling of a daemon with one such source.", "",
               "| input | width | video codec | workers x intra-op threads | daemon frames/s | raw scorer b32 frames/s "
               "| daemon / raw | decoding alone frames/s |", "|---|---|---|---|---|---|---|---|"]
     for size, width, codec, workers, intra, e2e, raw, ratio, decode in daemon_rows:
