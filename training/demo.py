@@ -115,8 +115,9 @@ def run_demo(out: Path, steps: int) -> int:
     result = fit(config, out / "run")
     card, metrics = result.card, result.metrics or {}
     print(f"[3/4] model: {result.model_path}  threshold {card.calibration.threshold:.3g} "
-          f"(quantile for a {card.calibration.target_false_alarm_rate:.0%} false-alarm rate on "
-          f"{card.calibration.n_samples} held-out normal parts), torch/onnx max diff {card.export.parity_max_abs_diff:.1e}")
+          f"(at most {card.calibration.target_false_alarm_rate:.0%} false alarms with "
+          f"{card.calibration.confidence:.0%} confidence, from {card.calibration.n_samples} held-out normal parts), "
+          f"torch/onnx max diff {card.export.parity_max_abs_diff:.1e}")
     print(f"      test: image AUROC {metrics.get('image_auroc', float('nan')):.3f}, pixel AUROC "
           f"{metrics.get('pixel_auroc', float('nan')):.3f}, recall {metrics.get('recall', 0):.2f}, "
           f"false-alarm rate {metrics.get('false_alarm_rate', 0):.2f}")
