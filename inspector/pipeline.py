@@ -117,8 +117,9 @@ class Pipeline:
             item.prepared = self._scorer_ref().prepare(item.image, f"{item.source} {item.origin}")
         except ItemRejected as rejected:
             item.rejection = (rejected.reason, str(rejected))
-        except Exception:  # never lose the item: the batcher prepares it again and rejects it there
-            log.exception("preparing %s %s failed", item.source, item.origin)
+        except Exception as exc:  # never lose the item: the batcher prepares it again and rejects it there
+            self._rejections.warning((item.source, "prepare_failed"),
+                                     f"preparing {item.source} {item.origin} failed: {exc!r}")
 
     def depth(self, name: str) -> int:
         return len(self._queues[name].items)
