@@ -168,7 +168,6 @@ class TrainLoopConfig(_Strict):
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
     # Where the training loop runs: cpu, cuda (an NVIDIA GPU; needs a CUDA build of torch), or auto
     # (cuda when torch sees one). Everything after training (calibration, export) runs on the CPU.
-    # GANomaly family only; AnoGAN trains on the CPU.
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     augment: AugmentConfig = AugmentConfig()
     checkpoint_min_interval_s: Annotated[float, Field(ge=0)] = 20.0
@@ -235,8 +234,6 @@ class TrainConfig(_Strict):
                              "residual_mean, residual_max and feature_residual")
         if not anogan and "feature_residual" in self.score.weights:
             raise ValueError("score.weights: feature_residual needs model.family anogan")
-        if anogan and self.train.device == "cuda":
-            raise ValueError("train.device: cuda trains the GANomaly family; anogan models train on the CPU")
         if self.selection.criterion is None:
             self.selection.criterion = "last" if self.data.kind == "table" else "synthetic_auroc"
         if self.data.kind == "table" and self.selection.criterion == "synthetic_auroc":

@@ -32,7 +32,8 @@ from .config import TrainConfig
 from .diagnostics import CollapseMonitor, EpochLossLog, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
 from .models.anogan import anogan_scoring, build_anogan, gradient_penalty
 from .selection import CheckpointSelector
-from .train import CHECKPOINT, LOSSES, atomic_torch_save, augment, clip_gradients, epochs_for, random_crops, seed_everything
+from .train import (CHECKPOINT, LOSSES, atomic_torch_save, augment, clip_gradients, epochs_for, random_crops,
+                    seed_everything, training_device)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,10 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
     seed_everything(config.train.seed)
     options, stability = config.anogan, config.stability
     tabular = config.data.kind == "table"
+    device = training_device(config.train.device)
     model, critic = build_anogan(config, images.shape[1] if tabular else None)
+    model.to(device)
+    critic.to(device)
     sampler = torch.Generator().manual_seed(config.train.seed)
     data = [torch.from_numpy(np.ascontiguousarray(item)) for item in images]
     if not data:
@@ -93,7 +97,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
     picked = [data[i] for i in shown_index]
     shown = torch.stack(picked) if tabular else random_crops(picked, config.input.height, config.input.width,
                                                              torch.Generator().manual_seed(config.train.seed))
-    fixed_z = model.sample_latent(len(shown), torch.Generator().manual_seed(config.train.seed + 1))
+    fixed_z = model.sample_latent(len(shown), torch.Generator().manual_seed(config.train.seed + 1)).to(device)
 
     gan_per_epoch = max(1, len(data) // (batch_size * options.n_critic))
     gan_epochs = epochs_for(options.gan_steps, gan_per_epoch)
@@ -106,8 +110,8 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
     sample_collapse = CollapseMonitor(config.diagnostics.collapse_ratio, "generated samples")
     for step in range(1, options.gan_steps + 1):
         for _ in range(options.n_critic):
-            real = next(batches)
-            fake = model.generator(model.sample_latent(len(real), sampler)).detach()
+            real = next(batches).to(device)
+            fake = model.generator(model.sample_latent(len(real), sampler).to(device)).detach()
             wasserstein = critic(fake)["critic"].mean() - critic(real)["critic"].mean()
             penalty = gradient_penalty(critic, real, fake, sampler)
             loss_c = wasserstein + options.gp_weight * penalty
@@ -115,7 +119,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
             loss_c.backward()
             clip_gradients(critic, stability.grad_clip)
             opt_c.step()
-        fake = model.generator(model.sample_latent(batch_size, sampler))
+        fake = model.generator(model.sample_latent(batch_size, sampler).to(device))
         loss_g = -critic(fake)["critic"].mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -131,7 +135,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
             if not tabular and evenly_spaced(epoch, gan_epochs, config.diagnostics.grids):
                 model.generator.eval()
                 with torch.no_grad():
-                    samples = model.generator(fixed_z)
+                    samples = model.generator(fixed_z).cpu()
                 model.generator.train()
                 write_grid(grid_path(run_dir, "samples", epoch), samples, color_order)
             bar.set_postfix(w=f"{-wasserstein.item():.3f}", gp=f"{penalty.item():.3f}", div=f"{diversity:.2f}")
@@ -148,7 +152,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
     reconstruction_collapse = CollapseMonitor(config.diagnostics.collapse_ratio, "reconstructions")
     opt_e = torch.optim.Adam(model.encoder.parameters(), lr=options.lr, betas=(0.5, 0.999))
     for step in range(1, options.encoder_steps + 1):
-        x = next(batches)
+        x = next(batches).to(device)
         reconstruction = model.generator(model.encode(x))
         loss = (x - reconstruction).pow(2).mean() + options.feature_weight * (
             critic(x)["features"] - critic(reconstruction)["features"]).pow(2).mean()
@@ -164,7 +168,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
             if not tabular and evenly_spaced(epoch, enc_epochs, config.diagnostics.grids):
                 model.encoder.eval()
                 with torch.no_grad():
-                    reconstructions = model.generator(model.encode(shown))
+                    reconstructions = model.generator(model.encode(shown.to(device))).cpu()
                 model.encoder.train()
                 write_grid(grid_path(run_dir, "reconstructions", gan_epochs + epoch), shown, color_order, reconstructions)
             if selector.due(epoch):
@@ -175,6 +179,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
     atomic_torch_save({"model": model.state_dict(), "critic": critic.state_dict(), "phase": "encoder"},
                       run_dir / CHECKPOINT)
     plot_losses(run_dir / LOSSES)
-    model.eval()
+    model.cpu().eval()
+    critic.cpu()
     steps = options.gan_steps + options.encoder_steps
     return AnoGANResult(model, critic, steps, gan_epochs + enc_epochs, time.perf_counter() - started)

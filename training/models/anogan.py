@@ -91,7 +91,7 @@ class TabularAnoGAN(nn.Module):
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al., 2017): E[(|| grad_x critic(x_hat) ||_2 - 1)^2] on random interpolates."""
-    alpha = torch.rand(len(real), *([1] * (real.dim() - 1)), generator=generator)
+    alpha = torch.rand(len(real), *([1] * (real.dim() - 1)), generator=generator).to(real.device)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     score = critic(mixed)["critic"]
     grads = torch.autograd.grad(score.sum(), mixed, create_graph=True)[0]
