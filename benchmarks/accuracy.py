@@ -171,7 +171,7 @@ def run_tabular_baseline(config, variant: str) -> list[dict]:
     return rows
 
 
-def run_tabular(config, variant: str, runs: Path) -> list[dict]:
+def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) -> list[dict]:
     if variant in BASELINES:
         return run_tabular_baseline(config, variant)
     from inspector.scorer import Scorer
@@ -198,7 +198,7 @@ def run_tabular(config, variant: str, runs: Path) -> list[dict]:
                      "mflops_per_frame": round(result.card.export.flops_per_item / 1e6, 3),
                      "components": {name: float(roc_auc_score(tests[test_name].labels, values)) for name, values in
                                     run_scoring(components, tests[test_name].features, batch_size=4096).items()}})
-        if variant == "anogan":
+        if variant == "anogan" and latent_search:
             test = tests[test_name]
             rows[-1]["latent_search"] = latent_search_row(result.scoring, result.card, test.features, test.labels, None,
                                                           "table")
@@ -206,13 +206,13 @@ def run_tabular(config, variant: str, runs: Path) -> list[dict]:
 
 
 def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path, threads: int,
-            settings: dict | None = None) -> list[dict]:
+            settings: dict | None = None, latent_search: bool = True) -> list[dict]:
     overrides = {**extra, **variant_overrides(variant, name), "train.threads": threads, **(settings or {})}
     config = load_train_config(config_path, overrides)
     if config.data.kind == "table":
         if variant == "classic":
             return []
-        return run_tabular(config, variant, runs)
+        return run_tabular(config, variant, runs, latent_search)
     if variant in BASELINES:
         return []
     started = time.perf_counter()
@@ -238,7 +238,7 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         "input": f"{spec.height}x{spec.width} {spec.resize}" + (f" ({tiles} tiles)" if tiles > 1 else ""),
         "components": component_aurocs(config, result),
     }
-    if variant == "anogan":
+    if variant == "anogan" and latent_search:
         test = load_test_images(config)
         row["latent_search"] = latent_search_row(result.scoring, card, test.tensors, test.labels, spec, set_group(name))
     if (result.model_path.parent / "selection.json").exists():
@@ -257,7 +257,7 @@ def image_table(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["components"]
-        lines.append(f"| {r['set']} | {r['variant']} | {r['input']} | {r['mflops_per_frame']:.0f} | {r['score']} | "
+        lines.append(f"| {r['set']} | {variant_label(r)} | {r['input']} | {r['mflops_per_frame']:.0f} | {r['score']} | "
                      f"{fmt(r['image_auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
                      f"{fmt(r['false_alarm_rate'])} | {fmt(r['pixel_auroc'])} | {fmt(c.get('latent_distance'))} | "
                      f"{fmt(c.get('residual_mean'))} | {fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | "
@@ -268,7 +268,7 @@ def image_table(rows: list[dict]) -> list[str]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         group = set_group(r["set"])
-        groups.setdefault((group, r["variant"]), []).append(r)
+        groups.setdefault((group, variant_label(r)), []).append(r)
     for (group, variant), rs in groups.items():
         aurocs = [r["image_auroc"] for r in rs if r["image_auroc"] is not None]
         pixels = [r["pixel_auroc"] for r in rs if r["pixel_auroc"] is not None]
@@ -290,7 +290,7 @@ def table_table(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r.get("components", {})
-        lines.append(f"| {r['set']} | {r['variant']} | {fmt(r['auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
+        lines.append(f"| {r['set']} | {variant_label(r)} | {fmt(r['auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
                      f"{fmt(r['false_alarm_rate'])} | {fmt(c.get('latent_distance'))} | {fmt(c.get('residual_mean'))} | "
                      f"{fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | {r['fit_seconds']:.0f} | "
                      f"{r['score_seconds']:.2f} | "
@@ -342,13 +342,19 @@ def table(rows: list[dict], commands: list[str], notes: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
+def variant_label(row: dict) -> str:
+    """The variant, with the --set overrides it ran under: those are another configuration."""
+    settings = row.get("settings")
+    return row["variant"] + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) + ")" if settings else "")
+
+
 def latest_rows(paths: list[Path]) -> list[dict]:
-    """The newest recorded row for every (set, variant), in first-seen order."""
+    """The newest recorded row for every (set, variant and settings), in first-seen order."""
     rows: dict[tuple[str, str], dict] = {}
     for path in paths:
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            rows[(row["set"], row["variant"])] = row
+            rows[(row["set"], variant_label(row))] = row
     return list(rows.values())
 
 
@@ -363,6 +369,8 @@ def main() -> int:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every job (YAML value), e.g. --set train.device=cuda "
                         "--set train.steps=3000; recorded in each row")
+    parser.add_argument("--no-latent-search", action="store_true",
+                        help="skip the AnoGAN latent-search comparison (slow: hundreds of optimiser steps per item)")
     parser.add_argument("--jsonl", type=Path, help="append rows here as they finish (default <runs>/accuracy.jsonl)")
     parser.add_argument("--table-from", type=Path, nargs="+", metavar="JSONL",
                         help="train nothing: rebuild the tables from rows recorded by earlier runs (newest per set "
@@ -385,7 +393,8 @@ def main() -> int:
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     for variant in args.variants.split(","):
         for name, config_path, extra in jobs(args.sets.split(","), [int(d) for d in args.mnist_digits.split(",")]):
-            for row in run_job(name, config_path, extra, variant, args.runs, args.threads, settings):
+            for row in run_job(name, config_path, extra, variant, args.runs, args.threads, settings,
+                               not args.no_latent_search):
                 row["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
                 if settings:
                     row["settings"] = settings
