@@ -24,8 +24,9 @@ import logging
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -175,23 +176,23 @@ class Pipeline:
         try:
             results, inference_s = self._score(batch)
         except BaseException:
-            self._pass_turn(batch.ticket)
+            with self._turn_of(batch.ticket):  # pass the turn on, or every later batch waits for ever
+                pass
             raise
-        with self._turn:
-            while self._tickets_done != batch.ticket:
-                self._turn.wait()
-            try:
-                self._finish(batch, results, inference_s)
-            finally:
-                self._tickets_done += 1
-                self._turn.notify_all()
+        with self._turn_of(batch.ticket):
+            self._finish(batch, results, inference_s)
 
-    def _pass_turn(self, ticket: int) -> None:
+    @contextmanager
+    def _turn_of(self, ticket: int) -> Iterator[None]:
+        """Hold the sinks' turn for `ticket`: wait for every earlier batch, then let the next one go."""
         with self._turn:
             while self._tickets_done != ticket:
                 self._turn.wait()
-            self._tickets_done += 1
-            self._turn.notify_all()
+            try:
+                yield
+            finally:
+                self._tickets_done += 1
+                self._turn.notify_all()
 
     def _score(self, batch: list[Item]) -> tuple[list, float]:
         scorer = self._scorer_ref()
