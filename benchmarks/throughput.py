@@ -120,11 +120,10 @@ def daemon_fps(model: Path, folder: Path, video: Path, max_batch: int, workers: 
     return daemon.pipeline.items_done / elapsed
 
 
-def daemon_vs_raw(model: Path, folder: Path, video: Path, workers: int, intra_threads: int, raw_threads: int,
+def daemon_vs_raw(model: Path, scorer: Scorer, folder: Path, video: Path, workers: int, intra_threads: int,
                   seconds: float) -> tuple[float, float, float]:
-    """Median daemon frames/s, median raw scorer frames/s (batch 32, measured just before each daemon
-    run) and the median of their per-run ratio: the machine's load moves both, the ratio less."""
-    scorer = Scorer(model, intra_op_threads=raw_threads)
+    """Median daemon frames/s, median raw frames/s of `scorer` (batch 32, measured just before each
+    daemon run) and the median of their per-run ratio: the machine's load moves both, the ratio less."""
     size = scorer.card.input.height
     batch = np.random.default_rng(1).uniform(-1, 1, (32, 3, size, size)).astype(np.float32)
     daemon, raw = [], []
@@ -159,7 +158,7 @@ def run(args) -> str:
                 video = write_video(folder, size, frames, codec)
                 decode = float(np.median([decode_fps(video) for _ in range(DAEMON_REPEATS)]))
                 for workers, intra in DAEMON_SETTINGS if detailed else DAEMON_SETTINGS[:1]:
-                    e2e, raw, ratio = daemon_vs_raw(model_path, folder, video, workers, intra, args.threads, seconds)
+                    e2e, raw, ratio = daemon_vs_raw(model_path, scorer, folder, video, workers, intra, seconds)
                     daemon_rows.append((size, width, codec, workers, intra, e2e, raw, ratio, decode))
                     print(f"{size}px w{width} daemon {codec} {workers}x{intra}: {e2e:.0f}/s "
                           f"({ratio:.0%} of raw b32 {raw:.0f}/s; decoding alone {decode:.0f}/s)", flush=True)
