@@ -15,7 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from inspector.card import TabularInput
-from inspector.errors import ItemRejected
+from inspector.errors import ConfigError, ItemRejected
 from inspector.preprocess import encode_rows, parse_csv_line, parse_json_line, windows
 from inspector.scorer import Scorer
 from inspector.sources.traffic import TrafficSourceThread, _Windower
@@ -106,6 +106,36 @@ def test_windows_edge_cases():
     assert np.array_equal(np.stack(streamed), strided)
 
 
+def test_latent_knn_is_the_distance_to_the_nearest_normal_code_alone_or_in_any_batch():
+    import torch
+
+    from training.models.tabular import TabularGANomaly, TabularScoring, latent_memory
+
+    torch.manual_seed(0)
+    generator = TabularGANomaly(width=12, hidden=32, latent_dim=4).eval()
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(300, 12)).astype(np.float32)
+    memory = latent_memory(generator, normal, size=200, seed=0)
+    assert memory.shape == (200, 4)
+    scoring = TabularScoring(generator, memory=memory).eval()
+    windows = np.concatenate([normal[:50], 3 + rng.normal(size=(50, 12))]).astype(np.float32)
+    with torch.no_grad():
+        batch = scoring(torch.from_numpy(windows))["latent_knn"].numpy()
+        alone = np.array([scoring(torch.from_numpy(w[None]))["latent_knn"].item() for w in windows])
+        codes = generator.encoder(torch.from_numpy(windows)).numpy()
+    nearest = np.sqrt(((codes[:, None, :] - memory.numpy()[None]) ** 2).mean(axis=2).min(axis=1))
+    np.testing.assert_allclose(batch, nearest, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(alone, batch, atol=1e-6)  # matrix kernels differ by batch size only in rounding
+    kept = np.isclose(nearest, 0, atol=1e-6)  # windows whose code is in the memory score zero
+    assert 20 < kept.sum() < 50 and np.all(batch[kept] < 1e-5)
+    assert batch[50:].min() > np.median(batch[:50])  # shifted windows land away from every normal code
+
+
+def test_latent_knn_is_a_table_score():
+    with pytest.raises(ConfigError, match="latent_knn is a score of GANomaly models on tables"):
+        validate_train_config({"name": "t", "data": {"path": "x"}, "score": {"weights": {"latent_knn": 1.0}}}, "t")
+
+
 def test_a_window_is_an_attack_if_any_of_its_rows_is():
     table = small_table()
     config = validate_train_config({"name": "t", "data": {"kind": "table", "path": "x", "label": "label"},
@@ -120,7 +150,9 @@ def nsl_model(tmp_path_factory):
     require(NSL / "KDDTrain+.txt.gz")
     config = load_train_config(ROOT / "configs" / "nsl_kdd.yaml", {
         "data.max_train": 4000, "data.test_paths": {}, "train.steps": 150, "train.batch_size": 128,
-        "train.threads": 1, "model.base_width": 64})
+        "train.threads": 1, "model.base_width": 64,
+        # the score with the nearest-normal-code search, so every daemon test below runs it too
+        "score.weights": {"latent_distance": 1.0, "latent_knn": 1.0}, "score.memory_size": 1000})
     return fit(config, tmp_path_factory.mktemp("nsl") / "run", progress=False).model_path
 
 
@@ -139,6 +171,7 @@ def test_a_tiny_model_on_a_slice_of_nsl_kdd_separates_attacks(nsl_model):
     scores = [r.raw for r in scorer.score_features(test.features)]
     assert 1500 < (test.labels == 0).sum() < 3500
     assert roc_auc_score(test.labels, scores) >= 0.85
+    assert "nearest of 1000 normal training codes" in scorer.card.score.description  # a subset of 3,600 fitted rows
 
 
 def test_training_and_the_traffic_source_encode_rows_identically(nsl_model):

@@ -175,11 +175,19 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
              spec.width, len(hold_idx))
     held_out = normal[hold_idx]
     trained, scoring = train_family(config, normal[fit_idx], held_out, run_dir, resume, progress)
+    if "latent_knn" in config.score.weights:  # codes of the fitted windows only: held-out distances stay honest
+        from .models.tabular import latent_memory
+
+        memory = latent_memory(trained.generator, normal[fit_idx], config.score.memory_size, config.train.seed)
+        scoring = scoring_module(config, trained.generator, memory).eval()
     outputs = run_scoring(scoring, held_out, batch_size=4096)
     score = ScoreDefinition(weights=dict(config.score.weights),
                             scales=component_scales(outputs, list(config.score.weights)), map_output=None,
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
-                                        "median on held-out normal windows")
+                                        "median on held-out normal windows"
+                                        + (f"; latent_knn = root mean squared distance from the window's code to the "
+                                           f"nearest of {len(scoring.memory)} normal training codes"
+                                           if getattr(scoring, "memory", None) is not None else ""))
     calibration = calibrate(combine_score(outputs, score), config.calibration.target_false_alarm_rate,
                             confidence=config.calibration.confidence)
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run_dir)

@@ -9,7 +9,8 @@ from torch import nn
 
 
 def count_flops(module: nn.Module, example: torch.Tensor) -> int:
-    """FLOPs for one item, counting convolutions, transposed convolutions and linear layers."""
+    """FLOPs for one item, counting convolutions, transposed convolutions and linear layers, plus
+    what the module declares as `flops_outside_layers` (e.g. a nearest-neighbour search)."""
     total = 0
 
     def hook(layer: nn.Module, inputs, output) -> None:
@@ -32,4 +33,4 @@ def count_flops(module: nn.Module, example: torch.Tensor) -> int:
     finally:
         for handle in handles:
             handle.remove()
-    return int(total)
+    return int(total + getattr(module, "flops_outside_layers", 0))

@@ -56,11 +56,12 @@ def build_models(config: TrainConfig, feature_width: int | None = None) -> tuple
     return GANomaly(shape), GANomalyDiscriminator(shape, config.stability.spectral_norm)
 
 
-def scoring_module(config: TrainConfig, generator: nn.Module) -> nn.Module:
-    """The exportable scorer over a GANomaly generator (image or tabular), with the components the config scores."""
+def scoring_module(config: TrainConfig, generator: nn.Module, memory: torch.Tensor | None = None) -> nn.Module:
+    """The exportable scorer over a GANomaly generator (image or tabular), with the components the config
+    scores; `memory` (tables): the normal codes behind latent_knn."""
     with_latent = "latent_distance" in config.score.weights
     if config.data.kind == "table":
-        return TabularScoring(generator, with_latent=with_latent)
+        return TabularScoring(generator, with_latent=with_latent, memory=memory)
     return GANomalyScoring(generator, config.score.pool_kernel, config.score.residual, with_latent=with_latent)
 
 
