@@ -182,8 +182,9 @@ def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) ->
     result = fit(config, runs / variant / config.name, progress=False)
     _, normal, tests = load_tabular(config)
     scorer = Scorer(result.model_path)
-    components = (result.scoring if config.model.family == "anogan"
-                  else TabularScoring(result.generator, with_latent=True).eval())
+    components = (result.scoring if config.model.family == "anogan"  # every component, latent_knn when scored
+                  else TabularScoring(result.generator, with_latent=True,
+                                      memory=getattr(result.scoring, "memory", None)).eval())
     rows = []
     for test_name, m in result.metrics.items():
         started = time.perf_counter()
@@ -191,7 +192,7 @@ def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) ->
         score_seconds = time.perf_counter() - started
         rows.append({"set": f"{config.name} {test_name}", "variant": variant, "auroc": m.get("auroc"),
                      "average_precision": m.get("average_precision"), "f1": m["f1"], "false_alarm_rate": m["false_alarm_rate"],
-                     "fit_seconds": result.card.training.train_seconds, "score_seconds": round(score_seconds, 2),
+                     "score": "+".join(config.score.weights), "fit_seconds": result.card.training.train_seconds, "score_seconds": round(score_seconds, 2),
                      "rows_per_s": round(len(tests[test_name].features) / max(score_seconds, 1e-9)),
                      "train_rows": len(normal) - result.card.calibration.n_samples, "kind": "table",
                      "steps": result.card.training.steps,
@@ -285,13 +286,14 @@ def table_table(rows: list[dict]) -> list[str]:
     lines = ["Every model is fitted on the same normal training rows (" + ", ".join(
                  f"{name}: {n:,}" for name, n in fitted.items()) + "; the one-class SVM on a 10,000-row subsample of "
              "them), with the same 10% of normal rows held out to calibrate its threshold.", "",
-             "| test set | model | AUROC | AP | F1 @thr | FAR normal rows | AUROC latent | AUROC res. mean | AUROC res. max "
-             "| AUROC feat. res. | fit s | score s | rows/s scored |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| test set | model | score | AUROC | AP | F1 @thr | FAR normal rows | AUROC latent | AUROC latent kNN "
+             "| AUROC res. mean | AUROC res. max | AUROC feat. res. | fit s | score s | rows/s scored |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r.get("components", {})
-        lines.append(f"| {r['set']} | {variant_label(r)} | {fmt(r['auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
-                     f"{fmt(r['false_alarm_rate'])} | {fmt(c.get('latent_distance'))} | {fmt(c.get('residual_mean'))} | "
+        lines.append(f"| {r['set']} | {variant_label(r)} | {r.get('score', '–')} | {fmt(r['auroc'])} | "
+                     f"{fmt(r['average_precision'])} | {fmt(r['f1'])} | {fmt(r['false_alarm_rate'])} | "
+                     f"{fmt(c.get('latent_distance'))} | {fmt(c.get('latent_knn'))} | {fmt(c.get('residual_mean'))} | "
                      f"{fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | {r['fit_seconds']:.0f} | "
                      f"{r['score_seconds']:.2f} | "
                      f"{r['rows_per_s']:,} |")

@@ -33,6 +33,7 @@ from inspector.card import Calibration, ImageInput, ModelCard, Provenance, Score
 from inspector.config import parse_daemon_config  # noqa: E402
 from inspector.daemon import Daemon  # noqa: E402
 from inspector.scorer import Scorer  # noqa: E402
+from training.config import load_train_config  # noqa: E402
 from training.export import export_with_parity  # noqa: E402
 from training.flops import count_flops  # noqa: E402
 from training.models.ganomaly import GANomaly, GANomalyScoring, GANomalyShape  # noqa: E402
@@ -212,13 +213,13 @@ TRAFFIC_START, TRAFFIC_END = "<!-- throughput-traffic:start -->", "<!-- throughp
 TRAFFIC_REPEATS = 3
 
 
-def traffic_model(folder: Path) -> tuple[Path, list[str], int]:
-    """An exported tabular GANomaly over the NSL-KDD features (spec fitted on its normal rows;
-    weights untrained: speed does not depend on training), and KDDTest+ lines to send."""
+def traffic_model(folder: Path, score_config: str = "nsl_kdd.yaml") -> tuple[Path, list[str], int]:
+    """An exported tabular GANomaly over the NSL-KDD features with the score section of
+    configs/`score_config` (spec fitted on its normal rows; weights and memory untrained: speed does
+    not depend on training), and KDDTest+ lines to send."""
     import gzip
 
     from inspector.card import Calibration, ModelCard, Provenance, ScoreDefinition
-    from training.config import load_train_config
     from training.models.tabular import TabularGANomaly, TabularScoring
     from training.tabular import fit_spec, normal_mask, read_table
 
@@ -227,16 +228,19 @@ def traffic_model(folder: Path) -> tuple[Path, list[str], int]:
     mask = normal_mask(table, config.data.label, config.data.normal_values)
     spec = fit_spec(config, table, [row for row, normal in zip(table.rows, mask) if normal][:20000])
     torch.manual_seed(0)
+    score = load_train_config(ROOT / "configs" / score_config).score
+    weights = dict(score.weights)  # the shipped score: with latent_knn, a memory of memory_size codes
+    memory = torch.randn(score.memory_size, config.model.latent_dim) if "latent_knn" in weights else None
     scoring = TabularScoring(TabularGANomaly(spec.width, config.model.base_width, config.model.latent_dim),
-                             with_latent=False).eval()
+                             with_latent="latent_distance" in weights, memory=memory).eval()
     card = ModelCard(name="bench-traffic", family="ganomaly", version="bench", input=spec,
-                     score=ScoreDefinition(weights={"residual_mean": 1.0}, scales={"residual_mean": 1.0}, map_output=None),
+                     score=ScoreDefinition(weights=weights, scales={name: 1.0 for name in weights}, map_output=None),
                      calibration=Calibration(threshold=1.0, method="manual", n_samples=0),
                      training=Provenance(data="none", steps=0, epochs=0, seed=0, created="", train_seconds=0,
                                          package_version="bench"))
     example = np.random.default_rng(0).normal(size=(8, spec.width)).astype(np.float32)
     flops = count_flops(scoring, torch.from_numpy(example))
-    path = folder / "traffic.onnx"
+    path = folder / f"traffic-{Path(score_config).stem}.onnx"
     export_with_parity(scoring, card, example, path, opset=17, tolerance=1e-3, flops=flops)
     with gzip.open(config.data.resolved_path.parent / "KDDTest+.txt.gz", "rt") as handle:
         lines = handle.read().splitlines()
@@ -293,6 +297,10 @@ def run_traffic(args) -> str:
         spec = scorer.card.input
         encoded = encode_rows([parse_csv_line(l, spec) for l in lines[:4096]], spec).features
         raw = timed(lambda b: scorer.score_tensor(b), encoded, 2.0)
+        knn_model, _, knn_flops = traffic_model(folder, "unsw_nb15.yaml")
+        knn_scorer = Scorer(knn_model, intra_op_threads=args.threads)
+        raw_knn = timed(lambda b: knn_scorer.score_tensor(b), encoded, 2.0)
+        knn_memory = load_train_config(ROOT / "configs" / "unsw_nb15.yaml").score.memory_size
         for mode in ("tcp", "file"):
             for max_batch in (32, 1024):
                 rates = sorted(traffic_rows_per_second(model, folder, lines, n_rows, mode, max_batch)
@@ -305,7 +313,9 @@ def run_traffic(args) -> str:
            f"Model: tabular GANomaly over the {spec.width} NSL-KDD features ({flops / 1e3:.0f} kFLOPs/row); "
            f"KDDTest+ lines (W = 1) sent from one client on loopback, or appended to a followed file; "
            f"{n_rows:,} rows, each parsed, encoded, scored, journaled and counted in the metrics.", "",
-           f"Raw scorer on pre-encoded rows (batch 4096): {raw[0]:,.0f} rows/s.", "",
+           f"Raw scorer on pre-encoded rows (batch 4096): {raw[0]:,.0f} rows/s. The same model with the score of "
+           f"configs/unsw_nb15.yaml (latent_knn: a nearest-code search over {knn_memory:,} codes, "
+           f"{knn_flops / 1e3:.0f} kFLOPs/row): {raw_knn[0]:,.0f} rows/s.", "",
            f"Each path ran {TRAFFIC_REPEATS} times in a row; the median is the figure, the range shows the noise.", "",
            "| path | max batch | rows/s end to end (median) | range | share of raw scorer |", "|---|---|---|---|---|"]
     for mode, max_batch, rates in rows:
