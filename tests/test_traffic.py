@@ -109,13 +109,14 @@ def test_windows_edge_cases():
 def test_latent_knn_is_the_distance_to_the_nearest_normal_code_alone_or_in_any_batch():
     import torch
 
-    from training.models.tabular import TabularGANomaly, TabularScoring, latent_memory
+    from training.models.memory import latent_memory
+    from training.models.tabular import TabularGANomaly, TabularScoring
 
     torch.manual_seed(0)
     generator = TabularGANomaly(width=12, hidden=32, latent_dim=4).eval()
     rng = np.random.default_rng(0)
     normal = rng.normal(size=(300, 12)).astype(np.float32)
-    memory = latent_memory(generator, normal, size=200, seed=0)
+    memory = latent_memory(generator.encoder, normal, size=200, seed=0)
     assert memory.shape == (200, 4)
     scoring = TabularScoring(generator, memory=memory).eval()
     windows = np.concatenate([normal[:50], 3 + rng.normal(size=(50, 12))]).astype(np.float32)
@@ -131,9 +132,10 @@ def test_latent_knn_is_the_distance_to_the_nearest_normal_code_alone_or_in_any_b
     assert batch[50:].min() > np.median(batch[:50])  # shifted windows land away from every normal code
 
 
-def test_latent_knn_is_a_table_score():
-    with pytest.raises(ConfigError, match="latent_knn is a score of GANomaly models on tables"):
-        validate_train_config({"name": "t", "data": {"path": "x"}, "score": {"weights": {"latent_knn": 1.0}}}, "t")
+def test_latent_knn_needs_an_encoder_with_a_memory():
+    with pytest.raises(ConfigError, match="latent_knn needs the encoder of a GANomaly or autoencoder model"):
+        validate_train_config({"name": "t", "data": {"path": "x"}, "model": {"family": "anogan"},
+                               "score": {"weights": {"latent_knn": 1.0}}}, "t")
 
 
 def test_a_window_is_an_attack_if_any_of_its_rows_is():

@@ -177,8 +177,8 @@ class ScoreConfig(_Strict):
     weights: dict[str, float] = Field(default_factory=lambda: {"residual_max": 1.0})
     pool_kernel: Annotated[int, Field(ge=1, le=63)] = 9
     residual: Literal["l1", "l2"] = "l2"
-    # tables, latent_knn: normal training codes kept in the exported graph (a seeded random subset
-    # when there are more); cost per window grows with it (about 2 x size x latent_dim FLOPs)
+    # latent_knn: normal training codes (of images, tiles or windows) kept in the exported graph (a
+    # seeded random subset when there are more); cost per item grows with it (2 x size x latent_dim FLOPs)
     memory_size: Annotated[int, Field(ge=1, le=262_144)] = 16_384
 
     @field_validator("weights")
@@ -235,8 +235,8 @@ class TrainConfig(_Strict):
         if anogan and "latent_distance" in self.score.weights:
             raise ValueError("score.weights: latent_distance is a GANomaly score; anogan models score "
                              "residual_mean, residual_max and feature_residual")
-        if "latent_knn" in self.score.weights and (anogan or self.data.kind != "table"):
-            raise ValueError("score.weights: latent_knn is a score of GANomaly models on tables (data.kind table)")
+        if "latent_knn" in self.score.weights and anogan:
+            raise ValueError("score.weights: latent_knn needs the encoder of a GANomaly or autoencoder model")
         if not anogan and "feature_residual" in self.score.weights:
             raise ValueError("score.weights: feature_residual needs model.family anogan")
         if self.selection.criterion is None:

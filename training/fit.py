@@ -114,7 +114,14 @@ def train_family(config: TrainConfig, train: np.ndarray, held_out: np.ndarray, r
         trained = train_anogan(config, train, run_dir, progress=progress, validation=held_out)
         return trained, anogan_scoring(config, trained.model, trained.critic).eval()
     trained = train_ganomaly(config, train, run_dir, resume=resume, progress=progress, validation=held_out)
-    return trained, scoring_module(config, trained.generator).eval()
+    # latent_knn remembers codes of the fitted items only: held-out distances stay those of unseen normals
+    return trained, scoring_module(config, trained.generator, train).eval()
+
+
+def memory_description(scoring, item: str) -> str:
+    nearest = getattr(scoring, "nearest_code", None)
+    return ("" if nearest is None else f"; latent_knn = root mean squared difference between the {item}'s code and "
+            f"the nearest of {len(nearest.memory)} normal training codes")
 
 
 def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
@@ -138,7 +145,8 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
                             map_output="anomaly_map",
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
                                         "median on held-out normal images; anomaly_map = locally averaged "
-                                        f"{config.score.residual} residual (kernel {config.score.pool_kernel})")
+                                        f"{config.score.residual} residual (kernel {config.score.pool_kernel})"
+                                        + memory_description(scoring, "tile" if spec.resize == "tile" else "image"))
     normal_scores = per_frame_max(combine_score(outputs, score), owner)
     validation = None
     if config.calibration.method == "f1_optimal":
@@ -175,19 +183,12 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
              spec.width, len(hold_idx))
     held_out = normal[hold_idx]
     trained, scoring = train_family(config, normal[fit_idx], held_out, run_dir, resume, progress)
-    if "latent_knn" in config.score.weights:  # codes of the fitted windows only: held-out distances stay honest
-        from .models.tabular import latent_memory
-
-        memory = latent_memory(trained.generator, normal[fit_idx], config.score.memory_size, config.train.seed)
-        scoring = scoring_module(config, trained.generator, memory).eval()
     outputs = run_scoring(scoring, held_out, batch_size=4096)
     score = ScoreDefinition(weights=dict(config.score.weights),
                             scales=component_scales(outputs, list(config.score.weights)), map_output=None,
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
                                         "median on held-out normal windows"
-                                        + (f"; latent_knn = root mean squared distance from the window's code to the "
-                                           f"nearest of {len(scoring.memory)} normal training codes"
-                                           if getattr(scoring, "memory", None) is not None else ""))
+                                        + memory_description(scoring, "window"))
     calibration = calibrate(combine_score(outputs, score), config.calibration.target_false_alarm_rate,
                             confidence=config.calibration.confidence)
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run_dir)

@@ -29,6 +29,8 @@ from .config import TrainConfig
 from .diagnostics import CollapseMonitor, EpochLossLog, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
 from .models.blocks import dcgan_init
 from .models.ganomaly import GANomaly, GANomalyDiscriminator, GANomalyScoring, GANomalyShape
+from .frame_scores import model_inputs
+from .models.memory import latent_memory
 from .models.tabular import TabularDiscriminator, TabularGANomaly, TabularScoring
 from .selection import CheckpointSelector
 
@@ -56,13 +58,21 @@ def build_models(config: TrainConfig, feature_width: int | None = None) -> tuple
     return GANomaly(shape), GANomalyDiscriminator(shape, config.stability.spectral_norm)
 
 
-def scoring_module(config: TrainConfig, generator: nn.Module, memory: torch.Tensor | None = None) -> nn.Module:
+def scoring_module(config: TrainConfig, generator: nn.Module, fitted: np.ndarray | None = None) -> nn.Module:
     """The exportable scorer over a GANomaly generator (image or tabular), with the components the config
-    scores; `memory` (tables): the normal codes behind latent_knn."""
+    scores; latent_knn keeps the codes of (a subset of) the `fitted` items, stored training items."""
     with_latent = "latent_distance" in config.score.weights
+    memory = None
+    if "latent_knn" in config.score.weights:
+        if fitted is None:
+            raise ValueError("score component latent_knn needs the fitted items for its memory of normal codes")
+        inputs, _ = model_inputs(fitted, None if config.data.kind == "table" else config.input.to_spec())
+        memory = latent_memory(generator.encoder, inputs, config.score.memory_size, config.train.seed)
+        memory = memory.to(next(generator.parameters()).device)  # a model under training may sit on a GPU
     if config.data.kind == "table":
         return TabularScoring(generator, with_latent=with_latent, memory=memory)
-    return GANomalyScoring(generator, config.score.pool_kernel, config.score.residual, with_latent=with_latent)
+    return GANomalyScoring(generator, config.score.pool_kernel, config.score.residual, with_latent=with_latent,
+                           memory=memory)
 
 
 def training_device(setting: str) -> torch.device:
@@ -156,7 +166,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
     batch_size = min(config.train.batch_size, n)
     total_epochs = epochs_for(config.train.steps, n // batch_size)
     selector = CheckpointSelector(config, validation, {"generator": generator},
-                                  lambda: scoring_module(config, generator), total_epochs)
+                                  lambda: scoring_module(config, generator, images), total_epochs)
     step, epoch, elapsed = 0, 0, 0.0
     order, position = None, 0  # the current epoch's permutation and how far into it we are
     checkpoint_path = run_dir / CHECKPOINT

@@ -9,6 +9,7 @@ Scoring outputs (`GANomalyScoring`, the module that is exported to ONNX):
   latent_distance  mean (E(x) - E'(G(x)))^2            -- the paper's score
   residual_mean    mean of the per-pixel error          -- global reconstruction error
   residual_max     max of the locally averaged error    -- small local defects (specks, cracks)
+  latent_knn       distance of E(x) to the nearest normal training code (with a memory, memory.py)
   anomaly_map      the locally averaged error map (N, 1, H, W), the heatmap
 Which combination is the anomaly score is the card's decision, chosen by the benchmark.
 """
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from .blocks import Decoder, Encoder, dcgan_init, local_mean
+from .memory import NearestCode
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ def residual_map(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> to
 class GANomalyScoring(nn.Module):
     """Exportable scorer: image batch in, named score components and the anomaly map out."""
 
-    def __init__(self, generator: GANomaly, pool_kernel: int = 9, residual: str = "l2", with_latent: bool = True):
+    def __init__(self, generator: GANomaly, pool_kernel: int = 9, residual: str = "l2", with_latent: bool = True,
+                 memory: torch.Tensor | None = None):
         super().__init__()
         if residual not in ("l1", "l2"):
             raise ValueError(f"residual must be 'l1' or 'l2', got {residual!r}")
@@ -82,6 +85,11 @@ class GANomalyScoring(nn.Module):
         self.pool_kernel = pool_kernel
         self.residual = residual
         self.with_latent = with_latent  # the second encoder costs a third of the FLOPs: export it only if scored
+        self.nearest_code = NearestCode(memory) if memory is not None else None
+
+    @property
+    def flops_outside_layers(self) -> int:
+        return self.nearest_code.flops_per_item if self.nearest_code is not None else 0
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         generator = self.generator
@@ -93,6 +101,8 @@ class GANomalyScoring(nn.Module):
         if self.with_latent:
             latent_out = generator.encoder_reconstruction(reconstruction)
             outputs["latent_distance"] = (latent_in - latent_out).pow(2).flatten(1).mean(dim=1)
+        if self.nearest_code is not None:
+            outputs["latent_knn"] = self.nearest_code(latent_in.flatten(1))
         outputs["residual_mean"] = error.flatten(1).mean(dim=1)
         outputs["residual_max"] = anomaly_map.flatten(1).amax(dim=1)
         outputs["anomaly_map"] = anomaly_map

@@ -3,20 +3,15 @@ discriminator; the same losses, output names and score components as the image m
 
 residual_mean is the mean squared error over features; residual_max the largest single-feature
 squared error (one absurd field, e.g. a byte count, is an anomaly even if the rest is normal).
-latent_knn is the distance (root mean squared difference, the classic kNN detector's Euclidean
-distance up to a constant) between a window's code E(x) and the nearest code in a memory of
-normal training windows stored in the graph: traffic is a mixture of many distinct normal
-modes (protocols, services), and an attack that the decoder reconstructs well still lands away from
-every normal code. The nearest code is found as the argmin of |m|^2 - 2 z.m (one matrix product, exportable, the
-same for a window alone or in any batch).
-The tabular AnoGAN-style variant belongs beside this module (issue "AnoGAN family").
+latent_knn: the distance from E(x) to the nearest normal training code (models/memory.py).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
+
+from .memory import NearestCode
 
 
 def mlp(sizes: list[int], final_activation: nn.Module | None = None) -> nn.Sequential:
@@ -61,38 +56,19 @@ class TabularDiscriminator(nn.Module):
         return {"features": features, "logit": self.classify(features)}
 
 
-@torch.no_grad()
-def latent_memory(generator: TabularGANomaly, windows: np.ndarray, size: int, seed: int) -> torch.Tensor:
-    """The encoder's codes of at most `size` normal windows (a seeded random subset when there are more)."""
-    if len(windows) > size:
-        windows = windows[np.sort(np.random.default_rng(seed).choice(len(windows), size, replace=False))]
-    generator.eval()
-    parameter = next(generator.parameters())
-    codes = [generator.encoder(torch.from_numpy(np.ascontiguousarray(windows[i:i + 8192])).to(parameter.device)).cpu()
-             for i in range(0, len(windows), 8192)]
-    return torch.cat(codes).float()
-
-
 class TabularScoring(nn.Module):
     """Exportable scorer: feature windows in, named score components out (no heatmap).
-    With a `memory` of normal codes (latent_memory) it also outputs latent_knn."""
+    With a `memory` of normal codes (memory.latent_memory) it also outputs latent_knn."""
 
     def __init__(self, generator: TabularGANomaly, with_latent: bool = True, memory: torch.Tensor | None = None):
         super().__init__()
         self.generator = generator
         self.with_latent = with_latent
-        self.memory: torch.Tensor | None
-        self.memory_sq: torch.Tensor | None
-        if memory is None:
-            self.memory = self.memory_sq = None
-        else:
-            self.register_buffer("memory", memory.detach().float().clone())
-            self.register_buffer("memory_sq", self.memory.pow(2).sum(dim=1))
+        self.nearest_code = NearestCode(memory) if memory is not None else None
 
     @property
     def flops_outside_layers(self) -> int:
-        """The nearest-code search: one multiply-add per memory code and latent dimension."""
-        return 0 if self.memory is None else 2 * self.memory.numel()
+        return self.nearest_code.flops_per_item if self.nearest_code is not None else 0
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         g = self.generator
@@ -102,12 +78,8 @@ class TabularScoring(nn.Module):
         outputs = {}
         if self.with_latent:
             outputs["latent_distance"] = (latent_in - g.encoder_reconstruction(reconstruction)).pow(2).mean(dim=1)
-        if self.memory is not None:
-            # the expansion finds the nearest code; the distance is then taken directly, since the
-            # expansion cancels badly near zero (and the square root would magnify that)
-            expanded = self.memory_sq - 2 * latent_in @ self.memory.t()
-            nearest = self.memory[expanded.argmin(dim=1)]
-            outputs["latent_knn"] = (latent_in - nearest).pow(2).mean(dim=1).sqrt()
+        if self.nearest_code is not None:
+            outputs["latent_knn"] = self.nearest_code(latent_in)
         outputs["residual_mean"] = error.mean(dim=1)
         outputs["residual_max"] = error.amax(dim=1)
         return outputs
