@@ -135,14 +135,17 @@ def held_out_frames(config, piped_class):
 
 
 @pytest.mark.parametrize("criterion", ["synthetic_auroc", "validation_loss"])
-def test_the_exported_weights_are_the_best_evaluated_ones(piped_class, tmp_path, criterion):
+def test_the_exported_weights_are_the_latest_within_one_standard_error_of_the_best(piped_class, tmp_path, criterion):
     config = validate_train_config(tiny_config(piped_class, **{
         "train.steps": 12, "selection": {"criterion": criterion, "evaluations": 4}}), "tiny")
     result = fit(config, tmp_path, progress=False, evaluate_test=False)
     log = json.loads((tmp_path / SELECTION_LOG).read_text())
-    values = [e["value"] for e in log["evaluations"]]
-    assert log["criterion"] == criterion and len(values) == 4
-    assert log["selected_value"] == max(values)
+    evaluations = log["evaluations"]
+    assert log["criterion"] == criterion and len(evaluations) == 4
+    top = max(evaluations, key=lambda e: e["value"])
+    assert top["standard_error"] > 0 and log["best_value"] == top["value"]
+    chosen = [e for e in evaluations if e["value"] >= top["value"] - top["standard_error"]][-1]
+    assert (log["selected_epoch"], log["selected_value"]) == (chosen["epoch"], chosen["value"])
     # Re-measuring the exported generator gives the selected value: the best weights were restored.
     _, held_out = held_out_frames(config, piped_class)
     again = CheckpointSelector(config, held_out, {"generator": result.generator},
@@ -190,6 +193,35 @@ class ConstantScore(nn.Module):
     def forward(self, image):
         ones = torch.ones(len(image))
         return {"residual_max": ones, "residual_mean": ones}
+
+
+def test_auroc_standard_error_follows_hanley_and_mcneil():
+    from training.selection import auroc_standard_error
+
+    # A = 0.5, 10 and 10 items: Q1 = Q2 = 1/3, variance = (1/4 + 9/12 + 9/12) / 100
+    assert auroc_standard_error(0.5, 10, 10) == pytest.approx(np.sqrt(0.0175))
+    assert auroc_standard_error(0.9, 64, 256) < auroc_standard_error(0.9, 6, 24) < auroc_standard_error(0.6, 6, 24)
+
+
+def test_noise_alone_never_undoes_training(piped_class, tmp_path):
+    """Scripted criterion values (value, standard error) at four epochs: an earlier peak is kept only
+    when the later weights fall more than one standard error below it."""
+    config = validate_train_config(tiny_config(piped_class), "tiny")
+    _, held_out = held_out_frames(config, piped_class)
+
+    def chosen(values):
+        model = nn.Linear(1, 1)
+        selector = CheckpointSelector(config, held_out, {"model": model}, ConstantScore, total_epochs=len(values))
+        for epoch, value in enumerate(values, start=1):
+            selector.measure_with_error = lambda value=value: value
+            selector.evaluate(epoch, epoch)
+        selector.restore_best(tmp_path)
+        return json.loads((tmp_path / SELECTION_LOG).read_text())["selected_epoch"]
+
+    assert chosen([(0.80, 0.05), (0.90, 0.05), (0.88, 0.05), (0.86, 0.05)]) == 4  # all within noise of 0.90
+    assert chosen([(0.80, 0.05), (0.90, 0.05), (0.88, 0.05), (0.70, 0.05)]) == 3  # the last fell clearly
+    assert chosen([(0.95, 0.01), (0.90, 0.01), (0.99, 0.01), (0.97, 0.01)]) == 3  # a precise criterion decides
+    assert chosen([(0.61, 0.04), (0.61, 0.04), (0.61, 0.04), (0.61, 0.04)]) == 4  # ties keep the longest training
 
 
 def test_training_warns_when_even_synthetic_defects_are_not_separated(piped_class, tmp_path, caplog):

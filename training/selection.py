@@ -6,11 +6,16 @@ synthetic_auroc  the configured score must rank held-out normal frames below cop
                  cut-paste patch (a piece of the frame moved elsewhere, brightness shifted; Li et al.,
                  CutPaste, 2021), half a Gaussian-noise patch. Patches are 1/8 to 1/3 of the model
                  input side, so they are local at tile scale. The criterion is the AUROC of that
-                 separation; on ties the earlier epoch is kept (less fitted to the few normal images).
+                 separation.
 validation_loss  the lowest mean reconstruction error (residual_mean) on held-out normal items.
 last             no evaluation: the final weights.
-Evaluations happen at `evaluations` evenly spaced epoch ends; the best state is kept in memory
-(and in the GANomaly checkpoint, so `--resume` keeps it) and restored before export.
+Evaluations happen at `evaluations` evenly spaced epoch ends. A criterion measured on a few dozen
+held-out items is noisy, and the largest of several noisy values favours noise; so the exported
+weights are the latest evaluated ones whose value is within one standard error of the best value
+(the one-standard-error rule of Breiman et al.; AUROC standard error by Hanley & McNeil, 1982; the
+mean's standard error for validation_loss). Training longer is never undone on noise alone. The
+chosen state is kept in memory (and in the GANomaly checkpoint, so `--resume` keeps it) and
+restored before export.
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ log = logging.getLogger(__name__)
 SELECTION_LOG = "selection.json"
 SYNTHETIC_COPIES = 4
 WEAK_SEPARATION = 0.6  # below this best synthetic AUROC, training warns (a label-free sign of a weak model)
+
+
+def auroc_standard_error(auroc: float, n_negative: int, n_positive: int) -> float:
+    """Standard error of an AUROC from n_negative and n_positive items (Hanley & McNeil, 1982)."""
+    a = min(max(auroc, 1e-6), 1 - 1e-6)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    variance = (a * (1 - a) + (n_positive - 1) * (q1 - a * a) + (n_negative - 1) * (q2 - a * a)) / (n_positive * n_negative)
+    return float(np.sqrt(max(variance, 0.0)))
 
 
 def synthetic_defects(frames: np.ndarray, patch_side: int, seed: int) -> np.ndarray:
@@ -72,7 +85,8 @@ class CheckpointSelector:
         self.weights = dict(config.score.weights)
         self.spec = config.input.to_spec() if config.data.kind != "table" else None
         self.history: list[dict] = []
-        self.best_value = -np.inf
+        self.best_value = -np.inf  # best_*: the chosen evaluation; top_*: the highest value and its error
+        self.top_value, self.top_error = -np.inf, 0.0
         self.best_state: dict | None = None
         self.best_epoch: int | None = None
         if self.criterion == "last":
@@ -94,6 +108,10 @@ class CheckpointSelector:
 
     def measure(self) -> float:
         """The criterion on the current weights (higher is better)."""
+        return self.measure_with_error()[0]
+
+    def measure_with_error(self) -> tuple[float, float]:
+        """The criterion on the current weights and its standard error."""
         from sklearn.metrics import roc_auc_score
 
         modes = [(m, m.training) for module in self.modules.values() for m in module.modules()]
@@ -101,7 +119,8 @@ class CheckpointSelector:
             scoring = self.make_scoring()
             normal, owner = frame_outputs(scoring, self.normal, self.spec)
             if self.criterion == "validation_loss":
-                return -float(np.mean(normal["residual_mean"]))
+                errors = np.asarray(normal["residual_mean"], dtype=np.float64)
+                return -float(errors.mean()), float(errors.std(ddof=1) / np.sqrt(len(errors)))
             definition = ScoreDefinition(weights=self.weights, scales=component_scales(normal, list(self.weights)),
                                          map_output=None)
             defective, defective_owner = frame_outputs(scoring, self.defective, self.spec)
@@ -109,19 +128,24 @@ class CheckpointSelector:
             defective_scores = per_frame_max(combine_score(defective, definition), defective_owner)
             labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defective_scores))]
             scores = np.nan_to_num(np.r_[normal_scores, defective_scores], nan=np.inf)
-            return float(roc_auc_score(labels, scores))
+            auroc = float(roc_auc_score(labels, scores))
+            return auroc, auroc_standard_error(auroc, len(normal_scores), len(defective_scores))
         finally:  # back to each submodule's own mode (a frozen generator stays in eval mode)
             for module, training in modes:
                 module.training = training
 
     def evaluate(self, epoch: int, step: int) -> float:
-        value = self.measure()
-        self.history.append({"epoch": epoch, "step": step, "value": value})
-        if value > self.best_value:
+        value, error = self.measure_with_error()
+        self.history.append({"epoch": epoch, "step": step, "value": value, "standard_error": error})
+        if value > self.top_value:
+            self.top_value, self.top_error = value, error
+        # the latest weights within one standard error of the best so far; a later, clearly better
+        # evaluation moves the choice, so at the end it is the latest within one error of the best
+        if value >= self.top_value - self.top_error:
             self.best_value, self.best_epoch = value, epoch
             self.best_state = {name: copy.deepcopy(m.state_dict()) for name, m in self.modules.items()}
-        log.info("selection: %s = %.4f at epoch %d (best %.4f at epoch %s)", self.criterion, value, epoch,
-                 self.best_value, self.best_epoch)
+        log.info("selection: %s = %.4f +- %.4f at epoch %d (best %.4f; chosen: epoch %s)", self.criterion, value,
+                 error, epoch, self.top_value, self.best_epoch)
         return value
 
     def restore_best(self, run_dir: Path) -> None:
@@ -132,20 +156,25 @@ class CheckpointSelector:
             for name, module in self.modules.items():
                 module.load_state_dict(self.best_state[name])
         (run_dir / SELECTION_LOG).write_text(json.dumps({
-            "criterion": self.criterion, "selected_epoch": self.best_epoch, "selected_value": self.best_value,
-            "evaluations": self.history, "held_out_items": len(self.normal)}, indent=2))
+            "criterion": self.criterion, "rule": "latest within one standard error of the best",
+            "selected_epoch": self.best_epoch, "selected_value": self.best_value, "best_value": self.top_value,
+            "best_standard_error": self.top_error, "evaluations": self.history, "held_out_items": len(self.normal)},
+            indent=2))
         log.info("selected epoch %s by %s (%.4f)", self.best_epoch, self.criterion, self.best_value)
-        if self.criterion == "synthetic_auroc" and self.best_value < WEAK_SEPARATION:
+        if self.criterion == "synthetic_auroc" and self.top_value < WEAK_SEPARATION:
             log.warning("at its best epoch the model separates synthetic defects from held-out normal images with "
                         "AUROC %.2f only (0.5 = chance): expect weak detection; consider more steps, another "
-                        "input size or the other model family", self.best_value)
+                        "input size or the other model family", self.top_value)
 
     def state(self) -> dict:
         return {"history": self.history, "best_value": float(self.best_value), "best_epoch": self.best_epoch,
-                "best_state": self.best_state}
+                "best_state": self.best_state, "top_value": float(self.top_value), "top_error": self.top_error}
 
     def load_state(self, state: dict | None) -> None:
         if state:
             self.history = list(state["history"])
             self.best_value, self.best_epoch = float(state["best_value"]), state["best_epoch"]
             self.best_state = state["best_state"]
+            # checkpoints written before the one-standard-error rule: the chosen value was the top one
+            self.top_value = float(state.get("top_value", self.best_value))
+            self.top_error = float(state.get("top_error", 0.0))
