@@ -357,12 +357,15 @@ def variant_label(row: dict) -> str:
 
 
 def latest_rows(paths: list[Path]) -> list[dict]:
-    """The newest recorded row for every (set, variant and settings), in first-seen order."""
+    """The newest recorded row (by its 'measured' time; among equals, the later one read) for every
+    (set, variant and settings), in first-seen order."""
     rows: dict[tuple[str, str], dict] = {}
     for path in paths:
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            rows[(row["set"], variant_label(row))] = row
+            key = (row["set"], variant_label(row))
+            if key not in rows or row.get("measured", "") >= rows[key].get("measured", ""):
+                rows[key] = row
     return list(rows.values())
 
 
