@@ -112,3 +112,18 @@ def test_latent_knn_remembers_the_fitted_images_and_exports_with_parity(piped_cl
     assert np.all(fitted < 1e-6)  # float rounding between torch (memory) and onnxruntime (query) only
     assert np.median(held_out) > 100 * max(np.median(fitted), 1e-9)
     assert (result.model_path.parent / "selection.json").exists()
+
+
+def test_a_tiled_memory_tiles_only_as_many_frames_as_it_needs(piped_class):
+    """latent_knn on a tiled model draws its memory from the tiles of a seeded subset of frames
+    (enough for memory_size tiles), not from every tile of every fitted frame."""
+    from training.frame_scores import model_inputs
+    from training.train import memory_inputs
+
+    config = validate_train_config(tiny_config(piped_class, **{"input.resize": "tile"}), "tiny")
+    spec = config.input.to_spec()
+    frames = load_train_good(piped_class, spec).tensors[:8]
+    per_frame = len(model_inputs(frames[:1], spec)[0])
+    assert per_frame > 1
+    assert len(memory_inputs(frames, spec, size=3 * per_frame - 1, seed=0)) == 3 * per_frame
+    assert np.array_equal(memory_inputs(frames, spec, size=10**6, seed=0), model_inputs(frames, spec)[0])

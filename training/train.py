@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from .config import TrainConfig
 from .diagnostics import CollapseMonitor, EpochLossLog, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
+from .frame_scores import model_inputs
 from .models.blocks import dcgan_init
 from .models.ganomaly import GANomaly, GANomalyDiscriminator, GANomalyScoring, GANomalyShape
-from .frame_scores import model_inputs
 from .models.memory import latent_memory
 from .models.tabular import TabularDiscriminator, TabularGANomaly, TabularScoring
 from .selection import CheckpointSelector
@@ -58,6 +58,17 @@ def build_models(config: TrainConfig, feature_width: int | None = None) -> tuple
     return GANomaly(shape), GANomalyDiscriminator(shape, config.stability.spectral_norm)
 
 
+def memory_inputs(fitted: np.ndarray, spec, size: int, seed: int) -> np.ndarray:
+    """Model inputs to draw latent_knn's memory from: the fitted items, or the tiles of a seeded subset
+    of the fitted frames large enough for `size` tiles (tiling every frame of a big set would not fit)."""
+    if spec is not None and spec.resize == "tile" and len(fitted) > 1:
+        per_frame = max(1, len(model_inputs(fitted[:1], spec)[0]))
+        frames = -(-size // per_frame)
+        if len(fitted) > frames:
+            fitted = fitted[np.sort(np.random.default_rng(seed).choice(len(fitted), frames, replace=False))]
+    return model_inputs(fitted, spec)[0]
+
+
 def scoring_module(config: TrainConfig, generator: nn.Module, fitted: np.ndarray | None = None) -> nn.Module:
     """The exportable scorer over a GANomaly generator (image or tabular), with the components the config
     scores; latent_knn keeps the codes of (a subset of) the `fitted` items, stored training items."""
@@ -66,7 +77,8 @@ def scoring_module(config: TrainConfig, generator: nn.Module, fitted: np.ndarray
     if "latent_knn" in config.score.weights:
         if fitted is None:
             raise ValueError("score component latent_knn needs the fitted items for its memory of normal codes")
-        inputs, _ = model_inputs(fitted, None if config.data.kind == "table" else config.input.to_spec())
+        inputs = memory_inputs(fitted, None if config.data.kind == "table" else config.input.to_spec(),
+                               config.score.memory_size, config.train.seed)
         memory = latent_memory(generator.encoder, inputs, config.score.memory_size, config.train.seed)
         memory = memory.to(next(generator.parameters()).device)  # a model under training may sit on a GPU
     if config.data.kind == "table":
