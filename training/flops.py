@@ -10,7 +10,7 @@ from torch import nn
 
 def count_flops(module: nn.Module, example: torch.Tensor) -> int:
     """FLOPs for one item, counting convolutions, transposed convolutions and linear layers, plus
-    what the module declares as `flops_outside_layers` (e.g. a nearest-neighbour search)."""
+    what any submodule declares as its `flops_per_item` (work outside layers, e.g. a nearest-code search)."""
     total = 0
 
     def hook(layer: nn.Module, inputs, output) -> None:
@@ -33,4 +33,4 @@ def count_flops(module: nn.Module, example: torch.Tensor) -> int:
     finally:
         for handle in handles:
             handle.remove()
-    return int(total + getattr(module, "flops_outside_layers", 0))
+    return int(total + sum(getattr(m, "flops_per_item", 0) for m in module.modules()))

@@ -35,6 +35,7 @@ from inspector.scorer import combine_score
 from .config import TrainConfig
 from .diagnostics import evenly_spaced
 from .frame_scores import component_scales, frame_outputs, per_frame_max
+from .torch_scoring import modes_kept
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,7 @@ class CheckpointSelector:
         """The criterion on the current weights and its standard error."""
         from sklearn.metrics import roc_auc_score
 
-        modes = [(m, m.training) for module in self.modules.values() for m in module.modules()]
-        try:
+        with modes_kept(*self.modules.values()):
             scoring = self.make_scoring()
             normal, owner = frame_outputs(scoring, self.normal, self.spec)
             if self.criterion == "validation_loss":
@@ -130,9 +130,6 @@ class CheckpointSelector:
             scores = np.nan_to_num(np.r_[normal_scores, defective_scores], nan=np.inf)
             auroc = float(roc_auc_score(labels, scores))
             return auroc, auroc_standard_error(auroc, len(normal_scores), len(defective_scores))
-        finally:  # back to each submodule's own mode (a frozen generator stays in eval mode)
-            for module, training in modes:
-                module.training = training
 
     def evaluate(self, epoch: int, step: int) -> float:
         value, error = self.measure_with_error()

@@ -87,10 +87,6 @@ class GANomalyScoring(nn.Module):
         self.with_latent = with_latent  # the second encoder costs a third of the FLOPs: export it only if scored
         self.nearest_code = NearestCode(memory) if memory is not None else None
 
-    @property
-    def flops_outside_layers(self) -> int:
-        return self.nearest_code.flops_per_item if self.nearest_code is not None else 0
-
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         generator = self.generator
         latent_in = generator.encoder(image)

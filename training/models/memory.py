@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..torch_scoring import modes_kept
+
 
 @torch.no_grad()
 def latent_memory(encoder: nn.Module, items: np.ndarray, size: int, seed: int, batch_size: int = 1024) -> torch.Tensor:
@@ -22,15 +24,11 @@ def latent_memory(encoder: nn.Module, items: np.ndarray, size: int, seed: int, b
     when there are more), on the CPU."""
     if len(items) > size:
         items = items[np.sort(np.random.default_rng(seed).choice(len(items), size, replace=False))]
-    modes = [(m, m.training) for m in encoder.modules()]
-    encoder.eval()
     device = next(encoder.parameters()).device
-    try:
+    with modes_kept(encoder):
+        encoder.eval()
         codes = [encoder(torch.from_numpy(np.ascontiguousarray(items[i:i + batch_size], dtype=np.float32)).to(device))
                  .flatten(1).cpu() for i in range(0, len(items), batch_size)]
-    finally:
-        for module, training in modes:
-            module.train(training)
     return torch.cat(codes).float()
 
 

@@ -66,10 +66,6 @@ class TabularScoring(nn.Module):
         self.with_latent = with_latent
         self.nearest_code = NearestCode(memory) if memory is not None else None
 
-    @property
-    def flops_outside_layers(self) -> int:
-        return self.nearest_code.flops_per_item if self.nearest_code is not None else 0
-
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         g = self.generator
         latent_in = g.encoder(features)
