@@ -54,7 +54,7 @@ TABLES = {"nsl_kdd": "nsl_kdd.yaml", "unsw_nb15": "unsw_nb15.yaml"}
 BASELINES = ("isolation_forest", "ocsvm")
 OCSVM_MAX_TRAIN = 10_000
 PIPED = ["bdp01", "bft01", "brg01", "brg03", "btn01", "flr01", "fvn01", "gla01"]
-COMPONENTS = ("latent_distance", "latent_knn", "residual_mean", "residual_max", "feature_residual")
+COMPONENTS = ("latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual")
 # AnoGAN score per data kind: the pixel residual the set's GANomaly config scores (local maximum for
 # parts, mean for digits and tables) with lambda = 0.1 on the critic-feature residual, as in AnoGAN.
 ANOGAN_LAMBDA = 0.1
@@ -115,9 +115,9 @@ def load_test_images(config):
 
 
 def scored_memory(scoring):
-    """The latent_knn memory of an exported scoring module, or None when it does not score it."""
-    nearest = getattr(scoring, "nearest_code", None)
-    return None if nearest is None else nearest.memory
+    """The memory of normal codes (latent_knn, latent_lof) of an exported scoring module, or None
+    when it scores neither."""
+    return getattr(scoring, "nearest_code", None)
 
 
 def component_aurocs(config, result) -> dict[str, float]:
@@ -128,7 +128,7 @@ def component_aurocs(config, result) -> dict[str, float]:
         scoring = result.scoring
     else:
         scoring = GANomalyScoring(result.generator, config.score.pool_kernel, config.score.residual, with_latent=True,
-                                  memory=scored_memory(result.scoring))
+                                  nearest_code=scored_memory(result.scoring))
     outputs, owner = frame_outputs(scoring, test.tensors, spec)
     return {name: float(roc_auc_score(test.labels, per_frame_max(outputs[name].reshape(-1), owner)))
             for name in COMPONENTS if name in outputs}
@@ -190,7 +190,7 @@ def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) ->
     _, normal, tests = load_tabular(config)
     scorer = Scorer(result.model_path)
     components = (result.scoring if config.model.family == "anogan"  # every component, latent_knn when scored
-                  else TabularScoring(result.generator, with_latent=True, memory=scored_memory(result.scoring)).eval())
+                  else TabularScoring(result.generator, with_latent=True, nearest_code=scored_memory(result.scoring)).eval())
     rows = []
     for test_name, m in result.metrics.items():
         started = time.perf_counter()
@@ -260,18 +260,21 @@ def fmt(value, digits=3) -> str:
 
 def image_table(rows: list[dict]) -> list[str]:
     lines = ["| set | variant | input | MFLOPs/frame | score | image AUROC | AP | F1 @thr | FAR test/good | pixel AUROC "
-             "| AUROC latent | AUROC latent kNN | AUROC res. mean | AUROC res. max | AUROC feat. res. | train s | steps | epochs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| AUROC latent | AUROC latent kNN | AUROC latent LOF | AUROC res. mean | AUROC res. max | AUROC feat. res. "
+             "| train s | steps | epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["components"]
         lines.append(f"| {r['set']} | {variant_label(r)} | {r['input']} | {r['mflops_per_frame']:.0f} | {r['score']} | "
                      f"{fmt(r['image_auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
                      f"{fmt(r['false_alarm_rate'])} | {fmt(r['pixel_auroc'])} | {fmt(c.get('latent_distance'))} | "
-                     f"{fmt(c.get('latent_knn'))} | {fmt(c.get('residual_mean'))} | {fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | "
+                     f"{fmt(c.get('latent_knn'))} | {fmt(c.get('latent_lof'))} | {fmt(c.get('residual_mean'))} | "
+                     f"{fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | "
                      f"{r['train_seconds']:.0f} | {r['steps']} | {r['epochs']} |")
     lines += ["", "Means per group:", "", "| group | variant | rows | image AUROC | pixel AUROC | FAR test/good "
-              "| AUROC latent | AUROC latent kNN | AUROC res. mean | AUROC res. max | AUROC feat. res. | train s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| AUROC latent | AUROC latent kNN | AUROC latent LOF | AUROC res. mean | AUROC res. max | AUROC feat. res. "
+              "| train s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         group = set_group(r["set"])

@@ -220,6 +220,7 @@ def traffic_model(folder: Path, score_config: str = "nsl_kdd.yaml") -> tuple[Pat
     import gzip
 
     from inspector.card import Calibration, ModelCard, Provenance, ScoreDefinition
+    from training.models.memory import NearestCode
     from training.models.tabular import TabularGANomaly, TabularScoring
     from training.tabular import fit_spec, normal_mask, read_table
 
@@ -229,10 +230,13 @@ def traffic_model(folder: Path, score_config: str = "nsl_kdd.yaml") -> tuple[Pat
     spec = fit_spec(config, table, [row for row, normal in zip(table.rows, mask) if normal][:20000])
     torch.manual_seed(0)
     score = load_train_config(ROOT / "configs" / score_config).score
-    weights = dict(score.weights)  # the shipped score: with latent_knn, a memory of memory_size codes
-    memory = torch.randn(score.memory_size, config.model.latent_dim) if "latent_knn" in weights else None
+    weights = dict(score.weights)  # the shipped score: with latent_knn or latent_lof, a memory of memory_size codes
+    nearest_code = None
+    if "latent_knn" in weights or "latent_lof" in weights:
+        nearest_code = NearestCode(torch.randn(score.memory_size, config.model.latent_dim),
+                                   score.lof_neighbors if "latent_lof" in weights else None)
     scoring = TabularScoring(TabularGANomaly(spec.width, config.model.base_width, config.model.latent_dim),
-                             with_latent="latent_distance" in weights, memory=memory).eval()
+                             with_latent="latent_distance" in weights, nearest_code=nearest_code).eval()
     card = ModelCard(name="bench-traffic", family="ganomaly", version="bench", input=spec,
                      score=ScoreDefinition(weights=weights, scales={name: 1.0 for name in weights}, map_output=None),
                      calibration=Calibration(threshold=1.0, method="manual", n_samples=0),

@@ -109,7 +109,7 @@ def test_windows_edge_cases():
 def test_latent_knn_is_the_distance_to_the_nearest_normal_code_alone_or_in_any_batch():
     import torch
 
-    from training.models.memory import latent_memory
+    from training.models.memory import NearestCode, latent_memory
     from training.models.tabular import TabularGANomaly, TabularScoring
 
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_latent_knn_is_the_distance_to_the_nearest_normal_code_alone_or_in_any_b
     normal = rng.normal(size=(300, 12)).astype(np.float32)
     memory = latent_memory(generator.encoder, normal, size=200, seed=0)
     assert memory.shape == (200, 4)
-    scoring = TabularScoring(generator, memory=memory).eval()
+    scoring = TabularScoring(generator, nearest_code=NearestCode(memory)).eval()
     windows = np.concatenate([normal[:50], 3 + rng.normal(size=(50, 12))]).astype(np.float32)
     with torch.no_grad():
         batch = scoring(torch.from_numpy(windows))["latent_knn"].numpy()

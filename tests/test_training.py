@@ -92,25 +92,28 @@ def test_a_model_trained_on_the_gpu_comes_back_on_the_cpu_and_exports(piped_clas
     assert all(p.device.type == "cpu" for p in result.scoring.parameters())
 
 
-def test_latent_knn_remembers_the_fitted_images_and_exports_with_parity(piped_class, tmp_path):
-    """An image model scoring latent_knn: checkpoint selection scores it during training, the memory
-    holds the codes of the fitted images only (a fitted image sits at distance ~0 from it, a held-out
-    one does not), and the export passes the torch-vs-onnxruntime parity check with it."""
+def test_the_memory_components_remember_the_fitted_images_and_export_with_parity(piped_class, tmp_path):
+    """An image model scoring latent_knn and latent_lof: checkpoint selection scores them during
+    training, the memory holds the codes of the fitted images only (a fitted image sits at distance ~0
+    from it, a held-out one does not), and the export passes the torch-vs-onnxruntime parity check."""
     from inspector.scorer import Scorer
     from training.data import split_holdout
     from training.fit import fit
 
     config = validate_train_config(tiny_config(piped_class, **{
-        "score.weights": {"latent_knn": 1.0}, "selection.evaluations": 2, "data.holdout_fraction": 0.25}), "tiny")
+        "score.weights": {"latent_knn": 1.0, "latent_lof": 1.0}, "score.lof_neighbors": 3, "selection.evaluations": 2,
+        "data.holdout_fraction": 0.25}), "tiny")
     result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
     images = load_train_good(piped_class, config.input.to_spec()).tensors
     fit_idx, hold_idx = split_holdout(len(images), 0.25, config.train.seed)
     scorer = Scorer(result.model_path)
     assert f"nearest of {len(fit_idx)} normal training codes" in scorer.card.score.description
+    assert "local outlier factor of the image's code among them, 3 neighbours" in scorer.card.score.description
     _, outputs = scorer.score_tensor(images)
     fitted, held_out = outputs["latent_knn"][fit_idx], outputs["latent_knn"][hold_idx]
     assert np.all(fitted < 1e-6)  # float rounding between torch (memory) and onnxruntime (query) only
     assert np.median(held_out) > 100 * max(np.median(fitted), 1e-9)
+    assert np.all(np.isfinite(outputs["latent_lof"])) and np.all(outputs["latent_lof"] > 0)
     assert (result.model_path.parent / "selection.json").exists()
 
 

@@ -177,14 +177,17 @@ class ScoreConfig(_Strict):
     weights: dict[str, float] = Field(default_factory=lambda: {"residual_max": 1.0})
     pool_kernel: Annotated[int, Field(ge=1, le=63)] = 9
     residual: Literal["l1", "l2"] = "l2"
-    # latent_knn: normal training codes (of images, tiles or windows) kept in the exported graph (a
-    # seeded random subset when there are more); cost per item grows with it (2 x size x latent_dim FLOPs)
+    # latent_knn / latent_lof: normal training codes (of images, tiles or windows) kept in the exported
+    # graph (a seeded random subset when there are more); cost per item grows with it (2 x size x
+    # latent_dim FLOPs)
     memory_size: Annotated[int, Field(ge=1, le=262_144)] = 16_384
+    # latent_lof: neighbours of the local outlier factor (20 as in Breunig et al. and scikit-learn)
+    lof_neighbors: Annotated[int, Field(ge=1, le=1024)] = 20
 
     @field_validator("weights")
     @classmethod
     def _known_components(cls, weights: dict[str, float]) -> dict[str, float]:
-        known = {"latent_distance", "latent_knn", "residual_mean", "residual_max", "feature_residual"}
+        known = {"latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual"}
         unknown = set(weights) - known
         if unknown or not weights:
             raise ValueError(f"score components must be among {sorted(known)}, got {sorted(weights)}")
@@ -235,8 +238,12 @@ class TrainConfig(_Strict):
         if anogan and "latent_distance" in self.score.weights:
             raise ValueError("score.weights: latent_distance is a GANomaly score; anogan models score "
                              "residual_mean, residual_max and feature_residual")
-        if "latent_knn" in self.score.weights and anogan:
-            raise ValueError("score.weights: latent_knn needs the encoder of a GANomaly or autoencoder model")
+        for memory_component in ("latent_knn", "latent_lof"):
+            if memory_component in self.score.weights and anogan:
+                raise ValueError(f"score.weights: {memory_component} needs the encoder of a GANomaly or autoencoder model")
+        if "latent_lof" in self.score.weights and self.score.lof_neighbors >= self.score.memory_size:
+            raise ValueError(f"score.lof_neighbors ({self.score.lof_neighbors}) must be below score.memory_size "
+                             f"({self.score.memory_size}): latent_lof compares each code with that many others")
         if not anogan and "feature_residual" in self.score.weights:
             raise ValueError("score.weights: feature_residual needs model.family anogan")
         if self.selection.criterion is None:

@@ -114,14 +114,19 @@ def train_family(config: TrainConfig, train: np.ndarray, held_out: np.ndarray, r
         trained = train_anogan(config, train, run_dir, progress=progress, validation=held_out)
         return trained, anogan_scoring(config, trained.model, trained.critic).eval()
     trained = train_ganomaly(config, train, run_dir, resume=resume, progress=progress, validation=held_out)
-    # latent_knn remembers codes of the fitted items only: held-out distances stay those of unseen normals
+    # the memory holds codes of the fitted items only: held-out distances stay those of unseen normals
     return trained, scoring_module(config, trained.generator, train).eval()
 
 
 def memory_description(scoring, item: str) -> str:
     nearest = getattr(scoring, "nearest_code", None)
-    return ("" if nearest is None else f"; latent_knn = root mean squared difference between the {item}'s code and "
-            f"the nearest of {len(nearest.memory)} normal training codes")
+    if nearest is None:
+        return ""
+    text = (f"; latent_knn = root mean squared difference between the {item}'s code and the nearest of "
+            f"{len(nearest.memory)} normal training codes")
+    if nearest.lof_neighbors is not None:
+        text += f"; latent_lof = local outlier factor of the {item}'s code among them, {nearest.lof_neighbors} neighbours"
+    return text
 
 
 def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,

@@ -30,7 +30,7 @@ from .diagnostics import CollapseMonitor, EpochLossLog, diversity_ratio, evenly_
 from .frame_scores import model_inputs
 from .models.blocks import dcgan_init
 from .models.ganomaly import GANomaly, GANomalyDiscriminator, GANomalyScoring, GANomalyShape
-from .models.memory import latent_memory
+from .models.memory import NearestCode, latent_memory
 from .models.tabular import TabularDiscriminator, TabularGANomaly, TabularScoring
 from .selection import CheckpointSelector
 
@@ -59,7 +59,7 @@ def build_models(config: TrainConfig, feature_width: int | None = None) -> tuple
 
 
 def memory_inputs(fitted: np.ndarray, spec, size: int, seed: int) -> np.ndarray:
-    """Model inputs to draw latent_knn's memory from: the fitted items, or the tiles of a seeded subset
+    """Model inputs to draw the memory of normal codes from: the fitted items, or the tiles of a seeded subset
     of the fitted frames large enough for `size` tiles (tiling every frame of a big set would not fit)."""
     if spec is not None and spec.resize == "tile" and len(fitted) > 1:
         per_frame = max(1, len(model_inputs(fitted[:1], spec)[0]))
@@ -71,20 +71,23 @@ def memory_inputs(fitted: np.ndarray, spec, size: int, seed: int) -> np.ndarray:
 
 def scoring_module(config: TrainConfig, generator: nn.Module, fitted: np.ndarray | None = None) -> nn.Module:
     """The exportable scorer over a GANomaly generator (image or tabular), with the components the config
-    scores; latent_knn keeps the codes of (a subset of) the `fitted` items, stored training items."""
-    with_latent = "latent_distance" in config.score.weights
-    memory = None
-    if "latent_knn" in config.score.weights:
+    scores; latent_knn and latent_lof keep the codes of (a subset of) the `fitted` items."""
+    weights = config.score.weights
+    with_latent = "latent_distance" in weights
+    nearest_code = None
+    if "latent_knn" in weights or "latent_lof" in weights:
         if fitted is None:
-            raise ValueError("score component latent_knn needs the fitted items for its memory of normal codes")
+            raise ValueError("score components latent_knn and latent_lof need the fitted items for their memory of "
+                             "normal codes")
         inputs = memory_inputs(fitted, None if config.data.kind == "table" else config.input.to_spec(),
                                config.score.memory_size, config.train.seed)
         memory = latent_memory(generator.encoder, inputs, config.score.memory_size, config.train.seed)
         memory = memory.to(next(generator.parameters()).device)  # a model under training may sit on a GPU
+        nearest_code = NearestCode(memory, config.score.lof_neighbors if "latent_lof" in weights else None)
     if config.data.kind == "table":
-        return TabularScoring(generator, with_latent=with_latent, memory=memory)
+        return TabularScoring(generator, with_latent=with_latent, nearest_code=nearest_code)
     return GANomalyScoring(generator, config.score.pool_kernel, config.score.residual, with_latent=with_latent,
-                           memory=memory)
+                           nearest_code=nearest_code)
 
 
 def training_device(setting: str) -> torch.device:

@@ -10,6 +10,7 @@ Scoring outputs (`GANomalyScoring`, the module that is exported to ONNX):
   residual_mean    mean of the per-pixel error          -- global reconstruction error
   residual_max     max of the locally averaged error    -- small local defects (specks, cracks)
   latent_knn       distance of E(x) to the nearest normal training code (with a memory, memory.py)
+  latent_lof       local outlier factor of E(x) among the normal training codes (memory.py)
   anomaly_map      the locally averaged error map (N, 1, H, W), the heatmap
 Which combination is the anomaly score is the card's decision, chosen by the benchmark.
 """
@@ -77,7 +78,7 @@ class GANomalyScoring(nn.Module):
     """Exportable scorer: image batch in, named score components and the anomaly map out."""
 
     def __init__(self, generator: GANomaly, pool_kernel: int = 9, residual: str = "l2", with_latent: bool = True,
-                 memory: torch.Tensor | None = None):
+                 nearest_code: NearestCode | None = None):
         super().__init__()
         if residual not in ("l1", "l2"):
             raise ValueError(f"residual must be 'l1' or 'l2', got {residual!r}")
@@ -85,7 +86,7 @@ class GANomalyScoring(nn.Module):
         self.pool_kernel = pool_kernel
         self.residual = residual
         self.with_latent = with_latent  # the second encoder costs a third of the FLOPs: export it only if scored
-        self.nearest_code = NearestCode(memory) if memory is not None else None
+        self.nearest_code = nearest_code
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         generator = self.generator
@@ -98,7 +99,7 @@ class GANomalyScoring(nn.Module):
             latent_out = generator.encoder_reconstruction(reconstruction)
             outputs["latent_distance"] = (latent_in - latent_out).pow(2).flatten(1).mean(dim=1)
         if self.nearest_code is not None:
-            outputs["latent_knn"] = self.nearest_code(latent_in.flatten(1))
+            outputs.update(self.nearest_code(latent_in.flatten(1)))
         outputs["residual_mean"] = error.flatten(1).mean(dim=1)
         outputs["residual_max"] = anomaly_map.flatten(1).amax(dim=1)
         outputs["anomaly_map"] = anomaly_map

@@ -1,12 +1,21 @@
-"""Nearest normal code: the latent_knn score component shared by the image and tabular GANomaly.
+"""Normal code memory: the latent_knn and latent_lof score components of the image and tabular GANomaly.
 
 Normal data is often a mixture of distinct modes (protocols and services in traffic, several digits
 or part variants on one line). An anomaly the decoder happens to reconstruct well still lands away
-from every normal code, so the distance from E(x) to the nearest of a memory of normal training
-codes, stored in the exported graph, is a score of its own. The nearest code is found as the argmin
-of |m|^2 - 2 z.m (one matrix product, exportable); its distance is then taken directly, because the
-expanded form cancels badly near zero. The result, a root mean squared difference, is the classic
-nearest-neighbour detector's Euclidean distance up to a constant.
+from every normal code, so distances from E(x) to a memory of normal training codes, stored in the
+exported graph, make scores of their own:
+
+  latent_knn  root mean squared difference to the nearest memory code: the classic nearest-neighbour
+              detector's Euclidean distance up to a constant.
+  latent_lof  the Local Outlier Factor (Breunig et al., 2000) of E(x) among the memory codes with k
+              neighbours: the reachability distance to its neighbours relative to theirs. Modes of
+              unequal spread (a tight cluster of 1s next to loose 2s) make a plain distance unfair:
+              a digit 1 near the tight cluster of 7s is far by that cluster's standard but near by
+              a global one. Equals scikit-learn's LocalOutlierFactor(novelty=True) (tested).
+
+Neighbours are ranked by |m|^2 - 2 z.m (one matrix product, exportable); their distances are then
+taken directly, because the expanded form cancels badly near zero. Each memory code's k-distance and
+local reachability density are computed once, when the memory is built.
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ import torch
 from torch import nn
 
 from ..torch_scoring import modes_kept
+
+# scikit-learn's guard against duplicate codes: a reachability distance sum of zero
+LRD_EPSILON = 1e-10
 
 
 @torch.no_grad()
@@ -32,18 +44,58 @@ def latent_memory(encoder: nn.Module, items: np.ndarray, size: int, seed: int, b
     return torch.cat(codes).float()
 
 
-class NearestCode(nn.Module):
-    """codes (N, D) -> (N,) root mean squared difference to the nearest memory code."""
+def _neighbours(codes: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tensor, k: int,
+                skip_self_from: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distances (N, k) ascending, indices (N, k)) of the k nearest memory codes. With
+    `skip_self_from`, codes are memory rows from that index on and never their own neighbour."""
+    rank = memory_sq - 2 * codes @ memory.t()
+    if skip_self_from is not None:
+        rows = torch.arange(len(codes), device=codes.device)
+        rank[rows, rows + skip_self_from] = float("inf")
+    index = rank.topk(k, dim=1, largest=False).indices
+    distance = (memory[index] - codes.unsqueeze(1)).pow(2).sum(dim=2).sqrt()
+    distance, order = distance.sort(dim=1)
+    return distance, index.gather(1, order)
 
-    def __init__(self, memory: torch.Tensor):
+
+class NearestCode(nn.Module):
+    """codes (N, D) -> {"latent_knn": (N,)} and, with `lof_neighbors`, {"latent_lof": (N,)} too."""
+
+    def __init__(self, memory: torch.Tensor, lof_neighbors: int | None = None, chunk: int = 1024):
         super().__init__()
-        self.register_buffer("memory", memory.detach().float().clone())
-        self.register_buffer("memory_sq", self.memory.pow(2).sum(dim=1))
+        memory = memory.detach().float().clone()
+        if lof_neighbors is not None and not 1 <= lof_neighbors < len(memory):
+            raise ValueError(f"latent_lof with {lof_neighbors} neighbours needs more than that many memory codes, "
+                             f"got {len(memory)} (fewer fitted items than score.lof_neighbors + 1)")
+        self.lof_neighbors = lof_neighbors
+        self.register_buffer("memory", memory)
+        self.register_buffer("memory_sq", memory.pow(2).sum(dim=1))
+        if lof_neighbors is not None:
+            k_distance, lrd = self._memory_densities(lof_neighbors, chunk)
+            self.register_buffer("k_distance", k_distance)
+            self.register_buffer("lrd", lrd)
+
+    @torch.no_grad()
+    def _memory_densities(self, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each memory code's k-distance and local reachability density among the other codes."""
+        found = [_neighbours(self.memory[i:i + chunk], self.memory, self.memory_sq, k, skip_self_from=i)
+                 for i in range(0, len(self.memory), chunk)]
+        distance = torch.cat([d for d, _ in found])
+        index = torch.cat([i for _, i in found])
+        k_distance = distance[:, -1].contiguous()
+        reach = torch.maximum(k_distance[index], distance)
+        return k_distance, 1.0 / (reach.mean(dim=1) + LRD_EPSILON)
 
     @property
     def flops_per_item(self) -> int:
         return 2 * self.memory.numel()
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        nearest = self.memory[(self.memory_sq - 2 * codes @ self.memory.t()).argmin(dim=1)]
-        return (codes - nearest).pow(2).mean(dim=1).sqrt()
+    def forward(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        dims = codes.shape[1]
+        if self.lof_neighbors is None:
+            nearest = self.memory[(self.memory_sq - 2 * codes @ self.memory.t()).argmin(dim=1)]
+            return {"latent_knn": (codes - nearest).pow(2).mean(dim=1).sqrt()}
+        distance, index = _neighbours(codes, self.memory, self.memory_sq, self.lof_neighbors)
+        reach = torch.maximum(self.k_distance[index], distance).mean(dim=1) + LRD_EPSILON
+        return {"latent_knn": distance[:, 0] / dims ** 0.5,
+                "latent_lof": self.lrd[index].mean(dim=1) * reach}

@@ -58,13 +58,13 @@ class TabularDiscriminator(nn.Module):
 
 class TabularScoring(nn.Module):
     """Exportable scorer: feature windows in, named score components out (no heatmap).
-    With a `memory` of normal codes (memory.latent_memory) it also outputs latent_knn."""
+    With a memory of normal codes (memory.NearestCode) it also outputs latent_knn (and latent_lof)."""
 
-    def __init__(self, generator: TabularGANomaly, with_latent: bool = True, memory: torch.Tensor | None = None):
+    def __init__(self, generator: TabularGANomaly, with_latent: bool = True, nearest_code: NearestCode | None = None):
         super().__init__()
         self.generator = generator
         self.with_latent = with_latent
-        self.nearest_code = NearestCode(memory) if memory is not None else None
+        self.nearest_code = nearest_code
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         g = self.generator
@@ -75,7 +75,7 @@ class TabularScoring(nn.Module):
         if self.with_latent:
             outputs["latent_distance"] = (latent_in - g.encoder_reconstruction(reconstruction)).pow(2).mean(dim=1)
         if self.nearest_code is not None:
-            outputs["latent_knn"] = self.nearest_code(latent_in)
+            outputs.update(self.nearest_code(latent_in))
         outputs["residual_mean"] = error.mean(dim=1)
         outputs["residual_max"] = error.amax(dim=1)
         return outputs
