@@ -7,6 +7,7 @@ from sklearn.neighbors import LocalOutlierFactor
 
 from inspector.errors import ConfigError
 from training.config import validate_train_config
+from training.models import memory as memory_module
 from training.models.memory import NearestCode
 
 
@@ -17,13 +18,14 @@ def clusters(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([tight, loose]).astype(np.float32)
 
 
-def test_latent_lof_equals_scikit_learns_local_outlier_factor():
+def test_latent_lof_equals_scikit_learns_local_outlier_factor(monkeypatch):
     rng = np.random.default_rng(0)
     memory = clusters(rng)
+    monkeypatch.setattr(memory_module, "RANKED_ENTRIES", 128 * len(memory))  # densities in 5 chunks of rows
     queries = np.concatenate([clusters(rng)[::10], rng.normal(5.0, 3.0, size=(40, 6))]).astype(np.float32)
     reference = LocalOutlierFactor(n_neighbors=20, novelty=True).fit(memory)
     with torch.no_grad():
-        ours = NearestCode(torch.from_numpy(memory), lof_neighbors=20, chunk=128)(torch.from_numpy(queries))
+        ours = NearestCode(torch.from_numpy(memory), lof_neighbors=20)(torch.from_numpy(queries))
     np.testing.assert_allclose(ours["latent_lof"].numpy(), -reference.score_samples(queries), rtol=1e-4)
     nearest = np.sqrt(((queries[:, None] - memory[None]) ** 2).mean(axis=2).min(axis=1))
     np.testing.assert_allclose(ours["latent_knn"].numpy(), nearest, rtol=1e-5, atol=1e-6)

@@ -28,6 +28,8 @@ from ..torch_scoring import modes_kept
 
 # scikit-learn's guard against duplicate codes: a reachability distance sum of zero
 LRD_EPSILON = 1e-10
+# memory rows ranked at once while the densities are prepared: bounds that (rows x memory) matrix
+RANKED_ENTRIES = 1 << 24
 
 
 @torch.no_grad()
@@ -61,7 +63,7 @@ def _neighbours(codes: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tens
 class NearestCode(nn.Module):
     """codes (N, D) -> {"latent_knn": (N,)} and, with `lof_neighbors`, {"latent_lof": (N,)} too."""
 
-    def __init__(self, memory: torch.Tensor, lof_neighbors: int | None = None, chunk: int = 1024):
+    def __init__(self, memory: torch.Tensor, lof_neighbors: int | None = None):
         super().__init__()
         memory = memory.detach().float().clone()
         if lof_neighbors is not None and not 1 <= lof_neighbors < len(memory):
@@ -71,13 +73,15 @@ class NearestCode(nn.Module):
         self.register_buffer("memory", memory)
         self.register_buffer("memory_sq", memory.pow(2).sum(dim=1))
         if lof_neighbors is not None:
-            k_distance, lrd = self._memory_densities(lof_neighbors, chunk)
+            k_distance, lrd = self._memory_densities(lof_neighbors)
             self.register_buffer("k_distance", k_distance)
             self.register_buffer("lrd", lrd)
 
     @torch.no_grad()
-    def _memory_densities(self, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each memory code's k-distance and local reachability density among the other codes."""
+    def _memory_densities(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each memory code's k-distance and local reachability density among the other codes
+        (work grows with the square of the memory size: seconds for 16,384 codes)."""
+        chunk = max(1, RANKED_ENTRIES // len(self.memory))
         found = [_neighbours(self.memory[i:i + chunk], self.memory, self.memory_sq, k, skip_self_from=i)
                  for i in range(0, len(self.memory), chunk)]
         distance = torch.cat([d for d, _ in found])
@@ -88,7 +92,8 @@ class NearestCode(nn.Module):
 
     @property
     def flops_per_item(self) -> int:
-        return 2 * self.memory.numel()
+        ranking = 2 * self.memory.numel()
+        return ranking if self.lof_neighbors is None else ranking + 3 * self.lof_neighbors * self.memory.shape[1]
 
     def forward(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
         dims = codes.shape[1]
