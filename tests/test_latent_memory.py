@@ -10,6 +10,8 @@ from training.config import validate_train_config
 from training.models import memory as memory_module
 from training.models.memory import NearestCode
 
+from .conftest import tiny_config
+
 
 def clusters(rng: np.random.Generator) -> np.ndarray:
     """Normal codes in two modes of very different spread: a tight one and a loose one."""
@@ -67,3 +69,13 @@ def test_latent_lof_needs_more_memory_codes_than_neighbours():
     with pytest.raises(ConfigError, match="latent_lof needs the encoder of a GANomaly or autoencoder model"):
         validate_train_config({"name": "t", "data": {"path": "x"}, "model": {"family": "anogan"},
                                "score": {"weights": {"latent_lof": 1.0}}}, "t")
+
+
+def test_training_refuses_a_set_too_small_for_its_lof_neighbours_before_it_starts(piped_class, tmp_path):
+    from training.fit import fit
+
+    config = validate_train_config(tiny_config(piped_class, **{
+        "score.weights": {"latent_lof": 1.0}, "score.lof_neighbors": 500, "input.resize": "stretch"}), "tiny")
+    with pytest.raises(ConfigError, match=r"score.lof_neighbors is 500, but the \d+ fitted items give only \d+ normal codes"):
+        fit(config, tmp_path / "run", progress=False, evaluate_test=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # refused before the first training step

@@ -30,7 +30,7 @@ from .export import export_with_parity, replace_card
 from .flops import count_flops
 from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max
 from .torch_scoring import run_scoring
-from .train import scoring_module, train_ganomaly
+from .train import check_memory_size, scoring_module, train_ganomaly
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     log.info("training on %d normal images, %d held out for calibration and checkpoint selection", len(fit_idx),
              len(hold_idx))
 
+    check_memory_size(config, normal.tensors[fit_idx])
     started = time.perf_counter()
     trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run_dir, resume, progress)
 
@@ -187,6 +188,7 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     log.info("training on %d normal windows of %d features, %d held out for calibration", len(fit_idx),
              spec.width, len(hold_idx))
     held_out = normal[hold_idx]
+    check_memory_size(config, normal[fit_idx])
     trained, scoring = train_family(config, normal[fit_idx], held_out, run_dir, resume, progress)
     outputs = run_scoring(scoring, held_out, batch_size=4096)
     score = ScoreDefinition(weights=dict(config.score.weights),

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from inspector.errors import ConfigError
+
 from .config import TrainConfig
 from .diagnostics import CollapseMonitor, EpochLossLog, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
 from .frame_scores import model_inputs
@@ -67,6 +69,19 @@ def memory_inputs(fitted: np.ndarray, spec, size: int, seed: int) -> np.ndarray:
         if len(fitted) > frames:
             fitted = fitted[np.sort(np.random.default_rng(seed).choice(len(fitted), frames, replace=False))]
     return model_inputs(fitted, spec)[0]
+
+
+def check_memory_size(config: TrainConfig, fitted: np.ndarray) -> None:
+    """Before any training: latent_lof needs more memory codes than neighbours, and a small set (or
+    a large hold-out) may not give that many."""
+    if "latent_lof" not in config.score.weights:
+        return
+    per_item = 1 if config.data.kind == "table" else len(model_inputs(fitted[:1], config.input.to_spec())[0])
+    codes = min(config.score.memory_size, len(fitted) * per_item)
+    if codes <= config.score.lof_neighbors:
+        raise ConfigError(f"score.lof_neighbors is {config.score.lof_neighbors}, but the {len(fitted)} fitted items "
+                          f"give only {codes} normal codes to compare with: lower score.lof_neighbors, or hold out "
+                          "fewer items (data.holdout_fraction)")
 
 
 def scoring_module(config: TrainConfig, generator: nn.Module, fitted: np.ndarray | None = None) -> nn.Module:
