@@ -189,7 +189,7 @@ def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) ->
     result = fit(config, runs / variant / config.name, progress=False)
     _, normal, tests = load_tabular(config)
     scorer = Scorer(result.model_path)
-    components = (result.scoring if config.model.family == "anogan"  # every component, latent_knn when scored
+    components = (result.scoring if config.model.family == "anogan"  # every component, latent_knn / latent_lof when scored
                   else TabularScoring(result.generator, with_latent=True, nearest_code=scored_memory(result.scoring)).eval())
     rows = []
     for test_name, m in result.metrics.items():
