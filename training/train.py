@@ -60,12 +60,18 @@ def build_models(config: TrainConfig, feature_width: int | None = None) -> tuple
     return GANomaly(shape), GANomalyDiscriminator(shape, config.stability.spectral_norm)
 
 
+def inputs_per_item(items: np.ndarray, spec) -> int:
+    """Model inputs one item makes: its tiles for a tiled image model, else one (spec None: tables)."""
+    if spec is None or spec.resize != "tile" or not len(items):
+        return 1
+    return max(1, len(model_inputs(items[:1], spec)[0]))
+
+
 def memory_inputs(fitted: np.ndarray, spec, size: int, seed: int) -> np.ndarray:
     """Model inputs to draw the memory of normal codes from: the fitted items, or the tiles of a seeded subset
     of the fitted frames large enough for `size` tiles (tiling every frame of a big set would not fit)."""
     if spec is not None and spec.resize == "tile" and len(fitted) > 1:
-        per_frame = max(1, len(model_inputs(fitted[:1], spec)[0]))
-        frames = -(-size // per_frame)
+        frames = -(-size // inputs_per_item(fitted, spec))
         if len(fitted) > frames:
             fitted = fitted[np.sort(np.random.default_rng(seed).choice(len(fitted), frames, replace=False))]
     return model_inputs(fitted, spec)[0]
@@ -76,8 +82,8 @@ def check_memory_size(config: TrainConfig, fitted: np.ndarray) -> None:
     a large hold-out) may not give that many."""
     if "latent_lof" not in config.score.weights:
         return
-    per_item = 1 if config.data.kind == "table" else len(model_inputs(fitted[:1], config.input.to_spec())[0])
-    codes = min(config.score.memory_size, len(fitted) * per_item)
+    spec = None if config.data.kind == "table" else config.input.to_spec()
+    codes = min(config.score.memory_size, len(fitted) * inputs_per_item(fitted, spec))
     if codes <= config.score.lof_neighbors:
         raise ConfigError(f"score.lof_neighbors is {config.score.lof_neighbors}, but the {len(fitted)} fitted items "
                           f"give only {codes} normal codes to compare with: lower score.lof_neighbors, or hold out "

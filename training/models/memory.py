@@ -46,11 +46,16 @@ def latent_memory(encoder: nn.Module, items: np.ndarray, size: int, seed: int, b
     return torch.cat(codes).float()
 
 
+def _ranking(codes: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tensor) -> torch.Tensor:
+    """(N, memory) squared distances less |z|^2: the order of the memory codes by distance, cheaply."""
+    return memory_sq - 2 * codes @ memory.t()
+
+
 def _neighbours(codes: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tensor, k: int,
                 skip_self_from: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances (N, k) ascending, indices (N, k)) of the k nearest memory codes. With
     `skip_self_from`, codes are memory rows from that index on and never their own neighbour."""
-    rank = memory_sq - 2 * codes @ memory.t()
+    rank = _ranking(codes, memory, memory_sq)
     if skip_self_from is not None:
         rows = torch.arange(len(codes), device=codes.device)
         rank[rows, rows + skip_self_from] = float("inf")
@@ -98,7 +103,7 @@ class NearestCode(nn.Module):
     def forward(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
         dims = codes.shape[1]
         if self.lof_neighbors is None:
-            nearest = self.memory[(self.memory_sq - 2 * codes @ self.memory.t()).argmin(dim=1)]
+            nearest = self.memory[_ranking(codes, self.memory, self.memory_sq).argmin(dim=1)]
             return {"latent_knn": (codes - nearest).pow(2).mean(dim=1).sqrt()}
         distance, index = _neighbours(codes, self.memory, self.memory_sq, self.lof_neighbors)
         reach = torch.maximum(self.k_distance[index], distance).mean(dim=1) + LRD_EPSILON
