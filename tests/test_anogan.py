@@ -11,11 +11,11 @@ from torch import nn
 from inspector.errors import ConfigError
 from inspector.scorer import Scorer
 from training.config import validate_train_config
-from training.data import load_train_good
+from training.data import load_train_good, split_holdout
 from training.fit import fit, model_inputs
-from training.models.anogan import AnoGANScoring, gradient_penalty
+from training.models.anogan import AnoGANScoring, build_anogan, gradient_penalty
 from training.torch_scoring import run_scoring
-from training.train import CHECKPOINT
+from training.train import CHECKPOINT, seed_everything
 from training.train_anogan import GAN_PHASE_CHECKPOINT, train_anogan
 
 from .conftest import tiny_config
@@ -81,6 +81,45 @@ def test_the_exported_score_is_the_lambda_weighted_sum_of_residual_and_feature_r
     np.testing.assert_allclose(onnx_scores, expected, rtol=1e-4)
 
 
+def test_an_anogan_model_can_score_where_its_code_lies_among_the_fitted_items_codes(piped_class, tmp_path):
+    """latent_knn / latent_lof over E(x): the memory holds the encoder's codes of the fitted images
+    (so a fitted image's own code is in it: distance 0), and ONNX scores the weighted sum."""
+    config = validate_train_config(anogan_raw(piped_class, **{
+        "input.resize": "stretch", "data.holdout_fraction": 0.25, "score.lof_neighbors": 5,
+        "score.weights": {"residual_mean": 0.5, "latent_knn": 0.25, "latent_lof": 0.25}}), "tiny")
+    result = fit(config, tmp_path, progress=False, evaluate_test=False)
+    scorer = Scorer(result.model_path)
+    assert scorer.card.export.parity_max_abs_diff <= scorer.card.export.parity_tolerance
+    normal = load_train_good(piped_class, config.input.to_spec()).tensors
+    fitted, held_out = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
+    with torch.no_grad():
+        codes = result.scoring.model.encode(torch.from_numpy(normal[fitted]))
+    torch.testing.assert_close(result.scoring.nearest_code.memory, codes.flatten(1))
+    np.testing.assert_allclose(run_scoring(result.scoring, normal[fitted])["latent_knn"], 0, atol=1e-3)
+    onnx_scores, _ = scorer.score_tensor(normal[held_out])
+    scales = scorer.card.score.scales
+    torch_outputs = run_scoring(result.scoring, normal[held_out])
+    expected = sum(w * torch_outputs[name] / scales[name] for name, w in config.score.weights.items())
+    np.testing.assert_allclose(onnx_scores, expected, rtol=1e-4)
+
+
+def test_joint_reconstruction_trains_the_encoder_with_the_generator_only_when_asked(piped_class, tmp_path):
+    """anogan.reconstruction_weight > 0: the GAN phase also fits E and G to reconstruct real images;
+    at 0 (f-AnoGAN) the encoder keeps its initial weights until the encoder phase."""
+    encoders = {}
+    for weight in (0.0, 5.0):
+        config = validate_train_config(anogan_raw(piped_class, **{"anogan.reconstruction_weight": weight}), "tiny")
+        images = load_train_good(piped_class, config.input.to_spec()).tensors[:16]
+        train_anogan(config, images, tmp_path / str(weight))
+        state = torch.load(tmp_path / str(weight) / GAN_PHASE_CHECKPOINT, weights_only=True)["model"]
+        encoders[weight] = {k: v for k, v in state.items() if k.startswith("encoder.") and k.endswith("weight")}
+    seed_everything(config.train.seed)
+    initial = build_anogan(config)[0].state_dict()
+    for key, value in encoders[0.0].items():
+        torch.testing.assert_close(value, initial[key], rtol=0, atol=0)
+    assert any(not torch.equal(encoders[5.0][k], initial[k]) for k in encoders[5.0])
+
+
 def test_scores_must_fit_the_family():
     with pytest.raises(ConfigError, match="latent_distance is a GANomaly score"):
         validate_train_config({"data": {"path": "x"}, "model": {"family": "anogan"},
@@ -106,12 +145,14 @@ def test_latent_search_lowers_its_objective_with_more_steps_and_scores_like_the_
     assert objective[30] < objective[1]
 
 
-def test_evaluate_with_latent_search_compares_it_with_the_single_pass(piped_class, tmp_path):
+@pytest.mark.parametrize("memory", [False, True], ids=["residual score", "with latent_lof (memory rebuilt from the data)"])
+def test_evaluate_with_latent_search_compares_it_with_the_single_pass(piped_class, tmp_path, memory):
     import json
 
     from inspector.cli import main
 
-    config = validate_train_config(anogan_raw(piped_class), "tiny")
+    extra = {"score.weights": {"residual_mean": 0.5, "latent_lof": 0.5}, "score.lof_neighbors": 5} if memory else {}
+    config = validate_train_config(anogan_raw(piped_class, **extra), "tiny")
     result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
     code = main(["evaluate", str(result.model_path), "--data", str(piped_class), "--latent-search", "3", "--limit", "6",
                  "--out", str(tmp_path / "eval")])

@@ -104,6 +104,9 @@ class AnoGANConfig(_Strict):
     gp_weight: Annotated[float, Field(ge=0)] = 10.0
     feature_weight: Annotated[float, Field(ge=0)] = 1.0
     lr: Annotated[float, Field(gt=0, lt=1)] = 1e-4
+    # > 0: the GAN phase also trains encoder and generator on weight * || x - G(E(x)) ||^2 (a joint start,
+    # as adversarial autoencoders do); 0 = f-AnoGAN as published (the encoder first trains in phase 2)
+    reconstruction_weight: Annotated[float, Field(ge=0)] = 0.0
 
 
 class StabilityConfig(_Strict):
@@ -238,9 +241,6 @@ class TrainConfig(_Strict):
         if anogan and "latent_distance" in self.score.weights:
             raise ValueError("score.weights: latent_distance is a GANomaly score; anogan models score "
                              "residual_mean, residual_max and feature_residual")
-        for memory_component in ("latent_knn", "latent_lof"):
-            if memory_component in self.score.weights and anogan:
-                raise ValueError(f"score.weights: {memory_component} needs the encoder of a GANomaly or autoencoder model")
         if "latent_lof" in self.score.weights and self.score.lof_neighbors >= self.score.memory_size:
             raise ValueError(f"score.lof_neighbors ({self.score.lof_neighbors}) must be below score.memory_size "
                              f"({self.score.memory_size}): latent_lof compares each code with that many others")

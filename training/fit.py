@@ -106,13 +106,12 @@ def train_family(config: TrainConfig, train: np.ndarray, held_out: np.ndarray, r
                  progress: bool):
     """Train the configured model family; returns the training result and its exportable scoring module."""
     if config.model.family == "anogan":
-        from .models.anogan import anogan_scoring
-        from .train_anogan import train_anogan
+        from .train_anogan import anogan_scoring_with_memory, train_anogan
 
         if resume:
             log.warning("--resume is not supported for the anogan family: training starts over")
         trained = train_anogan(config, train, run_dir, progress=progress, validation=held_out)
-        return trained, anogan_scoring(config, trained.model, trained.critic).eval()
+        return trained, anogan_scoring_with_memory(config, trained.model, trained.critic, train).eval()
     trained = train_ganomaly(config, train, run_dir, resume=resume, progress=progress, validation=held_out)
     # the memory holds codes of the fitted items only: held-out distances stay those of unseen normals
     return trained, scoring_module(config, trained.generator, train).eval()

@@ -4,7 +4,8 @@ For every item, z starts at a random point of the prior and takes `steps` Adam s
     (1 - lambda) * || x - G(z) ||^2 / s_r  +  lambda * || f(x) - f(G(z)) ||^2 / s_f
 (s_r, s_f: the card's component scales, lambda: the card's feature_residual share, or 0.1 as in the
 paper when the card scores no feature residual), projected back into the prior's box [-1, 1].
-The item is then scored by the card's own formula on G(z) instead of G(E(x)).
+The item is then scored by the card's own formula on G(z) instead of G(E(x)) (latent_knn /
+latent_lof, when scored, on the searched z instead of E(x)).
 
 This is slow by design -- `steps` forward and backward passes through generator and critic per item,
 against one forward pass for the trained encoder -- and exists so the benchmark and
@@ -66,7 +67,7 @@ def latent_search(scoring: nn.Module, items: np.ndarray, score: ScoreDefinition,
             with torch.no_grad():
                 z.clamp_(-1, 1)
         with torch.no_grad():
-            outputs = scoring.components(x, model.generator(z))
+            outputs = scoring.components(x, model.generator(z), z)
         for name, value in outputs.items():
             if value.dim() == 1:
                 parts.setdefault(name, []).append(value.numpy())
@@ -111,8 +112,9 @@ def load_run_scoring(model_path):
     from inspector.errors import InspectorError
 
     from .config import TrainConfig
-    from .models.anogan import anogan_scoring, build_anogan
+    from .models.anogan import build_anogan
     from .train import CHECKPOINT
+    from .train_anogan import anogan_scoring_with_memory
 
     run_dir = Path(model_path).parent
     config_path, checkpoint_path = run_dir / "config.json", run_dir / CHECKPOINT
@@ -128,4 +130,23 @@ def load_run_scoring(model_path):
     model, critic = build_anogan(config, width)
     model.load_state_dict(state["model"])
     critic.load_state_dict(state["critic"])
-    return anogan_scoring(config, model, critic).eval()
+    model.eval()
+    return anogan_scoring_with_memory(config, model, critic, fitted_items(config)).eval()
+
+
+def fitted_items(config) -> np.ndarray | None:
+    """The items the run was fitted on (its memory of normal codes is rebuilt from them, seeded as in
+    training), or None when the card scores no memory component."""
+    if not {"latent_knn", "latent_lof"} & set(config.score.weights):
+        return None
+    from .data import split_holdout
+
+    if config.data.kind == "table":
+        from .tabular import load_tabular
+
+        normal = load_tabular(config)[1]
+    else:
+        from .fit import load_training_data
+
+        normal = load_training_data(config, with_test=False)[0].tensors
+    return normal[split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)[0]]

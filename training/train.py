@@ -90,21 +90,27 @@ def check_memory_size(config: TrainConfig, fitted: np.ndarray) -> None:
                           "fewer items (data.holdout_fraction)")
 
 
+def nearest_code_module(config: TrainConfig, encoder: nn.Module, fitted: np.ndarray | None) -> NearestCode | None:
+    """The memory of normal codes (`encoder`'s codes of a subset of the `fitted` items) when the config
+    scores latent_knn or latent_lof, else None. Any family with an encoder can score them."""
+    weights = config.score.weights
+    if "latent_knn" not in weights and "latent_lof" not in weights:
+        return None
+    if fitted is None:
+        raise ValueError("score components latent_knn and latent_lof need the fitted items for their memory of "
+                         "normal codes")
+    inputs = memory_inputs(fitted, None if config.data.kind == "table" else config.input.to_spec(),
+                           config.score.memory_size, config.train.seed)
+    memory = latent_memory(encoder, inputs, config.score.memory_size, config.train.seed)
+    memory = memory.to(next(encoder.parameters()).device)  # a model under training may sit on a GPU
+    return NearestCode(memory, config.score.lof_neighbors if "latent_lof" in weights else None)
+
+
 def scoring_module(config: TrainConfig, generator: nn.Module, fitted: np.ndarray | None = None) -> nn.Module:
     """The exportable scorer over a GANomaly generator (image or tabular), with the components the config
     scores; latent_knn and latent_lof keep the codes of (a subset of) the `fitted` items."""
-    weights = config.score.weights
-    with_latent = "latent_distance" in weights
-    nearest_code = None
-    if "latent_knn" in weights or "latent_lof" in weights:
-        if fitted is None:
-            raise ValueError("score components latent_knn and latent_lof need the fitted items for their memory of "
-                             "normal codes")
-        inputs = memory_inputs(fitted, None if config.data.kind == "table" else config.input.to_spec(),
-                               config.score.memory_size, config.train.seed)
-        memory = latent_memory(generator.encoder, inputs, config.score.memory_size, config.train.seed)
-        memory = memory.to(next(generator.parameters()).device)  # a model under training may sit on a GPU
-        nearest_code = NearestCode(memory, config.score.lof_neighbors if "latent_lof" in weights else None)
+    with_latent = "latent_distance" in config.score.weights
+    nearest_code = nearest_code_module(config, generator.encoder, fitted)
     if config.data.kind == "table":
         return TabularScoring(generator, with_latent=with_latent, nearest_code=nearest_code)
     return GANomalyScoring(generator, config.score.pool_kernel, config.score.residual, with_latent=with_latent,

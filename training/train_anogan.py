@@ -1,7 +1,10 @@
 """Training loop of the AnoGAN family (f-AnoGAN), images or feature windows: plain PyTorch, two phases.
 
 1. WGAN-GP: `n_critic` critic steps (Wasserstein loss + gradient penalty) per generator step,
-   Adam(lr, betas=(0, 0.9)) as in Gulrajani et al.
+   Adam(lr, betas=(0, 0.9)) as in Gulrajani et al. With `reconstruction_weight` > 0 each generator
+   step also fits encoder and generator to reconstruct the real batch (weight * || x - G(E(x)) ||^2),
+   so G learns the data's modes from a supervised signal as well as from the critic and E starts
+   phase 2 as an inverse of G already (f-AnoGAN as published: 0).
 2. izi_f encoder training with the generator and critic frozen: || x - G(E(x)) ||^2 plus
    `feature_weight` * || f(x) - f(G(E(x))) ||^2 on critic features.
 Stability options (config section `stability`) that apply to a Wasserstein critic: spectral
@@ -30,15 +33,16 @@ from tqdm import tqdm
 
 from .config import TrainConfig
 from .diagnostics import CollapseMonitor, EpochLossLog, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
-from .models.anogan import anogan_scoring, build_anogan, gradient_penalty
+from .models.anogan import LatentCode, anogan_scoring, build_anogan, gradient_penalty
 from .selection import CheckpointSelector
-from .train import (CHECKPOINT, LOSSES, atomic_torch_save, augment, clip_gradients, epochs_for, random_crops,
-                    seed_everything, training_device)
+from .train import (CHECKPOINT, LOSSES, atomic_torch_save, augment, clip_gradients, epochs_for, nearest_code_module,
+                    random_crops, seed_everything, training_device)
 
 log = logging.getLogger(__name__)
 
 GAN_PHASE_CHECKPOINT = "checkpoint_gan_phase.pt"
-ANOGAN_LOSS_FIELDS = ["critic_wasserstein", "gradient_penalty", "generator", "encoder", "diversity"]
+ANOGAN_LOSS_FIELDS = ["critic_wasserstein", "gradient_penalty", "generator", "joint_reconstruction", "encoder",
+                      "diversity"]
 
 
 @dataclass
@@ -86,7 +90,9 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
         raise ValueError("no training items")
     batch_size = min(config.train.batch_size, len(data))
     batches = _batches(data, batch_size, config, sampler)
-    opt_g = torch.optim.Adam(model.generator.parameters(), lr=options.lr, betas=(0.0, 0.9))
+    joint = options.reconstruction_weight > 0
+    opt_g = torch.optim.Adam(list(model.generator.parameters()) + (list(model.encoder.parameters()) if joint else []),
+                             lr=options.lr, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(critic.parameters(), lr=options.lr * stability.discriminator_lr_factor, betas=(0.0, 0.9))
     started = time.perf_counter()
     losses = EpochLossLog(run_dir / LOSSES, ["phase", "epoch", "step"], ANOGAN_LOSS_FIELDS)
@@ -121,12 +127,15 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
             opt_c.step()
         fake = model.generator(model.sample_latent(batch_size, sampler).to(device))
         loss_g = -critic(fake)["critic"].mean()
+        joint_terms = {}
+        if joint:
+            joint_terms["joint_reconstruction"] = (real - model.generator(model.encode(real))).pow(2).mean()
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        clip_gradients(model.generator, stability.grad_clip)
+        (loss_g + options.reconstruction_weight * sum(joint_terms.values())).backward()
+        clip_gradients(model, stability.grad_clip)  # the encoder has gradients only in a joint start
         opt_g.step()
         losses.add(critic_wasserstein=wasserstein.item(), gradient_penalty=penalty.item(), generator=loss_g.item(),
-                   diversity=diversity_ratio(fake, real))
+                   diversity=diversity_ratio(fake, real), **{k: v.item() for k, v in joint_terms.items()})
         bar.update(1)
         if step % gan_per_epoch == 0 or step == options.gan_steps:
             epoch = -(-step // gan_per_epoch)
@@ -148,7 +157,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
         for p in module.parameters():
             p.requires_grad_(False)
     selector = CheckpointSelector(config, validation, {"model": model},
-                                  lambda: anogan_scoring(config, model, critic), enc_epochs)
+                                  lambda: anogan_scoring_with_memory(config, model, critic, images), enc_epochs)
     reconstruction_collapse = CollapseMonitor(config.diagnostics.collapse_ratio, "reconstructions")
     opt_e = torch.optim.Adam(model.encoder.parameters(), lr=options.lr, betas=(0.5, 0.999))
     for step in range(1, options.encoder_steps + 1):
@@ -183,3 +192,9 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
     critic.cpu()
     steps = options.gan_steps + options.encoder_steps
     return AnoGANResult(model, critic, steps, gan_epochs + enc_epochs, time.perf_counter() - started)
+
+
+def anogan_scoring_with_memory(config: TrainConfig, model: nn.Module, critic: nn.Module, fitted: np.ndarray) -> nn.Module:
+    """The exportable scorer, with the memory of the `fitted` items' codes when the config scores
+    latent_knn or latent_lof."""
+    return anogan_scoring(config, model, critic, nearest_code_module(config, LatentCode(model), fitted))

@@ -7,6 +7,8 @@ Scoring outputs (`AnoGANScoring`, exported to ONNX):
   residual_max      max of the locally averaged residual map (small local defects)
   feature_residual  mean squared residual of critic features || f(x) - f(G(E(x))) ||^2
   anomaly_map       the locally averaged residual map (N, 1, H, W)
+  latent_knn, latent_lof  with a memory of normal codes (`NearestCode`): where E(x) lies among the
+                    encoder's codes of the fitted items, as for GANomaly
 The AnoGAN score (1 - lambda) * residual + lambda * feature_residual is the card's weighted sum
 of these components (weights {residual_mean: 1 - lambda, feature_residual: lambda}).
 
@@ -21,6 +23,7 @@ from torch import nn
 
 from .blocks import Decoder, Encoder, dcgan_init, local_mean
 from .ganomaly import GANomalyShape, residual_map
+from .memory import NearestCode
 from .tabular import TabularDiscriminator, mlp
 
 
@@ -58,6 +61,17 @@ class AnoGAN(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.encode(x)
         return {"latent": z, "reconstruction": self.generator(z)}
+
+
+class LatentCode(nn.Module):
+    """x -> E(x), the bounded code an AnoGAN model scores with (for building the memory of normal codes)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(x)
 
 
 class TabularCritic(TabularDiscriminator):
@@ -101,45 +115,64 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
 class AnoGANScoring(nn.Module):
     """Exportable single-pass scorer: encoder -> generator -> critic features -> components and map."""
 
-    def __init__(self, model: AnoGAN, critic: Critic, pool_kernel: int = 9, residual: str = "l2"):
+    def __init__(self, model: AnoGAN, critic: Critic, pool_kernel: int = 9, residual: str = "l2",
+                 nearest_code: NearestCode | None = None):
         super().__init__()
         self.model = model
         self.critic = critic
         self.pool_kernel = pool_kernel
         self.residual = residual
+        self.nearest_code = nearest_code
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.components(image, self.model.generator(self.model.encode(image)))
+        code = self.model.encode(image)
+        return self.components(image, self.model.generator(code), code)
 
-    def components(self, image: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Score components of images against given reconstructions (single pass or latent search)."""
+    def components(self, image: torch.Tensor, reconstruction: torch.Tensor,
+                   code: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Score components of images against given reconstructions from given codes (single pass or
+        latent search); the memory components need the code."""
         error = residual_map(image, reconstruction, self.residual)
         anomaly_map = local_mean(error, self.pool_kernel)
         feature_error = (self.critic(image)["features"] - self.critic(reconstruction)["features"]).pow(2)
-        return {
+        outputs = {
             "residual_mean": error.flatten(1).mean(dim=1),
             "residual_max": anomaly_map.flatten(1).amax(dim=1),
             "feature_residual": feature_error.flatten(1).mean(dim=1),
             "anomaly_map": anomaly_map,
         }
+        return with_memory_components(outputs, self.nearest_code, code)
 
 
 class TabularAnoGANScoring(nn.Module):
     """Exportable single-pass scorer for feature windows: the same components, no map."""
 
-    def __init__(self, model: TabularAnoGAN, critic: TabularCritic):
+    def __init__(self, model: TabularAnoGAN, critic: TabularCritic, nearest_code: NearestCode | None = None):
         super().__init__()
         self.model = model
         self.critic = critic
+        self.nearest_code = nearest_code
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.components(features, self.model.generator(self.model.encode(features)))
+        code = self.model.encode(features)
+        return self.components(features, self.model.generator(code), code)
 
-    def components(self, features: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, torch.Tensor]:
+    def components(self, features: torch.Tensor, reconstruction: torch.Tensor,
+                   code: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         error = (features - reconstruction).pow(2)
         feature_error = (self.critic(features)["features"] - self.critic(reconstruction)["features"]).pow(2)
-        return {"residual_mean": error.mean(dim=1), "residual_max": error.amax(dim=1),
-                "feature_residual": feature_error.mean(dim=1)}
+        outputs = {"residual_mean": error.mean(dim=1), "residual_max": error.amax(dim=1),
+                   "feature_residual": feature_error.mean(dim=1)}
+        return with_memory_components(outputs, self.nearest_code, code)
+
+
+def with_memory_components(outputs: dict[str, torch.Tensor], nearest_code: NearestCode | None,
+                           code: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    if nearest_code is None:
+        return outputs
+    if code is None:
+        raise ValueError("latent_knn / latent_lof need the code each reconstruction was made from")
+    return {**outputs, **nearest_code(code.flatten(1))}
 
 
 def build_anogan(config, feature_width: int | None = None) -> tuple[nn.Module, nn.Module]:
@@ -155,7 +188,7 @@ def build_anogan(config, feature_width: int | None = None) -> tuple[nn.Module, n
     return AnoGAN(shape), Critic(shape, spectral_norm=spectral)
 
 
-def anogan_scoring(config, model: nn.Module, critic: nn.Module) -> nn.Module:
+def anogan_scoring(config, model: nn.Module, critic: nn.Module, nearest_code: NearestCode | None = None) -> nn.Module:
     if config.data.kind == "table":
-        return TabularAnoGANScoring(model, critic)
-    return AnoGANScoring(model, critic, config.score.pool_kernel, config.score.residual)
+        return TabularAnoGANScoring(model, critic, nearest_code)
+    return AnoGANScoring(model, critic, config.score.pool_kernel, config.score.residual, nearest_code)
