@@ -331,7 +331,18 @@ def latent_search_table(rows: list[dict]) -> list[str]:
         lines.append(f"| {r['set']} | {ls['items']} | {fmt(one['image_auroc'])} | {fmt(search['image_auroc'])} | "
                      f"{fmt(one['f1'])} | {fmt(search['f1'])} | {one['ms_per_item']:.2f} | {search['ms_per_item']:.1f} | "
                      f"{ls['speedup']:.0f}x |")
-    return lines
+    return lines + ["", latent_search_summary(rows)]
+
+
+def latent_search_summary(rows: list[dict]) -> str:
+    """One sentence over the rows: how often the single pass is as accurate, and how much faster."""
+    pairs = [(r["latent_search"]["single_pass"]["image_auroc"], r["latent_search"]["latent_search"]["image_auroc"])
+             for r in rows if r["latent_search"]["latent_search"]["image_auroc"] is not None]
+    speedups = [r["latent_search"]["speedup"] for r in rows]
+    return (f"Single pass as accurate as latent search or more on {sum(one >= search for one, search in pairs)} of "
+            f"{len(pairs)} sets (mean AUROC {np.mean([p[0] for p in pairs]):.3f} vs {np.mean([p[1] for p in pairs]):.3f}); "
+            f"latent search takes {np.median(speedups):.0f} times as long (median; {min(speedups):.0f}-"
+            f"{max(speedups):.0f}x).")
 
 
 def table(rows: list[dict], commands: list[str], notes: list[str] = ()) -> str:
