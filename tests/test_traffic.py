@@ -132,10 +132,25 @@ def test_latent_knn_is_the_distance_to_the_nearest_normal_code_alone_or_in_any_b
     assert batch[50:].min() > np.median(batch[:50])  # shifted windows land away from every normal code
 
 
-def test_latent_knn_needs_an_encoder_with_a_memory():
-    with pytest.raises(ConfigError, match="latent_knn needs the encoder of a GANomaly or autoencoder model"):
-        validate_train_config({"name": "t", "data": {"path": "x"}, "model": {"family": "anogan"},
-                               "score": {"weights": {"latent_knn": 1.0}}}, "t")
+def test_a_tabular_anogan_scores_latent_knn_on_its_encoders_codes():
+    import torch
+
+    from training.models.anogan import LatentCode, TabularAnoGAN, TabularAnoGANScoring, TabularCritic
+    from training.models.memory import NearestCode, latent_memory
+
+    config = validate_train_config({"name": "t", "data": {"kind": "table", "path": "x", "label": "label"},
+                                    "model": {"family": "anogan"}, "score": {"weights": {"latent_knn": 1.0}},
+                                    "selection": {"criterion": "last"}}, "t")
+    assert config.score.weights == {"latent_knn": 1.0}
+    torch.manual_seed(0)
+    model, fitted = TabularAnoGAN(6, 16, 4).eval(), np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    scoring = TabularAnoGANScoring(model, TabularCritic(6, 16),
+                                   NearestCode(latent_memory(LatentCode(model), fitted, 64, 0))).eval()
+    with torch.no_grad():
+        on_fitted = scoring(torch.from_numpy(fitted))["latent_knn"]
+        far = scoring(torch.from_numpy(fitted + 50))["latent_knn"]
+    torch.testing.assert_close(on_fitted, torch.zeros(50))
+    assert far.min() > 0
 
 
 def test_a_window_is_an_attack_if_any_of_its_rows_is():
