@@ -15,7 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from inspector.card import TabularInput
-from inspector.errors import ConfigError, ItemRejected
+from inspector.errors import ItemRejected
 from inspector.preprocess import encode_rows, parse_csv_line, parse_json_line, windows
 from inspector.scorer import Scorer
 from inspector.sources.traffic import TrafficSourceThread, _Windower
