@@ -130,7 +130,6 @@ def load_run_scoring(model_path):
     model, critic = build_anogan(config, width)
     model.load_state_dict(state["model"])
     critic.load_state_dict(state["critic"])
-    model.eval()
     return anogan_scoring_with_memory(config, model, critic, fitted_items(config)).eval()
 
 

@@ -127,15 +127,17 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
             opt_c.step()
         fake = model.generator(model.sample_latent(batch_size, sampler).to(device))
         loss_g = -critic(fake)["critic"].mean()
-        joint_terms = {}
+        loss, joint_logged = loss_g, {}
         if joint:
-            joint_terms["joint_reconstruction"] = (real - model.generator(model.encode(real))).pow(2).mean()
+            reconstruction_error = (real - model.generator(model.encode(real))).pow(2).mean()
+            loss = loss + options.reconstruction_weight * reconstruction_error
+            joint_logged["joint_reconstruction"] = reconstruction_error.item()
         opt_g.zero_grad(set_to_none=True)
-        (loss_g + options.reconstruction_weight * sum(joint_terms.values())).backward()
+        loss.backward()
         clip_gradients(model, stability.grad_clip)  # the encoder has gradients only in a joint start
         opt_g.step()
         losses.add(critic_wasserstein=wasserstein.item(), gradient_penalty=penalty.item(), generator=loss_g.item(),
-                   diversity=diversity_ratio(fake, real), **{k: v.item() for k, v in joint_terms.items()})
+                   diversity=diversity_ratio(fake, real), **joint_logged)
         bar.update(1)
         if step % gan_per_epoch == 0 or step == options.gan_steps:
             epoch = -(-step // gan_per_epoch)

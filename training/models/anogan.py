@@ -128,10 +128,9 @@ class AnoGANScoring(nn.Module):
         code = self.model.encode(image)
         return self.components(image, self.model.generator(code), code)
 
-    def components(self, image: torch.Tensor, reconstruction: torch.Tensor,
-                   code: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Score components of images against given reconstructions from given codes (single pass or
-        latent search); the memory components need the code."""
+    def components(self, image: torch.Tensor, reconstruction: torch.Tensor, code: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Score components of images against the reconstructions G(code) (code = E(x) in a single
+        pass, the searched z in latent search); the memory components judge the code."""
         error = residual_map(image, reconstruction, self.residual)
         anomaly_map = local_mean(error, self.pool_kernel)
         feature_error = (self.critic(image)["features"] - self.critic(reconstruction)["features"]).pow(2)
@@ -157,8 +156,7 @@ class TabularAnoGANScoring(nn.Module):
         code = self.model.encode(features)
         return self.components(features, self.model.generator(code), code)
 
-    def components(self, features: torch.Tensor, reconstruction: torch.Tensor,
-                   code: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def components(self, features: torch.Tensor, reconstruction: torch.Tensor, code: torch.Tensor) -> dict[str, torch.Tensor]:
         error = (features - reconstruction).pow(2)
         feature_error = (self.critic(features)["features"] - self.critic(reconstruction)["features"]).pow(2)
         outputs = {"residual_mean": error.mean(dim=1), "residual_max": error.amax(dim=1),
@@ -167,12 +165,8 @@ class TabularAnoGANScoring(nn.Module):
 
 
 def with_memory_components(outputs: dict[str, torch.Tensor], nearest_code: NearestCode | None,
-                           code: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    if nearest_code is None:
-        return outputs
-    if code is None:
-        raise ValueError("latent_knn / latent_lof need the code each reconstruction was made from")
-    return {**outputs, **nearest_code(code.flatten(1))}
+                           code: torch.Tensor) -> dict[str, torch.Tensor]:
+    return outputs if nearest_code is None else {**outputs, **nearest_code(code.flatten(1))}
 
 
 def build_anogan(config, feature_width: int | None = None) -> tuple[nn.Module, nn.Module]:
