@@ -163,6 +163,23 @@ def test_evaluate_with_latent_search_compares_it_with_the_single_pass(piped_clas
         assert report[name]["seconds"] > 0 and 0 <= report[name]["f1"] <= 1
 
 
+def test_latent_search_with_a_memory_score_says_so_in_one_line_when_the_training_data_is_gone(piped_class, tmp_path, capsys):
+    import shutil
+
+    from inspector.cli import main
+
+    data = tmp_path / "class"
+    shutil.copytree(piped_class / "train", data / "train")
+    config = validate_train_config(anogan_raw(data, **{"score.weights": {"residual_mean": 0.5, "latent_lof": 0.5},
+                                                       "score.lof_neighbors": 5}), "tiny")
+    result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
+    shutil.rmtree(data)
+    assert main(["evaluate", str(result.model_path), "--data", str(piped_class), "--latent-search", "2", "--limit", "4",
+                 "--out", str(tmp_path / "eval")]) != 0
+    err = capsys.readouterr().err
+    assert "rebuilds the memory of normal codes" in err and "Traceback" not in err
+
+
 def test_latent_search_refuses_a_ganomaly_model(tiny_piped_run, piped_class, capsys):
     from inspector.cli import main
 

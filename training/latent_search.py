@@ -138,14 +138,20 @@ def fitted_items(config) -> np.ndarray | None:
     training), or None when the card scores no memory component."""
     if not {"latent_knn", "latent_lof"} & set(config.score.weights):
         return None
+    from inspector.errors import InspectorError
+
     from .data import split_holdout
 
-    if config.data.kind == "table":
-        from .tabular import load_tabular
+    try:
+        if config.data.kind == "table":
+            from .tabular import load_tabular
 
-        normal = load_tabular(config)[1]
-    else:
-        from .fit import load_training_data
+            normal = load_tabular(config)[1]
+        else:
+            from .fit import load_training_data
 
-        normal = load_training_data(config, with_test=False)[0].tensors
+            normal = load_training_data(config, with_test=False)[0].tensors
+    except OSError as error:  # moved or deleted training data
+        raise InspectorError(f"latent search rebuilds the memory of normal codes (latent_knn / latent_lof) from the "
+                             f"run's training data, which cannot be read: {error}") from error
     return normal[split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)[0]]
