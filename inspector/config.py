@@ -13,18 +13,16 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from .config_outputs import OutputSettings
 from .errors import ConfigError, describe_validation_error
+from .settings import Backoff, Strict
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSettings(_Strict):
+class ModelSettings(Strict):
     path: Path
     threshold: Annotated[float, Field(gt=0)] | None = None  # overrides the card's threshold
     intra_op_threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0 = onnxruntime's default (all cores)
@@ -36,13 +34,7 @@ class ModelSettings(_Strict):
     watch_interval_s: Annotated[float, Field(ge=0, le=3600)] = 2.0  # poll the model file for replacement; 0 = only SIGHUP
 
 
-class Backoff(_Strict):
-    initial_s: Annotated[float, Field(gt=0)] = 0.5
-    max_s: Annotated[float, Field(gt=0)] = 30.0
-    factor: Annotated[float, Field(ge=1)] = 2.0
-
-
-class _SourceBase(_Strict):
+class _SourceBase(Strict):
     name: str
     policy: Literal["drop_oldest", "block"] | None = None  # default: drop_oldest for live streams, block otherwise
 
@@ -127,7 +119,7 @@ class TrafficSource(_SourceBase):
 SourceSettings = Annotated[Union[CameraSource, FolderSource, TrafficSource], Field(discriminator="kind")]
 
 
-class Batching(_Strict):
+class Batching(Strict):
     max_batch: Annotated[int, Field(ge=1, le=1024)] = 32
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0
     # Threads that score batches at once, each running the model on its own batch (sinks still see
@@ -136,36 +128,36 @@ class Batching(_Strict):
     workers: Annotated[int, Field(ge=1, le=64)] = 1
 
 
-class QueueSettings(_Strict):
+class QueueSettings(Strict):
     size: Annotated[int, Field(ge=1, le=100_000)] = 256  # per source
 
 
-class MetricsSettings(_Strict):
+class MetricsSettings(Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 9108  # 0 = pick a free port (tests)
     drift_window: Annotated[int, Field(ge=10, le=1_000_000)] = 500
 
 
-class JournalSettings(_Strict):
+class JournalSettings(Strict):
     path: Path = Path("journal/decisions.jsonl")
     max_bytes: Annotated[int, Field(ge=1024)] = 50_000_000
     backups: Annotated[int, Field(ge=0, le=1000)] = 5
     fsync: bool = False  # fsync after every batch: survives power loss, costs a disk sync per batch
 
 
-class EvidenceSettings(_Strict):
+class EvidenceSettings(Strict):
     dir: Path | None = Path("evidence")
     max_files: Annotated[int, Field(ge=1)] = 1000
     max_bytes: Annotated[int, Field(ge=1)] = 500_000_000
 
 
-class LoggingSettings(_Strict):
+class LoggingSettings(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
     status_interval_s: Annotated[float, Field(ge=0)] = 10.0  # periodic one-line status; 0 = off
 
 
-class DaemonConfig(_Strict):
+class DaemonConfig(Strict):
     model: ModelSettings
     sources: Annotated[list[SourceSettings], Field(min_length=1)]
     batching: Batching = Batching()
@@ -174,6 +166,7 @@ class DaemonConfig(_Strict):
     journal: JournalSettings = JournalSettings()
     evidence: EvidenceSettings = EvidenceSettings()
     logging: LoggingSettings = LoggingSettings()
+    outputs: OutputSettings = OutputSettings()  # per-part verdicts to the line: MQTT, OPC UA
 
     @model_validator(mode="after")
     def _unique_names(self) -> "DaemonConfig":
@@ -186,6 +179,20 @@ class DaemonConfig(_Strict):
 
 def _resolve(path: Path, base: Path) -> Path:
     return path if path.is_absolute() else base / path
+
+
+def _resolve_output_files(config: DaemonConfig, base: Path) -> None:
+    """Password files and TLS files of the line outputs, relative to the config file like every path."""
+    for output in (config.outputs.mqtt, config.outputs.opcua):
+        if output is None:
+            continue
+        if output.auth.password_file is not None:
+            output.auth.password_file = _resolve(output.auth.password_file, base)
+        tls = getattr(output, "tls", None)
+        if tls is not None:
+            for name in ("ca_file", "cert_file", "key_file"):
+                if getattr(tls, name) is not None:
+                    setattr(tls, name, _resolve(getattr(tls, name), base))
 
 
 def _check_files(config: DaemonConfig, source: Path) -> None:
@@ -220,6 +227,7 @@ def parse_daemon_config(raw: object, source: str | Path, base: Path | None = Non
                 settings.path = _resolve(settings.path, base)
         elif settings.is_file:
             settings.uri = str(_resolve(Path(settings.uri), base))
+    _resolve_output_files(config, base)
     if check_files:
         _check_files(config, Path(source))
     return config

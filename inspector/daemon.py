@@ -67,6 +67,8 @@ class Daemon:
                                       lambda: self.scorer, on_error=self._sink_error,
                                       on_written=lambda source: self.metrics.evidence.labels(source).inc()))
         sinks.append(self.metrics)
+        self.outputs = self._line_outputs(config)
+        sinks.extend(self.outputs)
         self.journal = sinks[0]
         self.pipeline = Pipeline(lambda: self.scorer, sinks, config.batching.max_batch, config.batching.max_wait_ms,
                                  on_drop=self.metrics.count_drop, on_error=self._sink_error,
@@ -106,6 +108,23 @@ class Daemon:
                                       lambda result: self.metrics.reloads.labels(result).inc(),
                                       poll_s=config.model.watch_interval_s)
 
+    def _line_outputs(self, config: DaemonConfig) -> list:
+        """The per-part outputs to the line (MQTT, OPC UA); their libraries load only when configured."""
+        outputs: list = []
+        settings = config.outputs
+        if settings.mqtt is not None:
+            from .sinks.mqtt import MqttSink
+
+            outputs.append(MqttSink(settings.mqtt, lambda: self.scorer, **self._output_callbacks("mqtt"),
+                                    on_reload=(lambda: self.reloader.request()) if settings.mqtt.commands else None))
+        for output in outputs:
+            self.metrics.register_output(output.name)
+        return outputs
+
+    def _output_callbacks(self, name: str) -> dict:
+        return {"on_drop": lambda n: self.metrics.sink_dropped.labels(name).inc(n),
+                "on_state": lambda up: self.metrics.sink_connected.labels(name).set(1 if up else 0)}
+
     def _load_scorer(self, path: Path) -> Scorer:
         m = self.config.model
         return Scorer(path, threshold=m.threshold, intra_op_threads=m.intra_op_threads,
@@ -115,6 +134,8 @@ class Daemon:
         """Switch models: the pipeline reads self.scorer once per batch, so this lands between batches."""
         self.scorer = scorer
         self.metrics.set_model(scorer)
+        for output in self.outputs:
+            output.model_changed()
 
     def _require_input(self, settings, kind: type) -> None:
         if not isinstance(self.scorer.card.input, kind):
@@ -133,8 +154,13 @@ class Daemon:
             states[s.name] = ("up" if s.up else "finished" if s.finished.is_set() else
                               "retrying" if s.healthy(now) else "down")
         healthy = all(state != "down" for state in states.values())
-        return healthy, {"status": "ok" if healthy else "unhealthy", "model": self.scorer.card.version,
-                         "sources": states}
+        outputs = {output.name: output.health() or "ok" for output in self.outputs}
+        degraded = any(state != "ok" for state in outputs.values())
+        detail = {"status": "unhealthy" if not healthy else "degraded" if degraded else "ok",
+                  "model": self.scorer.card.version, "sources": states}
+        if outputs:  # a line output that is down degrades the daemon but does not fail it: the journal has every decision
+            detail["outputs"] = outputs
+        return healthy, detail
 
     def request_stop(self, signum: int | None = None, frame=None) -> None:
         self._signals += 1
@@ -173,6 +199,8 @@ class Daemon:
         host, port = self.server.address[:2]
         log.info("model %s %s (threshold %.4g); metrics on http://%s:%d/metrics", self.scorer.card.name,
                  self.scorer.card.version, self.scorer.threshold, host, port)
+        for output in self.outputs:
+            output.start()
         for source in self.sources:
             source.start(source.emit)
         if self.config.model.watch_interval_s > 0:
@@ -190,6 +218,8 @@ class Daemon:
             if now >= next_depth:
                 for source in self.sources:
                     self.metrics.queue_depth.labels(source.name).set(self.pipeline.depth(source.name))
+                for output in self.outputs:
+                    self.metrics.sink_outbox.labels(output.name).set(output.pending())
                 next_depth = now + depth_every
             if now >= next_status:
                 self._status_line(started, last)

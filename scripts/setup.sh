@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install the project. Usage: bash scripts/setup.sh [train|dev]
 #   train (default): the inspector runtime plus the training extra (torch, onnx, ...)
-#   dev:             train + the test tools
+#   dev:             train + the line outputs (plant) + stream scaling (scale) + the test tools
 # torch is pinned to 2.13.0: that CPU build installs from local disk on the project's machines,
 # while a looser requirement would pull a multi-GB CUDA build.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 extra="${1:-train}"
 case "$extra" in
   train) extras="train" ;;
-  dev) extras="train,dev" ;;
+  dev) extras="train,plant,scale,dev" ;;
   runtime) extras="" ;;
   *) echo "usage: bash scripts/setup.sh [train|dev|runtime]" >&2; exit 2 ;;
 esac

@@ -98,6 +98,7 @@ class DaemonProcess:
 
     def __init__(self, folder: Path, model_path: Path, sources: list[dict], **sections):
         self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.journal = folder / "journal" / "decisions.jsonl"
         self.evidence = folder / "evidence"

@@ -102,6 +102,7 @@ class EvidenceSink:
             if self._failing:
                 log.info("evidence %s: writing again", self.folder)
                 self._failing = False
+            item.evidence = path.name
             size = len(encoded)
             self._files.append((path, size))
             self._bytes += size

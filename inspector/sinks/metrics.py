@@ -69,6 +69,10 @@ class Metrics:
         self.last_anomaly = Gauge("inspector_last_anomaly_timestamp_seconds", "When the last anomaly was scored", ["source"], registry=r)
         self.drift = Gauge("inspector_score_drift_psi", "Population stability index of recent scores vs calibration", ["source"], registry=r)
         self.sink_errors = Counter("inspector_sink_errors", "Failed journal / evidence writes", ["sink"], registry=r)
+        self.sink_dropped = Counter("inspector_sink_dropped", "Messages a line output dropped from its full outbox "
+                                    "(its peer was away; the journal still has the decisions)", ["sink"], registry=r)
+        self.sink_connected = Gauge("inspector_sink_connected", "1 while a line output is connected to its peer", ["sink"], registry=r)
+        self.sink_outbox = Gauge("inspector_sink_outbox_messages", "Messages waiting in a line output's outbox", ["sink"], registry=r)
         self.evidence = Counter("inspector_evidence_written", "Evidence images written", ["source"], registry=r)
         self.unknown_categories = Counter("inspector_unknown_categories", "Traffic rows with a category unseen in training (unknown bucket)", ["source", "column"], registry=r)
         self.connections_refused = Counter("inspector_connections_refused", "TCP clients refused at the connection limit", ["source"], registry=r)
@@ -108,6 +112,12 @@ class Metrics:
         self._edges = None
         if all(level in quantiles for level in DRIFT_LEVELS):
             self._edges = np.array([quantiles[level] for level in DRIFT_LEVELS]) / scorer.threshold
+
+    def register_output(self, sink: str) -> None:
+        self.sink_errors.labels(sink)
+        self.sink_dropped.labels(sink)
+        self.sink_connected.labels(sink).set(0)
+        self.sink_outbox.labels(sink).set(0)
 
     def count_drop(self, source: str) -> None:
         self.dropped.labels(source).inc()

@@ -28,6 +28,7 @@ class Item:
     prepared: object | None = field(default=None, repr=False)  # the image as model input (scorer.PreparedFrame)
     features: np.ndarray | None = field(default=None, repr=False)  # a window of encoded traffic rows
     rejection: tuple[str, str] | None = None  # (reason, message)
+    evidence: str | None = None  # the evidence file's name, once the evidence sink has written it
     enqueued: float = field(default_factory=time.perf_counter)
     on_done: Callable[["Item", object], None] | None = field(default=None, repr=False)
 

@@ -1,0 +1,79 @@
+"""Shared pieces of the daemon's typed settings: the strict base model, backoff, secrets.
+
+Every settings model forbids unknown keys, so a misspelled key is an error rather than a silent
+default. Secrets (broker passwords) are never written into a config: the config names a file or an
+environment variable that holds them, and `read_secret` reads it once, when the output starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Backoff(Strict):
+    initial_s: Annotated[float, Field(gt=0)] = 0.5
+    max_s: Annotated[float, Field(gt=0)] = 30.0
+    factor: Annotated[float, Field(ge=1)] = 2.0
+
+    def delays(self):
+        """initial_s, initial_s * factor, ... capped at max_s, for ever."""
+        delay = self.initial_s
+        while True:
+            yield min(delay, self.max_s)
+            delay = min(delay * self.factor, self.max_s)
+
+
+class Credentials(Strict):
+    """A user name and where its password is: a file (first line) or an environment variable."""
+
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_password_place(self) -> "Credentials":
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give password_file or password_env, not both")
+        if (self.password_file is not None or self.password_env is not None) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+    @property
+    def has_user(self) -> bool:
+        return bool(self.username)
+
+    def password(self, where: str) -> str | None:
+        """The password, read now; a missing file or variable is one ConfigError sentence (never the value)."""
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().splitlines()[0] if self.password_file.stat().st_size else ""
+            except OSError as exc:
+                raise ConfigError(f"field '{where}.password_file': cannot read {self.password_file} "
+                                  f"({exc.strerror or exc})") from None
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"field '{where}.password_env': environment variable {self.password_env} is not set")
+            return value
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and addresses in 127.0.0.0/8 or ::1."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
