@@ -74,7 +74,7 @@ class OpcUaSettings(Strict):
     """An OPC UA server with one object per source (last verdict, score, sequence, counts, source up)."""
 
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 4840  # 0 = pick a free port (tests)
+    port: Annotated[int, Field(ge=1, le=65535)] = 4840
     namespace: str = "urn:qinspector"
     line: str = "line1"
     auth: Credentials = Credentials()  # required unless host is a loopback address

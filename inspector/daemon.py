@@ -76,7 +76,7 @@ class Daemon:
         self.sources: list[Source] = []
         for settings in config.sources:
             self.metrics.register_source(settings.name)
-            callbacks = {"on_state": lambda name, up: self.metrics.source_up.labels(name).set(1 if up else 0),
+            callbacks = {"on_state": self._source_state,
                          "on_reconnect": lambda name: self.metrics.reconnects.labels(name).inc(),
                          "on_finished": lambda name: self.metrics.source_finished.labels(name).set(1)}
             if isinstance(settings, CameraSource):
@@ -112,14 +112,32 @@ class Daemon:
         """The per-part outputs to the line (MQTT, OPC UA); their libraries load only when configured."""
         outputs: list = []
         settings = config.outputs
+        try:
+            if settings.mqtt is not None:
+                import paho.mqtt.client  # noqa: F401
+            if settings.opcua is not None:
+                import asyncua  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"field 'outputs': the line outputs need the 'plant' extra ({exc.name} is not installed): "
+                              "pip install 'qinspector[plant]'") from None
         if settings.mqtt is not None:
             from .sinks.mqtt import MqttSink
 
             outputs.append(MqttSink(settings.mqtt, lambda: self.scorer, **self._output_callbacks("mqtt"),
                                     on_reload=(lambda: self.reloader.request()) if settings.mqtt.commands else None))
+        if settings.opcua is not None:
+            from .sinks.opcua import OpcUaSink
+
+            outputs.append(OpcUaSink(settings.opcua, lambda: self.scorer, [s.name for s in config.sources],
+                                     **self._output_callbacks("opcua")))
         for output in outputs:
             self.metrics.register_output(output.name)
         return outputs
+
+    def _source_state(self, name: str, up: bool) -> None:
+        self.metrics.source_up.labels(name).set(1 if up else 0)
+        for output in self.outputs:
+            output.source_state(name, up)
 
     def _output_callbacks(self, name: str) -> dict:
         return {"on_drop": lambda n: self.metrics.sink_dropped.labels(name).inc(n),

@@ -79,6 +79,9 @@ class MqttSink:
         self._model_changed.set()
         self.outbox.ready.set()
 
+    def source_state(self, source: str, up: bool) -> None:
+        pass  # MQTT carries verdicts; source health is in /healthz and the metrics
+
     def pending(self) -> int:
         return len(self.outbox)
 
