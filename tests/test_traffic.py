@@ -18,7 +18,8 @@ from inspector.card import TabularInput
 from inspector.errors import ItemRejected
 from inspector.preprocess import encode_rows, parse_csv_line, parse_json_line, windows
 from inspector.scorer import Scorer
-from inspector.sources.traffic import TrafficSourceThread, _Windower
+from inspector.sources.rows import Windower
+from inspector.sources.traffic import TrafficSourceThread
 from training.config import load_train_config, validate_train_config
 from training.fit import fit
 from training.tabular import Table, fit_spec, make_windows
@@ -101,7 +102,7 @@ def test_windows_edge_cases():
     strided, starts = windows(rows, 3, 2)
     assert starts.tolist() == [0, 2, 4] and strided[1].tolist() == rows[2:5].reshape(-1).tolist()
     # the streaming windower (inspector) and the batch one (training) agree
-    windower = _Windower(3, 2)
+    windower = Windower(3, 2)
     streamed = [w for w in (windower.push(r) for r in rows) if w is not None]
     assert np.array_equal(np.stack(streamed), strided)
 

@@ -26,7 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def record(item: Item, result: ScoreResult | Rejection, latency_s: float, model_version: str, now_iso: str) -> dict:
-    """The journal line of one item (one dict literal per outcome: this runs per traffic row)."""
+    """The journal line of one item; items read from a stream also carry its entry id."""
+    line = _record(item, result, latency_s, model_version, now_iso)
+    if item.entry_id is not None:
+        line["entry_id"] = item.entry_id
+    return line
+
+
+def _record(item: Item, result: ScoreResult | Rejection, latency_s: float, model_version: str, now_iso: str) -> dict:
+    """One dict literal per outcome: this runs per traffic row."""
     if type(result) is ScoreResult:
         return {"time": now_iso, "source": item.source, "seq": item.seq, "origin": item.origin,
                 "captured_at": round(item.captured_at, 6), "latency_ms": round(latency_s * 1000, 3),

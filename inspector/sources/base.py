@@ -29,6 +29,7 @@ class Item:
     features: np.ndarray | None = field(default=None, repr=False)  # a window of encoded traffic rows
     rejection: tuple[str, str] | None = None  # (reason, message)
     evidence: str | None = None  # the evidence file's name, once the evidence sink has written it
+    entry_id: str | None = None  # a stream entry's id (redis_stream sources): journaled, so duplicates show
     enqueued: float = field(default_factory=time.perf_counter)
     on_done: Callable[["Item", object], None] | None = field(default=None, repr=False)
 

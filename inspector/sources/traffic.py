@@ -24,42 +24,18 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-import numpy as np
 
 from ..card import TabularInput
 from ..config import TrafficSource
-from ..errors import ItemRejected
-from ..preprocess import encode_lines
 from .base import Emit, Item, Source
+from .rows import RowItems
 
 log = logging.getLogger(__name__)
 
 ROTATION_GRACE_S = 1.0  # after a rotation, the old file is drained this long before switching
-
-
-class _Windower:
-    """Turns the source's good rows into windows of `window` rows every `stride` rows."""
-
-    def __init__(self, window: int, stride: int):
-        self.window, self.stride = window, stride
-        self.rows: deque = deque(maxlen=window)
-        self.since_last = stride - 1  # the first full window is emitted at once
-
-    def push(self, row: np.ndarray) -> np.ndarray | None:
-        if self.window == 1 and self.stride == 1:  # per-record scoring: the row is the window
-            return row
-        self.rows.append(row)
-        if len(self.rows) < self.window:
-            return None
-        self.since_last += 1
-        if self.since_last < self.stride:
-            return None
-        self.since_last = 0
-        return np.concatenate(self.rows)
 
 
 class TrafficSourceThread(Source):
@@ -69,37 +45,15 @@ class TrafficSourceThread(Source):
         super().__init__(settings.name, **callbacks)
         self.settings = settings
         self.spec = spec
-        self._windower = _Windower(spec.window, spec.stride)
+        self._rows = RowItems(self, spec, settings.format, on_unknown)
         self._lock = threading.Lock()  # TCP clients share the source's windower and sequence
-        self._on_unknown = on_unknown or (lambda source, column, n: None)
         self._on_refused = on_connection_refused or (lambda source: None)
-        self._lines = 0
 
     # --- shared: lines -> items -------------------------------------------------------------------
     def handle_lines(self, lines: list[str], emit: Emit, prefix: str = "") -> bool:
         """Parse, encode and emit a chunk of complete lines in order; False when the pipeline stopped."""
         with self._lock:
-            first = self._lines + 1
-            self._lines += len(lines)
-            numbered = [(first + k, line) for k, line in enumerate(lines) if line.strip()]
-            origins = [f"{prefix}line {n}" for n, _ in numbered]
-            encoded = encode_lines([line for _, line in numbered], self.spec, self.settings.format, origins)
-            for column, count in encoded.unknown.items():
-                self._on_unknown(self.name, column, count)
-            outcome: list[object] = [None] * len(numbered)
-            for position, rejected in encoded.rejected:
-                outcome[position] = rejected
-            for m, position in enumerate(encoded.kept):
-                outcome[position] = encoded.features[m]
-            now = time.time()
-            items = []
-            for origin, what in zip(origins, outcome):
-                if isinstance(what, ItemRejected):
-                    items.append(Item(self.name, self.next_seq(), now, origin, rejection=(what.reason, str(what))))
-                else:
-                    window = self._windower.push(what)
-                    if window is not None:
-                        items.append(Item(self.name, self.next_seq(), now, origin, features=window))
+            items = self._rows.items(lines, prefix)
             return emit(items) if items else True
 
     def reject(self, emit: Emit, origin: str, reason: str, message: str) -> bool:
