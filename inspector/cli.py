@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, publish
 from .errors import ConfigError, InspectorError
 
 TRAIN_EXTRA_HINT = (
@@ -28,6 +28,7 @@ typical use:
   inspector score runs/bdp01/model.onnx part1.png part2.png    one JSON line per image
   inspector card runs/bdp01/model.onnx                          print the model card
   inspector run -c configs/line1.yaml                           the streaming daemon (metrics on :9108)
+  inspector publish redis://127.0.0.1:6379/0 flows --table flows.csv    rows into a stream for redis_stream sources
 """
 
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit once every source has finished (video files without loop), after draining")
     p.add_argument("--check", action="store_true", help="validate the config and the model, then exit")
+    publish.add_parser(sub)
     p = sub.add_parser("card", help="print a model's card (JSON)")
     p.add_argument("model", type=Path)
     p = sub.add_parser("demo", help="the one-command demo on generated data (needs the train extra)",
@@ -202,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             return _card(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "publish":
+            return publish.run(args)
         try:
             from training import cli as training_cli
         except ImportError as exc:

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config_outputs import OutputSettings
 from .errors import ConfigError, describe_validation_error
-from .settings import Backoff, Strict
+from .settings import Backoff, Credentials, Strict
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -116,7 +116,49 @@ class TrafficSource(_SourceBase):
         return self.policy or "block"
 
 
-SourceSettings = Annotated[Union[CameraSource, FolderSource, TrafficSource], Field(discriminator="kind")]
+class RedisStreamSource(_SourceBase):
+    """One consumer of a consumer group on a Redis stream: several inspectors share the stream's entries."""
+
+    kind: Literal["redis_stream"]
+    url: str = "redis://127.0.0.1:6379/0"  # no password in the URL: use auth
+    auth: Credentials = Credentials()  # Redis ACL user (or only a password: username "default")
+    stream: str
+    group: str = "inspectors"
+    consumer: str | None = None  # default <host>-<pid>: unique per process
+    payload: Literal["rows", "frames"] = "rows"
+    format: Literal["csv", "jsonl"] = "csv"  # rows: field `field` holds one CSV line or one JSON object
+    field: str = "row"  # rows: the entry field with the row; frames: the field with the encoded image
+    start_id: str = "0"  # where a new group starts: "0" the whole stream, "$" only entries added from now on
+    count: Annotated[int, Field(ge=1, le=100_000)] = 1000  # entries per read
+    block_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    claim_idle_s: Annotated[float, Field(gt=0, le=86_400)] = 30.0  # pending this long on a consumer = it died
+    claim_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    max_pixels: Annotated[int, Field(ge=1)] | None = None  # frames: refuse larger images before decoding
+    reconnect: Backoff = Backoff(initial_s=0.2, max_s=10.0)
+
+    @model_validator(mode="after")
+    def _claim_timing(self) -> "RedisStreamSource":
+        if self.claim_interval_s >= self.claim_idle_s:
+            raise ValueError("claim_interval_s must be shorter than claim_idle_s (a live consumer renews its entries "
+                             "every claim_interval_s)")
+        return self
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url must start with redis://, rediss:// (TLS) or unix://")
+        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("put no credentials in the url: use auth.username and auth.password_file")
+        return url
+
+    @property
+    def effective_policy(self) -> str:
+        return self.policy or "block"  # a full queue stops reading: the stream holds the rest
+
+
+SourceSettings = Annotated[Union[CameraSource, FolderSource, TrafficSource, RedisStreamSource],
+                           Field(discriminator="kind")]
 
 
 class Batching(Strict):
@@ -183,7 +225,8 @@ def _resolve(path: Path, base: Path) -> Path:
 
 def _resolve_output_files(config: DaemonConfig, base: Path) -> None:
     """Password files and TLS files of the line outputs, relative to the config file like every path."""
-    for output in (config.outputs.mqtt, config.outputs.opcua):
+    stream_sources = [s for s in config.sources if isinstance(s, RedisStreamSource)]
+    for output in (config.outputs.mqtt, config.outputs.opcua, config.outputs.redis_stream, *stream_sources):
         if output is None:
             continue
         if output.auth.password_file is not None:
@@ -225,7 +268,7 @@ def parse_daemon_config(raw: object, source: str | Path, base: Path | None = Non
         elif isinstance(settings, TrafficSource):
             if settings.path is not None:
                 settings.path = _resolve(settings.path, base)
-        elif settings.is_file:
+        elif isinstance(settings, CameraSource) and settings.is_file:
             settings.uri = str(_resolve(Path(settings.uri), base))
     _resolve_output_files(config, base)
     if check_files:

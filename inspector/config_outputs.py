@@ -94,6 +94,27 @@ class OpcUaSettings(Strict):
         return value
 
 
+class RedisStreamOutput(Strict):
+    """Verdicts appended (XADD) to a Redis stream, for downstream consumers that read it as a group."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    auth: Credentials = Credentials()
+    stream: str = "qinspector:verdicts"
+    line: str = "line1"
+    maxlen: Annotated[int, Field(ge=0)] = 1_000_000  # trim to about this many entries (0 = never)
+    outbox: Outbox = Outbox()
+    reconnect: Backoff = Backoff(initial_s=0.2, max_s=10.0)
+    drain_timeout_s: Annotated[float, Field(ge=0, le=600)] = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("put no credentials in the url: use auth.username and auth.password_file")
+        return url
+
+
 class OutputSettings(Strict):
     mqtt: MqttSettings | None = None
     opcua: OpcUaSettings | None = None
+    redis_stream: RedisStreamOutput | None = None

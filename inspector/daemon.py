@@ -17,8 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from .card import ImageInput, TabularInput
-from .config import CameraSource, DaemonConfig, FolderSource, TrafficSource
+from .config import DaemonConfig
 from .errors import ConfigError
 from .pipeline import Pipeline
 from .reloader import ModelReloader
@@ -26,10 +25,8 @@ from .scorer import Scorer
 from .sinks.evidence import EvidenceSink
 from .sinks.journal import JournalSink
 from .sinks.metrics import Metrics, MetricsServer
+from .source_kinds import build_source
 from .sources.base import Source
-from .sources.camera import CameraSourceThread
-from .sources.folder import FolderSourceThread
-from .sources.traffic import TrafficSourceThread
 
 log = logging.getLogger("inspector.daemon")
 
@@ -79,22 +76,7 @@ class Daemon:
             callbacks = {"on_state": self._source_state,
                          "on_reconnect": lambda name: self.metrics.reconnects.labels(name).inc(),
                          "on_finished": lambda name: self.metrics.source_finished.labels(name).set(1)}
-            if isinstance(settings, CameraSource):
-                self._require_input(settings, ImageInput)
-                source: Source = CameraSourceThread(settings, **callbacks)
-            elif isinstance(settings, FolderSource):
-                self._require_input(settings, ImageInput)
-                source = FolderSourceThread(settings, settings.max_pixels or self.scorer.card.input.max_pixels,
-                                            journal=config.journal.path, **callbacks)
-            elif isinstance(settings, TrafficSource):
-                self._require_input(settings, TabularInput)
-                source = TrafficSourceThread(
-                    settings, self.scorer.card.input,
-                    on_unknown=lambda name, column, n: self.metrics.unknown_categories.labels(name, column).inc(n),
-                    on_connection_refused=lambda name: self.metrics.connections_refused.labels(name).inc(),
-                    **callbacks)
-            else:  # pragma: no cover - the config's discriminated union admits nothing else
-                raise TypeError(settings)
+            source = build_source(settings, self.scorer, self.metrics, config.journal.path, callbacks)
             source.emit = self.pipeline.add_source(settings.name, config.queue.size, settings.effective_policy)
             self.sources.append(source)
         try:
@@ -117,9 +99,12 @@ class Daemon:
                 import paho.mqtt.client  # noqa: F401
             if settings.opcua is not None:
                 import asyncua  # noqa: F401
+            if settings.redis_stream is not None:
+                import redis  # noqa: F401
         except ImportError as exc:
-            raise ConfigError(f"field 'outputs': the line outputs need the 'plant' extra ({exc.name} is not installed): "
-                              "pip install 'qinspector[plant]'") from None
+            extra = "scale" if exc.name == "redis" else "plant"
+            raise ConfigError(f"field 'outputs': this output needs the '{extra}' extra ({exc.name} is not installed): "
+                              f"pip install 'qinspector[{extra}]'") from None
         if settings.mqtt is not None:
             from .sinks.mqtt import MqttSink
 
@@ -130,6 +115,10 @@ class Daemon:
 
             outputs.append(OpcUaSink(settings.opcua, lambda: self.scorer, [s.name for s in config.sources],
                                      **self._output_callbacks("opcua")))
+        if settings.redis_stream is not None:
+            from .sinks.redis_stream import RedisStreamSink
+
+            outputs.append(RedisStreamSink(settings.redis_stream, lambda: self.scorer, **self._output_callbacks("redis_stream")))
         for output in outputs:
             self.metrics.register_output(output.name)
         return outputs
@@ -154,12 +143,6 @@ class Daemon:
         self.metrics.set_model(scorer)
         for output in self.outputs:
             output.model_changed()
-
-    def _require_input(self, settings, kind: type) -> None:
-        if not isinstance(self.scorer.card.input, kind):
-            wanted = "images" if kind is ImageInput else "traffic rows"
-            raise ConfigError(f"field 'sources' ({settings.name}): a {settings.kind} source delivers {wanted}, but "
-                              f"{self.scorer.path} is a {self.scorer.card.input.kind} model")
 
     def _sink_error(self, sink: str) -> None:
         """Journal / evidence write failures (reported by the sinks) and unexpected sink exceptions."""

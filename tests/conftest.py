@@ -58,3 +58,17 @@ def tiny_tiled_run(piped_class, tmp_path_factory):
     config = validate_train_config(tiny_config(piped_class, **{"input.resize": "tile", "input.tile_overlap": 0.5}), "tiny")
     run = tmp_path_factory.mktemp("tiny_tiled")
     return fit(config, run, progress=False, evaluate_test=False)
+
+
+@pytest.fixture(scope="session")
+def nsl_model(tmp_path_factory):
+    """A small NSL-KDD traffic model (4,000 normal rows, 150 steps), scoring with the nearest-normal-code search."""
+    from training.config import load_train_config
+    from training.fit import fit
+
+    require(DATA / "nsl_kdd" / "KDDTrain+.txt.gz")
+    config = load_train_config(ROOT / "configs" / "nsl_kdd.yaml", {
+        "data.max_train": 4000, "data.test_paths": {}, "train.steps": 150, "train.batch_size": 128,
+        "train.threads": 1, "model.base_width": 64,
+        "score.weights": {"latent_distance": 1.0, "latent_knn": 1.0}, "score.memory_size": 1000})
+    return fit(config, tmp_path_factory.mktemp("nsl") / "run", progress=False).model_path

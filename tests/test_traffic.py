@@ -163,17 +163,6 @@ def test_a_window_is_an_attack_if_any_of_its_rows_is():
     assert test.labels.tolist() == [0, 1] and test.kinds == ["normal", "smurf"]
 
 
-@pytest.fixture(scope="module")
-def nsl_model(tmp_path_factory):
-    require(NSL / "KDDTrain+.txt.gz")
-    config = load_train_config(ROOT / "configs" / "nsl_kdd.yaml", {
-        "data.max_train": 4000, "data.test_paths": {}, "train.steps": 150, "train.batch_size": 128,
-        "train.threads": 1, "model.base_width": 64,
-        # the score with the nearest-normal-code search, so every daemon test below runs it too
-        "score.weights": {"latent_distance": 1.0, "latent_knn": 1.0}, "score.memory_size": 1000})
-    return fit(config, tmp_path_factory.mktemp("nsl") / "run", progress=False).model_path
-
-
 def kdd_test_lines(n: int) -> list[str]:
     with gzip.open(NSL / "KDDTest+.txt.gz", "rt") as handle:
         return [next(handle).rstrip("\n") for _ in range(n)]

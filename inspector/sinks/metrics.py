@@ -73,6 +73,10 @@ class Metrics:
                                     "(its peer was away; the journal still has the decisions)", ["sink"], registry=r)
         self.sink_connected = Gauge("inspector_sink_connected", "1 while a line output is connected to its peer", ["sink"], registry=r)
         self.sink_outbox = Gauge("inspector_sink_outbox_messages", "Messages waiting in a line output's outbox", ["sink"], registry=r)
+        self.redeliveries = Counter("inspector_stream_redeliveries", "Stream entries delivered again: claimed from a "
+                                    "stopped consumer, or pending on this one at start", ["source"], registry=r)
+        self.stream_lag = Gauge("inspector_stream_lag", "Entries of the stream not yet delivered to the consumer group", ["source"], registry=r)
+        self.stream_pending = Gauge("inspector_stream_pending", "Entries delivered to the group and not yet acknowledged", ["source"], registry=r)
         self.evidence = Counter("inspector_evidence_written", "Evidence images written", ["source"], registry=r)
         self.unknown_categories = Counter("inspector_unknown_categories", "Traffic rows with a category unseen in training (unknown bucket)", ["source", "column"], registry=r)
         self.connections_refused = Counter("inspector_connections_refused", "TCP clients refused at the connection limit", ["source"], registry=r)

@@ -1,0 +1,117 @@
+"""Redis stream output: every verdict appended (XADD, field `verdict`: the JSON of
+deploy/mqtt/verdict.schema.json) to one stream, in journal order per source, so downstream systems
+consume results as a consumer group, the way the inspectors consume their input.
+
+As for MQTT, scoring only appends to a bounded outbox; this output's thread sends it in pipelined
+chunks and releases messages once Redis has answered. Redis away: the newest messages wait, older
+ones are dropped and counted; reconnect with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import orjson
+import redis
+
+from ..config_outputs import RedisStreamOutput
+from ..scorer import Scorer
+from ..sources.base import Item
+from .outbox import Message, Outbox
+from .verdict import verdict_message
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500
+
+
+class RedisStreamSink:
+    name = "redis_stream"
+
+    def __init__(self, settings: RedisStreamOutput, scorer_ref: Callable[[], Scorer],
+                 on_drop: Callable[[int], None] | None = None, on_state: Callable[[bool], None] | None = None):
+        self.settings = settings
+        self._password = settings.auth.password("outputs.redis_stream.auth")
+        self._scorer_ref = scorer_ref
+        self._on_state = on_state or (lambda up: None)
+        self.outbox = Outbox(settings.outbox.max_messages, settings.outbox.max_bytes, on_drop)
+        self.connected = False
+        self.problem: str | None = "not connected yet"
+        self._stop = threading.Event()
+        self._drain_deadline = float("inf")
+        self._thread = threading.Thread(target=self._run, name="output-redis", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def handle(self, items: list[Item], results: list, inference_s: float) -> None:
+        scorer = self._scorer_ref()
+        self.outbox.put([Message(self.settings.stream, orjson.dumps(verdict_message(item, result, scorer, self.settings.line)))
+                         for item, result in zip(items, results)])
+
+    def source_state(self, source: str, up: bool) -> None:
+        pass
+
+    def model_changed(self) -> None:
+        pass  # every message names its model
+
+    def pending(self) -> int:
+        return len(self.outbox)
+
+    def health(self) -> str | None:
+        return None if self.connected else self.problem
+
+    def close(self) -> None:
+        self._drain_deadline = time.monotonic() + self.settings.drain_timeout_s
+        self._stop.set()
+        self.outbox.ready.set()
+        self._thread.join(self.settings.drain_timeout_s + 10)
+
+    def _run(self) -> None:
+        s = self.settings
+        client = redis.Redis.from_url(s.url, username=s.auth.username if self._password else None,
+                                      password=self._password, socket_timeout=5, socket_connect_timeout=5)
+        delays = s.reconnect.delays()
+        while True:
+            done = self._stop.is_set() and (not len(self.outbox) or time.monotonic() > self._drain_deadline)
+            if done:
+                break
+            batch = []
+            while len(batch) < CHUNK and (message := self.outbox.next_unsent()) is not None:
+                batch.append(message)
+            if not batch:
+                self.outbox.ready.wait(0.05)
+                self.outbox.ready.clear()
+                continue
+            try:
+                pipe = client.pipeline(transaction=False)
+                for message in batch:
+                    pipe.xadd(message.key, {"verdict": message.payload}, maxlen=s.maxlen or None, approximate=True)
+                pipe.execute()
+            except (redis.RedisError, OSError) as exc:
+                self.outbox.unsend_all()
+                self._set_down(f"cannot write to {s.url} ({exc})")
+                self._stop.wait(next(delays))
+                continue
+            for message in batch:
+                self.outbox.acknowledge(message)
+            if not self.connected:
+                delays = s.reconnect.delays()
+                self._set_up()
+        if len(self.outbox):
+            log.warning("redis_stream output: %d verdicts were not delivered before shutdown (the journal has them)",
+                        len(self.outbox))
+
+    def _set_up(self) -> None:
+        log.info("redis_stream output: writing verdicts to %s on %s", self.settings.stream, self.settings.url)
+        self.connected, self.problem = True, None
+        self._on_state(True)
+
+    def _set_down(self, reason: str) -> None:
+        if self.connected or reason != self.problem:
+            log.warning("redis_stream output: %s; verdicts wait in the outbox", reason)
+        self.connected, self.problem = False, reason
+        self._on_state(False)
