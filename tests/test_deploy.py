@@ -20,6 +20,7 @@ import yaml
 from inspector.config import DaemonConfig, parse_daemon_config
 from inspector.scorer import Scorer
 
+from .brokers import RedisServer
 from .daemon_helpers import DaemonProcess, free_port, train_flat_model, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,9 +139,15 @@ def test_real_prometheus_scrapes_the_daemon_fires_the_anomaly_alert_and_answers_
     inbox = work / "inbox"
     inbox.mkdir()
     (inbox / "broken.png").write_text("not an image")
+    redis = RedisServer(work / "redis").start()  # a stream source, so the stream panels have data
+    subprocess.run([sys.executable, "-m", "inspector.cli", "publish", redis.url, "frames", "--video", str(video),
+                    "--limit", "10"], check=True, capture_output=True)
     sources = [{"name": "line1", "kind": "camera", "uri": str(video), "realtime": True, "loop": True},
-               {"name": "inbox", "kind": "folder", "path": str(inbox), "incomplete_grace_s": 0}]
-    daemon = DaemonProcess(work, model, sources).start()
+               {"name": "inbox", "kind": "folder", "path": str(inbox), "incomplete_grace_s": 0},
+               {"name": "frames", "kind": "redis_stream", "url": redis.url, "stream": "frames", "payload": "frames",
+                "field": "image"}]
+    outputs = {"mqtt": {"port": free_port(), "drain_timeout_s": 0}}  # no broker there: the output panel shows it down
+    daemon = DaemonProcess(work, model, sources, outputs=outputs).start()
     prom_port = free_port()
     config_dir = work / "prometheus"
     (config_dir / "targets").mkdir(parents=True)
@@ -185,3 +192,4 @@ def test_real_prometheus_scrapes_the_daemon_fires_the_anomaly_alert_and_answers_
         server.terminate()
         server.wait(30)
         assert daemon.terminate() == 0
+        redis.stop()

@@ -92,11 +92,11 @@ class CameraSourceThread(Source):
             if not ok:
                 return index
             index += 1
-            captured = time.time()
-            if pace:
+            if pace:  # a paced file's frame is captured when it is due, as a camera would deliver it
                 delay = started + index / fps - time.monotonic()
                 if delay > 0:
                     self.stopping.wait(delay)
+            captured = time.time()
             origin = f"frame {index}"
             if frame is None or frame.size == 0:
                 item = Item(self.name, self.next_seq(), captured, origin, rejection=("empty_frame", f"{self.name} {origin}: empty frame"))
