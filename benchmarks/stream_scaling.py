@@ -77,7 +77,7 @@ def consumers_rate(model: Path, folder: Path, port: int, lines: list[str], n_row
                   "sources": [{"name": "flows", "kind": "redis_stream", "url": f"redis://127.0.0.1:{port}/0",
                                "stream": stream, "consumer": f"c{k}", "count": 2000}],
                   "batching": {"max_batch": 1024, "max_wait_ms": 5}, "queue": {"size": 4096},
-                  "metrics": {"port": free_port()}, "journal": {"path": str(journal)}, "evidence": {"dir": None},
+                  "metrics": {"port": free_port()}, "journal": {"path": str(journal), "max_bytes": 10**10}, "evidence": {"dir": None},
                   "logging": {"status_interval_s": 0}}
         path = folder / f"{stream}_{k}.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -111,7 +111,7 @@ def _count(journal: Path) -> int:
 
 
 def run(args) -> str:
-    n_rows = 60_000 if args.quick else 300_000
+    n_rows = 60_000 if args.quick else 200_000
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model, lines, flops = traffic_model(folder)

@@ -77,7 +77,7 @@ def test_container_and_compose_files_agree_with_the_inspector_defaults():
     runtime = dockerfile.split("FROM runtime AS train")[0]
     runtime_steps = [l for l in runtime.splitlines() if not l.startswith("#")]
     assert not any("torch" in l or "[train]" in l for l in runtime_steps)
-    assert "RUN pip install . " in runtime
+    assert 'RUN pip install ".[plant,scale]" ' in runtime  # the line outputs and stream source, torch-free
     assert re.search(r"^USER inspector$", runtime, re.M)
     assert "127.0.0.1:9108/healthz" in runtime and "EXPOSE 9108" in runtime
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())

@@ -6,7 +6,6 @@ log line that never shows the secret."""
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 

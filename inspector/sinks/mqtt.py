@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-import time
 from typing import Callable
 
 import orjson
@@ -35,12 +34,13 @@ from ..config_outputs import MqttSettings
 from ..scorer import Scorer
 from ..sources.base import Item
 from .outbox import Message, Outbox
+from .outbox_output import OutboxOutput
 from .verdict import model_summary, verdict_message
 
 log = logging.getLogger(__name__)
 
 
-class MqttSink:
+class MqttSink(OutboxOutput):
     name = "mqtt"
 
     def __init__(self, settings: MqttSettings, scorer_ref: Callable[[], Scorer],
@@ -49,25 +49,17 @@ class MqttSink:
         self.settings = settings
         self._password = settings.auth.password("outputs.mqtt.auth")  # read once; a missing secret refuses start
         self._scorer_ref = scorer_ref
-        self._on_state = on_state or (lambda up: None)
         self._on_reload = on_reload or (lambda: None)
-        self.outbox = Outbox(settings.outbox.max_messages, settings.outbox.max_bytes, on_drop)
+        super().__init__(Outbox(settings.outbox.max_messages, settings.outbox.max_bytes, on_drop),
+                         settings.drain_timeout_s, log, on_state, join_slack_s=settings.connect_timeout_s + 5)
         self.base = settings.base_topic
-        self.connected = False
-        self.problem: str | None = "not connected yet"
-        self._stop = threading.Event()
         self._lost = threading.Event()
         self._model_changed = threading.Event()
         self._model_changed.set()
         self._acked: list[int] = []
         self._ack_lock = threading.Lock()
-        self._drain_deadline = float("inf")
-        self._thread = threading.Thread(target=self._run, name="output-mqtt", daemon=True)
 
     # --- the scorer's side ---------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
         scorer = self._scorer_ref()
         line, thumbnail = self.settings.line, self.settings.thumbnail_px
@@ -78,24 +70,6 @@ class MqttSink:
     def model_changed(self) -> None:
         self._model_changed.set()
         self.outbox.ready.set()
-
-    def source_state(self, source: str, up: bool) -> None:
-        pass  # MQTT carries verdicts; source health is in /healthz and the metrics
-
-    def pending(self) -> int:
-        return len(self.outbox)
-
-    def health(self) -> str | None:
-        """None when connected, else why the output is degraded."""
-        return None if self.connected else self.problem
-
-    def close(self) -> None:
-        """Deliver what is queued (within drain_timeout_s), publish "offline", disconnect."""
-        self._drain_deadline = time.monotonic() + self.settings.drain_timeout_s
-        self._stop.set()
-        self.outbox.ready.set()
-        if self._thread.is_alive():
-            self._thread.join(self.settings.drain_timeout_s + self.settings.connect_timeout_s + 5)
 
     # --- the output's own thread ---------------------------------------------------------------
     def _run(self) -> None:
@@ -112,11 +86,7 @@ class MqttSink:
                 break
             self.outbox.unsend_all()
             self._set_down("the connection to the broker was lost")
-        if len(self.outbox):
-            log.warning("mqtt: %d verdicts were not delivered before shutdown (the journal has them)", len(self.outbox))
-
-    def _drain_left(self) -> float:
-        return self._drain_deadline - time.monotonic()
+        self._report_undelivered()
 
     def _client(self) -> mqtt.Client:
         s = self.settings
@@ -162,7 +132,7 @@ class MqttSink:
         client.publish(f"{self.base}/status", "online", qos=1, retain=True)
         if s.commands:
             client.subscribe(f"{self.base}/command", qos=1)
-        self._set_up()
+        self._set_up(self._connected_line())
         return client
 
     def _serve(self, client: mqtt.Client) -> bool:
@@ -218,15 +188,6 @@ class MqttSink:
         else:
             log.warning("mqtt: unknown command %r on %s (known: reload)", payload[:40], message.topic)
 
-    def _set_up(self) -> None:
+    def _connected_line(self) -> str:
         s = self.settings
-        log.info("mqtt: connected to %s:%d, publishing on %s/<source>/verdict", s.host, s.port, self.base)
-        self.connected, self.problem = True, None
-        self._on_state(True)
-
-    def _set_down(self, reason: str) -> None:
-        if self.connected or reason != self.problem:  # one line per outage, not one per retry
-            log.warning("mqtt: %s; verdicts wait in the outbox (newest %d kept)", reason,
-                        self.settings.outbox.max_messages)
-        self.connected, self.problem = False, reason
-        self._on_state(False)
+        return f"connected to {s.host}:{s.port}, publishing on {self.base}/<source>/verdict"

@@ -33,7 +33,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 
 from ..config_outputs import OpcUaSettings
 from ..errors import ConfigError
-from ..scorer import Rejection, Scorer, ScoreResult
+from ..scorer import Scorer, ScoreResult
 from ..sources.base import Item
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ ones are dropped and counted; reconnect with backoff.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Callable
 
@@ -21,6 +20,7 @@ from ..config_outputs import RedisStreamOutput
 from ..scorer import Scorer
 from ..sources.base import Item
 from .outbox import Message, Outbox
+from .outbox_output import OutboxOutput
 from .verdict import verdict_message
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 CHUNK = 500
 
 
-class RedisStreamSink:
+class RedisStreamSink(OutboxOutput):
     name = "redis_stream"
 
     def __init__(self, settings: RedisStreamOutput, scorer_ref: Callable[[], Scorer],
@@ -36,39 +36,13 @@ class RedisStreamSink:
         self.settings = settings
         self._password = settings.auth.password("outputs.redis_stream.auth")
         self._scorer_ref = scorer_ref
-        self._on_state = on_state or (lambda up: None)
-        self.outbox = Outbox(settings.outbox.max_messages, settings.outbox.max_bytes, on_drop)
-        self.connected = False
-        self.problem: str | None = "not connected yet"
-        self._stop = threading.Event()
-        self._drain_deadline = float("inf")
-        self._thread = threading.Thread(target=self._run, name="output-redis", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__(Outbox(settings.outbox.max_messages, settings.outbox.max_bytes, on_drop),
+                         settings.drain_timeout_s, log, on_state, join_slack_s=10)
 
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
         scorer = self._scorer_ref()
         self.outbox.put([Message(self.settings.stream, orjson.dumps(verdict_message(item, result, scorer, self.settings.line)))
                          for item, result in zip(items, results)])
-
-    def source_state(self, source: str, up: bool) -> None:
-        pass
-
-    def model_changed(self) -> None:
-        pass  # every message names its model
-
-    def pending(self) -> int:
-        return len(self.outbox)
-
-    def health(self) -> str | None:
-        return None if self.connected else self.problem
-
-    def close(self) -> None:
-        self._drain_deadline = time.monotonic() + self.settings.drain_timeout_s
-        self._stop.set()
-        self.outbox.ready.set()
-        self._thread.join(self.settings.drain_timeout_s + 10)
 
     def _run(self) -> None:
         s = self.settings
@@ -100,18 +74,5 @@ class RedisStreamSink:
                 self.outbox.acknowledge(message)
             if not self.connected:
                 delays = s.reconnect.delays()
-                self._set_up()
-        if len(self.outbox):
-            log.warning("redis_stream output: %d verdicts were not delivered before shutdown (the journal has them)",
-                        len(self.outbox))
-
-    def _set_up(self) -> None:
-        log.info("redis_stream output: writing verdicts to %s on %s", self.settings.stream, self.settings.url)
-        self.connected, self.problem = True, None
-        self._on_state(True)
-
-    def _set_down(self, reason: str) -> None:
-        if self.connected or reason != self.problem:
-            log.warning("redis_stream output: %s; verdicts wait in the outbox", reason)
-        self.connected, self.problem = False, reason
-        self._on_state(False)
+                self._set_up(f"writing verdicts to {s.stream} on {s.url}")
+        self._report_undelivered()
