@@ -130,6 +130,7 @@ class MqttSink(OutboxOutput):
             self._set_down(f"the broker at {s.host}:{s.port} refused the connection ({reason})")
             return None
         client.publish(f"{self.base}/status", "online", qos=1, retain=True)
+        self._model_changed.set()  # retained again on every connection: a restarted broker may have lost it
         if s.commands:
             client.subscribe(f"{self.base}/command", qos=1)
         self._set_up(self._connected_line())
