@@ -14,10 +14,8 @@ MQTT to a live broker and with MQTT to a port where nothing listens; runs altern
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +29,8 @@ import cv2
 import numpy as np
 import yaml
 
-from benchmarks.results import write_section
+from benchmarks.results import section_main
+from benchmarks.servers import free_port, start_mosquitto
 from benchmarks.throughput import build_model
 from inspector.config import parse_daemon_config
 from inspector.daemon import Daemon
@@ -39,14 +38,6 @@ from inspector.daemon import Daemon
 ROOT = Path(__file__).resolve().parents[1]
 MARK_START, MARK_END = "<!-- line-outputs:start -->", "<!-- line-outputs:end -->"
 SIZE = 128
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_video(path: Path, frames: int, fps: float) -> Path:
@@ -57,18 +48,6 @@ def write_video(path: Path, frames: int, fps: float) -> Path:
         writer.write(pool[i % len(pool)])
     writer.release()
     return path
-
-
-def start_broker(folder: Path) -> tuple[subprocess.Popen, int]:
-    binary = shutil.which("mosquitto")
-    if binary is None:
-        raise SystemExit("mosquitto is not installed (apt-get install mosquitto)")
-    port = free_port()
-    config = folder / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return process, port
 
 
 def latency_run(model: Path, folder: Path, port: int, fps: float, frames: int) -> np.ndarray:
@@ -129,7 +108,7 @@ def run(args) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model, _, flops = build_model(folder, SIZE, 8)
-        broker, port = start_broker(folder)
+        broker, port = start_mosquitto(folder)
         try:
             latencies = {}
             for fps in (25.0, 100.0):
@@ -172,17 +151,10 @@ def run(args) -> str:
     return "\n".join(out)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    args = parser.parse_args()
-    section = run(args)
-    write_section(args.out, section, MARK_START, MARK_END)
-    print(section)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(section_main(__doc__, run, MARK_START, MARK_END, add_arguments))

@@ -15,3 +15,19 @@ def write_section(path: Path, section: str, start: str, end: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def section_main(doc: str, run, start: str, end: str, add_arguments=None) -> int:
+    """The command line every section benchmark shares: parse --out and the script's own flags, run,
+    write the section between its markers, print it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args()
+    section = run(args)
+    write_section(args.out, section, start, end)
+    print(section)
+    return 0

@@ -14,10 +14,8 @@ each consumer brings its own cores.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,31 +27,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.results import write_section
+from benchmarks.results import section_main
+from benchmarks.servers import free_port, start_redis
 from benchmarks.throughput import traffic_model, traffic_rows_per_second
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_START, MARK_END = "<!-- stream-scaling:start -->", "<!-- stream-scaling:end -->"
 CORES = 2
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return process, port
 
 
 def fill(client, stream: str, lines: list[str], n_rows: int) -> None:
@@ -151,17 +131,10 @@ def run(args) -> str:
     return "\n".join(out)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    args = parser.parse_args()
-    section = run(args)
-    write_section(args.out, section, MARK_START, MARK_END)
-    print(section)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(section_main(__doc__, run, MARK_START, MARK_END, add_arguments))

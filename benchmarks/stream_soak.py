@@ -10,7 +10,6 @@ two consumers counted (their /metrics) and with what is still pending (must be 0
 
 from __future__ import annotations
 
-import argparse
 import platform
 import signal
 import subprocess
@@ -24,8 +23,8 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.results import write_section
-from benchmarks.stream_scaling import free_port, start_redis
+from benchmarks.results import section_main
+from benchmarks.servers import free_port, start_redis
 from benchmarks.throughput import traffic_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,16 +117,9 @@ def run(args) -> str:
         MARK_END])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    args = parser.parse_args()
-    section = run(args)
-    write_section(args.out, section, MARK_START, MARK_END)
-    print(section)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(section_main(__doc__, run, MARK_START, MARK_END, add_arguments))

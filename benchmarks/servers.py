@@ -1,0 +1,41 @@
+"""Real servers for the benchmarks, started on free loopback ports: Debian's redis-server and mosquitto."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _program(name: str) -> str:
+    binary = shutil.which(name)
+    if binary is None:
+        raise SystemExit(f"{name} is not installed (apt-get install {name})")
+    return binary
+
+
+def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen([_program("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(folder)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return process, port
+
+
+def start_mosquitto(folder: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = folder / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    process = subprocess.Popen([_program("mosquitto"), "-c", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return process, port
