@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config_outputs import OutputSettings
 from .errors import ConfigError, describe_validation_error
-from .settings import Backoff, Credentials, Strict
+from .settings import Backoff, Credentials, Strict, check_redis_url
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -146,11 +146,7 @@ class RedisStreamSource(_SourceBase):
     @field_validator("url")
     @classmethod
     def _redis_url(cls, url: str) -> str:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("url must start with redis://, rediss:// (TLS) or unix://")
-        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
-            raise ValueError("put no credentials in the url: use auth.username and auth.password_file")
-        return url
+        return check_redis_url(url)
 
     @property
     def effective_policy(self) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .settings import Backoff, Credentials, Strict, is_loopback
+from .settings import Backoff, Credentials, Strict, check_redis_url, is_loopback
 
 TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -108,10 +108,8 @@ class RedisStreamOutput(Strict):
 
     @field_validator("url")
     @classmethod
-    def _no_credentials(cls, url: str) -> str:
-        if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
-            raise ValueError("put no credentials in the url: use auth.username and auth.password_file")
-        return url
+    def _redis_url(cls, url: str) -> str:
+        return check_redis_url(url)
 
 
 class OutputSettings(Strict):

@@ -77,3 +77,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_redis_url(url: str) -> str:
+    """A Redis URL as redis-py takes it, without credentials (they belong in `auth`, read from a secret)."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("url must start with redis://, rediss:// (TLS) or unix://")
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError("put no credentials in the url: use auth.username and auth.password_file")
+    return url

@@ -64,7 +64,6 @@ class RedisStreamSourceThread(Source):
         self._outstanding = 0  # items emitted and not journaled yet
         self._lock = threading.Lock()
         self._problem: str | None = None
-        self.acknowledged = 0
 
     # --- the pipeline's side: an item was journaled --------------------------------------------
     def _done(self, item: Item, result: object) -> None:
@@ -252,7 +251,6 @@ class RedisStreamSourceThread(Source):
             raise
         with self._lock:
             self._held.difference_update(ready)
-        self.acknowledged += len(ready)
 
     def _drain_acks(self, client: redis.Redis | None) -> None:
         """At stop: acknowledge what the pipeline journals from the queue, for a while."""
