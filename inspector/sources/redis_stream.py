@@ -12,6 +12,11 @@ Each entry is a traffic row (field `row`: a CSV line or a JSON object) or an enc
   redeliveries (`inspector_stream_redeliveries_total`): a crash after journaling but before XACK
   gives a duplicate, which the entry id in the journal reveals.
 
+Replies are taken as Redis sends them (flat field lists, ids as bytes): redis-py's per-entry dicts
+and tuples cost more than the scoring of a traffic row. Completion is tracked per delivered chunk,
+not per item: items of a source are journaled in order, so when the last item of a chunk is
+journaled, every entry before it is too.
+
 Backpressure: emitting into a full queue blocks (policy block), so the source stops reading and the
 stream holds the rest; the group's lag (entries not yet delivered) is a metric. A lost connection
 (Redis restarted) is retried with backoff; the group is created again if the restart lost it.
@@ -58,17 +63,18 @@ class RedisStreamSourceThread(Source):
         self._max_pixels = settings.max_pixels or getattr(spec, "max_pixels", 50_000_000)
         self._on_redelivery = on_redelivery or (lambda source, n: None)
         self._on_lag = on_lag or (lambda source, lag, pending: None)
-        self._delivered: deque[str] = deque()  # entry ids handed to the pipeline, in order, not yet acknowledged
-        self._held: set[str] = set()  # the same ids, for the claim check
-        self._journaled: list[str] = []  # entry ids of journaled items, in order (filled by the pipeline)
-        self._outstanding = 0  # items emitted and not journaled yet
+        # Entry ids handed to the pipeline and not yet acknowledged, in order, as chunks: a delivery up to
+        # the entry of its last item, then the entries after it (rows that only began a window).
+        self._delivered: deque[list[bytes]] = deque()
+        self._journaled: list[list[bytes]] = []  # chunks whose last item was journaled, in order (filled by the pipeline)
+        self._outstanding = 0  # chunks emitted whose last item is not journaled yet
         self._lock = threading.Lock()
         self._problem: str | None = None
 
     # --- the pipeline's side: an item was journaled --------------------------------------------
-    def _done(self, item: Item, result: object) -> None:
+    def _chunk_done(self, chunk: list[bytes]) -> None:
         with self._lock:
-            self._journaled.append(item.entry_id)
+            self._journaled.append(chunk)
             self._outstanding -= 1
 
     # --- the source thread ---------------------------------------------------------------------
@@ -101,6 +107,8 @@ class RedisStreamSourceThread(Source):
         client = redis.Redis.from_url(s.url, username=s.auth.username if self._password else None,
                                       password=self._password, socket_timeout=s.block_ms / 1000 + 5,
                                       socket_connect_timeout=5, health_check_interval=0)
+        for command in ("XREADGROUP", "XAUTOCLAIM"):  # raw replies: see the module docstring
+            client.set_response_callback(command, _raw_reply)
         try:
             client.xgroup_create(s.stream, s.group, id=s.start_id, mkstream=True)
             log.info("source %s: created consumer group %s on stream %s", self.name, s.group, s.stream)
@@ -129,21 +137,19 @@ class RedisStreamSourceThread(Source):
                 self._report_lag(client)
                 next_lag = now + LAG_INTERVAL_S
             response = client.xreadgroup(s.group, self.consumer, {s.stream: ">"}, count=s.count, block=s.block_ms)
-            for _, entries in response or ():
-                if not self._deliver(entries, emit):
-                    return
+            if not self._deliver(_entries(response), emit):
+                return
 
     def _own_pending(self, client: redis.Redis) -> list:
         """Entries delivered to this consumer name before and never acknowledged (a restart with a fixed name)."""
         s = self.settings
-        response = client.xreadgroup(s.group, self.consumer, {s.stream: "0"}, count=100_000)
-        return [entry for _, entries in response or () for entry in entries]
+        return _entries(client.xreadgroup(s.group, self.consumer, {s.stream: "0"}, count=100_000))
 
     def _keep_held(self, client: redis.Redis) -> None:
         """Reset the idle time of the entries this consumer holds (XCLAIM JUSTID to itself): a consumer
         that is slow but alive keeps its entries; only a silent one has them claimed by others."""
         with self._lock:
-            held = list(self._delivered)
+            held = [entry_id for chunk in self._delivered for entry_id in chunk]
         for start in range(0, len(held), 10_000):
             client.xclaim(self.settings.stream, self.settings.group, self.consumer, 0, held[start:start + 10_000],
                           justid=True)
@@ -155,8 +161,10 @@ class RedisStreamSourceThread(Source):
         while True:
             reply = client.xautoclaim(s.stream, s.group, self.consumer, int(s.claim_idle_s * 1000), start, count=s.count)
             start, entries = reply[0], reply[1]
-            with self._lock:
-                claimed.extend(e for e in entries if e[0].decode() not in self._held)
+            if entries:  # rare: only entries of a consumer that went silent (ours were just renewed)
+                with self._lock:
+                    held = {entry_id for chunk in self._delivered for entry_id in chunk}
+                claimed.extend(e for e in entries if e[0] not in held)
             if start in (b"0-0", "0-0"):
                 return claimed
 
@@ -167,33 +175,37 @@ class RedisStreamSourceThread(Source):
                 self._on_lag(self.name, int(group.get("lag") or 0), int(group.get("pending") or 0))
 
     def _deliver(self, entries: list, emit: Emit, redelivered: bool = False) -> bool:
-        """Turn entries into items and emit them in order; False when the pipeline is stopping."""
+        """Turn raw entries ([id, [field, value, ...]]) into items and emit them in order; False when
+        the pipeline is stopping."""
         if not entries:
             return True
-        ids, fields = [], []
-        for entry_id, values in entries:
-            ids.append(entry_id.decode())
-            fields.append(values or {})  # a deleted entry still pending: None
+        raw_ids = [entry[0] for entry in entries]
+        ids = [entry_id.decode() for entry_id in raw_ids]
+        fields = [entry[1] or () for entry in entries]  # a deleted entry still pending: None
         if redelivered:
             self._on_redelivery(self.name, len(ids))
             log.info("source %s: %d entries redelivered (pending on a stopped consumer, or on this one before "
                      "a restart)", self.name, len(ids))
         items = self._row_items(ids, fields) if self._rows is not None else self._frame_items(ids, fields)
-        for item in items:
-            item.on_done = self._done
+        chunk, rest = raw_ids, []
+        if items:
+            cut = ids.index(items[-1].entry_id) + 1
+            chunk, rest = raw_ids[:cut], raw_ids[cut:]
+            items[-1].on_done = lambda item, result: self._chunk_done(chunk)
         with self._lock:
-            self._delivered.extend(ids)
-            self._held.update(ids)
-            self._outstanding += len(items)
+            for ids_part in (chunk, rest):
+                if ids_part:
+                    self._delivered.append(ids_part)
+            self._outstanding += 1 if items else 0
         return emit(items)
 
-    def _row_items(self, ids: list[str], fields: list[dict]) -> list[Item]:
+    def _row_items(self, ids: list[str], fields: list) -> list[Item]:
         """Rows in entry order; an entry without the row field is rejected in its place, like a bad row."""
         key, stream = self.settings.field.encode(), self.settings.stream
         items: list[Item] = []
         lines, run = [], []
         for entry_id, values in zip(ids, fields):
-            raw = values.get(key)
+            raw = values[1] if len(values) == 2 and values[0] == key else _value(values, key)
             if raw is not None:
                 lines.append(raw.decode("utf-8", errors="replace"))
                 run.append(entry_id)
@@ -207,10 +219,11 @@ class RedisStreamSourceThread(Source):
             items += self._rows.items(lines, origins=[f"{stream} {e}" for e in run], entry_ids=run)
         return items
 
-    def _frame_items(self, ids: list[str], fields: list[dict]) -> list[Item]:
+    def _frame_items(self, ids: list[str], fields: list) -> list[Item]:
         key = self.settings.field.encode()
         items = []
-        for entry_id, values in zip(ids, fields):
+        for entry_id, flat in zip(ids, fields):
+            values = dict(zip(flat[::2], flat[1::2]))
             camera = (values.get(b"camera") or b"").decode("utf-8", errors="replace")[:64] or self.settings.stream
             try:
                 captured_at = float(values.get(b"captured_at") or time.time())
@@ -232,25 +245,23 @@ class RedisStreamSourceThread(Source):
     def _flush_acks(self, client: redis.Redis | None) -> None:
         with self._lock:
             journaled, self._journaled = self._journaled, []
-            ready: list[str] = []
-            for entry_id in journaled:  # items of this source are journaled in order
+            chunks: list[list[bytes]] = []
+            for done in journaled:  # items of this source are journaled in order: earlier chunks are done too
                 while self._delivered:
-                    delivered = self._delivered.popleft()
-                    ready.append(delivered)
-                    if delivered == entry_id:
+                    chunks.append(self._delivered.popleft())
+                    if chunks[-1] is done:
                         break
-        if not ready:
+        if not chunks:
             return
+        ready = [entry_id for chunk in chunks for entry_id in chunk]
         try:
             for start in range(0, len(ready), 10_000):
                 client.xack(self.settings.stream, self.settings.group, *ready[start:start + 10_000])
         except Exception:
             with self._lock:  # not acknowledged: try again with the next flush
-                self._journaled[:0] = [ready[-1]]
-                self._delivered.extendleft(reversed(ready))
+                self._journaled[:0] = [chunks[-1]]
+                self._delivered.extendleft(reversed(chunks))
             raise
-        with self._lock:
-            self._held.difference_update(ready)
 
     def _drain_acks(self, client: redis.Redis | None) -> None:
         """At stop: acknowledge what the pipeline journals from the queue, for a while."""
@@ -270,3 +281,25 @@ class RedisStreamSourceThread(Source):
             log.warning("source %s: %s; retrying", self.name, reason)
         self._problem = reason
         self.set_up(False)
+
+
+def _raw_reply(response, **options):
+    """XREADGROUP / XAUTOCLAIM replies as the protocol parser gives them, without redis-py's reshaping."""
+    return response
+
+
+def _entries(response) -> list:
+    """The [[id, [field, value, ...]], ...] of a raw XREADGROUP reply on one stream, which comes as
+    {stream: entries} or [[stream, entries]] depending on the protocol version and parser."""
+    if not response:
+        return []
+    pairs = response.items() if isinstance(response, dict) else response
+    return [entry for _, entries in pairs for entry in entries]
+
+
+def _value(flat, key: bytes) -> bytes | None:
+    """The value of `key` in a flat [field, value, ...] list, or None."""
+    for k in range(0, len(flat) - 1, 2):
+        if flat[k] == key:
+            return flat[k + 1]
+    return None
