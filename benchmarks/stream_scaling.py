@@ -1,5 +1,5 @@
 """Stream scaling benchmark: traffic rows/s when 1, 2 and 4 inspector processes share one Redis stream
-through a consumer group, next to the TCP source's rate measured in the same run.
+through a consumer group, next to the TCP source's rate measured in the same run and the same way.
 
     python -m benchmarks.stream_scaling            # about 3 minutes on 2 cores; needs Debian's redis-server
     python -m benchmarks.stream_scaling --quick
@@ -7,7 +7,9 @@ through a consumer group, next to the TCP source's rate measured in the same run
 Each run fills a fresh stream with KDDTest+ lines (`row` field), then starts the consumers (each its
 own `inspector run` process, one intra-op thread) on it; the rate is the rows journaled by all of them
 over the time from the first journaled row to the last (parsed, encoded, scored, journaled, counted,
-acknowledged). On a 2-core machine the consumers, Redis and the journal writes share the two cores:
+acknowledged). The reference is the same `inspector run` process with a TCP traffic source, fed by
+one client from the benchmark's process and timed from its journal the same way, so both sides pay
+the same process, metrics and journal costs. On a 2-core machine the consumers, Redis and the journal writes share the two cores:
 more consumers than cores cannot add throughput here, but shows the cost of sharing; across hosts
 each consumer brings its own cores.
 """
@@ -15,6 +17,7 @@ each consumer brings its own cores.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import signal
 import subprocess
@@ -29,7 +32,7 @@ import yaml
 
 from benchmarks.results import section_main
 from benchmarks.servers import free_port, start_redis
-from benchmarks.throughput import traffic_model, traffic_rows_per_second
+from benchmarks.throughput import traffic_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_START, MARK_END = "<!-- stream-scaling:start -->", "<!-- stream-scaling:end -->"
@@ -45,28 +48,81 @@ def fill(client, stream: str, lines: list[str], n_rows: int) -> None:
         pipe.execute()
 
 
-def consumers_rate(model: Path, folder: Path, port: int, lines: list[str], n_rows: int, consumers: int) -> tuple[float, list[int]]:
+def start_inspector(folder: Path, name: str, model: Path, source: dict) -> tuple[subprocess.Popen, Path]:
+    """One `inspector run` process with one source, as the consumers run; its journal's path."""
+    journal = folder / f"{name}.jsonl"
+    config = {"model": {"path": str(model), "intra_op_threads": 1}, "sources": [{"name": "flows", **source}],
+              "batching": {"max_batch": 1024, "max_wait_ms": 5}, "queue": {"size": 4096},
+              "metrics": {"port": free_port()}, "journal": {"path": str(journal), "max_bytes": 10**10},
+              "evidence": {"dir": None}, "logging": {"status_interval_s": 0}}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-m", "inspector.cli", "run", "-c", str(path)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process, journal
+
+
+def tcp_rate(model: Path, folder: Path, lines: list[str], n_rows: int) -> tuple[float, float]:
+    """Rows/s of the TCP traffic source in an `inspector run` process, one client sending every row."""
+    import socket
+
+    port = free_port()
+    process, journal = start_inspector(folder, f"tcp_{time.monotonic_ns()}", model,
+                                       {"kind": "traffic", "mode": "tcp", "listen": f"127.0.0.1:{port}"})
+    payload = ("\n".join((lines * (n_rows // len(lines) + 1))[:n_rows]) + "\n").encode()
+    deadline = time.time() + 60
+    while True:
+        try:
+            client = socket.create_connection(("127.0.0.1", port))
+            break
+        except ConnectionRefusedError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+    with client:
+        client.sendall(payload)
+    rate, _, cpu_per_row, _ = journals_rate([process], [journal], n_rows)
+    return rate, cpu_per_row
+
+
+def consumers_rate(model: Path, folder: Path, redis_server: subprocess.Popen, port: int, lines: list[str], n_rows: int,
+                   consumers: int) -> tuple[float, list[int], float, float]:
     import redis
 
     stream = f"flows{consumers}_{time.monotonic_ns()}"
     fill(redis.Redis(port=port), stream, lines, n_rows)
     processes, journals = [], []
     for k in range(consumers):
-        journal = folder / f"{stream}_{k}.jsonl"
-        config = {"model": {"path": str(model), "intra_op_threads": 1},
-                  "sources": [{"name": "flows", "kind": "redis_stream", "url": f"redis://127.0.0.1:{port}/0",
-                               "stream": stream, "consumer": f"c{k}", "count": 2000}],
-                  "batching": {"max_batch": 1024, "max_wait_ms": 5}, "queue": {"size": 4096},
-                  "metrics": {"port": free_port()}, "journal": {"path": str(journal), "max_bytes": 10**10}, "evidence": {"dir": None},
-                  "logging": {"status_interval_s": 0}}
-        path = folder / f"{stream}_{k}.yaml"
-        path.write_text(yaml.safe_dump(config))
+        process, journal = start_inspector(folder, f"{stream}_{k}", model, {
+            "kind": "redis_stream", "url": f"redis://127.0.0.1:{port}/0", "stream": stream, "consumer": f"c{k}",
+            "count": 2000})
+        processes.append(process)
         journals.append(journal)
-        processes.append(subprocess.Popen([sys.executable, "-m", "inspector.cli", "run", "-c", str(path)], cwd=ROOT,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return journals_rate(processes, journals, n_rows, others=(redis_server.pid,))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def journals_rate(processes: list[subprocess.Popen], journals: list[Path], n_rows: int,
+                  others: tuple[int, ...] = ()) -> tuple[float, list[int], float, float]:
+    """Wait for `n_rows` journal lines in all, stop the processes, and return the rows per second from
+    the first journaled row to the last, each journal's share, and the CPU seconds the inspectors and
+    the `others` (the Redis server) spent per row while rows were being journaled."""
     deadline = time.time() + 600
-    while time.time() < deadline and sum(_count(j) for j in journals) < n_rows:
-        time.sleep(0.2)
+    pids = [p.pid for p in processes]
+    started = None
+    while time.time() < deadline:
+        done = sum(_count(j) for j in journals)
+        if done and started is None:
+            started = [cpu_seconds(pid) for pid in pids], [cpu_seconds(pid) for pid in others], done
+        if done >= n_rows:
+            break
+        time.sleep(0.05)
+    ended = [cpu_seconds(pid) for pid in pids], [cpu_seconds(pid) for pid in others]
     for process in processes:
         process.send_signal(signal.SIGTERM)
     for process in processes:
@@ -78,9 +134,11 @@ def consumers_rate(model: Path, folder: Path, port: int, lines: list[str], n_row
         if times:
             stamps = [datetime.fromisoformat(t).timestamp() for t in (times[0], times[-1])]
             first, last = min(first, stamps[0]), max(last, stamps[1])
-    if sum(shares) < n_rows:
-        raise RuntimeError(f"{consumers} consumers journaled {sum(shares)} of {n_rows} rows")
-    return sum(shares) / max(last - first, 1e-9), shares
+    if sum(shares) < n_rows or started is None:
+        raise RuntimeError(f"{len(journals)} inspectors journaled {sum(shares)} of {n_rows} rows")
+    rows = n_rows - started[2]
+    own, other = (sum(ended[k]) - sum(started[k]) for k in (0, 1))
+    return sum(shares) / max(last - first, 1e-9), shares, own / rows, other / rows
 
 
 def _count(journal: Path) -> int:
@@ -99,34 +157,37 @@ def run(args) -> str:
         try:
             tcp, rows = [], []
             for _ in range(args.repeats):
-                tcp.append(traffic_rows_per_second(model, folder, lines, n_rows // 3, "tcp", 1024))
-                print(f"tcp: {tcp[-1]:.0f} rows/s", flush=True)
+                tcp.append(tcp_rate(model, folder, lines, n_rows))
+                print(f"tcp: {tcp[-1][0]:.0f} rows/s", flush=True)
                 for consumers in (1, 2, 4):
-                    rate, shares = consumers_rate(model, folder, port, lines, n_rows, consumers)
-                    rows.append((consumers, rate, shares))
-                    print(f"{consumers} consumer(s): {rate:.0f} rows/s, shares {shares}", flush=True)
+                    rows.append((consumers, *consumers_rate(model, folder, server, port, lines, n_rows, consumers)))
+                    print(f"{consumers} consumer(s): {rows[-1][1]:.0f} rows/s, shares {rows[-1][2]}", flush=True)
         finally:
             server.terminate()
             server.wait(10)
-    tcp_rate = float(np.median(tcp))
+    tcp_median = float(np.median([rate for rate, _ in tcp]))
+    tcp_cpu = float(np.median([cpu for _, cpu in tcp]))
     command = "python -m benchmarks.stream_scaling " + " ".join(sys.argv[1:])
     out = [MARK_START, "## Stream scaling (Redis Streams consumer group)", "", f"Command: `{command.strip()}`  ",
            f"Machine: {platform.node()} ({CORES} cores), run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.  ",
            f"Model: the traffic table's tabular GANomaly ({flops / 1e3:.0f} kFLOPs/row); {n_rows:,} KDDTest+ rows per "
            f"run in a fresh stream; consumers are `inspector run` processes in one group (count 2000, max batch "
-           f"1024, 1 intra-op thread). Reference: the TCP source, one client, max batch 1024, "
-           f"{tcp_rate:,.0f} rows/s (median of {len(tcp)}, in-process daemon).", "",
-           f"{args.repeats} rounds; the median per setting is the figure.", "",
-           "| consumers | rows/s, all together (median) | range | per core | per consumer vs TCP source | share of the rows per consumer |",
-           "|---|---|---|---|---|---|"]
+           f"1024, 1 intra-op thread). Reference: the TCP source in the same kind of "
+           f"process, one client sending the same {n_rows:,} rows, timed from its journal the same way: "
+           f"{tcp_median:,.0f} rows/s and {tcp_cpu * 1e6:.1f} µs of CPU per row (medians of {len(tcp)}).", "",
+           f"{args.repeats} rounds; the median per setting is the figure. CPU per row is measured while rows "
+           "are journaled (/proc), for the inspector processes together and for redis-server, which shares "
+           "the two cores here and would run on its own host in a plant.", "",
+           "| consumers | rows/s, all together (median) | range | per core | per consumer vs TCP source | "
+           "inspector CPU µs/row (TCP source µs / this) | redis-server CPU µs/row | share of the rows per consumer |",
+           "|---|---|---|---|---|---|---|---|"]
     for consumers in (1, 2, 4):
-        these = [(rate, shares) for c, rate, shares in rows if c == consumers]
-        rates = sorted(rate for rate, _ in these)
-        median = float(np.median(rates))
-        shares = these[len(these) // 2][1]
+        these = sorted((r for r in rows if r[0] == consumers), key=lambda r: r[1])
+        _, median, shares, own, other = these[len(these) // 2]
         share_text = " / ".join(f"{s / sum(shares):.0%}" for s in shares)
-        out.append(f"| {consumers} | {median:,.0f} | {rates[0]:,.0f} – {rates[-1]:,.0f} | "
-                   f"{median / min(consumers, CORES):,.0f} | {median / consumers / tcp_rate:.0%} | {share_text} |")
+        out.append(f"| {consumers} | {median:,.0f} | {these[0][1]:,.0f} – {these[-1][1]:,.0f} | "
+                   f"{median / min(consumers, CORES):,.0f} | {median / consumers / tcp_median:.0%} | "
+                   f"{own * 1e6:.1f} ({tcp_cpu / own:.0%}) | {other * 1e6:.1f} | {share_text} |")
     out.append(MARK_END)
     return "\n".join(out)
 
