@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import ModelCardError, describe_validation_error
 
 CARD_KEY = "qinspector.card"
-CARD_FORMAT_VERSION = 2  # 2: calibration.confidence; format 1 cards still load
+CARD_FORMAT_VERSION = 3  # 2: calibration.confidence; 3: calibration.synthetic_recall; older cards still load
 
 
 class _Strict(BaseModel):
@@ -146,6 +146,8 @@ class Calibration(_Strict):
     confidence: Annotated[float, Field(ge=0.5, lt=1)] | None = None
     n_samples: Annotated[int, Field(ge=0)]
     quantiles: dict[str, float] = Field(default_factory=dict)
+    # share of synthetic-defect copies of the held-out images at or above the threshold (images only)
+    synthetic_recall: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
 class Provenance(_Strict):
@@ -168,7 +170,7 @@ class ExportInfo(_Strict):
 
 
 class ModelCard(_Strict):
-    format_version: Literal[1, 2] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2, 3] = CARD_FORMAT_VERSION
     name: str
     family: Literal["ganomaly", "anogan", "autoencoder"]
     version: str

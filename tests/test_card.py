@@ -47,15 +47,25 @@ def test_newer_card_format_is_refused(tiny_piped_run, tmp_path):
         Scorer(tmp_path / "new.onnx")
 
 
-def test_format_1_cards_from_earlier_releases_still_load(tiny_piped_run, tmp_path):
+def test_format_1_and_2_cards_from_earlier_releases_still_load(tiny_piped_run, tmp_path):
+    def format_2(d):
+        d["format_version"] = 2
+        del d["calibration"]["synthetic_recall"]  # added in format 3
+
     def format_1(d):
+        format_2(d)
         d["format_version"] = 1
         del d["calibration"]["confidence"]  # added in format 2
 
     _rewrite_card(tiny_piped_run.model_path, tmp_path / "old.onnx", format_1)
     card = Scorer(tmp_path / "old.onnx").card
     assert card.format_version == 1 and card.calibration.confidence is None
-    assert tiny_piped_run.card.format_version == 2 and tiny_piped_run.card.calibration.confidence == 0.9
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "two.onnx", format_2)
+    card = Scorer(tmp_path / "two.onnx").card
+    assert card.format_version == 2 and card.calibration.synthetic_recall is None
+    new = tiny_piped_run.card
+    assert new.format_version == 3 and new.calibration.confidence == 0.9
+    assert 0 <= new.calibration.synthetic_recall <= 1
 
 
 def test_card_that_disagrees_with_the_graph_is_refused(tiny_piped_run, tmp_path):

@@ -94,12 +94,6 @@ def test_a_misspelled_config_key_is_one_line_naming_it(tmp_path):
     assert str(config) in line and "unknown field 'train.stpes'" in line
 
 
-def test_missing_data_folder_is_one_clear_line(tmp_path):
-    result = inspector("train", "--data", str(tmp_path / "nowhere"), "--no-progress")
-    assert result.returncode == 2
-    assert "no training images found" in error_line(result)
-
-
 def test_steps_on_the_command_line_sets_both_anogan_phases(piped_class):
     from inspector.cli import build_parser
     from training.cli import resolve_config

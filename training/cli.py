@@ -83,19 +83,27 @@ def _print_metrics(metrics: dict | None, out_dir: Path) -> None:
 
 def train(args) -> int:
     from .fit import fit
+    from .train import CHECKPOINT
 
     config = resolve_config(args)
     out = args.out or Path("runs") / config.name
+    if args.resume and not (out / CHECKPOINT).exists():
+        raise InspectorError(f"--resume: {out} has no {CHECKPOINT} to resume from; leave out --resume to start "
+                             f"a new run there")
     started = time.perf_counter()
     try:
         result = fit(config, out, resume=args.resume, progress=not args.no_progress, evaluate_test=not args.no_evaluate)
     except FileNotFoundError as exc:
         raise InspectorError(str(exc).strip("'\"")) from None
     card = result.card
-    print(f"model: {result.model_path}  (threshold {card.calibration.threshold:.4g} from {card.calibration.n_samples} "
-          f"held-out normal images, target false-alarm rate {card.calibration.target_false_alarm_rate:g}; "
-          f"{card.training.steps} steps in {card.training.train_seconds:.0f} s; "
-          f"{card.export.flops_per_item / 1e6:.0f} MFLOPs/image; torch/onnx max diff {card.export.parity_max_abs_diff:.1e})")
+    calibration = card.calibration
+    print(f"model: {result.model_path}  (threshold {calibration.threshold:.4g} from {calibration.n_samples} "
+          f"held-out normal {'images' if card.input.kind == 'image' else 'windows'}, target false-alarm rate "
+          f"{calibration.target_false_alarm_rate:g}; {card.training.steps} steps in {card.training.train_seconds:.0f} s; "
+          f"{card.export.flops_per_item / 1e6:.0f} MFLOPs/item; torch/onnx max diff {card.export.parity_max_abs_diff:.1e})")
+    if calibration.synthetic_recall is not None:
+        print(f"self-check: this threshold flags {calibration.synthetic_recall:.0%} of synthetic defects pasted into "
+              f"the held-out good images (no test images used; real defects differ, so read it as a guide)")
     _print_metrics(result.metrics, out)
     log.debug("total %.1f s", time.perf_counter() - started)
     return 0

@@ -108,12 +108,37 @@ def load_images(
     return LoadedImages(array, kept, np.asarray(kept_labels, dtype=np.int64), kept_types, masks, skipped)
 
 
-def load_train_good(root: Path, spec: ImageInput) -> LoadedImages:
-    folder = Path(root) / "train" / "good"
+IMAGE_KINDS = "PNG, JPEG, BMP, TIFF or WebP"
+
+
+def training_image_paths(root: Path) -> list[Path]:
+    """The images of <root>/train/good, or FileNotFoundError saying which of the usual mistakes it
+    is: no such folder, images not in train/good, or no image at all."""
+    root = Path(root)
+    folder = root / "train" / "good"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
     paths = list_images(folder)
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no training images found (expected MVTec layout <root>/train/good/*.png)")
-    return load_images(paths, spec)
+    if paths:
+        return paths
+    for stray in (root, root / "train"):
+        loose = list_images(stray)
+        if loose:
+            raise FileNotFoundError(
+                f"{stray}: {len(loose)} images found here, but training reads them from {folder}/ "
+                f"(move them: mkdir -p {folder} && mv {stray}/*.{loose[0].suffix.lstrip('.')} {folder}/)")
+    if folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no images ({IMAGE_KINDS}) in this folder")
+    raise FileNotFoundError(f"{folder}: missing; put the photos of good parts there ({IMAGE_KINDS}); "
+                            f"optionally test/good and test/<defect>/ for evaluation")
+
+
+def load_train_good(root: Path, spec: ImageInput) -> LoadedImages:
+    loaded = load_images(training_image_paths(root), spec)
+    if not len(loaded):
+        raise FileNotFoundError(f"{Path(root) / 'train' / 'good'}: none of the {len(loaded.skipped)} images could be "
+                                f"read (first: {loaded.skipped[0][0].name}, {loaded.skipped[0][1]})")
+    return loaded
 
 
 def list_test_files(root: Path) -> list[tuple[Path, int, str, Path | None]]:

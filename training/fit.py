@@ -20,6 +20,7 @@ import torch
 
 import inspector
 from inspector.card import ModelCard, Provenance, ScoreDefinition
+from inspector.errors import InspectorError
 from inspector.scorer import Scorer, combine_score
 
 from .calibrate import calibrate
@@ -29,6 +30,7 @@ from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
 from .flops import count_flops
 from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max
+from .selection import synthetic_recall
 from .torch_scoring import run_scoring
 from .train import check_memory_size, scoring_module, train_ganomaly
 
@@ -70,6 +72,23 @@ def load_training_data(config: TrainConfig, with_test: bool = True) -> tuple[Loa
 
 
 PARITY_ITEMS = 64
+RECOMMENDED_NORMAL_IMAGES = 40  # about 8 held out at the default fraction: below, the threshold is a rough guess
+
+
+def check_normal_count(n: int, config: TrainConfig) -> None:
+    """Refuse a set too small to both train and calibrate; warn, in one sentence with what to do, below
+    the recommended size."""
+    folder = config.data.resolved_path / "train" / "good"
+    if n < 2:
+        raise InspectorError(f"{folder}: {n} readable normal image(s); training needs at least 2 (one to learn "
+                             f"from, one to set the threshold) and works well from {RECOMMENDED_NORMAL_IMAGES}: "
+                             f"photograph {RECOMMENDED_NORMAL_IMAGES - n} more good parts")
+    if n < RECOMMENDED_NORMAL_IMAGES:
+        held = max(1, int(round(n * config.data.holdout_fraction)))
+        log.warning("only %d normal images: the threshold rests on %d held-out image(s), too few to set it "
+                    "reliably (it tends to sit high: few alarms, defects missed); photograph %d more good parts, or "
+                    "set calibration.confidence: 0.5 to trade a lower threshold for more false alarms", n, held,
+                    RECOMMENDED_NORMAL_IMAGES - n)
 
 
 def _card(config: TrainConfig, spec, score: ScoreDefinition, calibration, trained) -> ModelCard:
@@ -135,6 +154,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     run_dir = _prepare_run(config, run_dir)
     spec = config.input.to_spec()
     normal, test_items = load_training_data(config, with_test=evaluate_test)
+    check_normal_count(len(normal), config)
     fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
     log.info("training on %d normal images, %d held out for calibration and checkpoint selection", len(fit_idx),
              len(hold_idx))
@@ -160,6 +180,9 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         validation = (per_frame_max(combine_score(v_out, score), v_owner), validation.labels)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)), confidence=config.calibration.confidence)
+    recall = synthetic_recall(scoring, normal.tensors[hold_idx][:config.selection.max_items], spec, score,
+                              calibration.threshold, config.train.seed)
+    calibration = calibration.model_copy(update={"synthetic_recall": recall})
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run_dir)
     model_path = run_dir / MODEL_FILE
 

@@ -70,6 +70,20 @@ def synthetic_defects(frames: np.ndarray, patch_side: int, seed: int) -> np.ndar
     return out
 
 
+def synthetic_recall(scoring: nn.Module, frames: np.ndarray, spec, score: ScoreDefinition, threshold: float,
+                     seed: int) -> float | None:
+    """Share of synthetic-defect copies of held-out normal frames that score at or above the threshold:
+    a label-free estimate of what the calibrated threshold leaves of recall (real defects differ from
+    these patches, so it is a guide, not a promise). None for frames of different sizes."""
+    if frames.dtype == object or not len(frames):
+        return None
+    defective = synthetic_defects(np.concatenate([frames] * SYNTHETIC_COPIES), min(spec.height, spec.width),
+                                  seed).astype(np.float32)
+    outputs, owner = frame_outputs(scoring, defective, spec)
+    scores = np.nan_to_num(per_frame_max(combine_score(outputs, score), owner), nan=np.inf)
+    return float(np.mean(scores >= threshold))
+
+
 class CheckpointSelector:
     """Evaluates the run's weights at planned epoch ends and remembers the best.
 
@@ -79,6 +93,10 @@ class CheckpointSelector:
     def __init__(self, config: TrainConfig, validation: np.ndarray | None, modules: dict[str, nn.Module],
                  make_scoring: Callable[[], nn.Module], total_epochs: int):
         self.criterion = config.selection.criterion if validation is not None else "last"  # nothing held out
+        if self.criterion != "last" and len(validation) < 2:
+            log.warning("checkpoint selection by %s needs at least 2 held-out normal items, %d held out: the last "
+                        "weights are exported", self.criterion, len(validation))
+            self.criterion = "last"
         self.modules = modules
         self.make_scoring = make_scoring
         self.total_epochs = max(1, total_epochs)
@@ -92,8 +110,6 @@ class CheckpointSelector:
         self.best_epoch: int | None = None
         if self.criterion == "last":
             return
-        if len(validation) < 2:
-            raise ValueError("checkpoint selection needs at least 2 held-out normal items")
         keep = np.random.default_rng(config.train.seed).permutation(len(validation))[:config.selection.max_items]
         self.normal = np.ascontiguousarray(validation[np.sort(keep)], dtype=np.float32)
         if self.criterion == "synthetic_auroc":

@@ -1,0 +1,93 @@
+"""A newcomer's own photos, in the shapes they really arrive: loose in a folder, too few, one, none.
+Every mistake is one line naming the problem and the fix (exit 2); a small set trains with a
+warning that says what to do, and the summary says what the threshold rests on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from .test_cli import error_line, inspector
+
+TINY = ["--steps", "2", "--no-progress", "--set", "input.height=32", "--set", "input.width=32",
+        "--set", "input.resize=stretch", "--set", "model.base_width=8", "--set", "train.threads=1"]
+
+
+def photos(folder: Path, n: int, suffix: str = ".jpg") -> Path:
+    """n photos of a 'good part' (the same striped disc, different sensor noise), as a camera writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n)
+    for k in range(n):
+        image = np.full((96, 128, 3), 90, np.uint8)
+        cv2.circle(image, (64, 48), 30, (40, 160, 200), -1)
+        image[::8] = 60
+        image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"part_{k:03d}{suffix}"), image)
+    return folder
+
+
+def test_a_missing_folder_is_named_as_missing(tmp_path):
+    result = inspector("train", "--data", str(tmp_path / "nowhere"), "--no-progress")
+    assert result.returncode == 2
+    assert error_line(result).endswith("nowhere: no such folder")
+
+
+def test_photos_left_loose_in_the_folder_are_told_where_to_go(tmp_path):
+    photos(tmp_path / "parts", 5)
+    result = inspector("train", "--data", str(tmp_path / "parts"), "--no-progress")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert "5 images found here" in line and f"{tmp_path / 'parts' / 'train' / 'good'}/" in line
+    assert "mv " in line and "*.jpg" in line
+
+
+def test_an_empty_good_folder_says_it_has_no_images(tmp_path):
+    (tmp_path / "parts" / "train" / "good").mkdir(parents=True)
+    (tmp_path / "parts" / "train" / "good" / "notes.txt").write_text("not a photo")
+    result = inspector("train", "--data", str(tmp_path / "parts"), "--no-progress")
+    assert result.returncode == 2
+    assert "train/good: no images (PNG, JPEG" in error_line(result)
+
+
+def test_unreadable_photos_only_are_one_line_naming_the_first(tmp_path):
+    good = tmp_path / "parts" / "train" / "good"
+    good.mkdir(parents=True)
+    (good / "a.jpg").write_bytes(b"\xff\xd8 truncated")
+    result = inspector("train", "--data", str(tmp_path / "parts"), "--no-progress")
+    assert result.returncode == 2
+    warning, error = result.stderr.strip().splitlines()  # the skipped file's warning, then the error
+    assert "skipping" in warning and "a.jpg" in warning
+    assert "none of the 1 images could be read (first: a.jpg, decode_failed)" in error
+
+
+def test_one_photo_is_refused_with_how_many_more_to_take(tmp_path):
+    photos(tmp_path / "parts" / "train" / "good", 1)
+    result = inspector("train", "--data", str(tmp_path / "parts"), *TINY)
+    assert result.returncode == 2
+    line = error_line(result)
+    assert "1 readable normal image(s); training needs at least 2" in line and "photograph 39 more" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2, 3, 12])
+def test_a_small_set_trains_with_one_warning_and_says_what_the_threshold_rests_on(tmp_path, n):
+    photos(tmp_path / "parts" / "train" / "good", n)
+    result = inspector("--log-level", "WARNING", "train", "--data", str(tmp_path / "parts"),
+                       "--out", str(tmp_path / "run"), *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"only {n} normal images" in result.stderr and f"photograph {40 - n} more good parts" in result.stderr
+    held = max(1, round(n * 0.2))
+    assert f"from {held} held-out normal images" in result.stdout
+    assert "self-check: this threshold flags" in result.stdout and "% of synthetic defects" in result.stdout
+    assert (tmp_path / "run" / "model.onnx").is_file()
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    photos(tmp_path / "parts" / "train" / "good", 4)
+    result = inspector("train", "--data", str(tmp_path / "parts"), "--out", str(tmp_path / "run"), "--resume", *TINY)
+    assert result.returncode == 2
+    assert "--resume:" in error_line(result) and "has no checkpoint.pt" in error_line(result)
