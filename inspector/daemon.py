@@ -54,7 +54,7 @@ class Daemon:
         self.config = config
         self.exit_when_done = exit_when_done
         self.scorer = self._load_scorer(config.model.path)
-        self.metrics = Metrics(config.metrics.drift_window)
+        self.metrics = Metrics(config.metrics.drift_window, config.journal.path.with_suffix(".drift.json"))
         self.metrics.set_model(self.scorer)
         sinks = [JournalSink(config.journal.path, config.journal.max_bytes, config.journal.backups,
                              config.journal.fsync, model_version=lambda: self.scorer.card.version,

@@ -4,9 +4,8 @@ Names follow Prometheus conventions: `inspector_` prefix, snake_case, base units
 `_total` counters, a `source` label on everything per source. Score histograms are of the
 normalised score (1.0 = threshold), so one set of buckets fits every model.
 
-Drift (`inspector_score_drift_psi{source}`): the population stability index between the last
-`drift_window` scores of a source and the calibration distribution in the card, over the bins the
-card's normal-score quantiles define (p50, p90, p95, p99 -> expected shares 50/40/5/4/1 %).
+Drift (`inspector_score_drift_psi{source}`): the population stability index of the last
+`drift_window` normal-verdict scores of a source against its baseline (see inspector/drift.py).
 Below 0.1 is stable, 0.1-0.25 a moderate shift, above 0.25 a real drift (lighting, camera,
 material): recalibrate or retrain.
 """
@@ -20,11 +19,13 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ..drift import DriftMonitor
 from ..scorer import ANOMALY, Rejection, Scorer, ScoreResult
 from ..sources.base import Item
 from .bulk_histogram import BulkHistogram
@@ -33,19 +34,10 @@ log = logging.getLogger(__name__)
 
 SCORE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-DRIFT_LEVELS = ("p50", "p90", "p95", "p99")
-DRIFT_EXPECTED = np.array([0.50, 0.40, 0.05, 0.04, 0.01])
-
-
-def population_stability_index(scores: np.ndarray, edges: np.ndarray, expected: np.ndarray) -> float:
-    counts = np.bincount(np.searchsorted(edges, scores, side="right"), minlength=len(expected))[: len(expected)]
-    actual = np.clip(counts / max(1, len(scores)), 1e-4, None)
-    expected = np.clip(expected, 1e-4, None)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
 class Metrics:
-    def __init__(self, drift_window: int = 500):
+    def __init__(self, drift_window: int = 500, drift_baseline: Path | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.scored = Counter("inspector_items_scored", "Items scored, by source and verdict", ["source", "verdict"], registry=r)
@@ -67,7 +59,8 @@ class Metrics:
         self.model_info = Gauge("inspector_model_info", "The active model (value 1)", ["name", "version", "family"], registry=r)
         self.threshold = Gauge("inspector_model_threshold", "Active threshold in raw score units", registry=r)
         self.last_anomaly = Gauge("inspector_last_anomaly_timestamp_seconds", "When the last anomaly was scored", ["source"], registry=r)
-        self.drift = Gauge("inspector_score_drift_psi", "Population stability index of recent scores vs calibration", ["source"], registry=r)
+        self.drift = Gauge("inspector_score_drift_psi", "Population stability index of recent normal scores vs the "
+                           "source's baseline (its first scores under this model)", ["source"], registry=r)
         self.sink_errors = Counter("inspector_sink_errors", "Failed journal / evidence writes", ["sink"], registry=r)
         self.sink_dropped = Counter("inspector_sink_dropped", "Messages a line output dropped from its full outbox "
                                     "(its peer was away; the journal still has the decisions)", ["sink"], registry=r)
@@ -86,9 +79,7 @@ class Metrics:
             self.sink_errors.labels(sink)
         for result in ("loaded", "refused"):
             self.reloads.labels(result)
-        self.drift_window = drift_window
-        self._edges: np.ndarray | None = None
-        self._recent: dict[str, deque] = {}
+        self._drift = DriftMonitor(drift_window, drift_baseline)
         self._by_source: dict[str, dict] = {}
         self._latencies: deque = deque(maxlen=2000)
         self._lock = threading.Lock()
@@ -105,17 +96,14 @@ class Metrics:
         self.source_finished.labels(name).set(0)
         self.queue_depth.labels(name).set(0)
         self.drift.labels(name).set(0)
-        self._recent[name] = deque(maxlen=self.drift_window)
+        self._drift.add_source(name)
 
     def set_model(self, scorer: Scorer) -> None:
         self.model_info.clear()
         card = scorer.card
         self.model_info.labels(card.name, card.version, card.family).set(1)
         self.threshold.set(scorer.threshold)
-        quantiles = card.calibration.quantiles
-        self._edges = None
-        if all(level in quantiles for level in DRIFT_LEVELS):
-            self._edges = np.array([quantiles[level] for level in DRIFT_LEVELS]) / scorer.threshold
+        self._drift.set_model(card.version)
 
     def register_output(self, sink: str) -> None:
         self.sink_errors.labels(sink)
@@ -170,18 +158,8 @@ class Metrics:
                 children["last_anomaly"].set(wall)
             self.totals["scored"] += len(scores)
             self.totals["anomalies"] += anomalies
-            recent = self._recent.get(source)
-            if recent is not None:
-                recent.extend(scores)
-        self._update_drift(set(groups))
-
-    def _update_drift(self, sources: set[str]) -> None:
-        if self._edges is None:
-            return
-        for source in sources:
-            recent = self._recent.get(source)
-            if recent and len(recent) >= min(50, self.drift_window):
-                psi = population_stability_index(np.fromiter(recent, float), self._edges, DRIFT_EXPECTED)
+            psi = self._drift.observe(source, [s for s, v in zip(scores, verdicts) if v != ANOMALY])
+            if psi is not None:
                 self.drift.labels(source).set(psi)
 
     def latency_p99(self) -> float:
