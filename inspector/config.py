@@ -55,6 +55,9 @@ class CameraSource(_SourceBase):
     loop: bool = False  # video files: start again at the end (soak tests, demos)
     reconnect: Backoff = Backoff()
     read_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    # a live camera (device or URL) that has delivered no frame for this long, since the start or its
+    # last frame, fails /healthz (503, with the reason), retrying or not
+    stale_after_s: Annotated[float, Field(gt=0)] = 10.0
 
     @property
     def is_file(self) -> bool:

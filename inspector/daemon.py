@@ -150,15 +150,18 @@ class Daemon:
 
     def health(self) -> tuple[bool, dict]:
         now = time.time()
-        states = {}
+        states, reasons = {}, {}
         for s in self.sources:
-            states[s.name] = ("up" if s.up else "finished" if s.finished.is_set() else
-                              "retrying" if s.healthy(now) else "down")
-        healthy = all(state != "down" for state in states.values())
+            states[s.name], reason = s.state(now)
+            if reason:
+                reasons[s.name] = reason
+        healthy = all(state in ("up", "finished", "retrying") for state in states.values())
         outputs = {output.name: output.health() or "ok" for output in self.outputs}
         degraded = any(state != "ok" for state in outputs.values())
         detail = {"status": "unhealthy" if not healthy else "degraded" if degraded else "ok",
                   "model": self.scorer.card.version, "sources": states}
+        if reasons:
+            detail["reasons"] = reasons
         if outputs:  # a line output that is down degrades the daemon but does not fail it: the journal has every decision
             detail["outputs"] = outputs
         return healthy, detail

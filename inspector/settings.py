@@ -86,3 +86,17 @@ def check_redis_url(url: str) -> str:
     if "@" in url.split("://", 1)[1].split("/", 1)[0]:
         raise ValueError("put no credentials in the url: use auth.username and auth.password_file")
     return url
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be logged or shown: a user name or password in it becomes ***
+    (rtsp://admin:secret@cam/stream -> rtsp://***@cam/stream)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))

@@ -3,6 +3,7 @@ a dead RTSP camera, SIGTERM under load; metrics scraped over HTTP, the journal r
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -89,7 +90,7 @@ def test_a_lost_camera_shows_down_and_retries_while_the_daemon_stays_healthy(mod
     video = tmp_path / "ok.avi"
     write_video(video, 30)
     sources = [{"name": "dead-rtsp", "kind": "camera", "uri": "rtsp://127.0.0.1:9/stream",
-                "reconnect": {"initial_s": 0.1, "max_s": 0.4}},
+                "reconnect": {"initial_s": 0.1, "max_s": 0.4}, "stale_after_s": 120},
                {"name": "cam-ok", "kind": "camera", "uri": str(video), "realtime": False, "loop": True}]
     with DaemonProcess(tmp_path, model, sources) as daemon:
         first = daemon.wait_for(lambda s: metric(s, "inspector_source_reconnects_total", source="dead-rtsp") >= 2)
@@ -102,6 +103,23 @@ def test_a_lost_camera_shows_down_and_retries_while_the_daemon_stays_healthy(mod
     assert metric(later, "inspector_items_scored_total", source="cam-ok", verdict="normal") > 30
     assert status == 200 and body["sources"] == {"dead-rtsp": "retrying", "cam-ok": "up"}
     assert daemon.log().count("cannot open rtsp://127.0.0.1:9/stream") == 1  # logged once per outage
+
+
+def test_a_camera_silent_past_its_limit_fails_healthz_with_the_reason_and_no_password(model, tmp_path):
+    sources = [{"name": "gate", "kind": "camera", "uri": "rtsp://admin:S3cretPass@127.0.0.1:9/stream",
+                "reconnect": {"initial_s": 0.1, "max_s": 0.2}, "stale_after_s": 1.0}]
+    with DaemonProcess(tmp_path, model, sources) as daemon:
+        daemon.wait_for(lambda s: metric(s, "inspector_source_reconnects_total", source="gate") >= 1)
+        deadline = time.time() + 30
+        status, body = health(daemon.port)
+        while status == 200 and time.time() < deadline:
+            time.sleep(0.2)
+            status, body = health(daemon.port)
+        assert daemon.terminate() == 0
+    assert status == 503 and body["status"] == "unhealthy" and body["sources"] == {"gate": "stalled"}
+    reason = body["reasons"]["gate"]
+    assert reason.startswith("no frame for") and "limit 1 s" in reason and "cannot open rtsp://***@127.0.0.1:9" in reason
+    assert "S3cretPass" not in daemon.log() and "S3cretPass" not in json.dumps(body)
 
 
 @pytest.mark.parametrize("workers", [1, 3])

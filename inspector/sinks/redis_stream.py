@@ -18,6 +18,7 @@ import redis
 
 from ..config_outputs import RedisStreamOutput
 from ..scorer import Scorer
+from ..settings import redact_url
 from ..sources.base import Item
 from .outbox import Message, Outbox
 from .outbox_output import OutboxOutput
@@ -67,12 +68,12 @@ class RedisStreamSink(OutboxOutput):
                 pipe.execute()
             except (redis.RedisError, OSError) as exc:
                 self.outbox.unsend_all()
-                self._set_down(f"cannot write to {s.url} ({exc})")
+                self._set_down(f"cannot write to {redact_url(s.url)} ({exc})")
                 self._stop.wait(next(delays))
                 continue
             for message in batch:
                 self.outbox.acknowledge(message)
             if not self.connected:
                 delays = s.reconnect.delays()
-                self._set_up(f"writing verdicts to {s.stream} on {s.url}")
+                self._set_up(f"writing verdicts to {s.stream} on {redact_url(s.url)}")
         self._report_undelivered()

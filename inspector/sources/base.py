@@ -56,6 +56,10 @@ class Source:
         self.up = False
         self.retrying_until: float | None = None  # while retrying: when the next attempt is due
         self.thread: threading.Thread | None = None
+        self.stale_after_s: float | None = None  # sources that must deliver steadily (live cameras) set this
+        self.started_at = time.time()
+        self.last_delivery: float | None = None  # wall time of the last item delivered
+        self.problem: str | None = None  # why the source is down or retrying, for /healthz
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -83,20 +87,33 @@ class Source:
         def run() -> None:
             try:
                 self.produce(emit)
-            except Exception:  # a source bug must not take the daemon down silently
+            except Exception as exc:  # a source bug must not take the daemon down silently
                 log.exception("source %s failed", self.name)
+                self.problem = f"failed: {type(exc).__name__}: {exc}"[:300]
                 self.set_up(False)
             finally:
                 self.finished.set()
 
+        self.started_at = time.time()
         self.thread = threading.Thread(target=run, name=f"source-{self.name}", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
 
-    def healthy(self, now: float) -> bool:
-        """Up, finished cleanly, or retrying within its backoff."""
-        if self.up or self.finished.is_set():
-            return True
-        return self.retrying_until is not None and now <= self.retrying_until + 1.0
+    def state(self, now: float) -> tuple[str, str | None]:
+        """(up | finished | retrying | stalled | down, the reason when not up). Healthy: up, finished,
+        or retrying within its backoff, unless a source that must deliver steadily has been silent
+        for longer than `stale_after_s`."""
+        if self.finished.is_set():
+            return ("down", self.problem) if self.problem else ("finished", None)
+        if self.stale_after_s is not None:
+            silent = now - (self.last_delivery or self.started_at)
+            if silent > self.stale_after_s:
+                detail = f"; {self.problem}" if self.problem else ""
+                return "stalled", f"no frame for {silent:.0f} s (limit {self.stale_after_s:g} s){detail}"
+        if self.up:
+            return "up", None
+        if self.retrying_until is not None and now <= self.retrying_until + 1.0:
+            return "retrying", self.problem
+        return "down", self.problem or "stopped delivering"

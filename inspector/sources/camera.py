@@ -14,6 +14,7 @@ import time
 import cv2
 
 from ..config import CameraSource
+from ..settings import redact_url
 from .base import Emit, Item, Source
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,9 @@ class CameraSourceThread(Source):
     def __init__(self, settings: CameraSource, **callbacks):
         super().__init__(settings.name, **callbacks)
         self.settings = settings
+        self.shown_uri = redact_url(settings.uri) if isinstance(settings.uri, str) else f"camera {settings.uri}"
+        if not settings.is_file:
+            self.stale_after_s = settings.stale_after_s
 
     def _open(self) -> cv2.VideoCapture:
         uri = self.settings.uri
@@ -47,13 +51,14 @@ class CameraSourceThread(Source):
             capture = self._open()
             if not capture.isOpened():
                 capture.release()
+                self.problem = f"cannot open {self.shown_uri}"
                 if self.settings.is_file:
                     log.error("source %s: cannot open video file %s (not a readable video)", self.name, self.settings.uri)
                     self.set_up(False)
                     return
                 if not outage_logged:
                     log.warning("source %s: cannot open %s; retrying with backoff up to %.0f s",
-                                self.name, self.settings.uri, self.settings.reconnect.max_s)
+                                self.name, self.shown_uri, self.settings.reconnect.max_s)
                     outage_logged = True
                 self.set_up(False)
                 self.count_reconnect()
@@ -61,7 +66,7 @@ class CameraSourceThread(Source):
                 backoff = min(backoff * self.settings.reconnect.factor, self.settings.reconnect.max_s)
                 continue
             self.set_up(True)
-            self.retrying_until = None
+            self.retrying_until = self.problem = None
             backoff, outage_logged = self.settings.reconnect.initial_s, False
             frames = self._stream(capture, emit)
             capture.release()
@@ -74,6 +79,7 @@ class CameraSourceThread(Source):
             if self.stopping.is_set():
                 break
             log.warning("source %s: stream stopped delivering frames; reconnecting", self.name)
+            self.problem = f"{self.shown_uri} stopped delivering frames"
             outage_logged = True
             self.set_up(False)
             self.count_reconnect()
@@ -102,6 +108,7 @@ class CameraSourceThread(Source):
                 item = Item(self.name, self.next_seq(), captured, origin, rejection=("empty_frame", f"{self.name} {origin}: empty frame"))
             else:
                 item = Item(self.name, self.next_seq(), captured, origin, image=frame)
+            self.last_delivery = captured
             if not emit(item):
                 return index
         return index

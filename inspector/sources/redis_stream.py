@@ -41,6 +41,7 @@ from ..card import ImageInput, TabularInput
 from ..config import RedisStreamSource
 from ..errors import ItemRejected
 from ..preprocess import decode_image
+from ..settings import redact_url
 from .base import Emit, Item, Source
 from .rows import RowItems
 
@@ -91,7 +92,7 @@ class RedisStreamSourceThread(Source):
                 delays = self.settings.reconnect.delays()
                 self._consume(client, emit)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                self._down(f"cannot reach {self.settings.url} ({exc})")
+                self._down(f"cannot reach {redact_url(self.settings.url)} ({exc})")
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
