@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__, publish
+from . import __version__, init, publish
 from .errors import ConfigError, InspectorError
 
 TRAIN_EXTRA_HINT = (
@@ -27,6 +27,7 @@ typical use:
   inspector evaluate runs/x/model.onnx --data DATA --latent-search 200 --limit 40   anogan: why the encoder exists
   inspector score runs/bdp01/model.onnx part1.png part2.png    one JSON line per image
   inspector card runs/bdp01/model.onnx                          print the model card
+  inspector init runs/bdp01/model.onnx --camera 0 --out line.yaml   a daemon config for a camera, checked
   inspector run -c configs/line1.yaml                           the streaming daemon (metrics on :9108)
   inspector publish redis://127.0.0.1:6379/0 flows --table flows.csv    rows into a stream for redis_stream sources
 """
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit once every source has finished (video files without loop), after draining")
     p.add_argument("--check", action="store_true", help="validate the config and the model, then exit")
     publish.add_parser(sub)
+    init.add_parser(sub)
     p = sub.add_parser("card", help="print a model's card (JSON)")
     p.add_argument("model", type=Path)
     p = sub.add_parser("demo", help="the one-command demo on generated data (needs the train extra)",
@@ -153,9 +155,10 @@ def _score(args) -> int:
     scorer = Scorer(args.model, threshold=args.threshold, intra_op_threads=args.threads)
     if isinstance(scorer.card.input, TabularInput):
         return 1 if sum(_score_table(scorer, path, args.header) for path in args.files) else 0
+    files = _expand_folders(args.files)
     failed = 0
-    for start in range(0, len(args.files), args.batch):
-        chunk = args.files[start:start + args.batch]
+    for start in range(0, len(files), args.batch):
+        chunk = files[start:start + args.batch]
         for path, result in zip(chunk, scorer.score_files(chunk, max_batch=args.batch, heatmaps=False)):
             if isinstance(result, Rejection):
                 failed += 1
@@ -165,6 +168,22 @@ def _score(args) -> int:
                         "verdict": result.verdict, "threshold": scorer.threshold}
             print(json.dumps(line), flush=True)
     return 1 if failed else 0
+
+
+def _expand_folders(paths: list[Path]) -> list[Path]:
+    """Each folder stands for the images directly in it, in name order; an empty one is an error."""
+    from .preprocess import IMAGE_SUFFIXES
+
+    files = []
+    for path in paths:
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not images:
+                raise InspectorError(f"{path}: a folder with no images in it")
+            files += images
+        else:
+            files.append(path)
+    return files
 
 
 def _run(args) -> int:
@@ -206,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "publish":
             return publish.run(args)
+        if args.command == "init":
+            return init.run(args)
         try:
             from training import cli as training_cli
         except ImportError as exc:

@@ -91,7 +91,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = 50_000_000) -> np.ndar
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ItemRejected("file_missing", f"{origin}: file disappeared before it could be read") from None
+        raise ItemRejected("file_missing", f"{origin}: no such file") from None
     except OSError as exc:
         raise ItemRejected("read_error", f"{origin}: cannot read file ({exc.strerror or exc})") from None
     return decode_image(data, origin, max_pixels)

@@ -4,6 +4,9 @@ warning that says what to do, and the summary says what the threshold rests on."
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -91,3 +94,75 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     result = inspector("train", "--data", str(tmp_path / "parts"), "--out", str(tmp_path / "run"), "--resume", *TINY)
     assert result.returncode == 2
     assert "--resume:" in error_line(result) and "has no checkpoint.pt" in error_line(result)
+
+
+def readme_python_block() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### From Python", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_the_readme_path_from_photos_to_a_running_line(tmp_path):
+    """README "Your own parts": JPEG photos in the layout, the train command as printed, score a folder,
+    the Python block as printed, init for a video standing in for the camera, and the daemon run."""
+    from .daemon_helpers import free_port, write_video
+
+    photos(tmp_path / "my_parts" / "train" / "good", 40)
+    trained = inspector("train", "--data", "my_parts", "--out", "runs/my_parts", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "only" not in trained.stderr  # 40 photos: no small-set warning
+    assert "self-check: this threshold flags" in trained.stdout
+
+    new = photos(tmp_path / "new_photos", 2)
+    for k, path in enumerate(sorted(new.iterdir())):
+        path.rename(new / f"IMG_010{k + 1}.jpg")
+    scored = inspector("score", "runs/my_parts/model.onnx", "new_photos", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    assert [json.loads(line)["file"] for line in scored.stdout.splitlines()] == [
+        "new_photos/IMG_0101.jpg", "new_photos/IMG_0102.jpg"]
+
+    api = subprocess.run([sys.executable, "-c", readme_python_block()], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert api.returncode == 0, api.stderr
+    assert [line.split()[0] for line in api.stdout.splitlines()] == ["new_photos/IMG_0101.jpg", "new_photos/IMG_0102.jpg"]
+
+    write_video(tmp_path / "line.avi", 30)
+    port = free_port()
+    init = inspector("init", "runs/my_parts/model.onnx", "--video", "line.avi", "--out", "line.yaml",
+                     "--port", str(port), cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    assert "delivered a" in init.stdout and "frame" in init.stdout
+    ran = inspector("run", "-c", "line.yaml", "--exit-when-done", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    journal = (tmp_path / "journal" / "decisions.jsonl").read_text().splitlines()
+    assert len(journal) == 30 and all(json.loads(line)["source"] == "line1" for line in journal)
+
+
+def test_init_refuses_a_camera_that_does_not_open_in_one_line(tiny_piped_run, tmp_path):
+    result = inspector("init", str(tiny_piped_run.model_path), "--camera", "7", "--out", str(tmp_path / "l.yaml"))
+    assert result.returncode == 2
+    assert error_line(result).endswith("--camera 7: cannot open it (ls /dev/video* lists the cameras this machine sees)")
+    assert not (tmp_path / "l.yaml").exists()
+
+
+def test_init_never_shows_a_stream_password_and_never_overwrites(tiny_piped_run, tmp_path):
+    model = str(tiny_piped_run.model_path)
+    result = inspector("init", model, "--rtsp", "rtsp://admin:S3cret@127.0.0.1:9/cam", "--out", str(tmp_path / "l.yaml"))
+    assert result.returncode == 2
+    assert "rtsp://***@127.0.0.1:9/cam: cannot open it" in error_line(result) and "S3cret" not in result.stderr
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "l.yaml").write_text("mine\n")
+    refused = inspector("init", model, "--folder", str(tmp_path / "inbox"), "--out", str(tmp_path / "l.yaml"))
+    assert refused.returncode == 2 and "exists; choose another --out or add --force" in error_line(refused)
+    assert (tmp_path / "l.yaml").read_text() == "mine\n"
+    forced = inspector("init", model, "--folder", str(tmp_path / "inbox"), "--out", str(tmp_path / "l.yaml"), "--force")
+    assert forced.returncode == 0, forced.stderr
+    checked = inspector("run", "-c", str(tmp_path / "l.yaml"), "--check")
+    assert checked.returncode == 0 and ": ok (model" in checked.stdout
+
+
+def test_score_names_a_missing_file_as_missing(tiny_piped_run, tmp_path):
+    result = inspector("score", str(tiny_piped_run.model_path), str(tmp_path / "IMG_0001.jpg"))
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["error"].endswith("IMG_0001.jpg: no such file")
