@@ -255,7 +255,7 @@ def parse_daemon_config(raw: object, source: str | Path, base: Path | None = Non
     try:
         config = DaemonConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source)) from None
+        raise ConfigError(describe_validation_error(exc, source, model=DaemonConfig)) from None
     base = base or Path(".")
     config.model.path = _resolve(config.model.path, base)
     config.journal.path = _resolve(config.journal.path, base)

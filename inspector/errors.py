@@ -7,9 +7,12 @@ as a single line instead of a traceback.
 
 from __future__ import annotations
 
+import difflib
+import reprlib
+import typing
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 class InspectorError(Exception):
@@ -35,8 +38,11 @@ class ItemRejected(InspectorError):
         self.reason = reason
 
 
-def describe_validation_error(error: ValidationError, source: str | Path, prefix: str = "") -> str:
-    """Turn pydantic's multi-line report into one sentence naming the file and the first bad field."""
+def describe_validation_error(error: ValidationError, source: str | Path, prefix: str = "",
+                              model: type[BaseModel] | None = None) -> str:
+    """Turn pydantic's multi-line report into one sentence naming the file and the first bad field;
+    with the root `model`, a misspelled field or kind gets a 'did you mean'. The offending input is
+    shown through a bounded repr: a YAML alias bomb must not be rendered whole to be cut short."""
     first = error.errors()[0]
     location = ".".join(str(part) for part in first.get("loc", ()) if part != "__root__")
     if prefix:
@@ -44,12 +50,53 @@ def describe_validation_error(error: ValidationError, source: str | Path, prefix
     kind = first.get("type", "")
     message = first.get("msg", "invalid value")
     if kind == "extra_forbidden":
-        return f"{source}: unknown field '{location}' (check the spelling; see the config reference in README.md)"
+        name = str(first["loc"][-1]) if first.get("loc") else ""
+        return (f"{source}: unknown field '{location}'{_did_you_mean(name, field_names(model))} (see the config "
+                f"reference in README.md)")
     if kind == "missing":
-        return f"{source}: field '{location}' is required but missing"
-    got = first.get("input")
-    got_text = repr(got)
-    if len(got_text) > 60:
-        got_text = got_text[:57] + "..."
+        missing = first["loc"]
+        strays = [str(e["loc"][-1]) for e in error.errors()
+                  if e.get("type") == "extra_forbidden" and e["loc"][:-1] == missing[:-1]]
+        close = difflib.get_close_matches(str(missing[-1]), strays, n=1, cutoff=0.6)
+        hint = f"; found '{close[0]}' instead: a misspelling?" if close else ""
+        return f"{source}: field '{location}' is required but missing{hint}"
+    if kind == "union_tag_invalid":
+        context = first.get("ctx", {})
+        tag, expected = str(context.get("tag", "")), str(context.get("expected_tags", ""))
+        choices = [choice.strip(" '") for choice in expected.split(",") if choice.strip(" '")]
+        return (f"{source}: field '{location}.{context.get('discriminator', 'kind').strip(chr(39))}': unknown value "
+                f"'{tag}'{_did_you_mean(tag, choices)} (one of {', '.join(choices)})")
+    got_text = _SHORT.repr(first.get("input"))
     field = f"field '{location}'" if location else "top level"
     return f"{source}: {field}: {message.rstrip('.')} (got {got_text})"
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 40, 40
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def field_names(model: type[BaseModel] | None) -> list[str]:
+    """Every field name in a config model and the models nested in its fields (lists, unions, optionals)."""
+    names: set[str] = set()
+    seen: set[type] = set()
+
+    def visit(annotation) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation in seen:
+                return
+            seen.add(annotation)
+            for field_name, info in annotation.model_fields.items():
+                names.add(field_name)
+                visit(info.annotation)
+            return
+        for argument in typing.get_args(annotation):
+            visit(argument)
+
+    if model is not None:
+        visit(model)
+    return sorted(names)

@@ -91,7 +91,33 @@ def test_a_misspelled_config_key_is_one_line_naming_it(tmp_path):
     result = inspector("train", "-c", str(config))
     assert result.returncode == 2
     line = error_line(result)
-    assert str(config) in line and "unknown field 'train.stpes'" in line
+    assert str(config) in line and "unknown field 'train.stpes'; did you mean 'steps'?" in line
+
+
+@pytest.mark.parametrize("source, expected", [
+    ({"name": "a", "kind": "folders", "path": "in"},
+     "field 'sources.0.kind': unknown value 'folders'; did you mean 'folder'? (one of camera, folder, traffic, redis_stream)"),
+    ({"name": "a", "kind": "folder", "pth": "in"},
+     "field 'sources.0.folder.path' is required but missing; found 'pth' instead: a misspelling?"),
+])
+def test_a_daemon_config_mistake_is_one_line_with_what_was_meant(tmp_path, source, expected):
+    from inspector.config import parse_daemon_config
+    from inspector.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_daemon_config({"model": {"path": "m.onnx"}, "sources": [source]}, "line.yaml", check_files=False)
+    assert str(caught.value) == f"line.yaml: {expected}"
+
+
+def test_a_yaml_alias_bomb_under_a_known_field_is_refused_quickly_in_one_short_line(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]  # 9^9 leaves
+    config = tmp_path / "bomb.yaml"
+    config.write_text("\n".join(lines + ["model: {path: m.onnx, threshold: *a8}", "sources: []"]) + "\n")
+    result = inspector("run", "-c", str(config), "--check")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert "field 'model.threshold'" in line and len(line) < 400
 
 
 def test_steps_on_the_command_line_sets_both_anogan_phases(piped_class):

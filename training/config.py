@@ -275,4 +275,4 @@ def validate_train_config(raw: dict, source: str | Path) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source)) from None
+        raise ConfigError(describe_validation_error(exc, source, model=TrainConfig)) from None
