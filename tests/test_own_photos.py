@@ -5,6 +5,7 @@ warning that says what to do, and the summary says what the threshold rests on."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,18 @@ def test_score_names_a_missing_file_as_missing(tiny_piped_run, tmp_path):
     result = inspector("score", str(tiny_piped_run.model_path), str(tmp_path / "IMG_0001.jpg"))
     assert result.returncode == 1
     assert json.loads(result.stdout)["error"].endswith("IMG_0001.jpg: no such file")
+
+
+def test_a_shipped_config_finds_the_shared_data_from_any_working_folder(tmp_path):
+    """Without QI_DATA, $QI_DATA in a config means shared/data beside the checkout, not beside the shell."""
+    code = ("from training.config import load_train_config; "
+            f"print(load_train_config({str(Path(__file__).resolve().parents[1] / 'configs' / 'piped_bdp01.yaml')!r})"
+            ".data.resolved_path)")
+    env = {k: v for k, v in os.environ.items() if k != "QI_DATA"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    expected = Path(__file__).resolve().parents[2] / "shared" / "data" / "piped" / "PA_BDP01_TL"
+    if not expected.parent.parent.is_dir():
+        pytest.skip(f"no shared data beside the checkout at {expected.parent.parent}")
+    assert Path(result.stdout.strip()) == expected

@@ -30,8 +30,12 @@ DEFAULT_DATA_ROOT = "../shared/data"
 
 
 def data_root() -> Path:
-    """Where the shared evaluation data lives: $QI_DATA, else ../shared/data."""
-    return Path(os.environ.get("QI_DATA", DEFAULT_DATA_ROOT))
+    """Where the shared evaluation data lives: $QI_DATA, else shared/data beside this checkout (so a
+    shipped config works from any folder), else ../shared/data from the working folder."""
+    if "QI_DATA" in os.environ:
+        return Path(os.environ["QI_DATA"])
+    beside_checkout = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return beside_checkout if beside_checkout.is_dir() else Path(DEFAULT_DATA_ROOT)
 
 
 def list_images(folder: Path) -> list[Path]:
