@@ -38,3 +38,45 @@ def side_by_side(frame: np.ndarray, heatmap: np.ndarray, reference: float, alpha
     colour = colorize(heatmap, reference, (frame.shape[1], frame.shape[0]))
     blended = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
     return np.hstack([frame, blended])
+
+
+CAPTION_MIN_WIDTH = 420  # pixels: room for the caption's longest line on small frames
+LINE_HEIGHT = 16
+BAR_HEIGHT = 14
+
+
+def reference_label(card: ModelCard) -> str:
+    """What full red means, in words, for the colour bar (see heatmap_reference)."""
+    if card.score.map_output and set(card.score.weights) == {"residual_max"}:
+        return "red = the threshold's level"
+    return "red = the typical maximum on good parts"
+
+
+def colour_bar(width: int, label: str) -> np.ndarray:
+    """A JET gradient strip (left: no anomaly, right: `label`) with its legend beneath, BGR uint8."""
+    ramp = np.tile(np.linspace(0, 255, width).astype(np.uint8), (BAR_HEIGHT, 1))
+    legend = np.zeros((LINE_HEIGHT, width, 3), np.uint8)
+    _text(legend, "0", 2, 12)
+    size = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
+    _text(legend, label, max(2, width - size - 2), 12)
+    return np.vstack([cv2.applyColorMap(ramp, cv2.COLORMAP_JET), legend])
+
+
+def evidence_picture(frame: np.ndarray, heatmap: np.ndarray, reference: float, label: str,
+                     caption: list[str]) -> np.ndarray:
+    """What an operator opens: frame | overlay, the colour scale, and the caption lines (score,
+    threshold, verdict, source, time, model) under them, so the PNG explains itself without the journal."""
+    pair = side_by_side(frame, heatmap, reference)
+    width = max(pair.shape[1], CAPTION_MIN_WIDTH)
+    if pair.shape[1] < width:
+        pair = np.hstack([pair, np.zeros((pair.shape[0], width - pair.shape[1], 3), np.uint8)])
+    text = np.zeros((LINE_HEIGHT * len(caption) + 4, width, 3), np.uint8)
+    for row, line in enumerate(caption):
+        _text(text, line, 4, LINE_HEIGHT * (row + 1) - 3)
+    return np.vstack([pair, colour_bar(width, label), text])
+
+
+def _text(picture: np.ndarray, line: str, x: int, y: int) -> None:
+    """ASCII only: OpenCV's Hershey fonts draw '?' for anything else."""
+    printable = "".join(c if 32 <= ord(c) < 127 else "?" for c in line)
+    cv2.putText(picture, printable, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)

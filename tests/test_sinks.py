@@ -35,7 +35,9 @@ def test_the_journal_rotates_by_size_and_keeps_every_line(tmp_path):
 
 
 class _Card:
-    class score:  # noqa: N801 - a stand-in with the two fields the overlay reads
+    name, version = "parts", "3+20261202T120000Z.abc123"
+
+    class score:  # noqa: N801 - a stand-in with the fields the overlay reads
         map_output = "anomaly_map"
         weights = {"residual_max": 1.0}
         scales = {"residual_max": 1.0}
@@ -89,3 +91,28 @@ def test_the_batch_histogram_exposes_exactly_what_prometheus_clients_histogram_d
         return sorted(line for line in generate_latest(registry).decode().splitlines()
                       if line.startswith("x_score") and "_created" not in line)
     assert samples(bulk) == samples(reference)
+
+
+def test_an_evidence_image_explains_itself_with_a_colour_scale_and_a_caption(tmp_path):
+    """Below frame | overlay: a blue-to-red scale whose red is the threshold, then the verdict, score,
+    threshold, source, capture time and model, so the PNG alone tells the operator what happened."""
+    import cv2
+
+    from inspector.overlay import BAR_HEIGHT, CAPTION_MIN_WIDTH, LINE_HEIGHT
+
+    sink = EvidenceSink(tmp_path / "evidence", max_files=10, max_bytes=10**9, scorer_ref=lambda: _Scorer())
+    item = Item("cam", 7, 1_796_300_000.0, "frame 7", image=np.full((64, 64, 3), 128, np.uint8))
+    sink.handle([item], [ScoreResult(2.5, 2.5, "anomaly", {}, heatmap=np.ones((64, 64), np.float32))], 0.0)
+    picture = cv2.imread(str(tmp_path / "evidence" / item.evidence))
+    assert picture.shape[1] == CAPTION_MIN_WIDTH  # two 64 px panels widened for the caption
+    assert picture.shape[0] == 64 + BAR_HEIGHT + LINE_HEIGHT + 4 * LINE_HEIGHT + 4
+    bar = picture[64 + BAR_HEIGHT // 2]
+    assert bar[2, 0] > 100 and bar[2, 2] < 50 and bar[-3, 2] > 100 and bar[-3, 0] < 50  # blue left, red right
+    caption = picture[64 + BAR_HEIGHT + LINE_HEIGHT:]
+    assert (caption > 200).any()  # text drawn
+    panel = picture[:64, 64:128]
+    assert panel[..., 2].mean() > panel[..., 0].mean()  # a heatmap at the threshold's level is drawn red
+    from inspector.sinks.evidence import caption as caption_lines
+    lines = caption_lines(item, ScoreResult(2.5, 2.5, "anomaly", {}), _Scorer())
+    assert lines[0].startswith("ANOMALY  score 2.5  threshold 1") and "cam  frame 7  seq 7" in lines[1]
+    assert lines[2] == "captured 2026-12-03T12:13:20.000+00:00" and lines[3] == f"model parts {_Card.version}"

@@ -12,18 +12,29 @@ import os
 import re
 import time
 from collections import deque
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import cv2
 
-from ..overlay import heatmap_reference, side_by_side
+from ..overlay import evidence_picture, heatmap_reference, reference_label
 from ..scorer import ANOMALY, ScoreResult
 from ..sources.base import Item
 
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def caption(item: Item, result: ScoreResult, scorer) -> list[str]:
+    """The evidence image's caption: what was decided, on what, when, by which model."""
+    captured = datetime.fromtimestamp(item.captured_at, timezone.utc).isoformat(timespec="milliseconds")
+    return [f"{result.verdict.upper()}  score {result.raw:.4g}  threshold {scorer.threshold:.4g}  "
+            f"normalised {result.normalised:.3f}",
+            f"{item.source}  {item.origin}  seq {item.seq}"[:90],
+            f"captured {captured}",
+            f"model {scorer.card.name} {scorer.card.version}"[:90]]
 
 
 def safe_component(text: str, limit: int = 64) -> str:
@@ -83,7 +94,8 @@ class EvidenceSink:
             if result.heatmap is None:
                 continue
             try:
-                picture = side_by_side(item.image, result.heatmap, heatmap_reference(scorer.card, scorer.threshold))
+                picture = evidence_picture(item.image, result.heatmap, heatmap_reference(scorer.card, scorer.threshold),
+                                           reference_label(scorer.card), caption(item, result, scorer))
                 ok, encoded = cv2.imencode(".png", picture)
                 if not ok:
                     raise OSError("PNG encoding failed")
