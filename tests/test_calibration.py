@@ -69,3 +69,11 @@ def test_f1_optimal_threshold_separates_labelled_validation_data():
 def test_calibration_refuses_non_finite_scores():
     with pytest.raises(ValueError, match="finite"):
         quantile_threshold(np.array([1.0, np.nan]), 0.01)
+
+
+@pytest.mark.parametrize("label, score, expected", [(1, 2.0, "caught"), (1, 0.5, "missed"), (0, 1.0, "false alarm"),
+                                                    (0, 0.99, "passed")])
+def test_report_examples_name_what_the_threshold_did(label, score, expected):
+    from training.evaluate import outcome
+
+    assert outcome(label, score, threshold=1.0) == expected

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from inspector.overlay import heatmap_reference, side_by_side
+from inspector.overlay import colour_bar, heatmap_reference, reference_label, side_by_side
 from inspector.preprocess import read_image
 from inspector.scorer import Rejection, Scorer
 
@@ -96,17 +96,33 @@ def _plots(report: Path, scores: np.ndarray, labels: np.ndarray, threshold: floa
     plt.close(fig)
 
 
+OUTCOME_COLOURS = {"false alarm": (0, 0, 220), "missed": (0, 140, 255), "caught": (0, 160, 0), "passed": (0, 160, 0)}
+
+
+def outcome(label: int, score: float, threshold: float) -> str:
+    """What the card's threshold did with a test item: caught / missed (defects), passed / false alarm (good)."""
+    flagged = score >= threshold
+    if label == 1:
+        return "caught" if flagged else "missed"
+    return "false alarm" if flagged else "passed"
+
+
 def _example_grid(report: Path, picks: list[tuple[str, TestItem, float, np.ndarray]], scorer: Scorer) -> None:
-    """Rows of 'frame | overlay' tiles with a caption; written with OpenCV (no extra dependency)."""
+    """Rows of 'frame | overlay' tiles, each framed and captioned with what the threshold did with it
+    (red: false alarm, orange: missed, green: right), over the heatmap's colour scale; OpenCV only."""
     reference = heatmap_reference(scorer.card, scorer.threshold)
     tiles = []
     for caption, item, score, heatmap in picks:
         frame = item.array if item.array is not None else read_image(item.path)
         pair = side_by_side(cv2.resize(frame, (160, 160 * frame.shape[0] // frame.shape[1] or 1)), heatmap, reference)
         pair = cv2.resize(pair, (320, 160))
-        canvas = np.full((184, 320, 3), 255, np.uint8)
-        canvas[24:] = pair
-        cv2.putText(canvas, f"{caption} {item.kind} {score:.2f}", (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+        verdict = outcome(item.label, score, scorer.threshold)
+        canvas = np.full((208, 320, 3), 255, np.uint8)
+        canvas[24:184] = pair
+        cv2.rectangle(canvas, (0, 24), (319, 183), OUTCOME_COLOURS[verdict], 3)
+        cv2.putText(canvas, f"{caption}: {item.kind}", (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+        cv2.putText(canvas, f"{verdict.upper()}  score {score / scorer.threshold:.2f} x threshold", (4, 201),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, OUTCOME_COLOURS[verdict], 1)
         tiles.append(canvas)
     if not tiles:
         return
@@ -114,7 +130,8 @@ def _example_grid(report: Path, picks: list[tuple[str, TestItem, float, np.ndarr
     while len(tiles) % columns:
         tiles.append(np.full_like(tiles[0], 255))
     rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
-    cv2.imwrite(str(report / "examples.png"), np.vstack(rows))
+    grid = np.vstack(rows)
+    cv2.imwrite(str(report / "examples.png"), np.vstack([grid, colour_bar(grid.shape[1], reference_label(scorer.card))]))
 
 
 def _score_items(scorer: Scorer, items: list[TestItem]) -> tuple[list, list[np.ndarray | None]]:
