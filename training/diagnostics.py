@@ -131,26 +131,46 @@ def grid(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
     return canvas
 
 
-def write_grid(path: Path, items: torch.Tensor, color_order: str, paired_with: torch.Tensor | None = None) -> Path:
-    """A grid of items; with `paired_with`, each row of items is followed by the row of its partners."""
+def write_grid(path: Path, items: torch.Tensor, color_order: str, paired_with: torch.Tensor | None = None,
+               title: str = "", labels: tuple[str, str] = ("real", "recon.")) -> Path:
+    """A grid of items under a title line; with `paired_with`, each row of items is followed by the
+    row of its partners, and every row is named in the left margin (`labels`)."""
     images = to_uint8(items, color_order)
     columns = min(8, len(images))
     rows = [images[i:i + columns] for i in range(0, len(images), columns)]
+    names = [labels[0]] * len(rows)
     if paired_with is not None:
         partners = to_uint8(paired_with, color_order)
         rows = [row for i, top in enumerate(rows) for row in (top, partners[i * columns:(i + 1) * columns])]
+        names = [name for _ in range(len(rows) // 2) for name in labels]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), grid(rows)):
+    if not cv2.imwrite(str(path), labelled(grid(rows), title, names)):
         raise OSError(f"could not write {path}")
     return path
+
+
+def labelled(canvas: np.ndarray, title: str, row_names: list[str], gap: int = 2) -> np.ndarray:
+    """The grid with a title band above and each row's name in a left margin (BGR, black on white)."""
+    if canvas.ndim == 2:
+        canvas = cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR)
+    margin, band = 56, 20
+    row_height = (canvas.shape[0] + gap) // max(1, len(row_names))
+    out = np.full((canvas.shape[0] + band, canvas.shape[1] + margin, 3), 255, np.uint8)
+    out[band:, margin:] = canvas
+    cv2.putText(out, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    for r, name in enumerate(row_names):
+        y = band + r * row_height + min(row_height, 20) // 2 + 4
+        cv2.putText(out, name, (2, y), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
 
 
 def grid_path(run_dir: Path, kind: str, epoch: int) -> Path:
     return run_dir / GRID_FOLDER / f"{kind}_e{epoch:04d}.png"
 
 
-def plot_losses(csv_path: Path, png_path: Path | None = None) -> Path | None:
-    """One panel per logged quantity against the training step (phases of a run shaded apart)."""
+def plot_losses(csv_path: Path, png_path: Path | None = None, collapse_level: float | None = None) -> Path | None:
+    """One panel per logged quantity against the training step; the diversity panel draws the level
+    below which training warns of mode collapse."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +194,10 @@ def plot_losses(csv_path: Path, png_path: Path | None = None) -> Path | None:
         axis.set_ylabel(name.replace("_", "\n"), fontsize=8)
         axis.grid(alpha=0.3)
         if name == "diversity":
-            axis.axhline(1.0, color="grey", lw=0.8, ls=":")
+            axis.axhline(1.0, color="grey", lw=0.8, ls=":", label="as varied as the data")
+            if collapse_level is not None:
+                axis.axhline(collapse_level, color="red", lw=1.0, ls="--", label="collapse warning")
+            axis.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(f"training losses per epoch ({csv_path.parent.name})", fontsize=10)
     fig.tight_layout()

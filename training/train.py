@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from inspector.errors import ConfigError
 
 from .config import TrainConfig
+from .progress import progress as progress_bar
 from .diagnostics import CollapseMonitor, EpochLossLog, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
 from .frame_scores import model_inputs
 from .models.blocks import dcgan_init
@@ -260,13 +260,14 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
             with torch.no_grad():
                 reconstructions = generator(shown.to(device))["reconstruction"].cpu()
             generator.train()
-            write_grid(grid_path(run_dir, "reconstructions", label), shown, config.input.color_order, reconstructions)
+            write_grid(grid_path(run_dir, "reconstructions", label), shown, config.input.color_order, reconstructions,
+                       title=f"epoch {label} of {total_epochs}: real items over their reconstructions")
             if label < total_epochs:  # a view while training runs; the final plot is drawn once, at the end
-                plot_losses(run_dir / LOSSES)
+                plot_losses(run_dir / LOSSES, collapse_level=config.diagnostics.collapse_ratio)
         if selector.due(label):
             selector.evaluate(label, step)
 
-    bar = tqdm(total=config.train.steps, initial=step, disable=not progress, desc="train", unit="step", leave=False)
+    bar = progress_bar(config.train.steps, step, "train", n // batch_size, progress)
     while step < config.train.steps:
         if order is None or position + batch_size > n:
             if order is not None:  # an epoch just ended
@@ -331,7 +332,7 @@ def train_ganomaly(config: TrainConfig, images: np.ndarray, run_dir: Path, resum
     else:  # stopped inside an epoch: its losses so far get a row of their own, labelled with that epoch
         end_of_epoch(epoch + 1)
     save()
-    plot_losses(run_dir / LOSSES)
+    plot_losses(run_dir / LOSSES, collapse_level=config.diagnostics.collapse_ratio)
     selector.restore_best(run_dir)
     generator.cpu().eval()
     return TrainResult(generator, step, epoch, time.perf_counter() - started)

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .config import TrainConfig
+from .progress import progress as progress_bar
 from .diagnostics import CollapseMonitor, EpochLossLog, diversity_ratio, evenly_spaced, grid_path, plot_losses, write_grid
 from .models.anogan import LatentCode, anogan_scoring, build_anogan, gradient_penalty
 from .selection import CheckpointSelector
@@ -109,8 +109,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
     gan_epochs = epochs_for(options.gan_steps, gan_per_epoch)
     enc_per_epoch = max(1, len(data) // batch_size)
     enc_epochs = epochs_for(options.encoder_steps, enc_per_epoch)
-    bar = tqdm(total=options.gan_steps + options.encoder_steps, disable=not progress, desc="anogan", unit="step",
-               leave=False)
+    bar = progress_bar(options.gan_steps + options.encoder_steps, 0, "anogan", gan_per_epoch, progress)
 
     # Phase 1: WGAN-GP.
     sample_collapse = CollapseMonitor(config.diagnostics.collapse_ratio, "generated samples")
@@ -148,7 +147,8 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
                 with torch.no_grad():
                     samples = model.generator(fixed_z).cpu()
                 model.generator.train()
-                write_grid(grid_path(run_dir, "samples", epoch), samples, color_order)
+                write_grid(grid_path(run_dir, "samples", epoch), samples, color_order, labels=("sample", ""),
+                           title=f"GAN phase, epoch {epoch} of {gan_epochs}: samples from fixed codes")
             bar.set_postfix(w=f"{-wasserstein.item():.3f}", gp=f"{penalty.item():.3f}", div=f"{diversity:.2f}")
     atomic_torch_save({"model": model.state_dict(), "critic": critic.state_dict(), "phase": "gan"},
                       run_dir / GAN_PHASE_CHECKPOINT)
@@ -181,7 +181,8 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
                 with torch.no_grad():
                     reconstructions = model.generator(model.encode(shown.to(device))).cpu()
                 model.encoder.train()
-                write_grid(grid_path(run_dir, "reconstructions", gan_epochs + epoch), shown, color_order, reconstructions)
+                write_grid(grid_path(run_dir, "reconstructions", gan_epochs + epoch), shown, color_order, reconstructions,
+                           title=f"encoder phase, epoch {epoch}: real items over their reconstructions")
             if selector.due(epoch):
                 selector.evaluate(epoch, options.gan_steps + step)
             bar.set_postfix(enc=f"{loss.item():.4f}", div=f"{diversity:.2f}")
@@ -189,7 +190,7 @@ def train_anogan(config: TrainConfig, images: np.ndarray, run_dir: Path, progres
     selector.restore_best(run_dir)
     atomic_torch_save({"model": model.state_dict(), "critic": critic.state_dict(), "phase": "encoder"},
                       run_dir / CHECKPOINT)
-    plot_losses(run_dir / LOSSES)
+    plot_losses(run_dir / LOSSES, collapse_level=config.diagnostics.collapse_ratio)
     model.cpu().eval()
     critic.cpu()
     steps = options.gan_steps + options.encoder_steps
