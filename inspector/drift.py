@@ -63,6 +63,7 @@ class DriftMonitor:
         self._recent: dict[str, deque] = {}
         self._collecting: dict[str, list[float]] = {}
         self._baselines: dict[str, Baseline] = {}
+        self.latest: dict[str, float] = {}  # the last reading per source
         self._lock = threading.Lock()
 
     def set_model(self, version: str) -> None:
@@ -75,6 +76,7 @@ class DriftMonitor:
             for source in self._recent:
                 self._recent[source].clear()
                 self._collecting[source] = []
+            self.latest.clear()
 
     def add_source(self, source: str) -> None:
         with self._lock:
@@ -100,7 +102,8 @@ class DriftMonitor:
                          self.window, self.model_version)
             if len(recent) < min(MIN_RECENT, self.window):
                 return None
-            return self._baselines[source].psi(np.fromiter(recent, float))
+            self.latest[source] = self._baselines[source].psi(np.fromiter(recent, float))
+            return self.latest[source]
 
     # --- the baseline file: {model version: {source: [scores]}}, written atomically ---------------
     def _load(self) -> dict:

@@ -25,7 +25,7 @@ from .fit import fit
 from .synthetic import DEFECT_KINDS, add_defect, normal_texture, write_dataset
 
 DEMO_SIZE = 64
-VIDEO_FRAMES = 400
+VIDEO_FRAMES = 1500  # enough for the drift gauge's 500-part baseline and readings after it
 VIDEO_FPS = 100.0
 DEFECT_SHARE = 0.05
 
@@ -100,6 +100,11 @@ def stream_through_daemon(model: Path, out: Path) -> int:
     print(f"      summary: {len(lines)} frames in {elapsed:.1f} s ({len(lines) / elapsed:.0f} fps, paced at the "
           f"video's {VIDEO_FPS:.0f} fps); defects caught {caught}/{len(truth)}, missed {missed}; "
           f"false alarms {false_alarms}/{len(lines) - len(truth)}")
+    drift = daemon.metrics.drift_reading("line1")
+    if drift is not None:
+        print(f"      score drift (PSI of the last 500 normal parts against the first 500): {drift:.3f} "
+              f"({'stable' if drift < 0.1 else 'shifting' if drift < 0.25 else 'drifted'}; stable below 0.1, "
+              "the InspectorScoreDrift alert fires above 0.25)")
     print(f"      journal: {out / 'journal' / 'decisions.jsonl'}   evidence: {out / 'evidence'} "
           f"({len(list((out / 'evidence').glob('*.png')))} images)")
     return 0

@@ -162,6 +162,10 @@ class Metrics:
             if psi is not None:
                 self.drift.labels(source).set(psi)
 
+    def drift_reading(self, source: str) -> float | None:
+        """The source's last drift PSI, or None before its baseline is complete."""
+        return self._drift.latest.get(source)
+
     def latency_p99(self) -> float:
         values = list(self._latencies)
         return float(np.percentile(values, 99)) if values else math.nan
