@@ -102,9 +102,9 @@ def stream_through_daemon(model: Path, out: Path) -> int:
           f"false alarms {false_alarms}/{len(lines) - len(truth)}")
     drift = daemon.metrics.drift_reading("line1")
     if drift is not None:
-        print(f"      score drift (PSI of the last 500 normal parts against the first 500): {drift:.3f} "
-              f"({'stable' if drift < 0.1 else 'shifting' if drift < 0.25 else 'drifted'}; stable below 0.1, "
-              "the InspectorScoreDrift alert fires above 0.25)")
+        state = "stable" if drift < 0.1 else "shifting" if drift < 0.25 else "drifted"
+        print(f"      score drift (PSI of the last 500 normal parts against the first 500): {drift:.3f}, {state} "
+              "(below 0.1 is stable; the InspectorScoreDrift alert fires above 0.25)")
     print(f"      journal: {out / 'journal' / 'decisions.jsonl'}   evidence: {out / 'evidence'} "
           f"({len(list((out / 'evidence').glob('*.png')))} images)")
     return 0
