@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", type=Path, required=True)
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit once every source has finished (video files without loop), after draining")
-    p.add_argument("--check", action="store_true", help="validate the config and the model, then exit")
+    p.add_argument("--check", action="store_true", help="validate the config and the model, read one frame from "
+                   "each live camera, then exit")
     publish.add_parser(sub)
     init.add_parser(sub)
     p = sub.add_parser("card", help="print a model's card (JSON)")
@@ -198,11 +199,27 @@ def _run(args) -> int:
         message = str(exc)
         raise ConfigError(message if message.startswith(str(args.config)) else f"{args.config}: {message}") from None
     if args.check:
+        opened = _open_live_cameras(config, args.config)
         print(f"{args.config}: ok (model {daemon.scorer.card.name} {daemon.scorer.card.version}, "
-              f"{len(daemon.sources)} source(s))")
+              f"{len(daemon.sources)} source(s){''.join(f'; {line}' for line in opened)})")
         return 0
     daemon.install_signal_handlers()
     return daemon.run()
+
+
+def _open_live_cameras(config, path: Path) -> list[str]:
+    """--check reads one frame from every live camera (device or URL): one that does not open fails
+    the check, where the daemon would retry it for ever."""
+    from .init import open_capture
+    from .settings import redact_url
+
+    opened = []
+    for source in config.sources:
+        if source.kind == "camera" and not source.is_file:
+            shown = redact_url(source.uri) if isinstance(source.uri, str) else f"camera {source.uri}"
+            width, height = open_capture(source.uri, f"{path}: sources ({source.name}): {shown}")
+            opened.append(f"{source.name} delivered a {width}x{height} frame")
+    return opened
 
 
 def _card(args) -> int:

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
-def _open_capture(target, label: str) -> tuple[int, int]:
+def open_capture(target, label: str) -> tuple[int, int]:
     """Read one frame; (width, height), or ConfigError saying what did not open."""
     import cv2
 
@@ -84,7 +84,7 @@ def _source(args) -> tuple[list[str], str]:
         target, label, uri = str(args.video.resolve()), f"--video {args.video}", str(args.video.resolve())
         extra = ["    realtime: true           # pace frames at the file's frame rate, as a camera would",
                  "    loop: false              # true: start again at the end"]
-    width, height = _open_capture(target, label)
+    width, height = open_capture(target, label)
     lines = ["    kind: camera             # cv2.VideoCapture: device index, video file, or rtsp:// / http:// URL",
              f"    uri: {uri}", *extra]
     return lines, f"{label.split(' ', 1)[0].lstrip('-')} delivered a {width}x{height} frame"

@@ -182,3 +182,13 @@ def test_a_shipped_config_finds_the_shared_data_from_any_working_folder(tmp_path
     if not expected.parent.parent.is_dir():
         pytest.skip(f"no shared data beside the checkout at {expected.parent.parent}")
     assert Path(result.stdout.strip()) == expected
+
+
+def test_check_reads_a_frame_from_every_live_camera_and_fails_on_one_that_does_not_open(tiny_piped_run, tmp_path):
+    config = tmp_path / "line.yaml"
+    config.write_text(f"model: {{path: {tiny_piped_run.model_path}}}\n"
+                      "sources:\n  - {name: gate, kind: camera, uri: 3}\nmetrics: {port: 0}\n")
+    result = inspector("run", "-c", str(config), "--check")
+    assert result.returncode == 2
+    assert error_line(result).endswith(f"{config}: sources (gate): camera 3: cannot open it "
+                                       "(ls /dev/video* lists the cameras this machine sees)")
