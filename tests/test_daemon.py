@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
+from inspector.overlay import CAPTION_MIN_WIDTH
+
 from .daemon_helpers import DaemonProcess, flat_part, frame_number, health, metric, train_flat_model, write_video
 
 pytestmark = pytest.mark.slow
@@ -47,7 +49,8 @@ def test_video_frames_are_all_scored_journaled_and_the_defective_ones_flagged(mo
     assert len(evidence) == len(truth)
     for path in evidence:
         picture = cv2.imread(str(path))
-        assert picture is not None and picture.shape == (48, 128, 3)  # frame | overlay
+        assert picture is not None and picture[:48, :128].shape == (48, 128, 3)  # frame | overlay on top
+        assert picture.shape[1] == CAPTION_MIN_WIDTH and picture.shape[0] > 48  # then the scale and the caption
 
 
 def test_folder_source_scores_dropped_files_once_and_never_reads_a_half_written_one(model, tmp_path):

@@ -123,8 +123,13 @@ def test_a_broker_restart_mid_stream_loses_only_what_the_outbox_could_not_hold_a
     assert len(seqs) - len(unique) <= 100  # QoS 1 repeats at most what was in flight when the broker left
     first_seen = list(dict.fromkeys(seqs))
     assert first_seen == unique  # in order
-    gaps = [b - a - 1 for a, b in zip(unique, unique[1:]) if b - a > 1]
-    assert len(gaps) == 1 and gaps[0] == dropped  # one outage, one run of dropped (the oldest) verdicts
+    missing = sorted(set(range(1, 501)) - set(unique))
+    assert len(missing) == dropped  # every verdict that did not arrive was counted as dropped
+    # One outage, one run of dropped (the oldest unsent) verdicts; the only ones delivered inside it are
+    # messages in flight when the outbox overflowed (never dropped; they are part of the outbox): a busy
+    # machine that reconnects while the outbox is still full sends one and drops the next.
+    inside = [seq for seq in unique if missing[0] < seq < missing[-1]]
+    assert len(inside) <= outbox
 
 
 def test_tls_with_a_password_from_a_file_and_a_wrong_password_is_one_clear_line(model, tmp_path):
