@@ -9,6 +9,8 @@ from a newer format, or inconsistent with the graph is refused with one sentence
 
 from __future__ import annotations
 
+import math
+
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import ModelCardError, describe_validation_error
 
 CARD_KEY = "qinspector.card"
+MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
 CARD_FORMAT_VERSION = 3  # 2: calibration.confidence; 3: calibration.synthetic_recall; older cards still load
 
 
@@ -38,7 +41,7 @@ class ImageInput(_Strict):
         description="stretch: resize the whole frame to HxW; center_crop: resize the short side, crop "
         "the centre; tile: score at native resolution in HxW tiles (frame score = max over tiles).",
     )
-    tile_overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    tile_overlap: Annotated[float, Field(ge=0.0, le=MAX_TILE_OVERLAP)] = 0.0
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     max_pixels: Annotated[int, Field(ge=1)] = 50_000_000
@@ -133,13 +136,16 @@ class ScoreDefinition(_Strict):
         missing = set(self.weights) - set(self.scales)
         if missing:
             raise ValueError(f"no scale for component(s) {sorted(missing)}")
-        if any(s <= 0 for s in self.scales.values()):
-            raise ValueError("component scales must be positive")
+        # a zero, negative, infinite or NaN weight or scale passes the card and silences the line
+        for kind, values in (("weights", self.weights), ("scales", self.scales)):
+            bad = {k: v for k, v in values.items() if not (math.isfinite(v) and v > 0)}
+            if bad:
+                raise ValueError(f"component {kind} must be finite and positive, got {bad}")
         return self
 
 
 class Calibration(_Strict):
-    threshold: Annotated[float, Field(gt=0)]
+    threshold: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     method: Literal["quantile", "f1_optimal", "manual"]
     target_false_alarm_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
     # quantile: the threshold is an upper limit of the (1 - target) quantile at this confidence

@@ -134,8 +134,10 @@ class Daemon:
 
     def _load_scorer(self, path: Path) -> Scorer:
         m = self.config.model
-        return Scorer(path, threshold=m.threshold, intra_op_threads=m.intra_op_threads,
-                      inter_op_threads=m.inter_op_threads, optimization=m.optimization, spinning=m.spinning)
+        scorer = Scorer(path, threshold=m.threshold, intra_op_threads=m.intra_op_threads,
+                        inter_op_threads=m.inter_op_threads, optimization=m.optimization, spinning=m.spinning)
+        scorer.self_test()  # at start and before every hot-swap: a model that breaks the line never serves
+        return scorer
 
     def _activate(self, scorer: Scorer) -> None:
         """Switch models: the pipeline reads self.scorer once per batch, so this lands between batches."""

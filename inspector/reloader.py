@@ -17,7 +17,6 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from .card import TabularInput
 from .errors import InspectorError
@@ -35,17 +34,12 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 def validate_replacement(new: Scorer, old: Scorer) -> None:
-    """Raise InspectorError when `new` cannot take over from `old` for the running sources."""
+    """Raise InspectorError when `new` cannot take over from `old` for the running sources (the new
+    model itself passed Scorer.self_test when it was loaded)."""
     if type(new.card.input) is not type(old.card.input):
         raise InspectorError(f"{new.path}: a {new.card.input.kind} model cannot replace a {old.card.input.kind} model")
     if isinstance(new.card.input, TabularInput) and new.card.input != old.card.input:
         raise InspectorError(f"{new.path}: its feature spec differs from the running model's; restart the daemon to change it")
-    spec = new.card.input
-    probe = (np.zeros((1, spec.width), np.float32) if isinstance(spec, TabularInput)
-             else np.zeros((1, spec.channels, spec.height, spec.width), np.float32))
-    scores, _ = new.score_tensor(probe)
-    if not np.all(np.isfinite(scores)):
-        raise InspectorError(f"{new.path}: the model gives a non-finite score on a neutral input")
 
 
 class ModelReloader:

@@ -123,19 +123,40 @@ class Scorer:
         outputs = self.run(batch)
         return combine_score(outputs, self.card.score), outputs
 
-    def score_features(self, windows: np.ndarray, max_batch: int = 4096) -> list[ScoreResult]:
-        """Score encoded feature windows (N, window * features) of a tabular model."""
-        results: list[ScoreResult] = []
+    def score_features(self, windows: np.ndarray, max_batch: int = 4096) -> list[ScoreResult | Rejection]:
+        """Score encoded feature windows (N, window * features) of a tabular model. A non-finite score
+        is a rejection (non_finite_score), never a verdict."""
+        results: list[ScoreResult | Rejection] = []
         names = list(self.card.score.weights)
         for start in range(0, len(windows), max_batch):
             scores, outputs = self.score_tensor(windows[start:start + max_batch])
             scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-            # Vectorised per chunk (traffic rows arrive by the ten thousand); NaN is not < threshold: anomaly.
+            # Vectorised per chunk (traffic rows arrive by the ten thousand)
             verdicts = np.where(scores < self.threshold, NORMAL, ANOMALY).tolist()
             columns = [np.asarray(outputs[k], dtype=np.float64).reshape(-1).tolist() for k in names]
             components = [dict(zip(names, values)) for values in zip(*columns)]
-            results.extend(map(ScoreResult, scores.tolist(), (scores / self.threshold).tolist(), verdicts, components))
+            chunk = list(map(ScoreResult, scores.tolist(), (scores / self.threshold).tolist(), verdicts, components))
+            finite = np.isfinite(scores)
+            if not finite.all():
+                for k in np.flatnonzero(~finite):
+                    chunk[k] = Rejection("non_finite_score", f"window {start + k}: the model's score is "
+                                                             f"{scores[k]}, not a number to compare with the threshold")
+            results.extend(chunk)
         return results
+
+    def self_test(self) -> None:
+        """Score a neutral batch of two items: a graph that cannot take a batch, or that gives a
+        non-finite score, is refused here, before it decides a single part."""
+        spec = self.card.input
+        probe = (np.zeros((2, spec.width), np.float32) if spec.kind == "tabular"
+                 else np.zeros((2, spec.channels, spec.height, spec.width), np.float32))
+        try:
+            scores, _ = self.score_tensor(probe)
+        except Exception as exc:  # onnxruntime's errors: a fixed batch size, a broken graph
+            raise ModelCardError(f"{self.path}: the model fails on a batch of 2 neutral inputs "
+                                 f"({str(exc).splitlines()[0][:200]})") from None
+        if len(scores) != 2 or not np.all(np.isfinite(scores)):
+            raise ModelCardError(f"{self.path}: the model gives a non-finite score on a neutral input ({scores})")
 
     def verdict(self, raw: float) -> str:
         """A score that is not a number is an anomaly: an input crafted to break the model must not pass."""
@@ -180,7 +201,7 @@ class Scorer:
                 span = slice(offset, offset + len(frame.tiles))
                 offset += len(frame.tiles)
                 results[index] = self._result(scores[span], {k: v[span] for k, v in outputs.items()}, frame.layout,
-                                              heatmaps)
+                                              heatmaps, origins[index])
         return results  # type: ignore[return-value]
 
     def _score_in_chunks(self, tiles: np.ndarray, max_batch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -190,8 +211,13 @@ class Scorer:
         return scores, outputs
 
     def _result(
-        self, tile_scores: np.ndarray, outputs: dict[str, np.ndarray], layout: TileLayout | None, heatmaps: bool
-    ) -> ScoreResult:
+        self, tile_scores: np.ndarray, outputs: dict[str, np.ndarray], layout: TileLayout | None, heatmaps: bool,
+        origin: str = "item",
+    ) -> ScoreResult | Rejection:
+        if not np.all(np.isfinite(tile_scores)):
+            bad = tile_scores[~np.isfinite(tile_scores)][0]
+            return Rejection("non_finite_score", f"{origin}: the model's score is {bad}, not a number to compare "
+                                                 "with the threshold")
         worst = int(np.argmax(tile_scores))
         raw = float(tile_scores[worst])
         components = {k: float(np.asarray(outputs[k]).reshape(len(tile_scores), -1)[worst, 0]) for k in self.card.score.weights}

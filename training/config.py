@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inspector.card import ImageInput
 from inspector.config import read_yaml_mapping
+from inspector.card import MAX_TILE_OVERLAP
 from inspector.errors import ConfigError, describe_validation_error
 
 from .data import data_root
@@ -68,7 +69,7 @@ class InputConfig(_Strict):
     channels: Literal[1, 3] = 3
     color_order: Literal["gray", "rgb", "bgr"] = "rgb"
     resize: Literal["stretch", "center_crop", "tile"] = "tile"
-    tile_overlap: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    tile_overlap: Annotated[float, Field(ge=0, le=MAX_TILE_OVERLAP)] = 0.5
 
     def to_spec(self) -> ImageInput:
         mean = (0.5,) * self.channels
