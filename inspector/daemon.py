@@ -40,10 +40,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+_CONTROL = {code: f"\\x{code:02x}" for code in range(32) if code != 9} | {10: "\\n", 13: "\\r", 127: "\\x7f"}
+
+
+class EscapeControlCharacters(logging.Filter):
+    """A file name or a row is attacker-chosen: a newline in it must not start a forged log line.
+    Control characters in the message become visible escapes; tracebacks (exc_info) are untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        escaped = message.translate(_CONTROL)
+        if escaped != message or record.args:
+            record.msg, record.args = escaped, None
+        return True
+
+
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(EscapeControlCharacters())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -30,6 +30,17 @@ DONE, REJECTED = "done", "rejected"
 JOURNAL_TAIL_BYTES = 8_000_000  # how much of the journal recovery reads after a crash
 
 
+def move_without_overwrite(source: Path, folder: Path, seq: int) -> Path:
+    """Move a decided file into done/ or rejected/ under its own name, or, when a file of that name is
+    already there (a camera reusing names), as <stem>.<seq><suffix>: seq is the one its journal line has."""
+    folder.mkdir(exist_ok=True)
+    target = folder / source.name
+    if target.exists():
+        target = folder / f"{source.stem}.{seq}{source.suffix}"
+    os.replace(source, target)
+    return target
+
+
 class FolderSourceThread(Source):
     def __init__(self, settings: FolderSource, max_pixels: int = 50_000_000, journal: Path | None = None, **callbacks):
         super().__init__(settings.name, **callbacks)
@@ -68,7 +79,7 @@ class FolderSourceThread(Source):
         reuses an old name is still scored."""
         if not (self.settings.move_processed and self.journal and self.journal.is_file()):
             return 0
-        decided: dict[str, tuple[float, bool]] = {}
+        decided: dict[str, tuple[float, bool, int]] = {}
         with open(self.journal, "rb") as handle:
             handle.seek(max(0, self.journal.stat().st_size - JOURNAL_TAIL_BYTES))
             for raw in handle.read().splitlines():
@@ -77,18 +88,17 @@ class FolderSourceThread(Source):
                 except ValueError:
                     continue  # a line cut short by the crash, or the partial first line of the tail
                 if isinstance(line, dict) and line.get("source") == self.name and "origin" in line:
-                    decided[line["origin"]] = (float(line.get("captured_at", 0)), line.get("verdict") == "rejected")
+                    decided[line["origin"]] = (float(line.get("captured_at", 0)), line.get("verdict") == "rejected",
+                                               int(line.get("seq", 0)))
         moved = 0
-        for name, (captured_at, rejected) in decided.items():
+        for name, (captured_at, rejected, seq) in decided.items():
             path = self.settings.path / name
             try:
                 if path.stat().st_mtime > captured_at:
                     continue
             except OSError:
                 continue
-            target = self.settings.path / (REJECTED if rejected else DONE)
-            target.mkdir(exist_ok=True)
-            os.replace(path, target / name)
+            move_without_overwrite(path, self.settings.path / (REJECTED if rejected else DONE), seq)
             moved += 1
         if moved:
             log.info("source %s: %d file(s) were journaled before a crash but not moved; moved now, not re-scored",
@@ -157,8 +167,10 @@ class FolderSourceThread(Source):
         target_dir = self.settings.path / (REJECTED if isinstance(result, Rejection) else DONE)
         source = self.settings.path / item.origin
         try:
-            target_dir.mkdir(exist_ok=True)
-            os.replace(source, target_dir / item.origin)
+            kept_as = move_without_overwrite(source, target_dir, item.seq)
+            if kept_as.name != item.origin:
+                log.info("source %s: %s/ already holds %s; this one (seq %d) is kept as %s", self.name,
+                         target_dir.name, item.origin, item.seq, kept_as.name)
         except FileNotFoundError:
             pass  # deleted meanwhile: nothing to move
         except OSError as exc:

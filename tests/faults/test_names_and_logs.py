@@ -1,0 +1,64 @@
+"""Names chosen by whoever writes into the watched folder: a reused name never overwrites an earlier
+file in done/, and a newline in a name never forges a log line."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from ..daemon_helpers import DaemonProcess, flat_part, metric, train_flat_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return train_flat_model(tmp_path_factory.mktemp("flat_model"))
+
+
+def folder_source(inbox):
+    return [{"name": "inbox", "kind": "folder", "path": str(inbox), "settle_s": 0.1, "poll_interval_s": 0.05}]
+
+
+def scored(daemon, n):
+    return daemon.wait_for(lambda s: metric(s, "inspector_items_scored_total", source="inbox", verdict="normal")
+                           + metric(s, "inspector_items_scored_total", source="inbox", verdict="anomaly") >= n)
+
+
+def test_a_reused_file_name_never_overwrites_the_first_in_done(model, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rng = np.random.default_rng(3)
+    first, second = flat_part(rng), flat_part(rng)
+    with DaemonProcess(tmp_path, model, folder_source(inbox)) as daemon:
+        cv2.imwrite(str(inbox / "part.png"), first)
+        scored(daemon, 1)
+        daemon.wait_for(lambda s: (inbox / "done" / "part.png").exists())
+        cv2.imwrite(str(inbox / "part.png"), second)  # the camera software starts its numbering again
+        scored(daemon, 2)
+        daemon.wait_for(lambda s: not (inbox / "part.png").exists())
+        lines = daemon.journal_lines()
+        assert daemon.terminate() == 0
+    assert [l["origin"] for l in lines] == ["part.png", "part.png"]
+    kept = inbox / "done" / f"part.{lines[1]['seq']}.png"  # the journal's seq names the second copy
+    assert np.array_equal(cv2.imread(str(inbox / "done" / "part.png")), first)
+    assert np.array_equal(cv2.imread(str(kept)), second)
+
+
+def test_a_newline_in_a_file_name_cannot_forge_a_log_line(model, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    forged = "x\n2026-01-01 00:00:00,000 ERROR inspector.reloader: model reload refused\r.png"
+    with DaemonProcess(tmp_path, model, folder_source(inbox)) as daemon:
+        (inbox / forged).write_text("not an image")
+        daemon.wait_for(lambda s: metric(s, "inspector_items_rejected_total", source="inbox",
+                                         reason="decode_failed") >= 1)
+        time.sleep(0.2)
+        assert daemon.terminate() == 0
+    log = daemon.log()
+    assert "model reload refused" in log  # the name is there, escaped, inside the warning's own line
+    assert not any(line.startswith("2026-01-01") for line in log.splitlines())
+    assert "x\\n2026-01-01" in log and "\r" not in log
