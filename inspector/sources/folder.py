@@ -49,15 +49,34 @@ class FolderSourceThread(Source):
         self.journal = journal
         self._observed: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
         self._taken: set[str] = set()  # emitted and not yet moved (or kept in place)
+        self._irregular: list[str] = []  # matching names that are not regular files, to report once
 
     def _candidates(self) -> list[os.DirEntry]:
+        """Regular files matching the patterns, in name order. A symlink, FIFO, socket or directory
+        with a matching name is never opened (a FIFO would block, a link could point anywhere); it is
+        reported once as a rejected item (not_a_regular_file) instead of being silently skipped."""
         entries = []
         with os.scandir(self.settings.path) as it:
             for entry in it:
-                if entry.is_file(follow_symlinks=False) and any(
-                        fnmatch.fnmatch(entry.name.lower(), p.lower()) for p in self.settings.patterns):
+                if not any(fnmatch.fnmatch(entry.name.lower(), p.lower()) for p in self.settings.patterns):
+                    continue
+                if entry.is_file(follow_symlinks=False):
                     entries.append(entry)
+                elif entry.name not in self._taken:
+                    self._irregular.append(entry.name)
         return sorted(entries, key=lambda e: e.name)
+
+    def _irregular_items(self) -> list[Item]:
+        items = []
+        for name in sorted(set(self._irregular)):
+            self._taken.add(name)
+            path = self.settings.path / name
+            kind = ("a symbolic link" if path.is_symlink() else "a directory" if path.is_dir() else
+                    "a FIFO, socket or device")
+            items.append(Item(self.name, self.next_seq(), time.time(), name, on_done=self._finish,
+                              rejection=("not_a_regular_file", f"{name}: {kind}, not an image file; left unread")))
+        self._irregular.clear()
+        return items
 
     def _ready(self, entry: os.DirEntry, now: float) -> bool:
         try:
@@ -123,6 +142,8 @@ class FolderSourceThread(Source):
             if down_logged:
                 down_logged = False
                 self.set_up(True)
+            if self._irregular and not emit(self._irregular_items()):
+                return
             now = time.monotonic()
             present = {e.name for e in entries}
             for name in list(self._observed):
@@ -153,6 +174,10 @@ class FolderSourceThread(Source):
                 return None
             return Item(self.name, self.next_seq(), captured, path.name,
                         rejection=(rejected.reason, str(rejected)), on_done=self._finish)
+        except Exception as exc:  # a decoder failing in a way nobody foresaw rejects this file, not the source
+            log.exception("source %s: reading %s failed", self.name, path.name)
+            return Item(self.name, self.next_seq(), captured, path.name, on_done=self._finish,
+                        rejection=("read_error", f"{path.name}: {type(exc).__name__}: {str(exc)[:200]}"))
 
     def _young(self, path: Path, now: float) -> bool:
         try:

@@ -30,6 +30,7 @@ from typing import BinaryIO, Callable
 
 from ..card import TabularInput
 from ..config import TrafficSource
+from ..errors import ConfigError
 from .base import Emit, Item, Source
 from .rows import RowItems
 
@@ -48,6 +49,20 @@ class TrafficSourceThread(Source):
         self._rows = RowItems(self, spec, settings.format, on_unknown)
         self._lock = threading.Lock()  # TCP clients share the source's windower and sequence
         self._on_refused = on_connection_refused or (lambda source: None)
+        self._server = self._listen() if settings.mode == "tcp" else None
+
+    def _listen(self) -> socket.socket:
+        """Bind now, while the daemon starts: a port that is taken refuses the start in one sentence
+        (bound in the source thread, the error killed the source and the daemon ran on deaf)."""
+        host, port = self.settings.listen_address
+        try:
+            server = socket.create_server((host, port), reuse_port=False)
+        except OSError as exc:
+            raise ConfigError(f"sources ({self.name}).listen {host}:{port}: cannot listen there "
+                              f"({os.strerror(exc.errno) if exc.errno else exc})") from None
+        server.settimeout(0.2)
+        self.address = server.getsockname()
+        return server
 
     # --- shared: lines -> items -------------------------------------------------------------------
     def handle_lines(self, lines: list[str], emit: Emit, prefix: str = "") -> bool:
@@ -157,10 +172,7 @@ class TrafficSourceThread(Source):
 
     # --- TCP listener ----------------------------------------------------------------------------
     def _serve_tcp(self, emit: Emit) -> None:
-        host, port = self.settings.listen_address
-        server = socket.create_server((host, port), reuse_port=False)
-        server.settimeout(0.2)
-        self.address = server.getsockname()
+        server = self._server
         log.info("source %s: listening for rows on %s:%d", self.name, *self.address[:2])
         self.set_up(True)
         clients: set[threading.Thread] = set()

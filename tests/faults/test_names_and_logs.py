@@ -62,3 +62,44 @@ def test_a_newline_in_a_file_name_cannot_forge_a_log_line(model, tmp_path):
     assert "model reload refused" in log  # the name is there, escaped, inside the warning's own line
     assert not any(line.startswith("2026-01-01") for line in log.splitlines())
     assert "x\\n2026-01-01" in log and "\r" not in log
+
+
+def test_links_fifos_and_folders_named_like_images_are_reported_once_and_never_opened(model, tmp_path):
+    import os
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "link.png").symlink_to("/etc/passwd")
+    os.mkfifo(inbox / "pipe.png")  # opening it would block the source for ever
+    (inbox / "folder.png").mkdir()
+    with DaemonProcess(tmp_path, model, folder_source(inbox)) as daemon:
+        daemon.wait_for(lambda s: metric(s, "inspector_items_rejected_total", source="inbox",
+                                         reason="not_a_regular_file") >= 3)
+        cv2.imwrite(str(inbox / "part.png"), flat_part(np.random.default_rng(4)))
+        scored(daemon, 1)
+        time.sleep(0.5)  # more scans: nothing is reported twice
+        lines = daemon.journal_lines()
+        assert daemon.terminate() == 0
+    rejected = {l["origin"]: l["error"] for l in lines if l["verdict"] == "rejected"}
+    assert sorted(rejected) == ["folder.png", "link.png", "pipe.png"]
+    assert "symbolic link" in rejected["link.png"] and "directory" in rejected["folder.png"]
+    assert "FIFO" in rejected["pipe.png"]
+    assert sorted(p.name for p in (inbox / "rejected").iterdir()) == ["folder.png", "link.png", "pipe.png"]
+    assert [l["origin"] for l in lines if l["verdict"] != "rejected"] == ["part.png"]
+
+
+def test_a_traffic_port_already_taken_refuses_the_start_in_one_line(nsl_model, tmp_path):
+    import socket
+
+    from ..test_cli import error_line, inspector
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = tmp_path / "flows.yaml"
+        config.write_text(f"model: {{path: {nsl_model}}}\nsources:\n"
+                          f"  - {{name: netflow, kind: traffic, mode: tcp, listen: '127.0.0.1:{port}'}}\n"
+                          "metrics: {port: 0}\n")
+        result = inspector("run", "-c", str(config), "--check")
+    assert result.returncode == 2
+    assert error_line(result).endswith(f"sources (netflow).listen 127.0.0.1:{port}: cannot listen there "
+                                       "(Address already in use)")
