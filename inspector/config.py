@@ -98,6 +98,9 @@ class TrafficSource(_SourceBase):
     listen: str = "127.0.0.1:9200"  # mode tcp: bind address host:port (loopback unless configured)
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 16
     idle_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    # a line must be complete this long after its first byte: a client trickling bytes (one a second
+    # resets the idle timeout) would otherwise hold a connection slot for ever
+    line_timeout_s: Annotated[float, Field(gt=0)] = 10.0
 
     @model_validator(mode="after")
     def _mode_fields(self) -> "TrafficSource":

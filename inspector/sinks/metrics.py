@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -174,6 +175,20 @@ class Metrics:
         pass
 
 
+IDLE_TIMEOUT_S = 5.0  # a connection that sends no complete request this long is closed
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """A listen backlog for bursts of scrapes (socketserver's default is 5: 200 at once timed out),
+    and one quiet line, not a traceback, for a client that went away mid-request."""
+
+    request_queue_size = 128
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("metrics: request from %s:%s ended early (%s)", *client_address[:2], sys.exc_info()[1])
+
+
 class MetricsServer:
     """/metrics (Prometheus text format) and /healthz (200 healthy / 503 not, JSON body)."""
 
@@ -181,6 +196,8 @@ class MetricsServer:
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = IDLE_TIMEOUT_S  # idle keep-alive or half-sent requests do not hold a thread for ever
+
             def do_GET(self):  # noqa: N802 - http.server API
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -199,8 +216,7 @@ class MetricsServer:
             def log_message(self, format, *args):  # noqa: A002 - quiet: Prometheus scrapes every few seconds
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _HTTPServer((host, port), Handler)
         self.address = self.server.server_address
         self._thread = threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True)
 

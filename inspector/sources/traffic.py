@@ -205,24 +205,33 @@ class TrafficSourceThread(Source):
     def _client(self, conn: socket.socket, peer, emit: Emit) -> None:
         prefix = f"{peer[0]}:{peer[1]} "
         reader = _LineReader(self.spec.max_line_bytes)
-        conn.settimeout(min(self.settings.idle_timeout_s, 0.5))
+        conn.settimeout(min(self.settings.idle_timeout_s, self.settings.line_timeout_s, 0.5))
         idle_since = time.monotonic()
+        line_since: float | None = None  # when the current unfinished line began
         try:
             while not self.stopping.is_set():
                 try:
                     data = conn.recv(1 << 20)
                 except socket.timeout:
-                    if time.monotonic() - idle_since > self.settings.idle_timeout_s:
-                        log.info("source %s: closing idle connection %s", self.name, prefix.strip())
-                        break
-                    continue
+                    data = None
                 except OSError:
                     break
-                if not data:
+                now = time.monotonic()
+                if data is None:
+                    if now - idle_since > self.settings.idle_timeout_s:
+                        log.info("source %s: closing idle connection %s", self.name, prefix.strip())
+                        break
+                elif not data:
                     break
-                idle_since = time.monotonic()
-                if not self._feed(reader, data, emit, prefix):
-                    return
+                else:
+                    idle_since = now
+                    if not self._feed(reader, data, emit, prefix):
+                        return
+                line_since = (line_since or now) if reader.pending() else None
+                if line_since is not None and now - line_since > self.settings.line_timeout_s:
+                    log.warning("source %s: closing %s: a line still incomplete after %.0f s (line_timeout_s)",
+                                self.name, prefix.strip(), self.settings.line_timeout_s)
+                    break  # the unfinished line is journaled as incomplete_line below
             self._flush_partial(reader, emit, prefix)
         finally:
             conn.close()

@@ -103,3 +103,75 @@ def test_a_traffic_port_already_taken_refuses_the_start_in_one_line(nsl_model, t
     assert result.returncode == 2
     assert error_line(result).endswith(f"sources (netflow).listen 127.0.0.1:{port}: cannot listen there "
                                        "(Address already in use)")
+
+
+def test_clients_trickling_bytes_cannot_hold_the_traffic_listener(nsl_model, tmp_path):
+    """max_connections clients that send a byte a second, never a newline, are closed after
+    line_timeout_s (their unfinished lines journaled as incomplete_line); a real client then gets in."""
+    import socket
+    import threading
+
+    from ..daemon_helpers import free_port
+    from ..test_traffic import kdd_test_lines
+
+    port = free_port()
+    sources = [{"name": "flows", "kind": "traffic", "mode": "tcp", "listen": f"127.0.0.1:{port}",
+                "max_connections": 4, "line_timeout_s": 1.0}]
+    stop = threading.Event()
+
+    def trickle():
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"1")
+                except OSError:
+                    return  # closed by the daemon
+                stop.wait(0.3)
+
+    with DaemonProcess(tmp_path, nsl_model, sources, evidence={"dir": None}) as daemon:
+        slow = [threading.Thread(target=trickle, daemon=True) for _ in range(4)]
+        for thread in slow:
+            thread.start()
+        time.sleep(0.5)
+        deadline = time.time() + 20
+        delivered = False
+        while not delivered and time.time() < deadline:  # retried while the slots are still held
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(("\n".join(kdd_test_lines(50)) + "\n").encode())
+            time.sleep(0.5)
+            delivered = any(l["verdict"] != "rejected" for l in daemon.journal_lines())
+        stop.set()
+        samples = daemon.wait_for(lambda s: metric(s, "inspector_items_rejected_total", source="flows",
+                                                   reason="incomplete_line") >= 4)
+        assert daemon.terminate() == 0
+    assert delivered
+    assert metric(samples, "inspector_items_rejected_total", source="flows", reason="incomplete_line") >= 4
+    assert "a line still incomplete after 1 s" in daemon.log()
+
+
+def test_the_metrics_endpoint_takes_a_burst_of_scrapes_and_sheds_idle_and_aborted_connections(model, tmp_path):
+    import socket
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from inspector.sinks.metrics import IDLE_TIMEOUT_S
+
+    with DaemonProcess(tmp_path, model, folder_source(tmp_path)) as daemon:
+        idle = socket.create_connection(("127.0.0.1", daemon.port))
+        aborted = socket.create_connection(("127.0.0.1", daemon.port))
+        aborted.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the end of the request
+        aborted.close()
+
+        def scrape_once(_):
+            with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=10) as response:
+                return response.status
+
+        with ThreadPoolExecutor(max_workers=200) as pool:
+            statuses = list(pool.map(scrape_once, range(200)))
+        idle.settimeout(IDLE_TIMEOUT_S + 5)
+        closed_by_server = idle.recv(1) == b""
+        idle.close()
+        assert daemon.terminate() == 0
+    assert statuses == [200] * 200
+    assert closed_by_server
+    assert "Traceback" not in daemon.log()
