@@ -93,7 +93,8 @@ class Daemon:
                          "on_reconnect": lambda name: self.metrics.reconnects.labels(name).inc(),
                          "on_finished": lambda name: self.metrics.source_finished.labels(name).set(1)}
             source = build_source(settings, self.scorer, self.metrics, config.journal.path, callbacks)
-            source.emit = self.pipeline.add_source(settings.name, config.queue.size, settings.effective_policy)
+            source.emit = self.pipeline.add_source(settings.name, config.queue.size, settings.effective_policy,
+                                                   config.queue.max_bytes)
             self.sources.append(source)
         try:
             self.server = MetricsServer(self.metrics, config.metrics.host, config.metrics.port, self.health)

@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from .errors import ItemRejected
+from .preprocess import model_input_bytes
 from .ratelimit import RateLimitedLog
 from .scorer import Rejection, Scorer, ScoreResult
 from .sources.base import Emit, Item
@@ -51,6 +52,17 @@ class _SourceQueue:
     policy: str
     items: deque
     dropped: int = 0
+    max_bytes: int = 256 << 20
+    bytes: int = 0
+
+
+def item_bytes(item: Item) -> int:
+    """What a queued item holds in memory: the decoded frame, its model input, a traffic window."""
+    total = 0
+    for array in (item.image, item.features, getattr(item.prepared, "tiles", None)):
+        if isinstance(array, np.ndarray):
+            total += array.nbytes
+    return total
 
 
 class Batch(list):
@@ -71,6 +83,7 @@ class Pipeline:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self._queues: dict[str, _SourceQueue] = {}
+        self.max_batch_bytes = 0  # the largest queue budget: what one batch may hold
         self._order: list[str] = []
         self._next = 0
         self._cond = threading.Condition()
@@ -84,8 +97,9 @@ class Pipeline:
         self._turn = threading.Condition()
 
     # --- producer side -------------------------------------------------------------------------
-    def add_source(self, name: str, size: int, policy: str) -> Emit:
-        self._queues[name] = _SourceQueue(name, size, policy, deque())
+    def add_source(self, name: str, size: int, policy: str, max_bytes: int = 256 << 20) -> Emit:
+        self._queues[name] = _SourceQueue(name, size, policy, deque(), max_bytes=max_bytes)
+        self.max_batch_bytes = max(self.max_batch_bytes, max_bytes)
         self._order.append(name)
         queue = self._queues[name]
 
@@ -94,28 +108,46 @@ class Pipeline:
             items = item if isinstance(item, list) else (item,)
             for one in items:
                 if one.image is not None and one.rejection is None:
-                    self._prepare(one)
+                    self._prepare(one, queue.max_bytes)
+            sizes = [item_bytes(one) for one in items]
             with self._cond:
-                for one in items:
+                for one, nbytes in zip(items, sizes):
+                    def full() -> bool:
+                        return len(queue.items) >= queue.size or (
+                            bool(queue.items) and queue.bytes + nbytes > queue.max_bytes)
                     if queue.policy == "block":
-                        while len(queue.items) >= queue.size and not self._closed:
+                        while full() and not self._closed:
                             self._cond.notify_all()  # let the batcher drain what is queued
                             self._cond.wait(0.1)
-                    elif len(queue.items) >= queue.size:
-                        queue.items.popleft()
-                        queue.dropped += 1
-                        self._on_drop(name)
+                    else:
+                        while full():
+                            queue.bytes -= item_bytes(queue.items.popleft())
+                            queue.dropped += 1
+                            self._on_drop(name)
                     if self._closed:
                         return False
                     queue.items.append(one)
+                    queue.bytes += nbytes
                 self._cond.notify_all()
                 return True
 
         return emit
 
-    def _prepare(self, item: Item) -> None:
+    def _prepare(self, item: Item, max_bytes: int) -> None:
+        """The model input of a frame, made on the source's thread; a frame whose input would not fit
+        the queue's byte budget is refused before it is tiled (it could never be queued)."""
+        scorer = self._scorer_ref()
+        spec = scorer.card.input
+        needed = item.image.nbytes + model_input_bytes(item.image.shape[0], item.image.shape[1], spec)
+        if needed > max_bytes:
+            item.rejection = ("too_large", f"{item.source} {item.origin}: a {item.image.shape[1]}x"
+                              f"{item.image.shape[0]} frame needs {needed / 2**20:.0f} MiB as model input, more "
+                              f"than queue.max_bytes ({max_bytes / 2**20:.0f} MiB): crop it with a region of "
+                              "interest, or raise queue.max_bytes")
+            item.image = None
+            return
         try:
-            item.prepared = self._scorer_ref().prepare(item.image, f"{item.source} {item.origin}")
+            item.prepared = scorer.prepare(item.image, f"{item.source} {item.origin}")
         except ItemRejected as rejected:
             item.rejection = (rejected.reason, str(rejected))
         except Exception as exc:  # never lose the item: the batcher prepares it again and rejects it there
@@ -139,10 +171,16 @@ class Pipeline:
         batch: list[Item] = []
         names = self._order
         empty_rounds = 0
+        held = 0
         while len(batch) < self.max_batch and empty_rounds < len(names):
             queue = self._queues[names[self._next % len(names)]]
             self._next += 1
             if queue.items:
+                nbytes = item_bytes(queue.items[0])
+                if batch and held + nbytes > self.max_batch_bytes:
+                    break  # a batch holds at most one queue's budget of memory
+                queue.bytes -= nbytes
+                held += nbytes
                 batch.append(queue.items.popleft())
                 empty_rounds = 0
             else:
