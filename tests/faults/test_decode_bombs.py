@@ -74,3 +74,13 @@ def test_a_file_larger_than_any_allowed_image_is_refused_without_reading_it(tmp_
     with pytest.raises(ItemRejected) as caught:
         read_image(path, LIMIT)
     assert caught.value.reason == "too_large" and "bytes exceeds the limit" in str(caught.value)
+
+
+def test_a_json_row_nested_forty_thousand_deep_is_a_bad_row_not_a_crash(nsl_model):
+    from inspector.preprocess import parse_json_line
+    from inspector.scorer import Scorer
+
+    spec = Scorer(nsl_model).card.input
+    with pytest.raises(ItemRejected) as caught:
+        parse_json_line("[" * 40_000, spec.model_copy(update={"max_line_bytes": 100_000}), "row 1")
+    assert caught.value.reason == "bad_json"
