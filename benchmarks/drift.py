@@ -15,16 +15,14 @@ The demo's synthetic parts are the first row. test/ is only scored here, never t
 from __future__ import annotations
 
 import logging
-import platform
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from benchmarks.results import section_main
+from benchmarks.results import section_header, section_main
 from inspector.drift import DriftMonitor
 from inspector.preprocess import read_image
 from inspector.scorer import NORMAL, Scorer
@@ -109,9 +107,7 @@ def run(args) -> str:
             r = rows[-1]
             print(f"{name}: healthy p50 {r['p50']:.3f} p99 {r['p99']:.3f} max {r['max']:.3f}; dimmed {r['dimmed']:.3f}",
                   flush=True)
-    command = "python -m benchmarks.drift " + " ".join(sys.argv[1:])
-    out = [MARK_START, "## Drift gauge on healthy lines", "", f"Command: `{command.strip()}`  ",
-           f"Machine: {platform.node()}, run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.  ",
+    out = [*section_header(MARK_START, "Drift gauge on healthy lines", "benchmarks.drift"),
            f"Each set's default-recipe model (last weights) scores test/good; a healthy line draws {STREAM:,} parts "
            f"from those scores with replacement after a {WINDOW}-part baseline; every reading of "
            f"`inspector_score_drift_psi` (window {WINDOW}, normal verdicts only) is kept. 'Dimmed': the same good "

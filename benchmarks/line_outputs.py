@@ -15,21 +15,19 @@ MQTT to a live broker and with MQTT to a port where nothing listens; runs altern
 from __future__ import annotations
 
 import json
-import platform
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 import numpy as np
 import yaml
 
-from benchmarks.results import section_main
+from benchmarks.results import section_header, section_main
 from benchmarks.servers import free_port, start_mosquitto
 from benchmarks.throughput import build_model
 from inspector.config import parse_daemon_config
@@ -128,9 +126,7 @@ def run(args) -> str:
         finally:
             broker.terminate()
             broker.wait(10)
-    command = "python -m benchmarks.line_outputs " + " ".join(sys.argv[1:])
-    out = [MARK_START, "## Line outputs (MQTT)", "", f"Command: `{command.strip()}`  ",
-           f"Machine: {platform.node()}, run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.  ",
+    out = [*section_header(MARK_START, "Line outputs (MQTT)", "benchmarks.line_outputs"),
            f"Model: the throughput table's {SIZE} x {SIZE} GANomaly, width 8 ({flops / 1e6:.0f} MFLOPs/frame); "
            "Mosquitto 2 on loopback, QoS 1; daemon with 2 scoring workers, 1 intra-op thread each.", "",
            "Capture to delivery: a paced MJPEG video through `inspector run` in its own process, a subscriber "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 HEADER = "# Benchmark results\n\nEvery table below is written by a script; the command that made it is above it.\n"
@@ -31,3 +34,11 @@ def section_main(doc: str, run, start: str, end: str, add_arguments=None) -> int
     write_section(args.out, section, start, end)
     print(section)
     return 0
+
+
+def section_header(start: str, title: str, module: str, machine: str = "") -> list[str]:
+    """The lines a section opens with: its start marker, its title, the command that made it (this
+    run's own arguments), and the machine and time."""
+    command = f"python -m {module} " + " ".join(sys.argv[1:])
+    return [start, f"## {title}", "", f"Command: `{command.strip()}`  ",
+            f"Machine: {platform.node()}{machine}, run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.  "]

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from benchmarks.results import section_main
+from benchmarks.results import section_header, section_main
 from benchmarks.servers import free_port, start_redis
 from benchmarks.throughput import traffic_model
 
@@ -167,9 +166,8 @@ def run(args) -> str:
             server.wait(10)
     tcp_median = float(np.median([rate for rate, _ in tcp]))
     tcp_cpu = float(np.median([cpu for _, cpu in tcp]))
-    command = "python -m benchmarks.stream_scaling " + " ".join(sys.argv[1:])
-    out = [MARK_START, "## Stream scaling (Redis Streams consumer group)", "", f"Command: `{command.strip()}`  ",
-           f"Machine: {platform.node()} ({CORES} cores), run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.  ",
+    out = [*section_header(MARK_START, "Stream scaling (Redis Streams consumer group)", "benchmarks.stream_scaling",
+                           f" ({CORES} cores)"),
            f"Model: the traffic table's tabular GANomaly ({flops / 1e3:.0f} kFLOPs/row); {n_rows:,} KDDTest+ rows per "
            f"run in a fresh stream; consumers are `inspector run` processes in one group (count 2000, max batch "
            f"1024, 1 intra-op thread). Reference: the TCP source in the same kind of "

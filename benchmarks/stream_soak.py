@@ -10,20 +10,18 @@ two consumers counted (their /metrics) and with what is still pending (must be 0
 
 from __future__ import annotations
 
-import platform
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.results import section_main
+from benchmarks.results import section_header, section_main
 from benchmarks.servers import free_port, start_redis
 from benchmarks.throughput import traffic_model
 
@@ -105,10 +103,8 @@ def run(args) -> str:
             server.wait(10)
     elapsed = args.minutes * 60
     first, last = samples[0][1], samples[-1][1]
-    command = "python -m benchmarks.stream_soak " + " ".join(sys.argv[1:])
     return "\n".join([
-        MARK_START, "## Stream soak (2 consumers, one Redis stream)", "", f"Command: `{command.strip()}`  ",
-        f"Machine: {platform.node()}, run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.", "",
+        *section_header(MARK_START, "Stream soak (2 consumers, one Redis stream)", "benchmarks.stream_soak"), "",
         "| minutes | entries published | decided by the consumers | still pending | rows/s | RSS per consumer, first -> last sample (MB) | peak RSS (MB) | exit codes |",
         "|---|---|---|---|---|---|---|---|",
         f"| {args.minutes:g} | {published:,} | {counted:,.0f} | {pending} | {published / elapsed:,.0f} | "
