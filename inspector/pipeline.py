@@ -55,6 +55,11 @@ class _SourceQueue:
     max_bytes: int = 256 << 20
     bytes: int = 0
 
+    def no_room_for(self, nbytes: int) -> bool:
+        """Full in items, or in bytes (an empty queue always takes one item: the batcher's budget check
+        and the pre-tiling refusal keep a single item within max_bytes)."""
+        return len(self.items) >= self.size or (bool(self.items) and self.bytes + nbytes > self.max_bytes)
+
 
 def item_bytes(item: Item) -> int:
     """What a queued item holds in memory: the decoded frame, its model input, a traffic window."""
@@ -112,15 +117,12 @@ class Pipeline:
             sizes = [item_bytes(one) for one in items]
             with self._cond:
                 for one, nbytes in zip(items, sizes):
-                    def full() -> bool:
-                        return len(queue.items) >= queue.size or (
-                            bool(queue.items) and queue.bytes + nbytes > queue.max_bytes)
                     if queue.policy == "block":
-                        while full() and not self._closed:
+                        while queue.no_room_for(nbytes) and not self._closed:
                             self._cond.notify_all()  # let the batcher drain what is queued
                             self._cond.wait(0.1)
                     else:
-                        while full():
+                        while queue.no_room_for(nbytes):
                             queue.bytes -= item_bytes(queue.items.popleft())
                             queue.dropped += 1
                             self._on_drop(name)
