@@ -78,6 +78,10 @@ class DriftMonitor:
                 self._collecting[source] = []
             self.latest.clear()
 
+    @property
+    def sources(self) -> list[str]:
+        return list(self._recent)
+
     def add_source(self, source: str) -> None:
         with self._lock:
             self._recent[source] = deque(maxlen=self.window)

@@ -105,6 +105,8 @@ class Metrics:
         self.model_info.labels(card.name, card.version, card.family).set(1)
         self.threshold.set(scorer.threshold)
         self._drift.set_model(card.version)
+        for source in self._drift.sources:  # the old model's reading says nothing about the new one
+            self.drift.labels(source).set(0)
 
     def register_output(self, sink: str) -> None:
         self.sink_errors.labels(sink)
