@@ -56,7 +56,12 @@ class EscapeControlCharacters(logging.Filter):
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from .json_stderr import capture_stderr_as_json
+
+        handler = logging.StreamHandler(capture_stderr_as_json())  # and every other stderr line as JSON
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(EscapeControlCharacters())

@@ -175,3 +175,21 @@ def test_the_metrics_endpoint_takes_a_burst_of_scrapes_and_sheds_idle_and_aborte
     assert statuses == [200] * 200
     assert closed_by_server
     assert "Traceback" not in daemon.log()
+
+
+def test_json_logging_turns_every_stderr_line_into_json_even_opencvs_own(model, tmp_path, monkeypatch):
+    """OpenCV prints from C++ straight to stderr (errors by default; its warnings here); with
+    logging.format json they arrive as JSON lines too, beside the daemon's own."""
+    import json
+
+    monkeypatch.setenv("OPENCV_LOG_LEVEL", "WARNING")
+
+    sources = [{"name": "gate", "kind": "camera", "uri": 7, "reconnect": {"initial_s": 0.1, "max_s": 0.2},
+                "stale_after_s": 60}]
+    with DaemonProcess(tmp_path, model, sources, logging={"format": "json", "status_interval_s": 0}) as daemon:
+        daemon.wait_for(lambda s: metric(s, "inspector_source_reconnects_total", source="gate") >= 2)
+        assert daemon.terminate() == 0
+    lines = [line for line in daemon.log().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line parses
+    assert any(e["logger"] == "stderr" and "VIDEOIO" in e["message"] for e in entries)  # OpenCV's own warning
+    assert any(e["logger"] == "inspector.sources.camera" and "cannot open camera 7" in e["message"] for e in entries)
