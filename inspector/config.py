@@ -196,6 +196,9 @@ class EvidenceSettings(Strict):
     dir: Path | None = Path("evidence")
     max_files: Annotated[int, Field(ge=1)] = 1000
     max_bytes: Annotated[int, Field(ge=1)] = 500_000_000
+    # evidence is skipped while its file system has less free space than this: it never takes the
+    # room the journal needs
+    reserve_bytes: Annotated[int, Field(ge=0)] = 64 << 20
 
 
 class LoggingSettings(Strict):

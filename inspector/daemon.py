@@ -83,7 +83,8 @@ class Daemon:
         if config.evidence.dir is not None:
             sinks.append(EvidenceSink(config.evidence.dir, config.evidence.max_files, config.evidence.max_bytes,
                                       lambda: self.scorer, on_error=self._sink_error,
-                                      on_written=lambda source: self.metrics.evidence.labels(source).inc()))
+                                      on_written=lambda source: self.metrics.evidence.labels(source).inc(),
+                                      reserve_bytes=config.evidence.reserve_bytes))
         sinks.append(self.metrics)
         self.outputs = self._line_outputs(config)
         sinks.extend(self.outputs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import time
 from collections import deque
 from datetime import datetime, timezone
@@ -45,8 +46,10 @@ def safe_component(text: str, limit: int = 64) -> str:
 
 class EvidenceSink:
     def __init__(self, folder: Path, max_files: int, max_bytes: int, scorer_ref: Callable,
-                 on_error: Callable[[str], None] | None = None, on_written: Callable[[str], None] | None = None):
+                 on_error: Callable[[str], None] | None = None, on_written: Callable[[str], None] | None = None,
+                 reserve_bytes: int = 0):
         self.folder = Path(folder)
+        self.reserve_bytes = reserve_bytes
         self.max_files = max_files
         self.max_bytes = max_bytes
         self._scorer_ref = scorer_ref
@@ -93,6 +96,7 @@ class EvidenceSink:
                 continue
             if result.heatmap is None:
                 continue
+            tmp = None
             try:
                 picture = evidence_picture(item.image, result.heatmap, heatmap_reference(scorer.card, scorer.threshold),
                                            reference_label(scorer.card), caption(item, result, scorer))
@@ -101,11 +105,16 @@ class EvidenceSink:
                     raise OSError("PNG encoding failed")
                 path = self.path_for(item)
                 self.folder.mkdir(parents=True, exist_ok=True)
+                free = shutil.disk_usage(self.folder).free
+                if free - len(encoded) < self.reserve_bytes:
+                    raise OSError(f"{free:,} bytes free, evidence.reserve_bytes keeps {self.reserve_bytes:,} for the journal")
                 tmp = path.with_name(path.name + ".tmp")
                 with open(tmp, "wb") as handle:
                     handle.write(encoded.tobytes())
                 os.replace(tmp, path)
             except OSError as exc:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)  # a full disk must not leave half-written files behind
                 if not self._failing:
                     log.error("evidence %s: cannot write (%s); scoring continues", self.folder, exc.strerror or exc)
                 self._failing = True

@@ -61,7 +61,7 @@ class JournalSink:
     def _open(self):
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")
+            self._file = open(self.path, "ab", buffering=0)  # unbuffered: a failed batch leaves nothing to flush later
             if self._file.tell() > 0 and not self._ends_with_newline():
                 self._file.write(b"\n")  # a line cut short by a crash stays alone on its line
         return self._file
@@ -95,21 +95,26 @@ class JournalSink:
         dumps = orjson.dumps
         text = b"\n".join([dumps(record(item, result, now - item.enqueued, version, now_iso))
                            for item, result in zip(items, results)]) + b"\n"
+        start = None
         try:
             handle = self._open()
-            handle.write(text)
-            handle.flush()
+            start = handle.tell()
+            view = memoryview(text)
+            while view:  # raw writes may be partial
+                view = view[handle.write(view):]
             if self.fsync:
                 os.fsync(handle.fileno())
             self._rotate_if_needed()
         except OSError as exc:
             if not self._failing:
-                log.error("journal %s: cannot write (%s); scoring continues, lines are lost until it recovers",
-                          self.path, exc.strerror or exc)
+                log.error("journal %s: cannot write (%s); scoring continues; folder sources keep their files "
+                          "until it recovers, other items are lost from the journal", self.path, exc.strerror or exc)
                 self._failing = True
             self._on_error("journal")
             if self._file is not None:
                 try:
+                    if start is not None:  # a batch is on disk whole or not at all: no cut line is left
+                        os.ftruncate(self._file.fileno(), start)
                     self._file.close()
                 except OSError:
                     pass
@@ -119,6 +124,8 @@ class JournalSink:
             log.info("journal %s: writing again", self.path)
             self._failing = False
         self.lines_written += len(items)
+        for item in items:
+            item.journaled = True
 
     def close(self) -> None:
         if self._file is not None:

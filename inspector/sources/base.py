@@ -30,6 +30,7 @@ class Item:
     rejection: tuple[str, str] | None = None  # (reason, message)
     evidence: str | None = None  # the evidence file's name, once the evidence sink has written it
     entry_id: str | None = None  # a stream entry's id (redis_stream sources): journaled, so duplicates show
+    journaled: bool = False  # set by the journal once the item's line is written (a full disk leaves it False)
     enqueued: float = field(default_factory=time.perf_counter)
     on_done: Callable[["Item", object], None] | None = field(default=None, repr=False)
 

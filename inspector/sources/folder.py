@@ -50,6 +50,7 @@ class FolderSourceThread(Source):
         self._observed: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, unchanged since)
         self._taken: set[str] = set()  # emitted and not yet moved (or kept in place)
         self._irregular: list[str] = []  # matching names that are not regular files, to report once
+        self._unjournaled_logged = False
 
     def _candidates(self) -> list[os.DirEntry]:
         """Regular files matching the patterns, in name order. A symlink, FIFO, socket or directory
@@ -186,7 +187,18 @@ class FolderSourceThread(Source):
             return False
 
     def _finish(self, item: Item, result: object) -> None:
-        """After the item is journaled: move the file out of the watched folder (or remember it)."""
+        """After the item is journaled: move the file out of the watched folder (or remember it). A file
+        whose journal line could not be written (disk full) stays where it is and is read again later:
+        a file never leaves the folder without its decision on disk."""
+        if not item.journaled:
+            if not self._unjournaled_logged:
+                log.warning("source %s: the journal cannot be written; files stay in %s and are scored again "
+                            "once it can", self.name, self.settings.path)
+                self._unjournaled_logged = True
+            self._taken.discard(item.origin)
+            self._observed.pop(item.origin, None)
+            return
+        self._unjournaled_logged = False
         if not self.settings.move_processed:
             return  # stays in _taken: never scored twice by this process
         target_dir = self.settings.path / (REJECTED if isinstance(result, Rejection) else DONE)
