@@ -59,6 +59,6 @@ def test_a_full_disk_keeps_every_undecided_file_in_the_folder_and_loses_nothing(
         lines = daemon.journal_lines()
         assert daemon.terminate() == 0
     decided = {l["origin"] for l in lines}
-    assert decided == {f"part_{k:03d}.png" for k in range(120)}
+    assert decided == {f"part_{k:03d}.png" for k in range(120)} and len(lines) == 120  # each once
     assert not list(tiny_disk.rglob("*.tmp"))
     assert "the journal cannot be written; files stay in" in daemon.log()
