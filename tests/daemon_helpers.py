@@ -93,6 +93,16 @@ def health(port: int) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+def wait_for_unhealthy(port: int, timeout: float = 30.0) -> tuple[int, dict]:
+    """Poll /healthz until it stops answering 200 (or the time is up); its last status and body."""
+    deadline = time.time() + timeout
+    status, body = health(port)
+    while status == 200 and time.time() < deadline:
+        time.sleep(0.2)
+        status, body = health(port)
+    return status, body
+
+
 class DaemonProcess:
     """`inspector run` in a subprocess with a config written for the test."""
 

@@ -15,7 +15,8 @@ import yaml
 
 from inspector.overlay import CAPTION_MIN_WIDTH
 
-from .daemon_helpers import DaemonProcess, flat_part, frame_number, health, metric, train_flat_model, write_video
+from .daemon_helpers import (DaemonProcess, flat_part, frame_number, health, metric, train_flat_model,
+                             wait_for_unhealthy, write_video)
 
 pytestmark = pytest.mark.slow
 
@@ -113,11 +114,7 @@ def test_a_camera_silent_past_its_limit_fails_healthz_with_the_reason_and_no_pas
                 "reconnect": {"initial_s": 0.1, "max_s": 0.2}, "stale_after_s": 1.0}]
     with DaemonProcess(tmp_path, model, sources) as daemon:
         daemon.wait_for(lambda s: metric(s, "inspector_source_reconnects_total", source="gate") >= 1)
-        deadline = time.time() + 30
-        status, body = health(daemon.port)
-        while status == 200 and time.time() < deadline:
-            time.sleep(0.2)
-            status, body = health(daemon.port)
+        status, body = wait_for_unhealthy(daemon.port)
         assert daemon.terminate() == 0
     assert status == 503 and body["status"] == "unhealthy" and body["sources"] == {"gate": "stalled"}
     reason = body["reasons"]["gate"]

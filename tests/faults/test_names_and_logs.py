@@ -196,17 +196,13 @@ def test_json_logging_turns_every_stderr_line_into_json_even_opencvs_own(model, 
 
 
 def test_a_text_file_given_as_the_video_fails_healthz_with_the_reason(model, tmp_path):
-    from ..daemon_helpers import health
+    from ..daemon_helpers import wait_for_unhealthy
 
     notes = tmp_path / "line.avi"
     notes.write_text("this is not a video\n")
     sources = [{"name": "cam", "kind": "camera", "uri": str(notes)}]
     with DaemonProcess(tmp_path / "run", model, sources) as daemon:
-        deadline = time.time() + 20
-        status, body = health(daemon.port)
-        while status == 200 and time.time() < deadline:
-            time.sleep(0.2)
-            status, body = health(daemon.port)
+        status, body = wait_for_unhealthy(daemon.port, 20)
         assert daemon.terminate() == 0
     assert status == 503 and body["sources"] == {"cam": "down"}
     assert body["reasons"]["cam"] == f"cannot open {notes}"
