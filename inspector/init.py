@@ -36,12 +36,11 @@ def add_parser(sub) -> None:
 
 
 def open_capture(target, label: str) -> tuple[int, int]:
-    """Read one frame; (width, height), or ConfigError saying what did not open."""
-    import cv2
+    """Read one frame, opened as the daemon's camera source opens it; (width, height), or ConfigError
+    saying what did not open."""
+    from .sources.camera import video_capture
 
-    capture = cv2.VideoCapture(target) if isinstance(target, int) else cv2.VideoCapture(
-        str(target), cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(OPEN_TIMEOUT_S * 1000),
-                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(OPEN_TIMEOUT_S * 1000)])
+    capture = video_capture(target, OPEN_TIMEOUT_S)
     try:
         if not capture.isOpened():
             hint = " (ls /dev/video* lists the cameras this machine sees)" if isinstance(target, int) else ""

@@ -22,6 +22,16 @@ log = logging.getLogger(__name__)
 DEFAULT_FPS = 25.0
 
 
+def video_capture(uri: int | str, timeout_s: float) -> cv2.VideoCapture:
+    """cv2.VideoCapture on a device index, a video file, or a stream URL; a URL gets open and read
+    timeouts, so a silent network camera cannot hang its caller."""
+    if isinstance(uri, int) or "://" not in uri:
+        return cv2.VideoCapture(uri)
+    timeout_ms = int(timeout_s * 1000)
+    return cv2.VideoCapture(uri, cv2.CAP_FFMPEG,
+                            [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+
+
 class CameraSourceThread(Source):
     def __init__(self, settings: CameraSource, **callbacks):
         super().__init__(settings.name, **callbacks)
@@ -31,14 +41,7 @@ class CameraSourceThread(Source):
             self.stale_after_s = settings.stale_after_s
 
     def _open(self) -> cv2.VideoCapture:
-        uri = self.settings.uri
-        if isinstance(uri, int):
-            return cv2.VideoCapture(uri)
-        if self.settings.is_file:
-            return cv2.VideoCapture(uri)
-        timeout_ms = int(self.settings.read_timeout_s * 1000)
-        return cv2.VideoCapture(uri, cv2.CAP_FFMPEG,
-                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+        return video_capture(self.settings.uri, self.settings.read_timeout_s)
 
     def _wait(self, seconds: float) -> None:
         self.retrying_until = time.time() + seconds
