@@ -173,12 +173,12 @@ def _score(args) -> int:
 
 def _expand_folders(paths: list[Path]) -> list[Path]:
     """Each folder stands for the images directly in it, in name order; an empty one is an error."""
-    from .preprocess import IMAGE_SUFFIXES
+    from .preprocess import list_images
 
     files = []
     for path in paths:
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images = list_images(path)
             if not images:
                 raise InspectorError(f"{path}: a folder with no images in it")
             files += images

@@ -30,6 +30,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ACCEPTED_FORMATS = "PNG, JPEG, BMP, TIFF or WebP"
 
 
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly in `folder`, in name order (none when it is not a folder)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def _header_dimensions(data: bytes) -> tuple[int, int] | None:
     """Width and height from the header of the format the bytes are (never the file's name), read
     before decoding so a huge image is refused without allocating it. None when the bytes are no

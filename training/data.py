@@ -22,7 +22,7 @@ import numpy as np
 
 from inspector.card import ImageInput
 from inspector.errors import ItemRejected
-from inspector.preprocess import IMAGE_SUFFIXES, frame_tensor, prepare_image, read_image
+from inspector.preprocess import ACCEPTED_FORMATS, frame_tensor, list_images, prepare_image, read_image
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,6 @@ def data_root() -> Path:
         return Path(os.environ["QI_DATA"])
     beside_checkout = Path(__file__).resolve().parents[2] / "shared" / "data"
     return beside_checkout if beside_checkout.is_dir() else Path(DEFAULT_DATA_ROOT)
-
-
-def list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 @dataclass
@@ -112,9 +106,6 @@ def load_images(
     return LoadedImages(array, kept, np.asarray(kept_labels, dtype=np.int64), kept_types, masks, skipped)
 
 
-IMAGE_KINDS = "PNG, JPEG, BMP, TIFF or WebP"
-
-
 def training_image_paths(root: Path) -> list[Path]:
     """The images of <root>/train/good, or FileNotFoundError saying which of the usual mistakes it
     is: no such folder, images not in train/good, or no image at all."""
@@ -132,8 +123,8 @@ def training_image_paths(root: Path) -> list[Path]:
                 f"{stray}: {len(loose)} images found here, but training reads them from {folder}/ "
                 f"(move them: mkdir -p {folder} && mv {stray}/*.{loose[0].suffix.lstrip('.')} {folder}/)")
     if folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no images ({IMAGE_KINDS}) in this folder")
-    raise FileNotFoundError(f"{folder}: missing; put the photos of good parts there ({IMAGE_KINDS}); "
+        raise FileNotFoundError(f"{folder}: no images ({ACCEPTED_FORMATS}) in this folder")
+    raise FileNotFoundError(f"{folder}: missing; put the photos of good parts there ({ACCEPTED_FORMATS}); "
                             f"optionally test/good and test/<defect>/ for evaluation")
 
 
