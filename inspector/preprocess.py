@@ -148,10 +148,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = 50_000_000) -> np.ndar
     """Read an image file; every failure is an ItemRejected naming the file."""
     origin = str(path)
     try:
-        size = os.stat(path).st_size
-        if size > max_file_bytes(max_pixels):
-            raise ItemRejected("too_large", f"{origin}: file of {size:,} bytes exceeds the limit of "
-                                            f"{max_file_bytes(max_pixels):,} (4 bytes per allowed pixel)")
+        size, limit = os.stat(path).st_size, max_file_bytes(max_pixels)
+        if size > limit:
+            raise ItemRejected("too_large", f"{origin}: file of {size:,} bytes exceeds the limit of {limit:,} "
+                                            "(4 bytes per allowed pixel)")
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ItemRejected("file_missing", f"{origin}: no such file") from None

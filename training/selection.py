@@ -70,6 +70,12 @@ def synthetic_defects(frames: np.ndarray, patch_side: int, seed: int) -> np.ndar
     return out
 
 
+def synthetic_copies(frames: np.ndarray, spec, seed: int) -> np.ndarray:
+    """SYNTHETIC_COPIES defective copies of each model-space frame, patches sized to the model input."""
+    return synthetic_defects(np.concatenate([frames] * SYNTHETIC_COPIES), min(spec.height, spec.width),
+                             seed).astype(np.float32)
+
+
 def synthetic_recall(scoring: nn.Module, frames: np.ndarray, spec, score: ScoreDefinition, threshold: float,
                      seed: int) -> float | None:
     """Share of synthetic-defect copies of held-out normal frames that score at or above the threshold:
@@ -77,8 +83,7 @@ def synthetic_recall(scoring: nn.Module, frames: np.ndarray, spec, score: ScoreD
     these patches, so it is a guide, not a promise). None for frames of different sizes."""
     if frames.dtype == object or not len(frames):
         return None
-    defective = synthetic_defects(np.concatenate([frames] * SYNTHETIC_COPIES), min(spec.height, spec.width),
-                                  seed).astype(np.float32)
+    defective = synthetic_copies(frames, spec, seed)
     outputs, owner = frame_outputs(scoring, defective, spec)
     scores = np.nan_to_num(per_frame_max(combine_score(outputs, score), owner), nan=np.inf)
     return float(np.mean(scores >= threshold))
@@ -113,8 +118,7 @@ class CheckpointSelector:
         keep = np.random.default_rng(config.train.seed).permutation(len(validation))[:config.selection.max_items]
         self.normal = np.ascontiguousarray(validation[np.sort(keep)], dtype=np.float32)
         if self.criterion == "synthetic_auroc":
-            self.defective = synthetic_defects(np.concatenate([self.normal] * SYNTHETIC_COPIES),
-                                               min(self.spec.height, self.spec.width), config.train.seed).astype(np.float32)
+            self.defective = synthetic_copies(self.normal, self.spec, config.train.seed)
 
     @property
     def active(self) -> bool:
