@@ -13,10 +13,13 @@ from inspector.scorer import Scorer
 from training.config import validate_train_config
 from training.data import load_train_good, split_holdout
 from training.fit import fit, model_inputs
-from training.models.anogan import AnoGANScoring, build_anogan, gradient_penalty
+from training.items import items_of
+from training.models.anogan import AnoGANScoring
+from training.models.anogan_family import build_anogan
+from training.models.losses import gradient_penalty
+from training.driver import seed_everything, train
+from training.run_folder import CHECKPOINT, GAN_PHASE_CHECKPOINT
 from training.torch_scoring import run_scoring
-from training.train import CHECKPOINT, seed_everything
-from training.train_anogan import GAN_PHASE_CHECKPOINT, train_anogan
 
 from .conftest import tiny_config
 
@@ -51,7 +54,7 @@ def anogan_raw(piped_class, **extra):
 def test_encoder_training_leaves_generator_and_critic_unchanged(piped_class, tmp_path):
     config = validate_train_config(anogan_raw(piped_class), "tiny")
     images = load_train_good(piped_class, config.input.to_spec()).tensors[:16]
-    train_anogan(config, images, tmp_path)
+    train(config, images, tmp_path, progress=False)
     after_gan = torch.load(tmp_path / GAN_PHASE_CHECKPOINT, weights_only=True)
     final = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     for key, value in after_gan["critic"].items():
@@ -62,6 +65,25 @@ def test_encoder_training_leaves_generator_and_critic_unchanged(piped_class, tmp
     for key in generator_keys:
         torch.testing.assert_close(final["model"][key], after_gan["model"][key], rtol=0, atol=0)
     assert any(not torch.equal(final["model"][k], after_gan["model"][k]) for k in encoder_keys)
+
+
+@pytest.mark.parametrize("stop", [2, 6], ids=["in the GAN phase", "in the encoder phase"])
+def test_an_interrupted_run_resumed_ends_with_the_weights_of_a_straight_run(piped_class, tmp_path, stop):
+    config = validate_train_config(anogan_raw(piped_class, **{
+        "anogan.gan_steps": 4, "anogan.encoder_steps": 4, "selection.evaluations": 2}), "tiny")
+    images = load_train_good(piped_class, config.input.to_spec()).tensors
+    fitted, held_out = images[:24], images[24:]  # 3 batches a permutation: stops fall inside one
+    straight = train(config, fitted, tmp_path / "straight", validation=held_out, progress=False)
+    interrupted = train(config, fitted, tmp_path / "resumed", validation=held_out, progress=False,
+                        stop_after_steps=stop)
+    assert interrupted.interrupted and interrupted.steps == stop
+    resumed = train(config, fitted, tmp_path / "resumed", validation=held_out, resume=True, progress=False)
+
+    assert not resumed.interrupted and resumed.steps == straight.steps == 8
+    for name, module in straight.family.modules.items():
+        for key, value in module.state_dict().items():
+            torch.testing.assert_close(resumed.family.modules[name].state_dict()[key], value, rtol=0, atol=0)
+    assert (tmp_path / "resumed" / "selection.json").read_text() == (tmp_path / "straight" / "selection.json").read_text()
 
 
 def test_the_exported_score_is_the_lambda_weighted_sum_of_residual_and_feature_residual(piped_class, tmp_path):
@@ -110,11 +132,12 @@ def test_joint_reconstruction_trains_the_encoder_with_the_generator_only_when_as
     for weight in (0.0, 5.0):
         config = validate_train_config(anogan_raw(piped_class, **{"anogan.reconstruction_weight": weight}), "tiny")
         images = load_train_good(piped_class, config.input.to_spec()).tensors[:16]
-        train_anogan(config, images, tmp_path / str(weight))
+        train(config, images, tmp_path / str(weight), progress=False)
         state = torch.load(tmp_path / str(weight) / GAN_PHASE_CHECKPOINT, weights_only=True)["model"]
         encoders[weight] = {k: v for k, v in state.items() if k.startswith("encoder.") and k.endswith("weight")}
     seed_everything(config.train.seed)
-    initial = build_anogan(config)[0].state_dict()
+    initial = build_anogan(items_of(config).shape(images), config.model.base_width, config.model.latent_dim,
+                           config.stability.spectral_norm)[0].state_dict()
     for key, value in encoders[0.0].items():
         torch.testing.assert_close(value, initial[key], rtol=0, atol=0)
     assert any(not torch.equal(encoders[5.0][k], initial[k]) for k in encoders[5.0])

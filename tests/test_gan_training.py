@@ -21,8 +21,11 @@ from training.data import load_train_good, split_holdout
 from training.diagnostics import CollapseMonitor, diversity_ratio, evenly_spaced
 from training.fit import fit
 from training.selection import SELECTION_LOG, CheckpointSelector, synthetic_defects
-from training.train import CHECKPOINT, LOSSES, _smoothing_floor, clip_gradients, random_crops, train_ganomaly
-from training.train_anogan import train_anogan
+from training.driver import train
+from training.family import clip_gradients
+from training.items import random_crops
+from training.models.losses import smoothing_floor
+from training.run_folder import CHECKPOINT, LOSSES
 
 from .conftest import tiny_config
 
@@ -49,7 +52,7 @@ def test_collapse_indicator_fires_on_a_constant_generator_and_not_on_a_trained_o
     config = validate_train_config(tiny_config(piped_class, **{"train.steps": 30}), "tiny")
     images = load_train_good(piped_class, config.input.to_spec()).tensors
     with caplog.at_level(logging.WARNING, logger="training.diagnostics"):
-        generator = train_ganomaly(config, images, tmp_path, progress=False).generator
+        generator = train(config, images, tmp_path, progress=False).generator
     assert "mode collapse" not in caplog.text
     logged = [float(line.split(",")[7]) for line in (tmp_path / LOSSES).read_text().splitlines()[1:]]
     assert min(logged) > config.diagnostics.collapse_ratio
@@ -73,7 +76,7 @@ def test_the_run_folder_shows_losses_per_epoch_a_plot_and_image_grids(piped_clas
                       "score.weights": {"residual_mean": 1.0}})
     config = validate_train_config(tiny_config(piped_class, **extra), "tiny")
     images = load_train_good(piped_class, config.input.to_spec()).tensors
-    (train_anogan if family == "anogan" else train_ganomaly)(config, images, tmp_path, progress=False)
+    train(config, images, tmp_path, progress=False)
     rows = (tmp_path / LOSSES).read_text().splitlines()
     header = rows[0].split(",")
     assert "diversity" in header and len(rows) >= 3
@@ -93,7 +96,7 @@ def test_stability_options_reach_the_discriminator_and_its_optimiser(piped_class
         "stability": {"spectral_norm": True, "label_smoothing": 0.1, "discriminator_lr_factor": 4.0, "grad_clip": 1.0}}),
         "tiny")
     images = load_train_good(piped_class, config.input.to_spec()).tensors
-    train_ganomaly(config, images, tmp_path, progress=False)
+    train(config, images, tmp_path, progress=False)
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert any(k.endswith("weight_orig") for k in state["discriminator"])  # spectral normalisation
     lr_d, lr_g = state["opt_d"]["param_groups"][0]["lr"], state["opt_g"]["param_groups"][0]["lr"]
@@ -113,8 +116,8 @@ def test_a_smoothed_discriminator_is_reset_at_its_own_loss_floor_not_at_zero():
     bce = nn.BCEWithLogitsLoss()
     best_real = bce(torch.logit(torch.tensor([0.9])), torch.tensor([0.9])).item()
     perfect = 0.5 * (best_real + bce(torch.tensor([-40.0]), torch.tensor([0.0])).item())
-    assert _smoothing_floor(0.1) == pytest.approx(perfect, rel=1e-6)
-    assert _smoothing_floor(0.0) == 0.0
+    assert smoothing_floor(0.1) == pytest.approx(perfect, rel=1e-6)
+    assert smoothing_floor(0.0) == 0.0
 
 
 def test_synthetic_defects_change_one_patch_of_each_frame_and_nothing_else():
@@ -148,7 +151,8 @@ def test_the_exported_weights_are_the_latest_within_one_standard_error_of_the_be
     assert (log["selected_epoch"], log["selected_value"]) == (chosen["epoch"], chosen["value"])
     # Re-measuring the exported generator gives the selected value: the best weights were restored.
     _, held_out = held_out_frames(config, piped_class)
-    again = CheckpointSelector(config, held_out, {"generator": result.generator},
+    again = CheckpointSelector(config.selection, config.score.weights, config.input.to_spec(), config.train.seed,
+                               held_out, {"generator": result.generator},
                                lambda: result.scoring, total_epochs=1)
     assert again.measure() == pytest.approx(log["selected_value"], abs=1e-6)
 
@@ -211,11 +215,12 @@ def test_noise_alone_never_undoes_training(piped_class, tmp_path):
 
     def chosen(values):
         model = nn.Linear(1, 1)
-        selector = CheckpointSelector(config, held_out, {"model": model}, ConstantScore, total_epochs=len(values))
+        selector = CheckpointSelector(config.selection, config.score.weights, config.input.to_spec(), config.train.seed,
+                                      held_out, {"model": model}, ConstantScore, total_epochs=len(values))
         for epoch, value in enumerate(values, start=1):
             selector.measure_with_error = lambda value=value: value
             selector.evaluate(epoch, epoch)
-        selector.restore_best(tmp_path)
+        selector.restore_best(tmp_path / SELECTION_LOG)
         return json.loads((tmp_path / SELECTION_LOG).read_text())["selected_epoch"]
 
     assert chosen([(0.80, 0.05), (0.90, 0.05), (0.88, 0.05), (0.86, 0.05)]) == 4  # all within noise of 0.90
@@ -228,8 +233,9 @@ def test_training_warns_when_even_synthetic_defects_are_not_separated(piped_clas
     config = validate_train_config(tiny_config(piped_class), "tiny")
     _, held_out = held_out_frames(config, piped_class)
     model = nn.Linear(1, 1)
-    selector = CheckpointSelector(config, held_out, {"model": model}, ConstantScore, total_epochs=1)
+    selector = CheckpointSelector(config.selection, config.score.weights, config.input.to_spec(), config.train.seed,
+                                  held_out, {"model": model}, ConstantScore, total_epochs=1)
     assert selector.evaluate(epoch=1, step=1) == pytest.approx(0.5)
     with caplog.at_level(logging.WARNING, logger="training.selection"):
-        selector.restore_best(tmp_path)
+        selector.restore_best(tmp_path / SELECTION_LOG)
     assert "expect weak detection" in caplog.text

@@ -11,7 +11,8 @@ import torch
 from training.config import validate_train_config
 from training.data import load_train_good
 from training.models.ganomaly import GANomaly, GANomalyDiscriminator, GANomalyScoring, GANomalyShape
-from training.train import CHECKPOINT, LOSSES, train_ganomaly
+from training.driver import train
+from training.run_folder import CHECKPOINT, LOSSES
 
 from .conftest import tiny_config
 
@@ -53,10 +54,10 @@ def test_training_writes_losses_and_checkpoint_and_resume_continues_exactly(pipe
     config = validate_train_config(raw, "tiny")
     images = load_train_good(piped_class, config.input.to_spec()).tensors[:16]
 
-    straight = train_ganomaly(config, images, tmp_path / "straight", progress=False)
+    straight = train(config, images, tmp_path / "straight", progress=False)
     half = validate_train_config({**raw, "train": {**raw["train"], "steps": 3}}, "tiny")
-    train_ganomaly(half, images, tmp_path / "resumed", progress=False)
-    resumed = train_ganomaly(config, images, tmp_path / "resumed", resume=True, progress=False)
+    train(half, images, tmp_path / "resumed", progress=False)
+    resumed = train(config, images, tmp_path / "resumed", resume=True, progress=False)
 
     assert straight.steps == resumed.steps == 6
     for a, b in zip(straight.generator.state_dict().values(), resumed.generator.state_dict().values()):
@@ -75,9 +76,9 @@ def test_training_writes_losses_and_checkpoint_and_resume_continues_exactly(pipe
 def test_asking_for_cuda_without_it_is_one_clear_error(piped_class, tmp_path):
     config = validate_train_config(tiny_config(piped_class, **{"train.device": "cuda"}), "tiny")
     with pytest.raises(ValueError, match="train.device is 'cuda' but torch .* sees no CUDA device"):
-        train_ganomaly(config, np.zeros((8, 3, 32, 32), np.float32), tmp_path, progress=False)
+        train(config, np.zeros((8, 3, 32, 32), np.float32), tmp_path, progress=False)
     auto = validate_train_config(tiny_config(piped_class, **{"train.device": "auto"}), "tiny")
-    assert train_ganomaly(auto, np.zeros((8, 3, 32, 32), np.float32), tmp_path / "auto", progress=False).steps == 4
+    assert train(auto, np.zeros((8, 3, 32, 32), np.float32), tmp_path / "auto", progress=False).steps == 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -121,12 +122,13 @@ def test_a_tiled_memory_tiles_only_as_many_frames_as_it_needs(piped_class):
     """latent_knn on a tiled model draws its memory from the tiles of a seeded subset of frames
     (enough for memory_size tiles), not from every tile of every fitted frame."""
     from training.frame_scores import model_inputs
-    from training.train import memory_inputs
+    from training.items import items_of
 
     config = validate_train_config(tiny_config(piped_class, **{"input.resize": "tile"}), "tiny")
     spec = config.input.to_spec()
+    memory_inputs = items_of(config).memory_inputs
     frames = load_train_good(piped_class, spec).tensors[:8]
     per_frame = len(model_inputs(frames[:1], spec)[0])
     assert per_frame > 1
-    assert len(memory_inputs(frames, spec, size=3 * per_frame - 1, seed=0)) == 3 * per_frame
-    assert np.array_equal(memory_inputs(frames, spec, size=10**6, seed=0), model_inputs(frames, spec)[0])
+    assert len(memory_inputs(frames, size=3 * per_frame - 1, seed=0)) == 3 * per_frame
+    assert np.array_equal(memory_inputs(frames, size=10**6, seed=0), model_inputs(frames, spec)[0])

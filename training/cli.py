@@ -83,7 +83,7 @@ def _print_metrics(metrics: dict | None, out_dir: Path) -> None:
 
 def train(args) -> int:
     from .fit import fit
-    from .train import CHECKPOINT
+    from .run_folder import CHECKPOINT
 
     config = resolve_config(args)
     out = args.out or Path("runs") / config.name

@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 import torch
 
+from .run_folder import GRID_FOLDER, LOSSES_PLOT
+
 log = logging.getLogger(__name__)
 
-LOSSES_PLOT = "losses.png"
-GRID_FOLDER = "diagnostics"
 NOT_A_LOSS = {"phase", "epoch", "step", "seconds"}
 
 
@@ -162,10 +162,6 @@ def labelled(canvas: np.ndarray, title: str, row_names: list[str], gap: int = 2)
         y = band + r * row_height + min(row_height, 20) // 2 + 4
         cv2.putText(out, name, (2, y), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
     return out
-
-
-def grid_path(run_dir: Path, kind: str, epoch: int) -> Path:
-    return run_dir / GRID_FOLDER / f"{kind}_e{epoch:04d}.png"
 
 
 def plot_losses(csv_path: Path, png_path: Path | None = None, collapse_level: float | None = None) -> Path | None:

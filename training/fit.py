@@ -20,7 +20,7 @@ import torch
 
 import inspector
 from inspector.card import ModelCard, Provenance, ScoreDefinition
-from inspector.errors import InspectorError
+from inspector.errors import ConfigError, InspectorError
 from inspector.scorer import Scorer, combine_score
 
 from .calibrate import calibrate
@@ -30,13 +30,14 @@ from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
 from .flops import count_flops
 from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max
+from .driver import train
+from .items import Items, items_of
+from .run_folder import MODEL_FILE, RunFolder
 from .selection import synthetic_recall
 from .torch_scoring import run_scoring
-from .train import check_memory_size, scoring_module, train_ganomaly
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
 EVALUATION_SUMMARY_KEYS = ("image_auroc", "auroc", "average_precision", "f1", "recall", "false_alarm_rate", "pixel_auroc",
                            "n_normal", "n_anomalous")
 
@@ -115,25 +116,30 @@ def _export(config: TrainConfig, scoring, card: ModelCard, held_out: np.ndarray,
 
 
 def _prepare_run(config: TrainConfig, run_dir: Path) -> Path:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
-    return run_dir
+    run = RunFolder.create(run_dir)
+    run.config.write_text(config.model_dump_json(indent=2))
+    return run.root
 
 
-def train_family(config: TrainConfig, train: np.ndarray, held_out: np.ndarray, run_dir: Path, resume: bool,
+def check_memory_size(config: TrainConfig, items: Items, fitted: np.ndarray) -> None:
+    """Before any training: latent_lof needs more memory codes than neighbours, and a small set (or
+    a large hold-out) may not give that many."""
+    if "latent_lof" not in config.score.weights:
+        return
+    codes = min(config.score.memory_size, len(fitted) * items.inputs_per_item(fitted))
+    if codes <= config.score.lof_neighbors:
+        raise ConfigError(f"score.lof_neighbors is {config.score.lof_neighbors}, but the {len(fitted)} fitted items "
+                          f"give only {codes} normal codes to compare with: lower score.lof_neighbors, or hold out "
+                          "fewer items (data.holdout_fraction)")
+
+
+def train_family(config: TrainConfig, fitted: np.ndarray, held_out: np.ndarray, run_dir: Path, resume: bool,
                  progress: bool):
     """Train the configured model family; returns the training result and its exportable scoring module."""
-    if config.model.family == "anogan":
-        from .train_anogan import anogan_scoring_with_memory, train_anogan
-
-        if resume:
-            log.warning("--resume is not supported for the anogan family: training starts over")
-        trained = train_anogan(config, train, run_dir, progress=progress, validation=held_out)
-        return trained, anogan_scoring_with_memory(config, trained.model, trained.critic, train).eval()
-    trained = train_ganomaly(config, train, run_dir, resume=resume, progress=progress, validation=held_out)
+    check_memory_size(config, items_of(config), fitted)
+    trained = train(config, fitted, RunFolder(run_dir), validation=held_out, resume=resume, progress=progress)
     # the memory holds codes of the fitted items only: held-out distances stay those of unseen normals
-    return trained, scoring_module(config, trained.generator, train).eval()
+    return trained, trained.family.scoring(fitted).eval()
 
 
 def memory_description(scoring, item: str) -> str:
@@ -159,7 +165,6 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     log.info("training on %d normal images, %d held out for calibration and checkpoint selection", len(fit_idx),
              len(hold_idx))
 
-    check_memory_size(config, normal.tensors[fit_idx])
     started = time.perf_counter()
     trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run_dir, resume, progress)
 
@@ -210,7 +215,6 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     log.info("training on %d normal windows of %d features, %d held out for calibration", len(fit_idx),
              spec.width, len(hold_idx))
     held_out = normal[hold_idx]
-    check_memory_size(config, normal[fit_idx])
     trained, scoring = train_family(config, normal[fit_idx], held_out, run_dir, resume, progress)
     outputs = run_scoring(scoring, held_out, batch_size=4096)
     score = ScoreDefinition(weights=dict(config.score.weights),

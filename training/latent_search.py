@@ -112,25 +112,29 @@ def load_run_scoring(model_path):
     from inspector.errors import InspectorError
 
     from .config import TrainConfig
-    from .models.anogan import build_anogan
-    from .train import CHECKPOINT
-    from .train_anogan import anogan_scoring_with_memory
+    from .family import nearest_code_module
+    from .items import TableShape, items_of
+    from .models.anogan import LatentCode
+    from .models.anogan_family import anogan_scoring, build_anogan
+    from .run_folder import CHECKPOINT, CONFIG
 
     run_dir = Path(model_path).parent
-    config_path, checkpoint_path = run_dir / "config.json", run_dir / CHECKPOINT
+    config_path, checkpoint_path = run_dir / CONFIG, run_dir / CHECKPOINT
     if not (config_path.is_file() and checkpoint_path.is_file()):
         raise InspectorError(f"latent search needs the run folder of {model_path} (config.json and {CHECKPOINT} beside it)")
     config = TrainConfig.model_validate(json.loads(config_path.read_text()))
     if config.model.family != "anogan":
         raise InspectorError(f"latent search is for anogan models; {model_path} is a {config.model.family} model")
     state = torch.load(checkpoint_path, weights_only=True, map_location="cpu")  # trained on a GPU or not
-    width = None
-    if config.data.kind == "table":
-        width = state["model"]["encoder.0.weight"].shape[1]
-    model, critic = build_anogan(config, width)
-    model.load_state_dict(state["model"])
+    # the exported weights: the encoder-phase epoch checkpoint selection chose (the checkpoint's own are the last)
+    selected = (state.get("selection") or {}).get("best_state") or state
+    items = items_of(config)
+    fitted = fitted_items(config)
+    shape = TableShape(state["model"]["encoder.0.weight"].shape[1]) if items.spec is None else items.shape(None)
+    model, critic = build_anogan(shape, config.model.base_width, config.model.latent_dim, config.stability.spectral_norm)
+    model.load_state_dict(selected["model"])
     critic.load_state_dict(state["critic"])
-    return anogan_scoring_with_memory(config, model, critic, fitted_items(config)).eval()
+    return anogan_scoring(config, shape, model, critic, nearest_code_module(config, items, LatentCode(model), fitted)).eval()
 
 
 def fitted_items(config) -> np.ndarray | None:

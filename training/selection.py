@@ -14,7 +14,7 @@ held-out items is noisy, and the largest of several noisy values favours noise; 
 weights are the latest evaluated ones whose value is within one standard error of the best value
 (the one-standard-error rule of Breiman et al.; AUROC standard error by Hanley & McNeil, 1982; the
 mean's standard error for validation_loss). Training longer is never undone on noise alone. The
-chosen state is kept in memory (and in the GANomaly checkpoint, so `--resume` keeps it) and
+chosen state is kept in memory (and in the checkpoint, so `--resume` keeps it) and
 restored before export.
 """
 
@@ -32,14 +32,14 @@ from torch import nn
 from inspector.card import ScoreDefinition
 from inspector.scorer import combine_score
 
-from .config import TrainConfig
+from .config import SelectionConfig
 from .diagnostics import evenly_spaced
+from .run_folder import SELECTION_LOG  # noqa: F401  (the file this module writes)
 from .frame_scores import component_scales, frame_outputs, per_frame_max
 from .torch_scoring import modes_kept
 
 log = logging.getLogger(__name__)
 
-SELECTION_LOG = "selection.json"
 SYNTHETIC_COPIES = 4
 WEAK_SEPARATION = 0.6  # below this best synthetic AUROC, training warns (a label-free sign of a weak model)
 
@@ -95,9 +95,12 @@ class CheckpointSelector:
     `modules` are the weights to snapshot and restore (by name); `make_scoring` builds the scoring
     module over the live weights (GANomalyScoring, AnoGANScoring, TabularScoring ...)."""
 
-    def __init__(self, config: TrainConfig, validation: np.ndarray | None, modules: dict[str, nn.Module],
-                 make_scoring: Callable[[], nn.Module], total_epochs: int):
-        self.criterion = config.selection.criterion if validation is not None else "last"  # nothing held out
+    def __init__(self, settings: SelectionConfig, weights: dict[str, float], spec, seed: int,
+                 validation: np.ndarray | None, modules: dict[str, nn.Module], make_scoring: Callable[[], nn.Module],
+                 total_epochs: int):
+        """`settings`: the config's selection section; `weights`: the score's components; `spec`: the
+        image input (None for feature windows); `validation`: held-out normal items."""
+        self.criterion = settings.criterion if validation is not None else "last"  # nothing held out
         if self.criterion != "last" and len(validation) < 2:
             log.warning("checkpoint selection by %s needs at least 2 held-out normal items, %d held out: the last "
                         "weights are exported", self.criterion, len(validation))
@@ -105,9 +108,9 @@ class CheckpointSelector:
         self.modules = modules
         self.make_scoring = make_scoring
         self.total_epochs = max(1, total_epochs)
-        self.evaluations = config.selection.evaluations
-        self.weights = dict(config.score.weights)
-        self.spec = config.input.to_spec() if config.data.kind != "table" else None
+        self.evaluations = settings.evaluations
+        self.weights = dict(weights)
+        self.spec = spec
         self.history: list[dict] = []
         self.best_value = -np.inf  # best_*: the chosen evaluation; top_*: the highest value and its error
         self.top_value, self.top_error = -np.inf, 0.0
@@ -115,10 +118,10 @@ class CheckpointSelector:
         self.best_epoch: int | None = None
         if self.criterion == "last":
             return
-        keep = np.random.default_rng(config.train.seed).permutation(len(validation))[:config.selection.max_items]
+        keep = np.random.default_rng(seed).permutation(len(validation))[:settings.max_items]
         self.normal = np.ascontiguousarray(validation[np.sort(keep)], dtype=np.float32)
         if self.criterion == "synthetic_auroc":
-            self.defective = synthetic_copies(self.normal, self.spec, config.train.seed)
+            self.defective = synthetic_copies(self.normal, self.spec, seed)
 
     @property
     def active(self) -> bool:
@@ -165,14 +168,14 @@ class CheckpointSelector:
                  error, epoch, self.top_value, self.best_epoch)
         return value
 
-    def restore_best(self, run_dir: Path) -> None:
+    def restore_best(self, log_path: Path) -> None:
         """Load the best weights into the modules and write selection.json (criterion, every evaluation)."""
         if not self.active:
             return
         if self.best_state is not None:
             for name, module in self.modules.items():
                 module.load_state_dict(self.best_state[name])
-        (run_dir / SELECTION_LOG).write_text(json.dumps({
+        log_path.write_text(json.dumps({
             "criterion": self.criterion, "rule": "latest within one standard error of the best",
             "selected_epoch": self.best_epoch, "selected_value": self.best_value, "best_value": self.top_value,
             "best_standard_error": self.top_error, "evaluations": self.history, "held_out_items": len(self.normal)},

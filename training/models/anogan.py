@@ -23,6 +23,7 @@ from torch import nn
 
 from .blocks import Decoder, Encoder, dcgan_init, local_mean
 from .ganomaly import GANomalyShape, residual_map
+from .losses import gradient_penalty  # noqa: F401  (re-exported: part of the family's public surface)
 from .memory import NearestCode
 from .tabular import TabularDiscriminator, mlp
 
@@ -103,15 +104,6 @@ class TabularAnoGAN(nn.Module):
         return {"latent": z, "reconstruction": self.generator(z)}
 
 
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """WGAN-GP (Gulrajani et al., 2017): E[(|| grad_x critic(x_hat) ||_2 - 1)^2] on random interpolates."""
-    alpha = torch.rand(len(real), *([1] * (real.dim() - 1)), generator=generator).to(real.device)
-    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    score = critic(mixed)["critic"]
-    grads = torch.autograd.grad(score.sum(), mixed, create_graph=True)[0]
-    return (grads.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
-
-
 class AnoGANScoring(nn.Module):
     """Exportable single-pass scorer: encoder -> generator -> critic features -> components and map."""
 
@@ -167,22 +159,3 @@ class TabularAnoGANScoring(nn.Module):
 def with_memory_components(outputs: dict[str, torch.Tensor], nearest_code: NearestCode | None,
                            code: torch.Tensor) -> dict[str, torch.Tensor]:
     return outputs if nearest_code is None else {**outputs, **nearest_code(code.flatten(1))}
-
-
-def build_anogan(config, feature_width: int | None = None) -> tuple[nn.Module, nn.Module]:
-    """(generator + encoder, critic) for a training config: convolutional for images, MLPs for tables."""
-    spectral = config.stability.spectral_norm
-    if config.data.kind == "table":
-        if feature_width is None:
-            raise ValueError("tabular models need the feature width")
-        return (TabularAnoGAN(feature_width, config.model.base_width, config.model.latent_dim),
-                TabularCritic(feature_width, config.model.base_width, spectral))
-    shape = GANomalyShape(config.input.height, config.input.width, config.input.channels,
-                          config.model.base_width, config.model.latent_dim)
-    return AnoGAN(shape), Critic(shape, spectral_norm=spectral)
-
-
-def anogan_scoring(config, model: nn.Module, critic: nn.Module, nearest_code: NearestCode | None = None) -> nn.Module:
-    if config.data.kind == "table":
-        return TabularAnoGANScoring(model, critic, nearest_code)
-    return AnoGANScoring(model, critic, config.score.pool_kernel, config.score.residual, nearest_code)

@@ -1,0 +1,136 @@
+"""The GANomaly family for the training driver: generator and discriminator, one step, its scorer.
+
+Each step updates the generator (adversarial feature matching + contextual L1 + encoder L2), then
+the discriminator (binary cross-entropy on real vs reconstructed). Stability options (config
+section `stability`): spectral normalisation of the discriminator, one-sided label smoothing,
+two-time-scale learning rates, gradient clipping, and re-initialising the discriminator when its
+loss collapses below `discriminator_reset_below`, as the original GANomaly does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..diagnostics import diversity_ratio
+from ..family import Family, Grid, Phase, clip_gradients
+from ..items import ImageShape, TableShape
+from .blocks import dcgan_init
+from .ganomaly import GANomaly, GANomalyDiscriminator, GANomalyScoring, GANomalyShape
+from .losses import contextual_loss, discriminator_loss, encoder_loss, feature_matching_loss, smoothing_floor
+from .tabular import TabularDiscriminator, TabularGANomaly, TabularScoring
+
+log = logging.getLogger(__name__)
+
+
+def build_generator(shape: ImageShape | TableShape, base_width: int, latent_dim: int) -> nn.Module:
+    """The encoder-decoder-encoder generator: convolutional for images, MLPs for feature windows."""
+    if isinstance(shape, TableShape):
+        return TabularGANomaly(shape.width, base_width, latent_dim)
+    return GANomaly(GANomalyShape(shape.height, shape.width, shape.channels, base_width, latent_dim))
+
+
+def build_discriminator(shape: ImageShape | TableShape, base_width: int, latent_dim: int,
+                        spectral_norm: bool) -> nn.Module:
+    if isinstance(shape, TableShape):
+        return TabularDiscriminator(shape.width, base_width, spectral_norm)
+    return GANomalyDiscriminator(GANomalyShape(shape.height, shape.width, shape.channels, base_width, latent_dim),
+                                 spectral_norm)
+
+
+def generator_scoring(config, shape, generator: nn.Module, nearest_code) -> nn.Module:
+    """The exportable scorer over an encoder-decoder-encoder generator, with the configured components."""
+    with_latent = "latent_distance" in config.score.weights
+    if isinstance(shape, TableShape):
+        return TabularScoring(generator, with_latent=with_latent, nearest_code=nearest_code)
+    return GANomalyScoring(generator, config.score.pool_kernel, config.score.residual, with_latent=with_latent,
+                           nearest_code=nearest_code)
+
+
+class GANomalyFamily(Family):
+    loss_fields = ["discriminator", "adversarial", "contextual", "encoder", "generator", "diversity"]
+
+    def __init__(self, config, items, shape, device):
+        super().__init__(config, items, shape, device)
+        self.shape = shape
+        model = config.model
+        self.generator = build_generator(shape, model.base_width, model.latent_dim).to(device)
+        self.discriminator = build_discriminator(shape, model.base_width, model.latent_dim,
+                                                 config.stability.spectral_norm).to(device)
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    @property
+    def selected_modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.generator
+
+    def phases(self) -> list[Phase]:
+        return [Phase("train", self.config.train.steps)]
+
+    def begin(self, phase: Phase) -> dict[str, torch.optim.Optimizer]:
+        train = self.config.train
+        betas = tuple(train.betas)
+        self.generator.train()
+        self.discriminator.train()
+        return {"opt_g": torch.optim.Adam(self.generator.parameters(), lr=train.lr, betas=betas),
+                "opt_d": torch.optim.Adam(self.discriminator.parameters(),
+                                          lr=train.lr * self.config.stability.discriminator_lr_factor, betas=betas)}
+
+    def step(self, phase: Phase, next_batch: Callable[[], torch.Tensor], sampler: torch.Generator,
+             optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        weights, stability = self.config.loss, self.config.stability
+        x = next_batch()
+        out = self.generator(x)
+        fake = out["reconstruction"]
+        loss_con = contextual_loss(x, fake)
+        loss_enc = encoder_loss(out["latent_in"], out["latent_out"])
+        adversarial = weights.adversarial > 0
+        loss_adv = feature_matching_loss(self.discriminator, x, fake) if adversarial else torch.zeros((), device=x.device)
+        loss_g = weights.adversarial * loss_adv + weights.contextual * loss_con + weights.encoder * loss_enc
+        optimizers["opt_g"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        clip_gradients(self.generator, stability.grad_clip)
+        optimizers["opt_g"].step()
+
+        loss_d = torch.zeros((), device=x.device)
+        if adversarial:
+            loss_d = discriminator_loss(self.discriminator, x, fake, 1.0 - stability.label_smoothing)
+            optimizers["opt_d"].zero_grad(set_to_none=True)
+            loss_d.backward()
+            clip_gradients(self.discriminator, stability.grad_clip)
+            optimizers["opt_d"].step()
+            if loss_d.item() < stability.discriminator_reset_below + smoothing_floor(stability.label_smoothing):
+                dcgan_init(self.discriminator)
+                log.info("discriminator re-initialised (loss %.2g)", loss_d.item())
+        return {"discriminator": loss_d.item(), "adversarial": loss_adv.item(), "contextual": loss_con.item(),
+                "encoder": loss_enc.item(), "generator": loss_g.item(), "diversity": diversity_ratio(fake, x)}
+
+    def postfix(self, phase: Phase, logged: dict[str, float]) -> dict[str, str]:
+        return {"d": f"{logged['discriminator']:.3f}", "con": f"{logged['contextual']:.4f}",
+                "enc": f"{logged['encoder']:.4f}"}
+
+    def grids(self, phase: Phase, shown: torch.Tensor, epoch: int, total: int) -> dict[str, Grid]:
+        return {"reconstructions": reconstruction_grid(self.generator, shown,
+                                                        f"epoch {epoch} of {total}: real items over their reconstructions")}
+
+    def scoring(self, fitted: np.ndarray | None) -> nn.Module:
+        return generator_scoring(self.config, self.shape, self.generator,
+                                 self.nearest_code(self.generator.encoder, fitted))
+
+
+def reconstruction_grid(generator: nn.Module, shown: torch.Tensor, title: str) -> Grid:
+    generator.eval()
+    with torch.no_grad():
+        reconstructions = generator(shown)["reconstruction"]
+    generator.train()
+    return Grid(shown, title, reconstructions)
