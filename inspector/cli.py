@@ -151,7 +151,7 @@ def _score_table(scorer, path: Path, header: bool) -> int:
 
 def _score(args) -> int:
     from .card import TabularInput
-    from .scorer import Rejection, Scorer
+    from .scorer import Scorer
 
     scorer = Scorer(args.model, threshold=args.threshold, intra_op_threads=args.threads)
     if isinstance(scorer.card.input, TabularInput):
@@ -161,7 +161,7 @@ def _score(args) -> int:
     for start in range(0, len(files), args.batch):
         chunk = files[start:start + args.batch]
         for path, result in zip(chunk, scorer.score_files(chunk, max_batch=args.batch, heatmaps=False)):
-            if isinstance(result, Rejection):
+            if result.rejected:
                 failed += 1
                 line = {"file": str(path), "rejected": result.reason, "error": result.message}
             else:

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from .active_model import ActiveModel
 from .config import DaemonConfig
 from .errors import ConfigError
 from .pipeline import Pipeline
@@ -74,22 +75,23 @@ class Daemon:
     def __init__(self, config: DaemonConfig, exit_when_done: bool = False):
         self.config = config
         self.exit_when_done = exit_when_done
-        self.scorer = self._load_scorer(config.model.path)
+        self.model = ActiveModel(self._load_scorer(config.model.path))
         self.metrics = Metrics(config.metrics.drift_window, config.journal.path.with_suffix(".drift.json"))
-        self.metrics.set_model(self.scorer)
+        self.metrics.set_model(self.model.scorer)
+        self.model.subscribe(self.metrics.set_model)
         sinks = [JournalSink(config.journal.path, config.journal.max_bytes, config.journal.backups,
-                             config.journal.fsync, model_version=lambda: self.scorer.card.version,
+                             config.journal.fsync, model=self.model,
                              on_error=self._sink_error)]
         if config.evidence.dir is not None:
             sinks.append(EvidenceSink(config.evidence.dir, config.evidence.max_files, config.evidence.max_bytes,
-                                      lambda: self.scorer, on_error=self._sink_error,
+                                      self.model, on_error=self._sink_error,
                                       on_written=lambda source: self.metrics.evidence.labels(source).inc(),
                                       reserve_bytes=config.evidence.reserve_bytes))
         sinks.append(self.metrics)
         self.outputs = self._line_outputs(config)
         sinks.extend(self.outputs)
         self.journal = sinks[0]
-        self.pipeline = Pipeline(lambda: self.scorer, sinks, config.batching.max_batch, config.batching.max_wait_ms,
+        self.pipeline = Pipeline(self.model, sinks, config.batching.max_batch, config.batching.max_wait_ms,
                                  on_drop=self.metrics.count_drop, on_error=self._sink_error,
                                  workers=config.batching.workers)
         self.sources: list[Source] = []
@@ -98,7 +100,7 @@ class Daemon:
             callbacks = {"on_state": self._source_state,
                          "on_reconnect": lambda name: self.metrics.reconnects.labels(name).inc(),
                          "on_finished": lambda name: self.metrics.source_finished.labels(name).set(1)}
-            source = build_source(settings, self.scorer, self.metrics, config.journal.path, callbacks)
+            source = build_source(settings, self.model.scorer, self.metrics, config.journal.path, callbacks)
             source.emit = self.pipeline.add_source(settings.name, config.queue.size, settings.effective_policy,
                                                    config.queue.max_bytes)
             self.sources.append(source)
@@ -109,7 +111,7 @@ class Daemon:
                               f"({exc.strerror or exc})") from None
         self._stop = threading.Event()
         self._signals = 0
-        self.reloader = ModelReloader(config.model.path, lambda: self.scorer, self._activate, self._load_scorer,
+        self.reloader = ModelReloader(config.model.path, self.model, self._load_scorer,
                                       lambda result: self.metrics.reloads.labels(result).inc(),
                                       poll_s=config.model.watch_interval_s)
 
@@ -131,19 +133,20 @@ class Daemon:
         if settings.mqtt is not None:
             from .sinks.mqtt import MqttSink
 
-            outputs.append(MqttSink(settings.mqtt, lambda: self.scorer, **self._output_callbacks("mqtt"),
+            outputs.append(MqttSink(settings.mqtt, self.model, **self._output_callbacks("mqtt"),
                                     on_reload=(lambda: self.reloader.request()) if settings.mqtt.commands else None))
         if settings.opcua is not None:
             from .sinks.opcua import OpcUaSink
 
-            outputs.append(OpcUaSink(settings.opcua, lambda: self.scorer, [s.name for s in config.sources],
+            outputs.append(OpcUaSink(settings.opcua, self.model, [s.name for s in config.sources],
                                      **self._output_callbacks("opcua")))
         if settings.redis_stream is not None:
             from .sinks.redis_stream import RedisStreamSink
 
-            outputs.append(RedisStreamSink(settings.redis_stream, lambda: self.scorer, **self._output_callbacks("redis_stream")))
+            outputs.append(RedisStreamSink(settings.redis_stream, self.model, **self._output_callbacks("redis_stream")))
         for output in outputs:
             self.metrics.register_output(output.name)
+            self.model.subscribe(lambda scorer, output=output: output.model_changed())
         return outputs
 
     def _source_state(self, name: str, up: bool) -> None:
@@ -162,13 +165,6 @@ class Daemon:
         scorer.self_test()  # at start and before every hot-swap: a model that breaks the line never serves
         return scorer
 
-    def _activate(self, scorer: Scorer) -> None:
-        """Switch models: the pipeline reads self.scorer once per batch, so this lands between batches."""
-        self.scorer = scorer
-        self.metrics.set_model(scorer)
-        for output in self.outputs:
-            output.model_changed()
-
     def _sink_error(self, sink: str) -> None:
         """Journal / evidence write failures (reported by the sinks) and unexpected sink exceptions."""
         self.metrics.sink_errors.labels(sink.lower().removesuffix("sink")).inc()
@@ -184,7 +180,7 @@ class Daemon:
         outputs = {output.name: output.health() or "ok" for output in self.outputs}
         degraded = any(state != "ok" for state in outputs.values())
         detail = {"status": "unhealthy" if not healthy else "degraded" if degraded else "ok",
-                  "model": self.scorer.card.version, "sources": states}
+                  "model": self.model.version, "sources": states}
         if reasons:
             detail["reasons"] = reasons
         if outputs:  # a line output that is down degrades the daemon but does not fail it: the journal has every decision
@@ -226,8 +222,9 @@ class Daemon:
         self.server.start()
         self.metrics.up.set(1)
         host, port = self.server.address[:2]
-        log.info("model %s %s (threshold %.4g); metrics on http://%s:%d/metrics", self.scorer.card.name,
-                 self.scorer.card.version, self.scorer.threshold, host, port)
+        scorer = self.model.scorer
+        log.info("model %s %s (threshold %.4g); metrics on http://%s:%d/metrics", scorer.card.name,
+                 scorer.card.version, scorer.threshold, host, port)
         for output in self.outputs:
             output.start()
         for source in self.sources:

@@ -30,17 +30,18 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
+from .active_model import ActiveModel
 from .errors import ItemRejected
 from .preprocess import model_input_bytes
 from .ratelimit import RateLimitedLog
-from .scorer import Rejection, Scorer, ScoreResult
+from .scorer import ScoreResult
 from .sources.base import Emit, Item
 
 log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    def handle(self, items: list[Item], results: list[ScoreResult | Rejection], inference_s: float) -> None: ...
+    def handle(self, items: list[Item], results: list[ScoreResult], inference_s: float) -> None: ...
 
     def close(self) -> None: ...
 
@@ -77,12 +78,12 @@ class Batch(list):
 
 
 class Pipeline:
-    def __init__(self, scorer_ref: Callable[[], Scorer], sinks: list[Sink], max_batch: int, max_wait_ms: float,
+    def __init__(self, model: ActiveModel, sinks: list[Sink], max_batch: int, max_wait_ms: float,
                  on_drop: Callable[[str], None] | None = None, on_error: Callable[[str], None] | None = None,
                  workers: int = 1):
         if workers < 1:
             raise ValueError("workers must be at least 1")
-        self._scorer_ref = scorer_ref
+        self._model = model
         self.workers = workers
         self.sinks = sinks
         self.max_batch = max_batch
@@ -138,7 +139,7 @@ class Pipeline:
     def _prepare(self, item: Item, max_bytes: int) -> None:
         """The model input of a frame, made on the source's thread; a frame whose input would not fit
         the queue's byte budget is refused before it is tiled (it could never be queued)."""
-        scorer = self._scorer_ref()
+        scorer = self._model.scorer
         spec = scorer.card.input
         needed = item.image.nbytes + model_input_bytes(item.image.shape[0], item.image.shape[1], spec)
         if needed > max_bytes:
@@ -235,12 +236,12 @@ class Pipeline:
                 self._turn.notify_all()
 
     def _score(self, batch: list[Item]) -> tuple[list, float]:
-        scorer = self._scorer_ref()
-        results: list[ScoreResult | Rejection | None] = [None] * len(batch)
+        scorer = self._model.scorer
+        results: list[ScoreResult | None] = [None] * len(batch)
         frames, windows = [], []
         for index, item in enumerate(batch):
             if item.rejection is not None:
-                results[index] = Rejection(*item.rejection)
+                results[index] = ScoreResult.rejection(*item.rejection)
             elif item.features is not None:
                 windows.append(index)
             else:
@@ -256,7 +257,7 @@ class Pipeline:
 
     def _finish(self, batch: list[Item], results: list, inference_s: float) -> None:
         for item, result in zip(batch, results):
-            if isinstance(result, Rejection):
+            if result.rejected:
                 self._rejections.warning((item.source, result.reason), f"rejected: {result.message}")
         for sink in self.sinks:
             try:
@@ -281,7 +282,7 @@ class Pipeline:
             scored = score()
         except Exception as exc:
             log.exception("scoring a batch of %d failed", len(indices))
-            scored = [Rejection("inference_error", f"inference failed: {exc}")] * len(indices)
+            scored = [ScoreResult.rejection("inference_error", f"inference failed: {exc}")] * len(indices)
         for index, result in zip(indices, scored):
             results[index] = result
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 
+from .active_model import ActiveModel
 from .card import TabularInput
 from .errors import InspectorError
 from .scorer import Scorer
@@ -43,11 +44,10 @@ def validate_replacement(new: Scorer, old: Scorer) -> None:
 
 
 class ModelReloader:
-    def __init__(self, path: Path, current: Callable[[], Scorer], activate: Callable[[Scorer], None],
-                 make_scorer: Callable[[Path], Scorer], on_result: Callable[[str], None], poll_s: float = 1.0):
+    def __init__(self, path: Path, model: ActiveModel, make_scorer: Callable[[Path], Scorer],
+                 on_result: Callable[[str], None], poll_s: float = 1.0):
         self.path = Path(path)
-        self._current = current
-        self._activate = activate
+        self._model = model
         self._make = make_scorer
         self._on_result = on_result
         self.poll_s = poll_s
@@ -80,7 +80,7 @@ class ModelReloader:
             self.reload()
 
     def reload(self) -> bool:
-        old = self._current()
+        old = self._model.scorer
         try:
             new = self._make(self.path)
             validate_replacement(new, old)
@@ -88,7 +88,7 @@ class ModelReloader:
             log.error("model reload refused, %s keeps serving: %s", old.card.version, exc)
             self._on_result("refused")
             return False
-        self._activate(new)
+        self._model.swap(new)
         log.info("model reloaded: %s %s -> %s (threshold %.4g)", new.card.name, old.card.version, new.card.version,
                  new.threshold)
         self._on_result("loaded")

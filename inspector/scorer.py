@@ -2,7 +2,7 @@
 
 The scorer is the only place that runs models in the inspector. It validates the file once at load
 (so a wrong model refuses to start with one sentence), then scores batches. Per-item problems
-(undecodable or wrong-channel frames) become `Rejection`s in the result list; the rest of the batch
+(undecodable or wrong-channel frames) become rejections (`ScoreResult.rejected`) in the result list; the rest of the batch
 is still scored. Scores are per item: the exported graph is in eval mode, so an item scores the same
 alone or in any batch.
 """
@@ -22,6 +22,7 @@ from .preprocess import TileLayout, prepare_image, stitch_tiles
 
 ANOMALY = "anomaly"
 NORMAL = "normal"
+REJECTED = "rejected"
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -33,11 +34,24 @@ _OPT_LEVELS = {
 
 @dataclass(slots=True)
 class ScoreResult:
+    """What scoring one item gives: a verdict with its score, or a rejection (reason and message set,
+    verdict REJECTED, no score) for an item the model could not score."""
+
     raw: float
     normalised: float  # raw / threshold: 1.0 is the threshold
     verdict: str
     components: dict[str, float]
     heatmap: np.ndarray | None = field(default=None, repr=False)  # HxW float32, frame or model resolution
+    reason: str | None = None  # a rejection's reason (decode_failed, non_finite_score, ...)
+    message: str | None = None
+
+    @classmethod
+    def rejection(cls, reason: str, message: str) -> "ScoreResult":
+        return cls(float("nan"), float("nan"), REJECTED, {}, None, reason, message)
+
+    @property
+    def rejected(self) -> bool:
+        return self.reason is not None
 
 
 @dataclass(slots=True)
@@ -49,12 +63,6 @@ class PreparedFrame:
     tiles: np.ndarray  # (T, C, H, W) float32
     layout: TileLayout | None
     spec: ImageInput
-
-
-@dataclass
-class Rejection:
-    reason: str
-    message: str
 
 
 def combine_score(outputs: dict[str, np.ndarray], definition: ScoreDefinition) -> np.ndarray:
@@ -123,10 +131,10 @@ class Scorer:
         outputs = self.run(batch)
         return combine_score(outputs, self.card.score), outputs
 
-    def score_features(self, windows: np.ndarray, max_batch: int = 4096) -> list[ScoreResult | Rejection]:
+    def score_features(self, windows: np.ndarray, max_batch: int = 4096) -> list[ScoreResult]:
         """Score encoded feature windows (N, window * features) of a tabular model. A non-finite score
         is a rejection (non_finite_score), never a verdict."""
-        results: list[ScoreResult | Rejection] = []
+        results: list[ScoreResult] = []
         names = list(self.card.score.weights)
         for start in range(0, len(windows), max_batch):
             scores, outputs = self.score_tensor(windows[start:start + max_batch])
@@ -139,7 +147,7 @@ class Scorer:
             finite = np.isfinite(scores)
             if not finite.all():
                 for k in np.flatnonzero(~finite):
-                    chunk[k] = Rejection("non_finite_score", f"window {start + k}: the model's score is "
+                    chunk[k] = ScoreResult.rejection("non_finite_score", f"window {start + k}: the model's score is "
                                                              f"{scores[k]}, not a number to compare with the threshold")
             results.extend(chunk)
         return results
@@ -175,7 +183,7 @@ class Scorer:
         max_batch: int = 64,
         heatmaps: bool = True,
         prepared: list[PreparedFrame | None] | None = None,
-    ) -> list[ScoreResult | Rejection]:
+    ) -> list[ScoreResult]:
         """Score decoded frames (HxW or HxWxC uint8, BGR). Bad frames become Rejections, never exceptions.
 
         `prepared[i]`, when given and made for this model's input, is used instead of preparing
@@ -183,14 +191,14 @@ class Scorer:
         """
         origins = origins or [f"item {i}" for i in range(len(images))]
         ready: list[tuple[int, PreparedFrame]] = []
-        results: list[ScoreResult | Rejection | None] = [None] * len(images)
+        results: list[ScoreResult | None] = [None] * len(images)
         for index, (image, origin) in enumerate(zip(images, origins)):
             frame = prepared[index] if prepared is not None else None
             if frame is None or (frame.spec is not self.card.input and frame.spec != self.card.input):
                 try:
                     frame = self.prepare(image, origin)
                 except ItemRejected as rejected:
-                    results[index] = Rejection(rejected.reason, str(rejected))
+                    results[index] = ScoreResult.rejection(rejected.reason, str(rejected))
                     continue
             ready.append((index, frame))
         if ready:
@@ -213,10 +221,10 @@ class Scorer:
     def _result(
         self, tile_scores: np.ndarray, outputs: dict[str, np.ndarray], layout: TileLayout | None, heatmaps: bool,
         origin: str = "item",
-    ) -> ScoreResult | Rejection:
+    ) -> ScoreResult:
         if not np.all(np.isfinite(tile_scores)):
             bad = tile_scores[~np.isfinite(tile_scores)][0]
-            return Rejection("non_finite_score", f"{origin}: the model's score is {bad}, not a number to compare "
+            return ScoreResult.rejection("non_finite_score", f"{origin}: the model's score is {bad}, not a number to compare "
                                                  "with the threshold")
         worst = int(np.argmax(tile_scores))
         raw = float(tile_scores[worst])
@@ -228,19 +236,19 @@ class Scorer:
             heatmap = stitch_tiles(maps, layout) if layout is not None else maps[0]
         return ScoreResult(raw, raw / self.threshold, self.verdict(raw), components, heatmap)
 
-    def score_files(self, paths: list[str | os.PathLike], **kwargs) -> list[ScoreResult | Rejection]:
+    def score_files(self, paths: list[str | os.PathLike], **kwargs) -> list[ScoreResult]:
         """Read and score image files; unreadable files become Rejections naming the file."""
         from .preprocess import read_image
 
         images: list[np.ndarray] = []
         keep: list[int] = []
-        results: list[ScoreResult | Rejection | None] = [None] * len(paths)
+        results: list[ScoreResult | None] = [None] * len(paths)
         for index, path in enumerate(paths):
             try:
                 images.append(read_image(path, self.card.input.max_pixels))
                 keep.append(index)
             except ItemRejected as rejected:
-                results[index] = Rejection(rejected.reason, str(rejected))
+                results[index] = ScoreResult.rejection(rejected.reason, str(rejected))
         for index, result in zip(keep, self.score_images(images, [str(paths[i]) for i in keep], **kwargs)):
             results[index] = result
         return results  # type: ignore[return-value]

@@ -144,10 +144,10 @@ def test_joint_reconstruction_trains_the_encoder_with_the_generator_only_when_as
 
 
 def test_scores_must_fit_the_family():
-    with pytest.raises(ConfigError, match="latent_distance is a GANomaly score"):
+    with pytest.raises(ConfigError, match="latent_distance is not a score of model.family anogan.*scored by ganomaly and autoencoder"):
         validate_train_config({"data": {"path": "x"}, "model": {"family": "anogan"},
                                "score": {"weights": {"latent_distance": 1}}}, "c.yaml")
-    with pytest.raises(ConfigError, match="feature_residual needs model.family anogan"):
+    with pytest.raises(ConfigError, match="feature_residual is not a score of model.family ganomaly.*scored by anogan"):
         validate_train_config({"data": {"path": "x"}, "score": {"weights": {"feature_residual": 1}}}, "c.yaml")
 
 

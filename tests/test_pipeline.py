@@ -8,8 +8,9 @@ import threading
 import numpy as np
 import pytest
 
+from inspector.active_model import ActiveModel
 from inspector.pipeline import Pipeline
-from inspector.scorer import Rejection, Scorer
+from inspector.scorer import Scorer
 from inspector.sources.base import Item
 
 from .daemon_helpers import flat_part, train_flat_model
@@ -40,7 +41,7 @@ def _frames(n):
 def test_drop_oldest_keeps_the_newest_items_and_counts_drops(scorer):
     drops = []
     recorder = Recorder()
-    pipeline = Pipeline(lambda: scorer, [recorder], max_batch=8, max_wait_ms=0, on_drop=drops.append)
+    pipeline = Pipeline(ActiveModel(scorer), [recorder], max_batch=8, max_wait_ms=0, on_drop=drops.append)
     emit = pipeline.add_source("cam", size=4, policy="drop_oldest")
     for seq, frame in enumerate(_frames(10), start=1):
         assert emit(Item("cam", seq, 0.0, f"frame {seq}", image=frame))
@@ -51,7 +52,7 @@ def test_drop_oldest_keeps_the_newest_items_and_counts_drops(scorer):
 
 def test_block_policy_is_lossless_and_bounded(scorer):
     recorder = Recorder()
-    pipeline = Pipeline(lambda: scorer, [recorder], max_batch=4, max_wait_ms=1)
+    pipeline = Pipeline(ActiveModel(scorer), [recorder], max_batch=4, max_wait_ms=1)
     emit = pipeline.add_source("folder", size=2, policy="block")
     peak = []
 
@@ -70,7 +71,7 @@ def test_block_policy_is_lossless_and_bounded(scorer):
 
 def test_several_workers_score_at_once_and_sinks_see_batches_in_queue_order(scorer):
     recorder = Recorder()
-    pipeline = Pipeline(lambda: scorer, [recorder], max_batch=3, max_wait_ms=1, workers=3)
+    pipeline = Pipeline(ActiveModel(scorer), [recorder], max_batch=3, max_wait_ms=1, workers=3)
     emit = pipeline.add_source("folder", size=4, policy="block")
     frames = _frames(60)
 
@@ -91,13 +92,13 @@ def test_several_workers_score_at_once_and_sinks_see_batches_in_queue_order(scor
 def test_rejected_items_travel_with_the_batch_and_callbacks_run_after_sinks(scorer):
     recorder = Recorder()
     done = []
-    pipeline = Pipeline(lambda: scorer, [recorder], max_batch=8, max_wait_ms=0)
+    pipeline = Pipeline(ActiveModel(scorer), [recorder], max_batch=8, max_wait_ms=0)
     emit = pipeline.add_source("mix", size=8, policy="block")
     frame = _frames(1)[0]
     emit(Item("mix", 1, 0.0, "good", image=frame, on_done=lambda i, r: done.append((i.origin, len(recorder.items)))))
     emit(Item("mix", 2, 0.0, "bad", rejection=("decode_failed", "bad: corrupt")))
     emit(Item("mix", 3, 0.0, "gray", image=frame[:, :, 0]))
     pipeline.process(pipeline.next_batch(0))
-    kinds = [r.reason if isinstance(r, Rejection) else r.verdict for r in recorder.results]
+    kinds = [r.reason if r.rejected else r.verdict for r in recorder.results]
     assert kinds == ["normal", "decode_failed", "wrong_channels"]
     assert done == [("good", 3)]  # the completion callback ran after the sinks saw the whole batch

@@ -8,7 +8,7 @@ import pytest
 
 from inspector.errors import ModelCardError
 from inspector.preprocess import prepare_image, read_image
-from inspector.scorer import ANOMALY, NORMAL, PreparedFrame, Rejection, ScoreResult, Scorer, combine_score
+from inspector.scorer import ANOMALY, NORMAL, PreparedFrame, Scorer, combine_score
 from training.data import list_images, load_test
 from training.fit import model_inputs, per_frame_max
 from training.models.ganomaly import GANomalyScoring
@@ -56,7 +56,7 @@ def test_a_score_does_not_depend_on_the_batch(tiny_piped_run, piped_class):
 def test_results_carry_raw_normalised_verdict_and_heatmap(tiny_piped_run, piped_class):
     scorer = Scorer(tiny_piped_run.model_path)
     result = scorer.score_files(_test_files(piped_class, 2))[0]
-    assert isinstance(result, ScoreResult)
+    assert not result.rejected
     assert result.normalised == pytest.approx(result.raw / scorer.threshold)
     assert result.verdict == (ANOMALY if result.raw >= scorer.threshold else NORMAL)
     assert result.heatmap.shape == (32, 32) and np.all(result.heatmap >= 0)
@@ -103,7 +103,7 @@ def test_bad_items_are_rejected_and_the_rest_of_the_batch_is_scored(tiny_piped_r
     gray = tmp_path / "gray.png"
     cv2.imwrite(str(gray), cv2.imread(str(good[0]), cv2.IMREAD_GRAYSCALE))
     results = Scorer(tiny_piped_run.model_path).score_files([good[0], corrupt, empty, gray, good[1]])
-    kinds = [r.reason if isinstance(r, Rejection) else "scored" for r in results]
+    kinds = [r.reason if r.rejected else "scored" for r in results]
     assert kinds == ["scored", "decode_failed", "empty_file", "wrong_channels", "scored"]
 
 

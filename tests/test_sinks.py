@@ -8,9 +8,10 @@ import time
 import numpy as np
 import pytest
 
+from inspector.active_model import ActiveModel
 from inspector.config import parse_daemon_config
 from inspector.errors import ConfigError
-from inspector.scorer import Rejection, ScoreResult
+from inspector.scorer import ScoreResult
 from inspector.sinks.evidence import EvidenceSink, safe_component
 from inspector.sinks.journal import JournalSink
 from inspector.sources.base import Item
@@ -24,7 +25,7 @@ def test_the_journal_rotates_by_size_and_keeps_every_line(tmp_path):
     sink = JournalSink(tmp_path / "j.jsonl", max_bytes=2_000, backups=50)
     for start in range(0, 100, 10):
         items = _items(100)[start:start + 10]
-        results = [ScoreResult(0.5, 0.25, "normal", {}) if i % 3 else Rejection("decode_failed", "bad") for i in range(10)]
+        results = [ScoreResult(0.5, 0.25, "normal", {}) if i % 3 else ScoreResult.rejection("decode_failed", "bad") for i in range(10)]
         sink.handle(items, results, 0.001)
     sink.close()
     files = sorted(tmp_path.glob("j.jsonl*"))
@@ -49,7 +50,7 @@ class _Scorer:
 
 
 def test_evidence_keeps_at_most_max_files_and_writes_inside_its_folder(tmp_path):
-    sink = EvidenceSink(tmp_path / "evidence", max_files=3, max_bytes=10**9, scorer_ref=lambda: _Scorer())
+    sink = EvidenceSink(tmp_path / "evidence", max_files=3, max_bytes=10**9, model=ActiveModel(_Scorer()))
     items = _items(5, source="../../etc/passwd")
     results = [ScoreResult(2.0, 2.0, "anomaly", {}, heatmap=np.ones((8, 8), np.float32)) for _ in items]
     sink.handle(items, results, 0.0)
@@ -100,7 +101,7 @@ def test_an_evidence_image_explains_itself_with_a_colour_scale_and_a_caption(tmp
 
     from inspector.overlay import BAR_HEIGHT, CAPTION_MIN_WIDTH, LINE_HEIGHT
 
-    sink = EvidenceSink(tmp_path / "evidence", max_files=10, max_bytes=10**9, scorer_ref=lambda: _Scorer())
+    sink = EvidenceSink(tmp_path / "evidence", max_files=10, max_bytes=10**9, model=ActiveModel(_Scorer()))
     item = Item("cam", 7, 1_796_300_000.0, "frame 7", image=np.full((64, 64, 3), 128, np.uint8))
     sink.handle([item], [ScoreResult(2.5, 2.5, "anomaly", {}, heatmap=np.ones((64, 64), np.float32))], 0.0)
     picture = cv2.imread(str(tmp_path / "evidence" / item.evidence))

@@ -17,6 +17,7 @@ from inspector.card import MAX_TILE_OVERLAP
 from inspector.errors import ConfigError, describe_validation_error
 
 from .data import data_root
+from .models.registry import FAMILIES
 
 
 class _Strict(BaseModel):
@@ -91,9 +92,18 @@ class FeatureConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    family: Literal["ganomaly", "autoencoder", "anogan"] = "ganomaly"  # autoencoder: the reference, no GAN losses
+    """Which family (training.models.registry) and its widths."""
+
+    family: str = "ganomaly"  # a key of training.models.registry.FAMILIES; autoencoder: the reference, no GAN losses
     base_width: Annotated[int, Field(ge=4, le=1024)] = 16  # images: first conv filters; tables: hidden units
     latent_dim: Annotated[int, Field(ge=2, le=1024)] = 100
+
+    @field_validator("family")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in FAMILIES:
+            raise ValueError(f"'{value}' is not a model family; choose one of {', '.join(FAMILIES)}")
+        return value
 
 
 class AnoGANConfig(_Strict):
@@ -238,15 +248,16 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _geometry(self) -> "TrainConfig":
-        anogan = self.model.family == "anogan"
-        if anogan and "latent_distance" in self.score.weights:
-            raise ValueError("score.weights: latent_distance is a GANomaly score; anogan models score "
-                             "residual_mean, residual_max and feature_residual")
+        family = self.model.family
+        for name in self.score.weights:
+            if name not in FAMILIES[family].components:
+                others = [f for f, entry in FAMILIES.items() if name in entry.components]
+                raise ValueError(f"score.weights: {name} is not a score of model.family {family} (it scores "
+                                 f"{', '.join(sorted(FAMILIES[family].components))}; {name} is scored by "
+                                 f"{' and '.join(others) or 'no family'})")
         if "latent_lof" in self.score.weights and self.score.lof_neighbors >= self.score.memory_size:
             raise ValueError(f"score.lof_neighbors ({self.score.lof_neighbors}) must be below score.memory_size "
                              f"({self.score.memory_size}): latent_lof compares each code with that many others")
-        if not anogan and "feature_residual" in self.score.weights:
-            raise ValueError("score.weights: feature_residual needs model.family anogan")
         if self.selection.criterion is None:
             self.selection.criterion = "last" if self.data.kind == "table" else "synthetic_auroc"
         if self.data.kind == "table" and self.selection.criterion == "synthetic_auroc":

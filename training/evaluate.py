@@ -20,7 +20,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from inspector.overlay import colour_bar, heatmap_reference, reference_label, side_by_side
 from inspector.preprocess import read_image
-from inspector.scorer import Rejection, Scorer
+from inspector.scorer import Scorer
 
 from .data import list_test_files
 
@@ -144,7 +144,7 @@ def _score_items(scorer: Scorer, items: list[TestItem]) -> tuple[list, list[np.n
             out = scorer.score_files([i.path for i in chunk])
         results.extend(out)
     for r in results:
-        heatmaps.append(None if isinstance(r, Rejection) else r.heatmap)
+        heatmaps.append(None if r.rejected else r.heatmap)
     return results, heatmaps
 
 
@@ -173,8 +173,8 @@ def _pixel_auroc(items: list[TestItem], heatmaps: list[np.ndarray | None]) -> fl
 def evaluate(scorer: Scorer, items: list[TestItem], out_dir: Path | None, title: str = "") -> dict:
     """Score `items` with the deployed scorer and compute metrics; write report files if `out_dir`."""
     results, heatmaps = _score_items(scorer, items)
-    kept = [i for i, r in enumerate(results) if not isinstance(r, Rejection)]
-    rejected = [(items[i].name, results[i].reason) for i, r in enumerate(results) if isinstance(r, Rejection)]
+    kept = [i for i, r in enumerate(results) if not r.rejected]
+    rejected = [(items[i].name, results[i].reason) for i, r in enumerate(results) if r.rejected]
     for name, reason in rejected:
         log.warning("evaluation skipped %s (%s)", name, reason)
     scores = np.array([results[i].raw for i in kept])

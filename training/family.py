@@ -3,7 +3,8 @@
 A family owns its models, its optimisers, one optimisation step per phase and what it draws at the
 end of an epoch; the driver (training.driver) owns everything around them: seeding, batches, the
 losses log, checkpoints and exact resume, checkpoint selection and the progress bar. Adding a family
-is one module under training/models/ with a `Family` subclass and one line in FAMILIES.
+is one module under training/models/ with a `Family` subclass and one entry in
+training.models.registry.FAMILIES.
 """
 
 from __future__ import annotations
@@ -20,13 +21,7 @@ from torch import nn
 from .config import TrainConfig
 from .items import Items
 from .models.memory import NearestCode, latent_memory
-
-# model.family -> "module:class", imported when a run needs it (configs validate without torch models)
-FAMILIES: dict[str, str] = {
-    "ganomaly": "training.models.ganomaly_family:GANomalyFamily",
-    "autoencoder": "training.models.autoencoder:AutoencoderFamily",
-    "anogan": "training.models.anogan_family:AnoGANFamily",
-}
+from .models.registry import FAMILIES
 
 
 @dataclass(frozen=True)
@@ -124,7 +119,7 @@ def nearest_code_module(config: TrainConfig, items: Items, encoder: nn.Module,
 
 
 def family_class(name: str) -> type[Family]:
-    module, _, cls = FAMILIES[name].partition(":")
+    module, _, cls = FAMILIES[name].family.partition(":")
     return getattr(importlib.import_module(module), cls)
 
 

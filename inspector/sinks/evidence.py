@@ -19,6 +19,7 @@ from typing import Callable
 
 import cv2
 
+from ..active_model import ActiveModel
 from ..overlay import evidence_picture, heatmap_reference, reference_label
 from ..scorer import ANOMALY, ScoreResult
 from ..sources.base import Item
@@ -45,14 +46,14 @@ def safe_component(text: str, limit: int = 64) -> str:
 
 
 class EvidenceSink:
-    def __init__(self, folder: Path, max_files: int, max_bytes: int, scorer_ref: Callable,
+    def __init__(self, folder: Path, max_files: int, max_bytes: int, model: ActiveModel,
                  on_error: Callable[[str], None] | None = None, on_written: Callable[[str], None] | None = None,
                  reserve_bytes: int = 0):
         self.folder = Path(folder)
         self.reserve_bytes = reserve_bytes
         self.max_files = max_files
         self.max_bytes = max_bytes
-        self._scorer_ref = scorer_ref
+        self._model = model
         self._on_error = on_error or (lambda reason: None)
         self._on_written = on_written or (lambda source: None)
         self._failing = False
@@ -90,9 +91,9 @@ class EvidenceSink:
                 pass
 
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
-        scorer = self._scorer_ref()
+        scorer = self._model.scorer
         for item, result in zip(items, results):
-            if not isinstance(result, ScoreResult) or result.verdict != ANOMALY or item.image is None:
+            if result.rejected or result.verdict != ANOMALY or item.image is None:
                 continue
             if result.heatmap is None:
                 continue

@@ -19,13 +19,14 @@ from typing import Callable
 
 import orjson
 
-from ..scorer import Rejection, ScoreResult
+from ..active_model import ActiveModel
+from ..scorer import ScoreResult
 from ..sources.base import Item
 
 log = logging.getLogger(__name__)
 
 
-def record(item: Item, result: ScoreResult | Rejection, latency_s: float, model_version: str, now_iso: str) -> dict:
+def record(item: Item, result: ScoreResult, latency_s: float, model_version: str, now_iso: str) -> dict:
     """The journal line of one item; items read from a stream also carry its entry id."""
     line = _record(item, result, latency_s, model_version, now_iso)
     if item.entry_id is not None:
@@ -33,9 +34,9 @@ def record(item: Item, result: ScoreResult | Rejection, latency_s: float, model_
     return line
 
 
-def _record(item: Item, result: ScoreResult | Rejection, latency_s: float, model_version: str, now_iso: str) -> dict:
+def _record(item: Item, result: ScoreResult, latency_s: float, model_version: str, now_iso: str) -> dict:
     """One dict literal per outcome: this runs per traffic row."""
-    if type(result) is ScoreResult:
+    if result.reason is None:
         return {"time": now_iso, "source": item.source, "seq": item.seq, "origin": item.origin,
                 "captured_at": round(item.captured_at, 6), "latency_ms": round(latency_s * 1000, 3),
                 "model_version": model_version, "score": round(result.raw, 6),
@@ -47,12 +48,12 @@ def _record(item: Item, result: ScoreResult | Rejection, latency_s: float, model
 
 class JournalSink:
     def __init__(self, path: Path, max_bytes: int, backups: int, fsync: bool = False,
-                 model_version: Callable[[], str] = lambda: "", on_error: Callable[[str], None] | None = None):
+                 model: ActiveModel | None = None, on_error: Callable[[str], None] | None = None):
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = backups
         self.fsync = fsync
-        self.model_version = model_version
+        self.model = model
         self._on_error = on_error or (lambda reason: None)
         self._file = None
         self._failing = False
@@ -88,7 +89,7 @@ class JournalSink:
 
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
         now = time.perf_counter()
-        version = self.model_version()
+        version = self.model.version if self.model is not None else ""
         now_iso = datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # one timestamp per batch
         if not items:
             return

@@ -27,7 +27,7 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..drift import DriftMonitor
-from ..scorer import ANOMALY, Rejection, Scorer, ScoreResult
+from ..scorer import ANOMALY, Scorer
 from ..sources.base import Item
 from .bulk_histogram import BulkHistogram
 
@@ -131,7 +131,7 @@ class Metrics:
         """Per batch: counts and histogram updates grouped by source, one call each."""
         now = time.perf_counter()
         wall = time.time()
-        scored = sum(isinstance(r, ScoreResult) for r in results)
+        scored = sum(not r.rejected for r in results)
         if scored:
             self.inference.observe(inference_s)
             self.batch_size.observe(scored)
@@ -139,7 +139,7 @@ class Metrics:
         for item, result in zip(items, results):
             latencies, scores, verdicts = groups.setdefault(item.source, ([], [], []))
             latencies.append(now - item.enqueued)
-            if isinstance(result, Rejection):
+            if result.rejected:
                 self.rejected.labels(item.source, result.reason).inc()
                 self.totals["rejected"] += 1
                 continue

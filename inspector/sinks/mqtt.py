@@ -30,8 +30,8 @@ from typing import Callable
 import orjson
 import paho.mqtt.client as mqtt
 
+from ..active_model import ActiveModel
 from ..config_outputs import MqttSettings
-from ..scorer import Scorer
 from ..sources.base import Item
 from .outbox import Message, Outbox
 from .outbox_output import OutboxOutput
@@ -43,12 +43,12 @@ log = logging.getLogger(__name__)
 class MqttSink(OutboxOutput):
     name = "mqtt"
 
-    def __init__(self, settings: MqttSettings, scorer_ref: Callable[[], Scorer],
+    def __init__(self, settings: MqttSettings, model: ActiveModel,
                  on_drop: Callable[[int], None] | None = None, on_state: Callable[[bool], None] | None = None,
                  on_reload: Callable[[], None] | None = None):
         self.settings = settings
         self._password = settings.auth.password("outputs.mqtt.auth")  # read once; a missing secret refuses start
-        self._scorer_ref = scorer_ref
+        self._model = model
         self._on_reload = on_reload or (lambda: None)
         super().__init__(Outbox(settings.outbox.max_messages, settings.outbox.max_bytes, on_drop),
                          settings.drain_timeout_s, log, on_state, join_slack_s=settings.connect_timeout_s + 5)
@@ -61,7 +61,7 @@ class MqttSink(OutboxOutput):
 
     # --- the scorer's side ---------------------------------------------------------------------
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
-        scorer = self._scorer_ref()
+        scorer = self._model.scorer
         line, thumbnail = self.settings.line, self.settings.thumbnail_px
         self.outbox.put([Message(f"{self.base}/{item.source}/verdict",
                                  orjson.dumps(verdict_message(item, result, scorer, line, thumbnail)))
@@ -145,7 +145,7 @@ class MqttSink(OutboxOutput):
             self.outbox.ready.clear()
             if self._model_changed.is_set():
                 self._model_changed.clear()
-                client.publish(f"{self.base}/model", orjson.dumps(model_summary(self._scorer_ref())), qos=1, retain=True)
+                client.publish(f"{self.base}/model", orjson.dumps(model_summary(self._model.scorer)), qos=1, retain=True)
             with self._ack_lock:
                 acked, self._acked = self._acked, []
             for mid in acked:

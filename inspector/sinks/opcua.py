@@ -31,9 +31,9 @@ from typing import Callable
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 
+from ..active_model import ActiveModel
 from ..config_outputs import OpcUaSettings
 from ..errors import ConfigError
-from ..scorer import Scorer, ScoreResult
 from ..sources.base import Item
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,11 @@ class _OneUser:
 class OpcUaSink:
     name = "opcua"
 
-    def __init__(self, settings: OpcUaSettings, scorer_ref: Callable[[], Scorer], sources: list[str],
+    def __init__(self, settings: OpcUaSettings, model: ActiveModel, sources: list[str],
                  on_state: Callable[[bool], None] | None = None, **_unused):
         self.settings = settings
         self._password = settings.auth.password("outputs.opcua.auth")
-        self._scorer_ref = scorer_ref
+        self._model = model
         self._on_state = on_state or (lambda up: None)
         self._totals = {name: {"ItemsDecided": 0, "AnomalyCount": 0, "RejectedCount": 0} for name in sources}
         self._pending: dict[str, dict] = {}  # source -> variable values not yet written
@@ -97,7 +97,7 @@ class OpcUaSink:
                 totals = self._totals.setdefault(item.source, {"ItemsDecided": 0, "AnomalyCount": 0, "RejectedCount": 0})
                 totals["ItemsDecided"] += 1
                 values = self._pending.setdefault(item.source, {})
-                if isinstance(result, ScoreResult):
+                if not result.rejected:
                     totals["AnomalyCount"] += result.verdict == "anomaly"
                     values.update(LastVerdict=result.verdict, LastScore=float(result.raw),
                                   LastNormalisedScore=float(result.normalised))
@@ -187,7 +187,7 @@ class OpcUaSink:
     async def _write_pending(self) -> None:
         if self._model_changed:
             self._model_changed = False
-            scorer = self._scorer_ref()
+            scorer = self._model.scorer
             card = scorer.card
             for name, value in (("Name", card.name), ("Version", card.version), ("Family", card.family),
                                 ("Threshold", float(scorer.threshold))):

@@ -16,8 +16,8 @@ from typing import Callable
 import orjson
 import redis
 
+from ..active_model import ActiveModel
 from ..config_outputs import RedisStreamOutput
-from ..scorer import Scorer
 from ..settings import redact_url
 from ..sources.base import Item
 from .outbox import Message, Outbox
@@ -32,16 +32,16 @@ CHUNK = 500
 class RedisStreamSink(OutboxOutput):
     name = "redis_stream"
 
-    def __init__(self, settings: RedisStreamOutput, scorer_ref: Callable[[], Scorer],
+    def __init__(self, settings: RedisStreamOutput, model: ActiveModel,
                  on_drop: Callable[[int], None] | None = None, on_state: Callable[[bool], None] | None = None):
         self.settings = settings
         self._password = settings.auth.password("outputs.redis_stream.auth")
-        self._scorer_ref = scorer_ref
+        self._model = model
         super().__init__(Outbox(settings.outbox.max_messages, settings.outbox.max_bytes, on_drop),
                          settings.drain_timeout_s, log, on_state, join_slack_s=10)
 
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
-        scorer = self._scorer_ref()
+        scorer = self._model.scorer
         self.outbox.put([Message(self.settings.stream, orjson.dumps(verdict_message(item, result, scorer, self.settings.line)))
                          for item, result in zip(items, results)])
 

@@ -13,7 +13,7 @@ import time
 import cv2
 import numpy as np
 
-from ..scorer import Rejection, Scorer, ScoreResult
+from ..scorer import Scorer, ScoreResult
 from ..sources.base import Item
 
 SCHEMA_VERSION = 1
@@ -28,14 +28,14 @@ def thumbnail_jpeg(image: np.ndarray, longest_side: int) -> str | None:
     return base64.b64encode(encoded.tobytes()).decode("ascii") if ok else None
 
 
-def verdict_message(item: Item, result: ScoreResult | Rejection, scorer: Scorer, line: str,
+def verdict_message(item: Item, result: ScoreResult, scorer: Scorer, line: str,
                     thumbnail_px: int = 0) -> dict:
     card = scorer.card
     message = {"schema": SCHEMA_VERSION, "line": line, "source": item.source, "seq": item.seq, "origin": item.origin,
                "captured_at": round(item.captured_at, 6), "published_at": round(time.time(), 6),
                "model": {"name": card.name, "version": card.version}, "threshold": scorer.threshold,
                "evidence": item.evidence}
-    if isinstance(result, ScoreResult):
+    if not result.rejected:
         finite = bool(np.isfinite(result.raw))
         message.update(verdict=result.verdict, score=result.raw if finite else None,
                        normalised=result.normalised if finite else None)

@@ -21,7 +21,6 @@ from pathlib import Path
 from ..config import FolderSource
 from ..errors import ItemRejected
 from ..preprocess import read_image
-from ..scorer import Rejection
 from .base import Emit, Item, Source
 
 log = logging.getLogger(__name__)
@@ -201,7 +200,7 @@ class FolderSourceThread(Source):
         self._unjournaled_logged = False
         if not self.settings.move_processed:
             return  # stays in _taken: never scored twice by this process
-        target_dir = self.settings.path / (REJECTED if isinstance(result, Rejection) else DONE)
+        target_dir = self.settings.path / (REJECTED if result.rejected else DONE)
         source = self.settings.path / item.origin
         try:
             kept_as = move_without_overwrite(source, target_dir, item.seq)

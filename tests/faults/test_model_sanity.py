@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from inspector.card import CARD_KEY
 from inspector.errors import ModelCardError
-from inspector.scorer import Rejection, Scorer
+from inspector.scorer import Scorer
 
 from ..test_cli import error_line, inspector
 
@@ -74,5 +74,5 @@ def test_a_score_that_is_not_a_number_rejects_the_item_instead_of_deciding_it(ti
         Scorer(poisoned).self_test()
     frame = np.full((128, 128, 3), 120, np.uint8)
     result = Scorer(poisoned).score_images([frame], ["part 1"])[0]
-    assert isinstance(result, Rejection) and result.reason == "non_finite_score"
+    assert result.rejected and result.reason == "non_finite_score"
     assert result.message.startswith("part 1: the model's score is")

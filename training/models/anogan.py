@@ -23,7 +23,6 @@ from torch import nn
 
 from .blocks import Decoder, Encoder, dcgan_init, local_mean
 from .ganomaly import GANomalyShape, residual_map
-from .losses import gradient_penalty  # noqa: F401  (re-exported: part of the family's public surface)
 from .memory import NearestCode
 from .tabular import TabularDiscriminator, mlp
 
