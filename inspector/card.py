@@ -15,20 +15,17 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from .errors import ModelCardError, describe_validation_error
+from .strict import FrozenStrict
 
 CARD_KEY = "qinspector.card"
 MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
 CARD_FORMAT_VERSION = 3  # 2: calibration.confidence; 3: calibration.synthetic_recall; older cards still load
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ImageInput(_Strict):
+class ImageInput(FrozenStrict):
     """How a frame becomes the model's input tensor (N, C, H, W), float32."""
 
     kind: Literal["image"] = "image"
@@ -59,7 +56,7 @@ class ImageInput(_Strict):
         return self
 
 
-class NumericFeature(_Strict):
+class NumericFeature(FrozenStrict):
     """x -> (transform(x) - center) / scale; transform log1p for non-negative heavy-tailed counts."""
 
     name: str
@@ -68,14 +65,14 @@ class NumericFeature(_Strict):
     scale: Annotated[float, Field(gt=0)] = 1.0
 
 
-class CategoricalFeature(_Strict):
+class CategoricalFeature(FrozenStrict):
     """One-hot over `vocabulary` plus one explicit unknown bucket (values never seen in training)."""
 
     name: str
     vocabulary: list[str]
 
 
-class TabularInput(_Strict):
+class TabularInput(FrozenStrict):
     """How rows of a flow table become the model input (N, window * features), float32.
 
     `columns` is the order of fields in an incoming CSV row (or the keys of a JSON object); the
@@ -118,7 +115,7 @@ class TabularInput(_Strict):
 InputSpec = Annotated[Union[ImageInput, TabularInput], Field(discriminator="kind")]
 
 
-class ScoreDefinition(_Strict):
+class ScoreDefinition(FrozenStrict):
     """score = sum_i weight_i * output_i / scale_i over the graph outputs named in `weights`.
 
     Scales are fitted on held-out normal data so components of different units can be mixed.
@@ -144,7 +141,7 @@ class ScoreDefinition(_Strict):
         return self
 
 
-class Calibration(_Strict):
+class Calibration(FrozenStrict):
     threshold: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     method: Literal["quantile", "f1_optimal", "manual"]
     target_false_alarm_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
@@ -156,7 +153,7 @@ class Calibration(_Strict):
     synthetic_recall: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
-class Provenance(_Strict):
+class Provenance(FrozenStrict):
     data: str
     steps: int
     epochs: int
@@ -168,14 +165,14 @@ class Provenance(_Strict):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
-class ExportInfo(_Strict):
+class ExportInfo(FrozenStrict):
     opset: int
     parity_max_abs_diff: float
     parity_tolerance: float
     flops_per_item: int | None = None
 
 
-class ModelCard(_Strict):
+class ModelCard(FrozenStrict):
     format_version: Literal[1, 2, 3] = CARD_FORMAT_VERSION
     name: str
     family: Literal["ganomaly", "anogan", "autoencoder"]
@@ -221,7 +218,8 @@ def card_from_metadata(metadata: dict[str, str], source: str | Path) -> ModelCar
     if CARD_KEY not in metadata:
         raise ModelCardError(
             f"{source}: the ONNX file has no model card (metadata key '{CARD_KEY}'); "
-            "export it with 'inspector export' or 'inspector train'"
+            "only 'inspector train' writes models the inspector can run (the card carries the threshold and "
+            "the preprocessing)"
         )
     return parse_card(metadata[CARD_KEY], source)
 

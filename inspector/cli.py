@@ -1,18 +1,23 @@
-"""`inspector` command line: score and inspect with the runtime; train, evaluate and demo with the
-`train` extra, whose modules are imported only when those subcommands run (the runtime never needs torch).
+"""`inspector` command line: score, run and inspect with the runtime; packages add their own
+subcommands through the `qinspector.commands` entry point (training: train, evaluate, demo, whose
+modules are imported only when those subcommands run: the runtime never needs torch).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import __version__, init, publish
 from .errors import ConfigError, InspectorError
 
+COMMAND_GROUP = "qinspector.commands"
+TRAIN_EXTRA_MODULES = {"torch", "onnx", "sklearn", "matplotlib", "tqdm"}
 TRAIN_EXTRA_HINT = (
     "this subcommand needs the training extra (torch); install it with: pip install 'qinspector[train]' "
     "(or: bash scripts/setup.sh)"
@@ -33,43 +38,6 @@ typical use:
 """
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train on normal images, calibrate, export model.onnx, evaluate on test/",
-                       description="Train a GANomaly model (or AnoGAN: --set model.family=anogan) on "
-                       "<data>/train/good only, hold out part of it to choose the checkpoint and calibrate the "
-                       "threshold, export model.onnx with its card and, when <data>/test exists, evaluate it there "
-                       "(metrics.json and report/ in the run folder). The run folder also shows how training went: "
-                       "losses.csv / losses.png, image grids in diagnostics/, selection.json.")
-    p.add_argument("-c", "--config", type=Path, help="training YAML (see configs/); --data alone uses defaults")
-    p.add_argument("--data", help="MVTec-layout folder (overrides data.path)")
-    p.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
-    p.add_argument("--steps", type=int, help="training steps (overrides train.steps; for anogan, the steps of each "
-                   "of its two phases)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (overrides train.threads)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set model.base_width=8 (value parsed as YAML)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
-    p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on test/")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="AUROC, AP, F1 and a report with plots for a model.onnx on a test set",
-                       description="Score <data>/test/* with the exported model (the file itself, through the "
-                       "inspector's scorer) and write metrics.json plus report/ (ROC, score histogram, examples).")
-    p.add_argument("model", type=Path)
-    p.add_argument("--data", required=True, help="MVTec-layout folder with test/good and test/<defect>, or for a "
-                   "traffic model a labelled CSV table (gzip allowed)")
-    p.add_argument("--header", action="store_true", help="tables: the first line names the columns")
-    p.add_argument("--out", type=Path, help="where metrics.json and report/ go (default: beside the model)")
-    p.add_argument("--threshold", type=float, help="use this threshold instead of the card's")
-    p.add_argument("--latent-search", type=int, metavar="N",
-                   help="anogan models: also score by classic AnoGAN latent search (N gradient steps per item, torch, "
-                   "slow) and compare it with the encoder's single pass on the same items (latent_search.json)")
-    p.add_argument("--limit", type=int, metavar="K",
-                   help="with --latent-search: a seeded random subset of K test items (the search is slow)")
-
-
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score image files or traffic tables; one JSON line per item on stdout",
                        description="Score image files (image model) or CSV / JSON-lines tables, gzip allowed "
@@ -82,6 +50,7 @@ def _add_score(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
     p.add_argument("--batch", type=int, default=32, help="images per inference batch")
     p.add_argument("--header", action="store_true", help="tables: the first line is a header to skip")
+    p.set_defaults(handler=_score)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_train(sub)
-    _add_evaluate(sub)
+    for register in _command_plugins():
+        register(sub)
     _add_score(sub)
     p = sub.add_parser("run", help="the inspector daemon: stream sources through the model, serve metrics",
                        description="Run the inspector daemon described by a YAML config (see configs/line1.yaml): "
@@ -102,15 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit once every source has finished (video files without loop), after draining")
     p.add_argument("--check", action="store_true", help="validate the config and the model, read one frame from "
                    "each live camera, then exit")
+    p.set_defaults(handler=_run)
     publish.add_parser(sub)
+    sub.choices["publish"].set_defaults(handler=publish.run)
     init.add_parser(sub)
+    sub.choices["init"].set_defaults(handler=init.run)
     p = sub.add_parser("card", help="print a model's card (JSON)")
     p.add_argument("model", type=Path)
-    p = sub.add_parser("demo", help="the one-command demo on generated data (needs the train extra)",
-                       description="Generate a synthetic defect data set, train for about a minute, calibrate, "
-                       "export and evaluate; prints the metrics and where the report is.")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--steps", type=int, default=300, help="training steps (about a minute on 2 cores)")
+    p.set_defaults(handler=_card)
     return parser
 
 
@@ -229,29 +197,33 @@ def _card(args) -> int:
     return 0
 
 
+def _command_plugins() -> list:
+    """`register(subparsers)` functions of the packages that add subcommands (entry point group
+    `qinspector.commands`; training adds train, evaluate and demo): the runtime names none of them."""
+    return [entry.load() for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name)]
+
+
+def _resolve(handler):
+    """A subcommand's handler: a function, or "module:function" imported now (plugins load lazily)."""
+    if callable(handler):
+        return handler
+    module, _, name = handler.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
-        if args.command == "score":
-            return _score(args)
-        if args.command == "card":
-            return _card(args)
-        if args.command == "run":
-            return _run(args)
-        if args.command == "publish":
-            return publish.run(args)
-        if args.command == "init":
-            return init.run(args)
         try:
-            from training import cli as training_cli
+            handler = _resolve(args.handler)
         except ImportError as exc:
-            if exc.name and exc.name.split(".")[0] in {"torch", "onnx", "sklearn", "matplotlib", "tqdm"}:
+            if exc.name and exc.name.split(".")[0] in TRAIN_EXTRA_MODULES:
                 print(f"inspector {args.command}: {TRAIN_EXTRA_HINT}", file=sys.stderr)
                 return 2
             raise
-        return training_cli.run(args)
+        return handler(args)
     except InspectorError as exc:
         print(f"inspector {args.command}: error: {exc}", file=sys.stderr)
         return 2

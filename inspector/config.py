@@ -17,7 +17,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config_outputs import OutputSettings
 from .errors import ConfigError, describe_validation_error
-from .settings import Backoff, Credentials, Strict, check_redis_url
+from .settings import Backoff, Credentials, check_redis_url
+from .strict import Strict
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 

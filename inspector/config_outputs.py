@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .settings import Backoff, Credentials, Strict, check_redis_url, is_loopback
+from .settings import Backoff, Credentials, check_redis_url, is_loopback
+from .strict import Strict
 
 TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -192,9 +191,3 @@ def demo(args) -> int:
     return run_demo(args.out, args.steps)
 
 
-def run(args) -> int:
-    commands = {"train": train, "evaluate": evaluate, "demo": demo}
-    if args.command not in commands:
-        print(f"inspector: unknown command {args.command}", file=sys.stderr)
-        return 2
-    return commands[args.command](args)

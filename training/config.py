@@ -9,19 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from inspector.card import ImageInput
 from inspector.config import read_yaml_mapping
 from inspector.card import MAX_TILE_OVERLAP
 from inspector.errors import ConfigError, describe_validation_error
+from inspector.strict import Strict
 
 from .data import data_root
 from .models.registry import FAMILIES
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def expand_data_path(path: str) -> Path:
@@ -31,7 +28,7 @@ def expand_data_path(path: str) -> Path:
     return Path(path)
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     kind: Literal["mvtec", "mnist", "table"] = "mvtec"
     path: str
     anomaly_digit: Annotated[int, Field(ge=0, le=9)] | None = None
@@ -61,7 +58,7 @@ class DataConfig(_Strict):
         return expand_data_path(self.path)
 
 
-class InputConfig(_Strict):
+class InputConfig(Strict):
     """Defaults: the recipe the benchmark found best on the PIPED dev classes (64 px tiles at native
     resolution, half-overlapping)."""
 
@@ -78,7 +75,7 @@ class InputConfig(_Strict):
                           resize=self.resize, tile_overlap=self.tile_overlap, mean=mean, std=mean)
 
 
-class FeatureConfig(_Strict):
+class FeatureConfig(Strict):
     """Which columns are what, for tables. Every column not named categorical or ignored (and not the
     label) is numeric. log1p: 'auto' applies it to non-negative columns whose maximum exceeds 100
     (counts, bytes, durations), or give the list of columns."""
@@ -91,7 +88,7 @@ class FeatureConfig(_Strict):
     max_line_bytes: Annotated[int, Field(ge=64, le=16_000_000)] = 65_536
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """Which family (training.models.registry) and its widths."""
 
     family: str = "ganomaly"  # a key of training.models.registry.FAMILIES; autoencoder: the reference, no GAN losses
@@ -106,7 +103,7 @@ class ModelConfig(_Strict):
         return value
 
 
-class AnoGANConfig(_Strict):
+class AnoGANConfig(Strict):
     """f-AnoGAN training (model.family: anogan): WGAN-GP phase, then the encoder with G and critic frozen."""
 
     gan_steps: Annotated[int, Field(ge=1)] = 300
@@ -120,7 +117,7 @@ class AnoGANConfig(_Strict):
     reconstruction_weight: Annotated[float, Field(ge=0)] = 0.0
 
 
-class StabilityConfig(_Strict):
+class StabilityConfig(Strict):
     """GAN stability options shared by GANomaly and the AnoGAN family (section `stability:`).
 
     Defaults are the settings the benchmark ran on the dev sets: GANomaly re-initialises a collapsed
@@ -134,7 +131,7 @@ class StabilityConfig(_Strict):
     grad_clip: Annotated[float, Field(ge=0)] = 0.0  # max gradient norm of generator and discriminator updates; 0 = off
 
 
-class DiagnosticsConfig(_Strict):
+class DiagnosticsConfig(Strict):
     """What the run folder shows about training (losses.csv / losses.png, image grids, collapse check)."""
 
     grids: Annotated[int, Field(ge=0, le=1000)] = 10  # sample / reconstruction grids per run at evenly spaced epochs (the last always); 0 = none
@@ -142,7 +139,7 @@ class DiagnosticsConfig(_Strict):
     collapse_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.01  # warn below; healthy dev-set runs stay above 0.03 (lowest: PIPED BRG01, 0.038)
 
 
-class SelectionConfig(_Strict):
+class SelectionConfig(Strict):
     """Which checkpoint is exported, chosen on held-out normal data only (never test/).
 
     synthetic_auroc: AUROC of the configured score separating held-out normal images from copies
@@ -159,13 +156,13 @@ class SelectionConfig(_Strict):
     max_items: Annotated[int, Field(ge=2, le=100_000)] = 64  # held-out items used (a fixed subsample)
 
 
-class LossWeights(_Strict):
+class LossWeights(Strict):
     adversarial: Annotated[float, Field(ge=0)] = 1.0
     contextual: Annotated[float, Field(ge=0)] = 50.0
     encoder: Annotated[float, Field(ge=0)] = 1.0
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Strict):
     """On by default (textures and loose parts have no fixed pose); switch off for parts that do."""
 
     hflip: bool = True
@@ -173,7 +170,7 @@ class AugmentConfig(_Strict):
     rot90: bool = True
 
 
-class TrainLoopConfig(_Strict):
+class TrainLoopConfig(Strict):
     steps: Annotated[int, Field(ge=1)] = 150
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
     lr: Annotated[float, Field(gt=0, lt=1)] = 2e-4
@@ -187,7 +184,7 @@ class TrainLoopConfig(_Strict):
     checkpoint_min_interval_s: Annotated[float, Field(ge=0)] = 20.0
 
 
-class ScoreConfig(_Strict):
+class ScoreConfig(Strict):
     weights: dict[str, float] = Field(default_factory=lambda: {"residual_max": 1.0})
     pool_kernel: Annotated[int, Field(ge=1, le=63)] = 9
     residual: Literal["l1", "l2"] = "l2"
@@ -208,7 +205,7 @@ class ScoreConfig(_Strict):
         return weights
 
 
-class CalibrationConfig(_Strict):
+class CalibrationConfig(Strict):
     target_false_alarm_rate: Annotated[float, Field(gt=0, lt=0.5)] = 0.01
     method: Literal["quantile", "f1_optimal"] = "quantile"
     # quantile: the threshold is the upper limit of the normal-score quantile at this confidence, so
@@ -224,12 +221,12 @@ class CalibrationConfig(_Strict):
         return self
 
 
-class ExportConfig(_Strict):
+class ExportConfig(Strict):
     opset: Annotated[int, Field(ge=13, le=23)] = 17
     parity_tolerance: Annotated[float, Field(gt=0)] = 1e-3
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     name: str = "model"
     version: str = "1"
     data: DataConfig

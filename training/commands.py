@@ -1,0 +1,65 @@
+"""The `inspector` subcommands this package brings: train, evaluate, demo.
+
+Registered through the `qinspector.commands` entry point (pyproject.toml), so the runtime's command
+line lists them without importing training code; this module imports argparse only, and each
+handler ("module:function") is imported when its command runs (torch loads then, not for --help).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    """Add the training subcommands to the `inspector` subparsers."""
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_demo(sub)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train on normal images, calibrate, export model.onnx, evaluate on test/",
+                       description="Train a GANomaly model (or AnoGAN: --set model.family=anogan) on "
+                       "<data>/train/good only, hold out part of it to choose the checkpoint and calibrate the "
+                       "threshold, export model.onnx with its card and, when <data>/test exists, evaluate it there "
+                       "(metrics.json and report/ in the run folder). The run folder also shows how training went: "
+                       "losses.csv / losses.png, image grids in diagnostics/, selection.json.")
+    p.add_argument("-c", "--config", type=Path, help="training YAML (see configs/); --data alone uses defaults")
+    p.add_argument("--data", help="MVTec-layout folder (overrides data.path)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
+    p.add_argument("--steps", type=int, help="training steps (overrides train.steps; for anogan, the steps of each "
+                   "of its two phases)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (overrides train.threads)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set model.base_width=8 (value parsed as YAML)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on test/")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler="training.cli:train")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="AUROC, AP, F1 and a report with plots for a model.onnx on a test set",
+                       description="Score <data>/test/* with the exported model (the file itself, through the "
+                       "inspector's scorer) and write metrics.json plus report/ (ROC, score histogram, examples).")
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", required=True, help="MVTec-layout folder with test/good and test/<defect>, or for a "
+                   "traffic model a labelled CSV table (gzip allowed)")
+    p.add_argument("--header", action="store_true", help="tables: the first line names the columns")
+    p.add_argument("--out", type=Path, help="where metrics.json and report/ go (default: beside the model)")
+    p.add_argument("--threshold", type=float, help="use this threshold instead of the card's")
+    p.add_argument("--latent-search", type=int, metavar="N",
+                   help="anogan models: also score by classic AnoGAN latent search (N gradient steps per item, torch, "
+                   "slow) and compare it with the encoder's single pass on the same items (latent_search.json)")
+    p.add_argument("--limit", type=int, metavar="K",
+                   help="with --latent-search: a seeded random subset of K test items (the search is slow)")
+    p.set_defaults(handler="training.cli:evaluate")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the one-command demo on generated data (needs the train extra)",
+                       description="Generate a synthetic defect data set, train for about a minute, calibrate, "
+                       "export and evaluate; prints the metrics and where the report is.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--steps", type=int, default=300, help="training steps (about a minute on 2 cores)")
+    p.set_defaults(handler="training.cli:demo")
