@@ -1,8 +1,8 @@
 """Accuracy benchmark: train, calibrate, export and evaluate on every dev set; write RESULTS.md.
 
-    python benchmarks/accuracy.py                         # everything (about an hour on 2 cores)
-    python benchmarks/accuracy.py --sets piped --variants default,autoencoder
-    python benchmarks/accuracy.py --sets nsl_kdd,unsw_nb15 --variants default,autoencoder,isolation_forest,ocsvm
+    python -m benchmarks.accuracy                         # everything (about an hour on 2 cores)
+    python -m benchmarks.accuracy --sets piped --variants default,autoencoder
+    python -m benchmarks.accuracy --sets nsl_kdd,unsw_nb15 --variants default,autoencoder,isolation_forest,ocsvm
 
 Sets: the 8 PIPED classes, mvtec_screw, the MNIST one-class protocol (10 digits), and the traffic
 tables nsl_kdd (KDDTest+, KDDTest-21) and unsw_nb15. Variants:
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,23 +38,23 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.accuracy_tables import (COMPONENTS, LATENT_SEARCH_STEPS, MARK_END, MARK_START, latest_rows, set_group,
+                                       table)
+from benchmarks.results import write_section
+from training.cli import parse_overrides
+from training.config import load_train_config
+from training.data import data_root, load_test, mnist_one_class
+from training.fit import fit
+from training.frame_scores import frame_outputs, per_frame_max
+from training.models.ganomaly import GANomalyScoring
+from training.torch_scoring import run_scoring
 
-from benchmarks.results import write_section  # noqa: E402
-from training.cli import parse_overrides  # noqa: E402
-from training.config import load_train_config  # noqa: E402
-from training.data import data_root, load_test, mnist_one_class  # noqa: E402
-from training.fit import fit  # noqa: E402
-from training.frame_scores import frame_outputs, per_frame_max  # noqa: E402
-from training.models.ganomaly import GANomalyScoring  # noqa: E402
-from training.torch_scoring import run_scoring  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TABLES = {"nsl_kdd": "nsl_kdd.yaml", "unsw_nb15": "unsw_nb15.yaml"}
 BASELINES = ("isolation_forest", "ocsvm")
 OCSVM_MAX_TRAIN = 10_000
 PIPED = ["bdp01", "bft01", "brg01", "brg03", "btn01", "flr01", "fvn01", "gla01"]
-COMPONENTS = ("latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual")
 # AnoGAN score per data kind: the pixel residual the set's GANomaly config scores (local maximum for
 # parts, mean for tables) with lambda = 0.1 on the critic-feature residual, as in AnoGAN. Sets whose
 # config scores the memory of normal codes (MNIST: latent_lof) keep that score: no pixel residual
@@ -64,9 +63,7 @@ COMPONENTS = ("latent_distance", "latent_knn", "latent_lof", "residual_mean", "r
 # the f-AnoGAN score's parts on the same model.
 ANOGAN_LAMBDA = 0.1
 ANOGAN_KEEPS_CONFIG_SCORE = ("mnist",)
-LATENT_SEARCH_STEPS = 200
 LATENT_SEARCH_ITEMS = {"piped": 24, "mvtec_screw": 24, "mnist": 200, "table": 2000}
-MARK_START, MARK_END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 
 
 def variant_overrides(variant: str, set_name: str) -> dict:
@@ -109,10 +106,6 @@ def jobs(sets: list[str], digits: list[int] = list(range(10))) -> list[tuple[str
         else:
             raise ValueError(f"unknown set {s}")
     return out
-
-
-def set_group(name: str) -> str:
-    return "piped" if name.startswith("piped") else "mnist" if name.startswith("mnist") else name
 
 
 def load_test_images(config):
@@ -239,7 +232,9 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
     if spec.resize == "tile":
         from training.data import list_images
 
-        from inspector.preprocess import read_image, tiles_from_frame, frame_tensor
+        from inspector.image_files import read_image
+
+        from inspector.preprocess import tiles_from_frame, frame_tensor
 
         first = list_images(config.data.resolved_path / "test" / "good")[0]
         tiles = len(tiles_from_frame(frame_tensor(read_image(first), spec), spec)[0])
@@ -260,135 +255,6 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         selection = json.loads((result.model_path.parent / "selection.json").read_text())
         row["selection"] = {k: selection[k] for k in ("criterion", "selected_epoch", "selected_value")}
     return [row]
-
-
-def fmt(value, digits=3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def image_table(rows: list[dict]) -> list[str]:
-    lines = ["| set | variant | input | MFLOPs/frame | score | image AUROC | AP | F1 @thr | FAR test/good | pixel AUROC "
-             "| AUROC latent | AUROC latent kNN | AUROC latent LOF | AUROC res. mean | AUROC res. max | AUROC feat. res. "
-             "| train s | steps | epochs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        c = r["components"]
-        lines.append(f"| {r['set']} | {variant_label(r)} | {r['input']} | {r['mflops_per_frame']:.0f} | {r['score']} | "
-                     f"{fmt(r['image_auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
-                     f"{fmt(r['false_alarm_rate'])} | {fmt(r['pixel_auroc'])} | {fmt(c.get('latent_distance'))} | "
-                     f"{fmt(c.get('latent_knn'))} | {fmt(c.get('latent_lof'))} | {fmt(c.get('residual_mean'))} | "
-                     f"{fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | "
-                     f"{r['train_seconds']:.0f} | {r['steps']} | {r['epochs']} |")
-    lines += ["", "Means per group:", "", "| group | variant | rows | image AUROC | pixel AUROC | FAR test/good "
-              "| AUROC latent | AUROC latent kNN | AUROC latent LOF | AUROC res. mean | AUROC res. max | AUROC feat. res. "
-              "| train s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        group = set_group(r["set"])
-        groups.setdefault((group, variant_label(r)), []).append(r)
-    for (group, variant), rs in groups.items():
-        aurocs = [r["image_auroc"] for r in rs if r["image_auroc"] is not None]
-        pixels = [r["pixel_auroc"] for r in rs if r["pixel_auroc"] is not None]
-        component_means = [fmt(np.mean([r["components"][c] for r in rs]) if all(c in r["components"] for r in rs)
-                               else None) for c in COMPONENTS]
-        lines.append(f"| {group} | {variant} | {len(rs)} | {fmt(np.mean(aurocs) if aurocs else None)} | "
-                     f"{fmt(np.mean(pixels) if pixels else None)} | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} | "
-                     + " | ".join(component_means) + f" | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
-    return lines
-
-
-def table_table(rows: list[dict]) -> list[str]:
-    fitted = {r["set"].split()[0]: r["train_rows"] for r in rows if r["variant"] == "isolation_forest"}
-    lines = ["Every model is fitted on the same normal training rows (" + ", ".join(
-                 f"{name}: {n:,}" for name, n in fitted.items()) + "; the one-class SVM on a 10,000-row subsample of "
-             "them), with the same 10% of normal rows held out to calibrate its threshold.", "",
-             "| test set | model | score | AUROC | AP | F1 @thr | FAR normal rows | AUROC latent | AUROC latent kNN "
-             "| AUROC res. mean | AUROC res. max | AUROC feat. res. | fit s | score s | rows/s scored |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        c = r.get("components", {})
-        lines.append(f"| {r['set']} | {variant_label(r)} | {r.get('score', '–')} | {fmt(r['auroc'])} | "
-                     f"{fmt(r['average_precision'])} | {fmt(r['f1'])} | {fmt(r['false_alarm_rate'])} | "
-                     f"{fmt(c.get('latent_distance'))} | {fmt(c.get('latent_knn'))} | {fmt(c.get('residual_mean'))} | "
-                     f"{fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | {r['fit_seconds']:.0f} | "
-                     f"{r['score_seconds']:.2f} | "
-                     f"{r['rows_per_s']:,} |")
-    return lines
-
-
-def latent_search_table(rows: list[dict]) -> list[str]:
-    lines = [f"Classic AnoGAN scores each item by {LATENT_SEARCH_STEPS} Adam steps on its latent code (the paper "
-             "uses about 500); f-AnoGAN's encoder does it in one forward pass. Same trained model, same seeded "
-             "subset of test items (both classes), same card score and threshold, measured in one run (torch, "
-             "batched).", "",
-             "| set | items | AUROC single pass | AUROC latent search | F1 single pass | F1 latent search "
-             "| ms/item single pass | ms/item latent search | latent search / single pass time |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ls = r["latent_search"]
-        one, search = ls["single_pass"], ls["latent_search"]
-        lines.append(f"| {r['set']} | {ls['items']} | {fmt(one['image_auroc'])} | {fmt(search['image_auroc'])} | "
-                     f"{fmt(one['f1'])} | {fmt(search['f1'])} | {one['ms_per_item']:.2f} | {search['ms_per_item']:.1f} | "
-                     f"{ls['speedup']:.0f}x |")
-    return lines + ["", latent_search_summary(rows)]
-
-
-def latent_search_summary(rows: list[dict]) -> str:
-    """One sentence over the rows: how often the single pass is as accurate, and how much faster."""
-    pairs = [(r["latent_search"]["single_pass"]["image_auroc"], r["latent_search"]["latent_search"]["image_auroc"])
-             for r in rows if r["latent_search"]["latent_search"]["image_auroc"] is not None]
-    speedups = [r["latent_search"]["speedup"] for r in rows]
-    return (f"Single pass as accurate as latent search or more on {sum(one >= search for one, search in pairs)} of "
-            f"{len(pairs)} sets (mean AUROC {np.mean([p[0] for p in pairs]):.3f} vs {np.mean([p[1] for p in pairs]):.3f}); "
-            f"latent search takes {np.median(speedups):.0f} times as long (median; {min(speedups):.0f}-"
-            f"{max(speedups):.0f}x).")
-
-
-def table(rows: list[dict], commands: list[str], notes: list[str] = ()) -> str:
-    images = [r for r in rows if r.get("kind") != "table"]
-    tables = [r for r in rows if r.get("kind") == "table"]
-    measured = sorted({r.get("measured", "") for r in rows} - {""})
-    lines = [MARK_START, "## Accuracy", "", "Commands:", ""] + [f"    {c}" for c in commands] + [
-        "", f"Machine: {platform.node()} (2 cores), torch {torch.__version__}; rows measured "
-        f"{measured[0] if measured else '?'} to {measured[-1] if measured else '?'}. Train times were measured while "
-        "other work shared the machine: compare them within a table, not across runs.", "",
-        "Thresholds: from held-out normal scores (20% of train/good, 10% of normal rows for tables) for a 1% "
-        "false-alarm target (training/calibrate.py; the notes say which rows used which confidence); the exported checkpoint is chosen on the same held-out normal data (rows with a "
-        "'selection' entry: synthetic_auroc for images, see training/selection.py); nothing is tuned or selected on "
-        "test data. AUROC / AP / F1 / FAR are measured on the "
-        "exported .onnx through the inspector's scorer; the component columns give the torch AUROC of each score "
-        "component on the same trained model, which is how the default score of each data kind is chosen."]
-    if images:
-        lines += ["", "### Images", ""] + image_table(images)
-    if tables:
-        lines += ["", "### Network traffic (one row per connection, W = 1)", ""] + table_table(tables)
-    searched = [r for r in rows if "latent_search" in r]
-    if searched:
-        lines += ["", "### AnoGAN: single-pass encoder vs latent search", ""] + latent_search_table(searched)
-    if notes:
-        lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
-    lines.append(MARK_END)
-    return "\n".join(lines)
-
-
-def variant_label(row: dict) -> str:
-    """The variant, with the --set overrides it ran under: those are another configuration."""
-    settings = row.get("settings")
-    return row["variant"] + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) + ")" if settings else "")
-
-
-def latest_rows(paths: list[Path]) -> list[dict]:
-    """The newest recorded row (by its 'measured' time; among equals, the later one read) for every
-    (set, variant and settings), in first-seen order."""
-    rows: dict[tuple[str, str], dict] = {}
-    for path in paths:
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            key = (row["set"], variant_label(row))
-            if key not in rows or row.get("measured", "") >= rows[key].get("measured", ""):
-                rows[key] = row
-    return list(rows.values())
 
 
 def main() -> int:
@@ -435,7 +301,7 @@ def main() -> int:
                 with jsonl.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.accuracy " + " ".join(sys.argv[1:])
     write_section(args.out, table(rows, [command.strip()]), MARK_START, MARK_END)
     print(f"wrote {args.out}")
     return 0

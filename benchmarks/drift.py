@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.results import section_header, section_main
 from inspector.drift import DriftMonitor
-from inspector.preprocess import read_image
+from inspector.image_files import read_image
 from inspector.scorer import NORMAL, Scorer
 from training.cli import _infer_input
 from training.config import apply_overrides, validate_train_config

@@ -1,4 +1,5 @@
-"""Real servers for the benchmarks, started on free loopback ports: Debian's redis-server and mosquitto."""
+"""Real servers for the benchmarks (and the tests), started on free loopback ports: Debian's redis-server and
+mosquitto; and a scrape of a daemon's Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -6,13 +7,26 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """GET /metrics and parse it with prometheus_client's parser: {(sample name, sorted labels): value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
 
 
 def _program(name: str) -> str:

@@ -1,7 +1,7 @@
 """Soak benchmark: daemons at full rate for a long time; memory, handles, threads and latency must stay flat.
 
-    python benchmarks/soak.py --minutes 10          # the reported run
-    python benchmarks/soak.py --minutes 1           # a quick check
+    python -m benchmarks.soak --minutes 10          # the reported run
+    python -m benchmarks.soak --minutes 1           # a quick check
 
 One daemon (subprocess) scores a looping video as fast as it can (realtime false); a second one
 scores a TCP traffic feed of NSL-KDD rows sent at a steady rate (a daemon serves one model, so an
@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.results import write_section
+from benchmarks.servers import free_port, scrape
+from training.data import data_root
+from training.flat_parts import train_flat_model, write_video
 
-from benchmarks.results import write_section  # noqa: E402
-from tests.daemon_helpers import free_port, scrape, train_flat_model, write_video  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MARK_START, MARK_END = "<!-- soak:start -->", "<!-- soak:end -->"
 
@@ -136,7 +137,7 @@ def main() -> int:
         "traffic": start_daemon(work / "traffic", tab_model, {"name": "flows", "kind": "traffic", "mode": "tcp",
                                                                "listen": f"127.0.0.1:{traffic_port}"}, ports["traffic"]),
     }
-    with gzip.open(ROOT.parent / "shared" / "data" / "nsl_kdd" / "KDDTest+.txt.gz", "rt") as handle:
+    with gzip.open(data_root() / "nsl_kdd" / "KDDTest+.txt.gz", "rt") as handle:
         lines = handle.read().splitlines()
     stop = threading.Event()
     sender = threading.Thread(target=feed, args=(traffic_port, lines, args.rows_per_second, stop), daemon=True)
@@ -162,7 +163,7 @@ def main() -> int:
         code = process.wait(60)
         journaled, lost = journal_loss(journal)
         results[kind] = (code, journaled, lost)
-    lines_out = [MARK_START, "## Soak", "", f"Command: `python benchmarks/soak.py {' '.join(sys.argv[1:])}`  ",
+    lines_out = [MARK_START, "## Soak", "", f"Command: `python -m benchmarks.soak {' '.join(sys.argv[1:])}`  ",
                  f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, {args.minutes:g} minutes; image daemon on a looping "
                  f"video at full rate (realtime false, {IMAGE_WORKERS} scoring workers), traffic daemon on a TCP feed of {args.rows_per_second:,.0f} NSL-KDD "
                  "rows/s. Warm-up = the first sample (after 10 s). p99 latencies are the upper bounds of the "

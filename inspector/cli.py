@@ -88,7 +88,7 @@ def _score_table(scorer, path: Path, header: bool) -> int:
 
     from .card import TabularInput
     from .errors import ItemRejected
-    from .preprocess import encode_rows, parse_csv_line, parse_json_line, windows
+    from .features import encode_rows, parse_csv_line, parse_json_line, windows
 
     spec: TabularInput = scorer.card.input
     parse = parse_json_line if ".jsonl" in path.suffixes or ".json" in path.suffixes else parse_csv_line
@@ -141,7 +141,7 @@ def _score(args) -> int:
 
 def _expand_folders(paths: list[Path]) -> list[Path]:
     """Each folder stands for the images directly in it, in name order; an empty one is an error."""
-    from .preprocess import list_images
+    from .image_files import list_images
 
     files = []
     for path in paths:

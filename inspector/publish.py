@@ -17,7 +17,7 @@ from typing import Iterator
 import cv2
 
 from .errors import ConfigError
-from .preprocess import read_image
+from .image_files import read_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 CHUNK = 500

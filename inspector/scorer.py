@@ -238,7 +238,7 @@ class Scorer:
 
     def score_files(self, paths: list[str | os.PathLike], **kwargs) -> list[ScoreResult]:
         """Read and score image files; unreadable files become Rejections naming the file."""
-        from .preprocess import read_image
+        from .image_files import read_image
 
         images: list[np.ndarray] = []
         keep: list[int] = []

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,70 +14,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import cv2
-import numpy as np
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-FRAME_SHAPE = (48, 64)
-
-
-def flat_part(rng: np.random.Generator, defect: bool = False) -> np.ndarray:
-    """A plain grey part with sensor noise; a defect is a black 10x10 patch (unmistakable on purpose:
-    daemon tests check plumbing, so the model must separate these with a huge margin)."""
-    image = np.clip(rng.integers(110, 150) + rng.normal(0, 4, (*FRAME_SHAPE, 1)), 0, 255).astype(np.uint8).repeat(3, 2)
-    if defect:
-        y, x = rng.integers(8, 30), rng.integers(8, 46)
-        image[y:y + 10, x:x + 10] = 10
-    return image
-
-
-def train_flat_model(folder: Path) -> Path:
-    from training.config import validate_train_config
-    from training.fit import fit
-
-    rng = np.random.default_rng(0)
-    good = folder / "data" / "train" / "good"
-    good.mkdir(parents=True)
-    for i in range(40):
-        cv2.imwrite(str(good / f"{i:03d}.png"), flat_part(rng))
-    config = validate_train_config({
-        "name": "flat", "data": {"path": str(folder / "data")},
-        "input": {"height": 32, "width": 32, "channels": 3, "color_order": "rgb"},
-        "model": {"base_width": 8, "latent_dim": 16}, "train": {"steps": 20, "batch_size": 16, "threads": 1},
-        "score": {"weights": {"residual_max": 1.0}, "pool_kernel": 3}}, "flat")
-    return fit(config, folder / "run", progress=False).model_path
-
-
-def write_video(path: Path, n_frames: int, defect_every: int = 0, seed: int = 1, fps: float = 25.0) -> list[int]:
-    """A lossless FFV1 video of flat parts; returns the 1-based indices of the defective frames."""
-    rng = np.random.default_rng(seed)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (FRAME_SHAPE[1], FRAME_SHAPE[0]))
-    assert writer.isOpened()
-    truth = []
-    for index in range(1, n_frames + 1):
-        defect = defect_every > 0 and index % defect_every == 0
-        writer.write(flat_part(rng, defect))
-        if defect:
-            truth.append(index)
-    writer.release()
-    return truth
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """GET /metrics and parse it with prometheus_client's parser: {(sample name, sorted labels): value}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
+from benchmarks.servers import free_port, scrape  # noqa: F401  (the tests' names for them)
+from training.flat_parts import FRAME_SHAPE, flat_part, train_flat_model, write_video  # noqa: F401
 
 
 def metric(samples: dict, name: str, **labels) -> float:

@@ -8,8 +8,8 @@ import pytest
 
 from inspector.card import ImageInput
 from inspector.errors import ItemRejected
-from inspector.preprocess import (decode_image, prepare_image, read_image, stitch_tiles, tile_origins,
-                                  tiles_from_frame, frame_tensor)
+from inspector.image_files import decode_image, read_image
+from inspector.preprocess import frame_tensor, prepare_image, stitch_tiles, tile_origins, tiles_from_frame
 from training.data import list_images, load_images, load_train_good
 
 COLOUR = ImageInput(height=64, width=64, channels=3, color_order="rgb", mean=(0.5,) * 3, std=(0.5,) * 3)

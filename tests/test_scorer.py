@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from inspector.errors import ModelCardError
-from inspector.preprocess import prepare_image, read_image
+from inspector.image_files import read_image
+from inspector.preprocess import prepare_image
 from inspector.scorer import ANOMALY, NORMAL, PreparedFrame, Scorer, combine_score
 from training.data import list_images, load_test
 from training.fit import model_inputs, per_frame_max

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from inspector.card import TabularInput
 from inspector.errors import ItemRejected
-from inspector.preprocess import encode_rows, parse_csv_line, parse_json_line, windows
+from inspector.features import encode_rows, parse_csv_line, parse_json_line, windows
 from inspector.scorer import Scorer
 from inspector.sources.rows import Windower
 from inspector.sources.traffic import TrafficSourceThread
@@ -284,7 +284,7 @@ def test_score_command_prints_one_line_per_row_in_order_with_rejections(nsl_mode
 
 
 def test_plain_csv_chunks_take_the_c_parser_and_encode_exactly_as_line_by_line(nsl_model):
-    from inspector.preprocess import _encode_csv_arrow, encode_lines
+    from inspector.features import _encode_csv_arrow, encode_lines
 
     spec = Scorer(nsl_model).card.input
     lines = kdd_test_lines(3000)

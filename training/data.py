@@ -22,7 +22,8 @@ import numpy as np
 
 from inspector.card import ImageInput
 from inspector.errors import ItemRejected
-from inspector.preprocess import ACCEPTED_FORMATS, frame_tensor, list_images, prepare_image, read_image
+from inspector.image_files import ACCEPTED_FORMATS, list_images, read_image
+from inspector.preprocess import frame_tensor, prepare_image
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from inspector.overlay import colour_bar, heatmap_reference, reference_label, side_by_side
-from inspector.preprocess import read_image
+from inspector.image_files import read_image
 from inspector.scorer import Scorer
 
 from .data import list_test_files

@@ -2,7 +2,7 @@
 
 The spec is fitted on normal training rows only: categorical vocabularies (plus the unknown bucket
 the preprocessing adds), the log1p decision and the centre/scale of every numeric column. The
-encoding itself is `inspector.preprocess.encode_rows`, the same function the inspector runs.
+encoding itself is `inspector.features.encode_rows`, the same function the inspector runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from inspector.card import CategoricalFeature, NumericFeature, TabularInput
-from inspector.preprocess import encode_rows, windows
+from inspector.features import encode_rows, windows
 
 from .config import TrainConfig, expand_data_path
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import FolderSource
 from ..errors import ItemRejected
-from ..preprocess import read_image
+from ..image_files import read_image
 from .base import Emit, Item, Source
 
 log = logging.getLogger(__name__)

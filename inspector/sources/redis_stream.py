@@ -40,7 +40,7 @@ import redis
 from ..card import ImageInput, TabularInput
 from ..config import RedisStreamSource
 from ..errors import ItemRejected
-from ..preprocess import decode_image
+from ..image_files import decode_image
 from ..settings import redact_url
 from .base import Emit, Item, Source
 from .rows import RowItems

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..card import TabularInput
 from ..errors import ItemRejected
-from ..preprocess import encode_lines
+from ..features import encode_lines
 from .base import Item, Source
 
 

@@ -1,6 +1,6 @@
 """Traffic source: flow records as CSV or JSON lines, from a followed file, stdin, or TCP clients.
 
-Lines are read in chunks, parsed, and encoded with `inspector.preprocess.encode_lines` (the one
+Lines are read in chunks, parsed, and encoded with `inspector.features.encode_lines` (the one
 tabular transform, shared with training; plain CSV chunks take a C parser). `window` consecutive
 good rows of the source form one item, every `stride` rows. A bad row (too long, wrong field count, not JSON, non-numeric, NaN/inf)
 becomes a rejected item with its reason — journaled and counted, the stream goes on. A category

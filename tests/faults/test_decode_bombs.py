@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from inspector.errors import ItemRejected
-from inspector.preprocess import read_image
+from inspector.image_files import read_image
 
 LIMIT = 50_000_000  # the default pixel limit
 
@@ -77,7 +77,7 @@ def test_a_file_larger_than_any_allowed_image_is_refused_without_reading_it(tmp_
 
 
 def test_a_json_row_nested_forty_thousand_deep_is_a_bad_row_not_a_crash(nsl_model):
-    from inspector.preprocess import parse_json_line
+    from inspector.features import parse_json_line
     from inspector.scorer import Scorer
 
     spec = Scorer(nsl_model).card.input

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from inspector.card import CategoricalFeature, NumericFeature, TabularInput, parse_card
 from inspector.errors import ItemRejected, ModelCardError
-from inspector.preprocess import decode_image, encode_lines, encode_rows, parse_csv_line, parse_json_line
+from inspector.features import encode_lines, encode_rows, parse_csv_line, parse_json_line
+from inspector.image_files import decode_image
 
 SPEC = TabularInput(columns=["a", "proto", "b", "label"],
                     numeric=[NumericFeature(name="a"), NumericFeature(name="b", transform="log1p", scale=2.0)],

@@ -51,15 +51,45 @@ def generator_scoring(config, shape, generator: nn.Module, nearest_code) -> nn.M
                            nearest_code=nearest_code)
 
 
-class GANomalyFamily(Family):
-    loss_fields = ["discriminator", "adversarial", "contextual", "encoder", "generator", "diversity"]
+class GeneratorFamily(Family):
+    """A family around an encoder-decoder-encoder generator, trained in one phase and scored by
+    GANomalyScoring / TabularScoring (GANomaly, the autoencoder)."""
 
     def __init__(self, config, items, shape, device):
         super().__init__(config, items, shape, device)
         self.shape = shape
-        model = config.model
-        self.generator = build_generator(shape, model.base_width, model.latent_dim).to(device)
-        self.discriminator = build_discriminator(shape, model.base_width, model.latent_dim,
+        self.generator = build_generator(shape, config.model.base_width, config.model.latent_dim).to(device)
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.generator
+
+    def phases(self) -> list[Phase]:
+        return [Phase("train", self.config.train.steps)]
+
+    def grids(self, phase: Phase, shown: torch.Tensor, epoch: int, total: int) -> dict[str, Grid]:
+        self.generator.eval()
+        with torch.no_grad():
+            reconstructions = self.generator(shown)["reconstruction"]
+        self.generator.train()
+        return {"reconstructions": Grid(shown, f"epoch {epoch} of {total}: real items over their reconstructions",
+                                        reconstructions)}
+
+    def scoring(self, fitted: np.ndarray | None) -> nn.Module:
+        return generator_scoring(self.config, self.shape, self.generator,
+                                 self.nearest_code(self.generator.encoder, fitted))
+
+
+class GANomalyFamily(GeneratorFamily):
+    loss_fields = ["discriminator", "adversarial", "contextual", "encoder", "generator", "diversity"]
+
+    def __init__(self, config, items, shape, device):
+        super().__init__(config, items, shape, device)
+        self.discriminator = build_discriminator(shape, config.model.base_width, config.model.latent_dim,
                                                  config.stability.spectral_norm).to(device)
 
     @property
@@ -69,13 +99,6 @@ class GANomalyFamily(Family):
     @property
     def selected_modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator}
-
-    @property
-    def model(self) -> nn.Module:
-        return self.generator
-
-    def phases(self) -> list[Phase]:
-        return [Phase("train", self.config.train.steps)]
 
     def begin(self, phase: Phase) -> dict[str, torch.optim.Optimizer]:
         train = self.config.train
@@ -118,19 +141,3 @@ class GANomalyFamily(Family):
     def postfix(self, phase: Phase, logged: dict[str, float]) -> dict[str, str]:
         return {"d": f"{logged['discriminator']:.3f}", "con": f"{logged['contextual']:.4f}",
                 "enc": f"{logged['encoder']:.4f}"}
-
-    def grids(self, phase: Phase, shown: torch.Tensor, epoch: int, total: int) -> dict[str, Grid]:
-        return {"reconstructions": reconstruction_grid(self.generator, shown,
-                                                        f"epoch {epoch} of {total}: real items over their reconstructions")}
-
-    def scoring(self, fitted: np.ndarray | None) -> nn.Module:
-        return generator_scoring(self.config, self.shape, self.generator,
-                                 self.nearest_code(self.generator.encoder, fitted))
-
-
-def reconstruction_grid(generator: nn.Module, shown: torch.Tensor, title: str) -> Grid:
-    generator.eval()
-    with torch.no_grad():
-        reconstructions = generator(shown)["reconstruction"]
-    generator.train()
-    return Grid(shown, title, reconstructions)

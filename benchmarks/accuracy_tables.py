@@ -1,0 +1,151 @@
+"""The Accuracy section of RESULTS.md from benchmark rows: image, traffic and latent-search tables.
+
+Rows are the JSON objects benchmarks.accuracy appends to its JSON-lines files; `latest_rows` keeps
+the newest per set and variant, so a section can be rebuilt from several runs without training.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COMPONENTS = ("latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual")
+MARK_START, MARK_END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
+LATENT_SEARCH_STEPS = 200
+
+
+def set_group(name: str) -> str:
+    return "piped" if name.startswith("piped") else "mnist" if name.startswith("mnist") else name
+
+
+def fmt(value, digits=3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def image_table(rows: list[dict]) -> list[str]:
+    lines = ["| set | variant | input | MFLOPs/frame | score | image AUROC | AP | F1 @thr | FAR test/good | pixel AUROC "
+             "| AUROC latent | AUROC latent kNN | AUROC latent LOF | AUROC res. mean | AUROC res. max | AUROC feat. res. "
+             "| train s | steps | epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r["components"]
+        lines.append(f"| {r['set']} | {variant_label(r)} | {r['input']} | {r['mflops_per_frame']:.0f} | {r['score']} | "
+                     f"{fmt(r['image_auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
+                     f"{fmt(r['false_alarm_rate'])} | {fmt(r['pixel_auroc'])} | {fmt(c.get('latent_distance'))} | "
+                     f"{fmt(c.get('latent_knn'))} | {fmt(c.get('latent_lof'))} | {fmt(c.get('residual_mean'))} | "
+                     f"{fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | "
+                     f"{r['train_seconds']:.0f} | {r['steps']} | {r['epochs']} |")
+    lines += ["", "Means per group:", "", "| group | variant | rows | image AUROC | pixel AUROC | FAR test/good "
+              "| AUROC latent | AUROC latent kNN | AUROC latent LOF | AUROC res. mean | AUROC res. max | AUROC feat. res. "
+              "| train s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        group = set_group(r["set"])
+        groups.setdefault((group, variant_label(r)), []).append(r)
+    for (group, variant), rs in groups.items():
+        aurocs = [r["image_auroc"] for r in rs if r["image_auroc"] is not None]
+        pixels = [r["pixel_auroc"] for r in rs if r["pixel_auroc"] is not None]
+        component_means = [fmt(np.mean([r["components"][c] for r in rs]) if all(c in r["components"] for r in rs)
+                               else None) for c in COMPONENTS]
+        lines.append(f"| {group} | {variant} | {len(rs)} | {fmt(np.mean(aurocs) if aurocs else None)} | "
+                     f"{fmt(np.mean(pixels) if pixels else None)} | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} | "
+                     + " | ".join(component_means) + f" | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
+    return lines
+
+
+def table_table(rows: list[dict]) -> list[str]:
+    fitted = {r["set"].split()[0]: r["train_rows"] for r in rows if r["variant"] == "isolation_forest"}
+    lines = ["Every model is fitted on the same normal training rows (" + ", ".join(
+                 f"{name}: {n:,}" for name, n in fitted.items()) + "; the one-class SVM on a 10,000-row subsample of "
+             "them), with the same 10% of normal rows held out to calibrate its threshold.", "",
+             "| test set | model | score | AUROC | AP | F1 @thr | FAR normal rows | AUROC latent | AUROC latent kNN "
+             "| AUROC res. mean | AUROC res. max | AUROC feat. res. | fit s | score s | rows/s scored |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r.get("components", {})
+        lines.append(f"| {r['set']} | {variant_label(r)} | {r.get('score', '–')} | {fmt(r['auroc'])} | "
+                     f"{fmt(r['average_precision'])} | {fmt(r['f1'])} | {fmt(r['false_alarm_rate'])} | "
+                     f"{fmt(c.get('latent_distance'))} | {fmt(c.get('latent_knn'))} | {fmt(c.get('residual_mean'))} | "
+                     f"{fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | {r['fit_seconds']:.0f} | "
+                     f"{r['score_seconds']:.2f} | "
+                     f"{r['rows_per_s']:,} |")
+    return lines
+
+
+def latent_search_table(rows: list[dict]) -> list[str]:
+    lines = [f"Classic AnoGAN scores each item by {LATENT_SEARCH_STEPS} Adam steps on its latent code (the paper "
+             "uses about 500); f-AnoGAN's encoder does it in one forward pass. Same trained model, same seeded "
+             "subset of test items (both classes), same card score and threshold, measured in one run (torch, "
+             "batched).", "",
+             "| set | items | AUROC single pass | AUROC latent search | F1 single pass | F1 latent search "
+             "| ms/item single pass | ms/item latent search | latent search / single pass time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ls = r["latent_search"]
+        one, search = ls["single_pass"], ls["latent_search"]
+        lines.append(f"| {r['set']} | {ls['items']} | {fmt(one['image_auroc'])} | {fmt(search['image_auroc'])} | "
+                     f"{fmt(one['f1'])} | {fmt(search['f1'])} | {one['ms_per_item']:.2f} | {search['ms_per_item']:.1f} | "
+                     f"{ls['speedup']:.0f}x |")
+    return lines + ["", latent_search_summary(rows)]
+
+
+def latent_search_summary(rows: list[dict]) -> str:
+    """One sentence over the rows: how often the single pass is as accurate, and how much faster."""
+    pairs = [(r["latent_search"]["single_pass"]["image_auroc"], r["latent_search"]["latent_search"]["image_auroc"])
+             for r in rows if r["latent_search"]["latent_search"]["image_auroc"] is not None]
+    speedups = [r["latent_search"]["speedup"] for r in rows]
+    return (f"Single pass as accurate as latent search or more on {sum(one >= search for one, search in pairs)} of "
+            f"{len(pairs)} sets (mean AUROC {np.mean([p[0] for p in pairs]):.3f} vs {np.mean([p[1] for p in pairs]):.3f}); "
+            f"latent search takes {np.median(speedups):.0f} times as long (median; {min(speedups):.0f}-"
+            f"{max(speedups):.0f}x).")
+
+
+def table(rows: list[dict], commands: list[str], notes: list[str] = ()) -> str:
+    images = [r for r in rows if r.get("kind") != "table"]
+    tables = [r for r in rows if r.get("kind") == "table"]
+    measured = sorted({r.get("measured", "") for r in rows} - {""})
+    lines = [MARK_START, "## Accuracy", "", "Commands:", ""] + [f"    {c}" for c in commands] + [
+        "", f"Machine: {platform.node()} (2 cores), torch {torch.__version__}; rows measured "
+        f"{measured[0] if measured else '?'} to {measured[-1] if measured else '?'}. Train times were measured while "
+        "other work shared the machine: compare them within a table, not across runs.", "",
+        "Thresholds: from held-out normal scores (20% of train/good, 10% of normal rows for tables) for a 1% "
+        "false-alarm target (training/calibrate.py; the notes say which rows used which confidence); the exported checkpoint is chosen on the same held-out normal data (rows with a "
+        "'selection' entry: synthetic_auroc for images, see training/selection.py); nothing is tuned or selected on "
+        "test data. AUROC / AP / F1 / FAR are measured on the "
+        "exported .onnx through the inspector's scorer; the component columns give the torch AUROC of each score "
+        "component on the same trained model, which is how the default score of each data kind is chosen."]
+    if images:
+        lines += ["", "### Images", ""] + image_table(images)
+    if tables:
+        lines += ["", "### Network traffic (one row per connection, W = 1)", ""] + table_table(tables)
+    searched = [r for r in rows if "latent_search" in r]
+    if searched:
+        lines += ["", "### AnoGAN: single-pass encoder vs latent search", ""] + latent_search_table(searched)
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    lines.append(MARK_END)
+    return "\n".join(lines)
+
+
+def variant_label(row: dict) -> str:
+    """The variant, with the --set overrides it ran under: those are another configuration."""
+    settings = row.get("settings")
+    return row["variant"] + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) + ")" if settings else "")
+
+
+def latest_rows(paths: list[Path]) -> list[dict]:
+    """The newest recorded row (by its 'measured' time; among equals, the later one read) for every
+    (set, variant and settings), in first-seen order."""
+    rows: dict[tuple[str, str], dict] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            key = (row["set"], variant_label(row))
+            if key not in rows or row.get("measured", "") >= rows[key].get("measured", ""):
+                rows[key] = row
+    return list(rows.values())
