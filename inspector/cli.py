@@ -168,7 +168,7 @@ def _run(args) -> int:
         raise ConfigError(message if message.startswith(str(args.config)) else f"{args.config}: {message}") from None
     if args.check:
         opened = _open_live_cameras(config, args.config)
-        print(f"{args.config}: ok (model {daemon.scorer.card.name} {daemon.scorer.card.version}, "
+        print(f"{args.config}: ok (model {daemon.model.scorer.card.name} {daemon.model.version}, "
               f"{len(daemon.sources)} source(s){''.join(f'; {line}' for line in opened)})")
         return 0
     daemon.install_signal_handlers()

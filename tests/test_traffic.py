@@ -186,7 +186,7 @@ def test_training_and_the_traffic_source_encode_rows_identically(nsl_model):
     spec = scorer.card.input
     lines = kdd_test_lines(300)
     expected = make_windows([l.split(",") for l in lines], spec, spec.columns.index("label"), ["normal"]).features
-    from inspector.config import TrafficSource
+    from inspector.config_sources import TrafficSource
 
     source = TrafficSourceThread(TrafficSource(name="t", kind="traffic", mode="stdin"), spec)
     items = []

@@ -13,7 +13,7 @@ import time
 
 import cv2
 
-from ..config import CameraSource
+from ..config_sources import CameraSource
 from ..settings import redact_url
 from .base import Emit, Item, Source
 

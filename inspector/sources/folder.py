@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from ..config import FolderSource
+from ..config_sources import FolderSource
 from ..errors import ItemRejected
 from ..image_files import read_image
 from .base import Emit, Item, Source

@@ -38,7 +38,7 @@ from typing import Callable
 import redis
 
 from ..card import ImageInput, TabularInput
-from ..config import RedisStreamSource
+from ..config_sources import RedisStreamSource
 from ..errors import ItemRejected
 from ..image_files import decode_image
 from ..settings import redact_url

@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable
 
 
 from ..card import TabularInput
-from ..config import TrafficSource
+from ..config_sources import TrafficSource
 from ..errors import ConfigError
 from .base import Emit, Item, Source
 from .rows import RowItems

@@ -108,7 +108,7 @@ def test_bad_image_files_are_rejected_by_reason_while_the_other_source_keeps_sco
 
 
 def test_a_file_deleted_between_listing_and_reading_is_rejected_not_fatal(tmp_path):
-    from inspector.config import FolderSource
+    from inspector.config_sources import FolderSource
     from inspector.sources.folder import FolderSourceThread
 
     source = FolderSourceThread(FolderSource(name="f", kind="folder", path=tmp_path, incomplete_grace_s=0))
