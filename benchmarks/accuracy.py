@@ -3,9 +3,12 @@
     python -m benchmarks.accuracy                         # everything (about an hour on 2 cores)
     python -m benchmarks.accuracy --sets piped --variants default,autoencoder
     python -m benchmarks.accuracy --sets nsl_kdd,unsw_nb15 --variants default,autoencoder,isolation_forest,ocsvm
+    python -m benchmarks.accuracy --sets suite,mvtec_screw --variants knn_reference,default
 
-Sets: the 8 PIPED classes, mvtec_screw, the MNIST one-class protocol (10 digits), and the traffic
-tables nsl_kdd (KDDTest+, KDDTest-21) and unsw_nb15. Variants:
+Sets: the 8 PIPED classes, mvtec_screw, the MNIST one-class protocol (10 digits), the harder suite
+(`suite`: kolektor_sdd, tire, glass_fibre, elpv_poly, elpv_mono, deeppcb, trained with no config, as
+`inspector train --data DIR` does), and the traffic tables nsl_kdd (KDDTest+, KDDTest-21) and
+unsw_nb15. Variants:
   default      the shipped config of each set (configs/*.yaml)
   autoencoder  plain convolutional autoencoder, same geometry and budget, mean reconstruction error
   classic      GANomaly as published: whole frame resized to 128 (MNIST: 32), no augmentation,
@@ -16,6 +19,9 @@ tables nsl_kdd (KDDTest+, KDDTest-21) and unsw_nb15. Variants:
                ANOGAN_KEEPS_CONFIG_SCORE), encoder checkpoint chosen by the synthetic_auroc
                criterion on held-out normal images (tables: validation_loss). Its rows also compare
                the encoder's single pass with classic latent search on a seeded subset of test items.
+  knn_reference
+               no training: nearest-neighbour distance of pretrained EfficientNet-Lite0 patch
+               features to 30,000 normal ones (benchmarks/knn_reference.py; image folders only)
   isolation_forest, ocsvm
                scikit-learn baselines on the same encoded traffic features (tables only; the
                one-class SVM is fitted on a 10,000-row subsample), calibrated the same way
@@ -38,10 +44,11 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.accuracy_tables import (COMPONENTS, LATENT_SEARCH_STEPS, MARK_END, MARK_START, latest_rows, set_group,
-                                       table)
+from benchmarks.accuracy_tables import (COMPONENTS, LATENT_SEARCH_STEPS, MARK_END, MARK_START, SUITE, latest_rows,
+                                       set_group, table)
 from benchmarks.results import write_section
-from training.cli import parse_overrides
+from benchmarks.knn_reference import knn_reference_row
+from training.cli import default_config, parse_overrides
 from training.config import load_train_config
 from training.data import data_root, load_test, mnist_one_class
 from training.fit import fit
@@ -69,7 +76,7 @@ LATENT_SEARCH_ITEMS = {"piped": 24, "mvtec_screw": 24, "mnist": 200, "table": 20
 def variant_overrides(variant: str, set_name: str) -> dict:
     if variant == "default":
         return {}
-    if variant in BASELINES:
+    if variant in BASELINES or variant == "knn_reference":
         return {}
     if variant == "autoencoder":
         return {"model.family": "autoencoder", "score.weights": {"residual_mean": 1.0}}
@@ -98,6 +105,10 @@ def jobs(sets: list[str], digits: list[int] = list(range(10))) -> list[tuple[str
             out += [(f"piped_{c}", ROOT / "configs" / f"piped_{c}.yaml", {}) for c in PIPED]
         elif s == "mvtec_screw":
             out.append(("mvtec_screw", ROOT / "configs" / "mvtec_screw.yaml", {}))
+        elif s == "suite":
+            out += [(name, None, {}) for name in SUITE]
+        elif s in SUITE:
+            out.append((s, None, {}))
         elif s in TABLES:
             out.append((s, ROOT / "configs" / TABLES[s], {}))
         elif s == "mnist":
@@ -216,7 +227,14 @@ def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) ->
 def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path, threads: int,
             settings: dict | None = None, latent_search: bool = True) -> list[dict]:
     overrides = {**extra, **variant_overrides(variant, name), "train.threads": threads, **(settings or {})}
-    config = load_train_config(config_path, overrides)
+    if config_path is None:  # a suite set: the defaults, as `inspector train --data` gives them
+        config = default_config(str(data_root() / name), overrides)
+    else:
+        config = load_train_config(config_path, overrides)
+    if variant == "knn_reference":
+        if config.data.kind != "mvtec":  # image folders only (not MNIST arrays, not tables)
+            return []
+        return [knn_reference_row(name, config.data.resolved_path, config.train.seed)]
     if config.data.kind == "table":
         if variant == "classic":
             return []
@@ -230,11 +248,9 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
     spec = config.input.to_spec()
     tiles = 1
     if spec.resize == "tile":
-        from training.data import list_images
-
         from inspector.image_files import read_image
-
-        from inspector.preprocess import tiles_from_frame, frame_tensor
+        from inspector.preprocess import frame_tensor, tiles_from_frame
+        from training.data import list_images
 
         first = list_images(config.data.resolved_path / "test" / "good")[0]
         tiles = len(tiles_from_frame(frame_tensor(read_image(first), spec), spec)[0])

@@ -42,6 +42,19 @@ def consumer(tmp_path, name: str, model, redis: RedisServer, stream: str = "flow
     return DaemonProcess(tmp_path / name, model, [source], evidence={"dir": None}, **(sections or {}))
 
 
+def stop_holding_entries(process: subprocess.Popen, redis: RedisServer, name: str, timeout: float = 30.0) -> None:
+    """SIGSTOP a consumer at a moment it holds delivered, unacknowledged entries (it is idle most of
+    the time at the test's feed rate): stop, look at its pending entries, resume and retry if none."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        process.send_signal(signal.SIGSTOP)
+        if redis.client().xpending_range("flows", "inspectors", "-", "+", 1, consumername=name):
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError(f"{name} never held an unacknowledged entry in {timeout:.0f} s")
+
+
 def journaled_ids(*daemons: DaemonProcess) -> list[str]:
     return [line["entry_id"] for daemon in daemons for line in daemon.journal_lines()]
 
@@ -92,6 +105,7 @@ def test_a_consumer_killed_mid_stream_has_its_entries_claimed_and_journaled_by_t
         survivor = consumer(tmp_path, "survivor", nsl_model, redis).start()
         try:
             wait_until(lambda: len(victim.journal_lines()) >= 1000, what="the victim at work")
+            stop_holding_entries(victim.process, redis, "victim")  # else the kill may find it idle, all acknowledged
             victim.process.send_signal(signal.SIGKILL)
             victim.process.wait(10)
             assert feeder.wait(60) == 0

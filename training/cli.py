@@ -60,8 +60,13 @@ def _resolve_config(args) -> TrainConfig:
         return load_train_config(args.config, overrides)
     if not args.data:
         raise ConfigError("inspector train needs --config FILE or --data FOLDER")
-    data = Path(args.data)
-    raw: dict = {"name": data.name.lower() or "model", "data": {"path": args.data}, "input": _infer_input(data)}
+    return default_config(args.data, overrides)
+
+
+def default_config(data: str, overrides: dict | None = None) -> TrainConfig:
+    """What `inspector train --data DATA` trains: the defaults, with the channels of the first image."""
+    folder = Path(data)
+    raw: dict = {"name": folder.name.lower() or "model", "data": {"path": data}, "input": _infer_input(folder)}
     return validate_train_config(apply_overrides(raw, overrides), "command line")
 
 

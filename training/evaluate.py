@@ -148,7 +148,7 @@ def _score_items(scorer: Scorer, items: list[TestItem]) -> tuple[list, list[np.n
     return results, heatmaps
 
 
-def _pixel_auroc(items: list[TestItem], heatmaps: list[np.ndarray | None]) -> float | None:
+def pixel_auroc(items: list[TestItem], heatmaps: list[np.ndarray | None]) -> float | None:
     truth, predicted, total = [], [], 0
     for item, heatmap in zip(items, heatmaps):
         if heatmap is None or item.path is None:
@@ -187,7 +187,7 @@ def evaluate(scorer: Scorer, items: list[TestItem], out_dir: Path | None, title:
         sel = [j for j, i in enumerate(kept) if items[i].label == 0 or items[i].kind == kind]
         if len(set(labels[sel])) == 2:
             metrics["per_defect_auroc"][kind] = float(roc_auc_score(labels[sel], scores[sel]))
-    pixel = _pixel_auroc([items[i] for i in kept], [heatmaps[i] for i in kept])
+    pixel = pixel_auroc([items[i] for i in kept], [heatmaps[i] for i in kept])
     if pixel is not None:
         metrics["pixel_auroc"] = pixel
     if out_dir is not None:
