@@ -18,11 +18,12 @@ import cv2
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from inspector.overlay import colour_bar, heatmap_reference, reference_label, side_by_side
 from inspector.image_files import read_image
+from inspector.overlay import colour_bar, heatmap_reference, reference_label, side_by_side
 from inspector.scorer import Scorer
 
 from .data import list_test_files
+from .run_folder import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def evaluate(scorer: Scorer, items: list[TestItem], out_dir: Path | None, title:
         metrics["pixel_auroc"] = pixel
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_metrics(out_dir / "metrics.json", metrics)
+        write_metrics(out_dir / METRICS, metrics)
         report = out_dir / "report"
         report.mkdir(exist_ok=True)
         _plots(report, scores, labels, scorer.threshold, title)
@@ -226,7 +227,7 @@ def evaluate_windows(scorer: Scorer, test, out_dir: Path | None, title: str = ""
             metrics["per_attack_auroc"][kind] = float(roc_auc_score(test.labels[sel], scores[sel]))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_metrics(out_dir / "metrics.json", metrics)
+        write_metrics(out_dir / METRICS, metrics)
         report = out_dir / "report"
         report.mkdir(exist_ok=True)
         _plots(report, scores, test.labels, scorer.threshold, title)

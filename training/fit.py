@@ -32,7 +32,7 @@ from .flops import count_flops
 from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max
 from .driver import train
 from .items import Items, items_of
-from .run_folder import MODEL_FILE, RunFolder
+from .run_folder import RunFolder
 from .selection import synthetic_recall
 from .torch_scoring import run_scoring
 
@@ -105,9 +105,9 @@ def _card(config: TrainConfig, spec, score: ScoreDefinition, calibration, traine
     )
 
 
-def _export(config: TrainConfig, scoring, card: ModelCard, held_out: np.ndarray, run_dir: Path) -> ModelCard:
+def _export(config: TrainConfig, scoring, card: ModelCard, held_out: np.ndarray, run: RunFolder) -> ModelCard:
     flops = count_flops(scoring, torch.from_numpy(held_out[:1]))
-    model_path = run_dir / MODEL_FILE
+    model_path = run.model
     card = export_with_parity(scoring, card, held_out[:PARITY_ITEMS], model_path, config.export.opset,
                               config.export.parity_tolerance, flops)
     log.info("exported %s (threshold %.4g, parity %.2g, %.1f MFLOPs/item) on %s", model_path,
@@ -115,10 +115,10 @@ def _export(config: TrainConfig, scoring, card: ModelCard, held_out: np.ndarray,
     return card
 
 
-def _prepare_run(config: TrainConfig, run_dir: Path) -> Path:
+def _prepare_run(config: TrainConfig, run_dir: Path) -> RunFolder:
     run = RunFolder.create(run_dir)
     run.config.write_text(config.model_dump_json(indent=2))
-    return run.root
+    return run
 
 
 def check_memory_size(config: TrainConfig, items: Items, fitted: np.ndarray) -> None:
@@ -133,11 +133,11 @@ def check_memory_size(config: TrainConfig, items: Items, fitted: np.ndarray) -> 
                           "fewer items (data.holdout_fraction)")
 
 
-def train_family(config: TrainConfig, fitted: np.ndarray, held_out: np.ndarray, run_dir: Path, resume: bool,
+def train_family(config: TrainConfig, fitted: np.ndarray, held_out: np.ndarray, run: RunFolder, resume: bool,
                  progress: bool):
     """Train the configured model family; returns the training result and its exportable scoring module."""
     check_memory_size(config, items_of(config), fitted)
-    trained = train(config, fitted, RunFolder(run_dir), validation=held_out, resume=resume, progress=progress)
+    trained = train(config, fitted, run, validation=held_out, resume=resume, progress=progress)
     # the memory holds codes of the fitted items only: held-out distances stay those of unseen normals
     return trained, trained.family.scoring(fitted).eval()
 
@@ -157,7 +157,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         evaluate_test: bool = True) -> FitResult:
     if config.data.kind == "table":
         return fit_tabular(config, run_dir, resume=resume, progress=progress, evaluate_test=evaluate_test)
-    run_dir = _prepare_run(config, run_dir)
+    run = _prepare_run(config, run_dir)
     spec = config.input.to_spec()
     normal, test_items = load_training_data(config, with_test=evaluate_test)
     check_normal_count(len(normal), config)
@@ -166,7 +166,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
              len(hold_idx))
 
     started = time.perf_counter()
-    trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run_dir, resume, progress)
+    trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run, resume, progress)
 
     held_out, owner = model_inputs(normal.tensors[hold_idx], spec)
     outputs = run_scoring(scoring, held_out, keep_maps=False)
@@ -188,12 +188,12 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     recall = synthetic_recall(scoring, normal.tensors[hold_idx][:config.selection.max_items], spec, score,
                               calibration.threshold, config.train.seed)
     calibration = calibration.model_copy(update={"synthetic_recall": recall})
-    card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run_dir)
-    model_path = run_dir / MODEL_FILE
+    card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run)
+    model_path = run.model
 
     metrics = None
     if evaluate_test and test_items:
-        metrics = evaluate(Scorer(model_path), test_items, run_dir, title=config.name)
+        metrics = evaluate(Scorer(model_path), test_items, run.root, title=config.name)
         metrics["train_seconds"] = trained.seconds
         metrics["flops_per_item"] = card.export.flops_per_item
         card = card.with_updates(evaluation={k: metrics[k] for k in EVALUATION_SUMMARY_KEYS if k in metrics})
@@ -208,14 +208,14 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     from .evaluate import evaluate_windows
     from .tabular import load_tabular
 
-    run_dir = _prepare_run(config, run_dir)
+    run = _prepare_run(config, run_dir)
     started = time.perf_counter()
     spec, normal, test_sets = load_tabular(config)
     fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
     log.info("training on %d normal windows of %d features, %d held out for calibration", len(fit_idx),
              spec.width, len(hold_idx))
     held_out = normal[hold_idx]
-    trained, scoring = train_family(config, normal[fit_idx], held_out, run_dir, resume, progress)
+    trained, scoring = train_family(config, normal[fit_idx], held_out, run, resume, progress)
     outputs = run_scoring(scoring, held_out, batch_size=4096)
     score = ScoreDefinition(weights=dict(config.score.weights),
                             scales=component_scales(outputs, list(config.score.weights)), map_output=None,
@@ -224,15 +224,15 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
                                         + memory_description(scoring, "window"))
     calibration = calibrate(combine_score(outputs, score), config.calibration.target_false_alarm_rate,
                             confidence=config.calibration.confidence)
-    card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run_dir)
-    model_path = run_dir / MODEL_FILE
+    card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run)
+    model_path = run.model
     metrics = None
     if evaluate_test and test_sets:
         scorer = Scorer(model_path)
-        metrics = {name: evaluate_windows(scorer, test, run_dir / name, title=f"{config.name} {name}")
+        metrics = {name: evaluate_windows(scorer, test, run.root / name, title=f"{config.name} {name}")
                    for name, test in test_sets.items()}
         first = metrics[next(iter(metrics))]
         card = card.with_updates(evaluation={k: first[k] for k in EVALUATION_SUMMARY_KEYS if k in first})
         replace_card(model_path, card)
-        write_metrics(run_dir / "metrics.json", metrics)
+        write_metrics(run.metrics, metrics)
     return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator, scoring)
