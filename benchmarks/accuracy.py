@@ -47,6 +47,8 @@ from sklearn.metrics import roc_auc_score
 from benchmarks.accuracy_tables import (COMPONENTS, LATENT_SEARCH_STEPS, MARK_END, MARK_START, SUITE, latest_rows,
                                        set_group, table)
 from benchmarks.results import write_section
+from inspector.scorer import Scorer
+from benchmarks.brightness import brightness_false_alarms
 from benchmarks.knn_reference import knn_reference_row
 from training.cli import default_config, parse_overrides
 from training.config import load_train_config
@@ -264,6 +266,11 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         "input": f"{spec.height}x{spec.width} {spec.resize}" + (f" ({tiles} tiles)" if tiles > 1 else ""),
         "components": component_aurocs(config, result),
     }
+    if config.data.kind == "mvtec":
+        scorer = Scorer(result.model_path)
+        row["far_brightness"] = brightness_false_alarms(
+            lambda frames: np.array([np.inf if r.rejected else r.raw for r in scorer.score_images(frames, heatmaps=False)]),
+            config.data.resolved_path, scorer.threshold)
     if variant == "anogan" and latent_search:
         test = load_test_images(config)
         row["latent_search"] = latent_search_row(result.scoring, card, test.tensors, test.labels, spec, set_group(name))

@@ -84,22 +84,33 @@ def suite_table(rows: list[dict]) -> list[str]:
     lines = ["Surfaces unlike PIPED, trained with no config (as `inspector train --data DIR`). Self-check: the "
              "label-free synthetic-defect AUROC on held-out normal images at the exported checkpoint "
              "(selection.json); the reference has none.", "",
-             "| set | variant | image AUROC | pixel AUROC | F1 @thr | FAR test/good | self-check | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| set | variant | image AUROC | pixel AUROC | F1 @thr | FAR test/good | FAR x0.7 | FAR x1.3 | self-check "
+             "| train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     by_variant: dict[str, list[dict]] = {}
     for r in rows:
         by_variant.setdefault(variant_label(r), []).append(r)
     for variant, rs in by_variant.items():
         for r in rs:
             check = (r.get("selection") or {}).get("selected_value")
+            dark, bright = (r.get("far_brightness") or {}).get("0.7"), (r.get("far_brightness") or {}).get("1.3")
             lines.append(f"| {r['set']} | {variant} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | "
-                         f"{fmt(r['f1'])} | {fmt(r['false_alarm_rate'])} | {fmt(check)} | {r['train_seconds']:.0f} |")
+                         f"{fmt(r['f1'])} | {fmt(r['false_alarm_rate'])} | {fmt(dark)} | {fmt(bright)} | {fmt(check)} | "
+                         f"{r['train_seconds']:.0f} |")
         aurocs = [r["image_auroc"] for r in rs]
         worst = min(rs, key=lambda r: r["image_auroc"])
         lines.append(f"| **mean of {len(rs)}** | {variant} | **{fmt(np.mean(aurocs))}** | | "
                      f"**{fmt(np.mean([r['f1'] for r in rs]))}** | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} "
-                     f"| | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
-        lines.append(f"| worst: {worst['set']} | {variant} | {fmt(worst['image_auroc'])} | | | | | |")
+                     f"| | | | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
+        lines.append(f"| worst: {worst['set']} | {variant} | {fmt(worst['image_auroc'])} | | | | | | | |")
+    checked = [(r["selection"]["selected_value"], r["image_auroc"]) for r in rows if (r.get("selection") or {}).get(
+        "selected_value") is not None]
+    if len(checked) >= 3:
+        from scipy.stats import spearmanr
+
+        rho = spearmanr([c for c, _ in checked], [a for _, a in checked]).statistic
+        lines += ["", f"Rank correlation (Spearman) of the self-check with the real image AUROC over these "
+                      f"{len(checked)} rows: {rho:.2f}."]
     return lines
 
 

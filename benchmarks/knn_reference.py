@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.brightness import brightness_false_alarms
 from training.backbone import FEATURE_DIM, STRIDE, StageFeatures
 from training.calibrate import calibrate
 from training.config import CalibrationConfig
@@ -28,18 +29,20 @@ BANK = 30_000
 HOLDOUT_FRACTION = 0.2
 
 
-def rgb_tensor(path: Path) -> torch.Tensor:
-    """(1, 3, H, W) RGB in [0, 1]; grayscale files become three equal channels."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def rgb_tensor(frame: Path | np.ndarray) -> torch.Tensor:
+    """(1, 3, H, W) RGB in [0, 1] of an image file or a decoded BGR / gray frame; gray becomes three equal channels."""
+    image = cv2.imread(str(frame), cv2.IMREAD_COLOR) if isinstance(frame, Path) else frame
     if image is None:
-        raise OSError(f"{path}: cannot be decoded")
+        raise OSError(f"{frame}: cannot be decoded")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     return torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)[None].float() / 255.0
 
 
-def patch_features(extractor: StageFeatures, path: Path) -> torch.Tensor:
+def patch_features(extractor: StageFeatures, frame: Path | np.ndarray) -> torch.Tensor:
     """(h, w, FEATURE_DIM) features of one frame's patches."""
     with torch.no_grad():
-        return extractor(rgb_tensor(path))[0].permute(1, 2, 0).contiguous()
+        return extractor(rgb_tensor(frame))[0].permute(1, 2, 0).contiguous()
 
 
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -47,9 +50,9 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 40
     return torch.cat([torch.cdist(queries[i:i + chunk], bank).amin(dim=1) for i in range(0, len(queries), chunk)])
 
 
-def frame_map(extractor: StageFeatures, bank: torch.Tensor, path: Path) -> np.ndarray:
+def frame_map(extractor: StageFeatures, bank: torch.Tensor, frame: Path | np.ndarray) -> np.ndarray:
     """Nearest-patch distances of a frame, upsampled to its size (the heatmap)."""
-    features = patch_features(extractor, path)
+    features = patch_features(extractor, frame)
     h, w = features.shape[:2]
     distances = nearest_distances(features.view(-1, FEATURE_DIM), bank).view(h, w).numpy()
     return cv2.resize(distances, (w * STRIDE, h * STRIDE), interpolation=cv2.INTER_LINEAR)
@@ -75,7 +78,9 @@ def knn_reference_row(name: str, root: Path, seed: int = 0) -> dict:
     first = rgb_tensor(items[0].path)
     patches_per_frame = (first.shape[-2] // STRIDE) * (first.shape[-1] // STRIDE)
     flops = count_flops(extractor, first) + 2 * patches_per_frame * len(bank) * FEATURE_DIM
-    return {"set": name, "variant": "knn_reference", "score": f"nearest of {len(bank):,} patches",
+    brightness = brightness_false_alarms(
+        lambda frames: np.array([frame_map(extractor, bank, frame).max() for frame in frames]), root, threshold)
+    return {"set": name, "variant": "knn_reference", "far_brightness": brightness, "score": f"nearest of {len(bank):,} patches",
             "image_auroc": metrics.get("image_auroc"), "average_precision": metrics.get("average_precision"),
             "f1": metrics["f1"], "false_alarm_rate": metrics["false_alarm_rate"],
             "pixel_auroc": pixel_auroc(items, heatmaps),
