@@ -175,7 +175,8 @@ class ExportInfo(FrozenStrict):
 class ModelCard(FrozenStrict):
     format_version: Literal[1, 2, 3] = CARD_FORMAT_VERSION
     name: str
-    family: Literal["ganomaly", "anogan", "autoencoder"]
+    # the training family that made the graph (training.models.registry); the runtime only shows it
+    family: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
     version: str
     input: InputSpec
     score: ScoreDefinition
