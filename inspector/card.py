@@ -22,7 +22,7 @@ from .strict import FrozenStrict
 
 CARD_KEY = "qinspector.card"
 MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
-CARD_FORMAT_VERSION = 3  # 2: calibration.confidence; 3: calibration.synthetic_recall; older cards still load
+CARD_FORMAT_VERSION = 4  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; older cards still load
 
 
 class ImageInput(FrozenStrict):
@@ -151,6 +151,9 @@ class Calibration(FrozenStrict):
     quantiles: dict[str, float] = Field(default_factory=dict)
     # share of synthetic-defect copies of the held-out images at or above the threshold (images only)
     synthetic_recall: Annotated[float, Field(ge=0, le=1)] | None = None
+    # cross-fitted: the n_samples scores are out-of-fold scores of every normal training item, from
+    # this many models each trained without its fold (None: the held-out split's scores)
+    folds: Annotated[int, Field(ge=2)] | None = None
 
 
 class Provenance(FrozenStrict):
@@ -173,7 +176,7 @@ class ExportInfo(FrozenStrict):
 
 
 class ModelCard(FrozenStrict):
-    format_version: Literal[1, 2, 3] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4] = CARD_FORMAT_VERSION
     name: str
     # the training family that made the graph (training.models.registry); the runtime only shows it
     family: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]

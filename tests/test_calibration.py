@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,38 @@ def test_report_examples_name_what_the_threshold_did(label, score, expected):
     from training.evaluate import outcome
 
     assert outcome(label, score, threshold=1.0) == expected
+
+
+def test_folds_partition_the_normal_items():
+    from training.cross_fit import fold_indices
+
+    folds = fold_indices(32, 5, seed=0)
+    together = np.concatenate(folds)
+    assert len(folds) == 5 and sorted(together.tolist()) == list(range(32))
+    assert {len(f) for f in folds} <= {6, 7}
+    with pytest.raises(ValueError, match="only 3 normal items"):
+        fold_indices(3, 5, seed=0)
+
+
+def test_cross_fitted_threshold_comes_from_an_out_of_fold_score_of_every_normal_image(piped_class, tmp_path):
+    from training.config import validate_train_config
+    from training.cross_fit import out_of_fold_scores
+    from training.data import load_train_good
+    from training.fit import fit
+    from training.run_folder import RunFolder
+
+    from .conftest import tiny_config
+
+    config = validate_train_config(tiny_config(piped_class, **{"calibration.folds": 4}), "tiny")
+    result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
+    normal = load_train_good(piped_class, config.input.to_spec()).tensors
+    calibration = result.card.calibration
+    assert calibration.folds == 4 and calibration.n_samples == len(normal)
+    assert sorted(p.name for p in (tmp_path / "run" / "folds").iterdir()) == ["fold1", "fold2", "fold3", "fold4"]
+
+    selection = json.loads((tmp_path / "run" / "selection.json").read_text())
+    step = [e["step"] for e in selection["evaluations"] if e["epoch"] == selection["selected_epoch"]][-1]
+    again = out_of_fold_scores(config, normal, step, RunFolder.create(tmp_path / "again"))  # stop where the export did
+    assert again.shape == (len(normal),) and np.all(np.isfinite(again))
+    expected = calibrate(again, config.calibration.target_false_alarm_rate, confidence=config.calibration.confidence)
+    assert calibration.threshold == pytest.approx(expected.threshold, rel=1e-9)

@@ -213,11 +213,17 @@ class CalibrationConfig(Strict):
     # the plain estimate; see training/calibrate.py)
     confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.9
     validation_path: str | None = None  # labelled folder (MVTec test layout), required by f1_optimal
+    # quantile: 0 = the held-out split's scores set the threshold; K >= 2 = cross-fitting, K more models
+    # each trained (to the exported model's step) without one K-th of all normal items, which it
+    # then scores: every normal item gives one out-of-fold score (training.cross_fit)
+    folds: Annotated[int, Field(ge=0, le=20)] = 0
 
     @model_validator(mode="after")
     def _f1_needs_labels(self) -> "CalibrationConfig":
         if self.method == "f1_optimal" and not self.validation_path:
             raise ValueError("calibration.method 'f1_optimal' needs calibration.validation_path (a labelled folder)")
+        if self.folds == 1:
+            raise ValueError("calibration.folds: 0 (no cross-fitting) or at least 2")
         return self
 
 

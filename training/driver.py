@@ -90,6 +90,7 @@ class TrainResult:
     epochs: int
     seconds: float
     interrupted: bool = False
+    selected_step: int | None = None  # the step of the returned weights (checkpoint selection), or None: the last
 
     @property
     def generator(self) -> nn.Module:
@@ -210,4 +211,5 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
         module.cpu()
     family.model.eval()
     return TrainResult(family.model, family, at.step, offsets[at.phase] + epochs_for(at.phase_step, per_epoch[at.phase]),
-                       time.perf_counter() - started, interrupted=stopped)
+                       time.perf_counter() - started, interrupted=stopped,
+                       selected_step=None if stopped else selector.selected_step)

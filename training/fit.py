@@ -142,6 +142,22 @@ def train_family(config: TrainConfig, fitted: np.ndarray, held_out: np.ndarray, 
     return trained, trained.family.scoring(fitted).eval()
 
 
+def cross_fitted(config: TrainConfig, normal: np.ndarray, trained, run: RunFolder, progress: bool) -> np.ndarray | None:
+    """Out-of-fold scores of every normal item when calibration.folds asks for them (training.cross_fit)."""
+    if config.calibration.folds < 2 or config.calibration.method != "quantile":
+        return None
+    from .cross_fit import out_of_fold_scores
+
+    steps = trained.selected_step or trained.steps  # the exported weights' step: fold models stop there
+    return out_of_fold_scores(config, normal, steps, run, progress)
+
+
+def with_folds(calibration, config: TrainConfig):
+    folds = config.calibration.folds
+    return calibration.model_copy(update={"folds": folds}) if folds >= 2 and calibration.method == "quantile" \
+        else calibration
+
+
 def memory_description(scoring, item: str) -> str:
     nearest = getattr(scoring, "nearest_code", None)
     if nearest is None:
@@ -183,8 +199,11 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         validation = load_test(expand_data_path(config.calibration.validation_path), spec)
         v_out, v_owner = frame_outputs(scoring, validation.tensors, spec)
         validation = (per_frame_max(combine_score(v_out, score), v_owner), validation.labels)
+    out_of_fold = cross_fitted(config, normal.tensors, trained, run, progress)
+    normal_scores = normal_scores if out_of_fold is None else out_of_fold
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)), confidence=config.calibration.confidence)
+    calibration = with_folds(calibration, config)
     recall = synthetic_recall(scoring, normal.tensors[hold_idx][:config.selection.max_items], spec, score,
                               calibration.threshold, config.train.seed)
     calibration = calibration.model_copy(update={"synthetic_recall": recall})
@@ -222,8 +241,10 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
                                         "median on held-out normal windows"
                                         + memory_description(scoring, "window"))
-    calibration = calibrate(combine_score(outputs, score), config.calibration.target_false_alarm_rate,
-                            confidence=config.calibration.confidence)
+    out_of_fold = cross_fitted(config, normal, trained, run, progress)
+    normal_scores = combine_score(outputs, score) if out_of_fold is None else out_of_fold
+    calibration = with_folds(calibrate(normal_scores, config.calibration.target_false_alarm_rate,
+                                       confidence=config.calibration.confidence), config)
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run)
     model_path = run.model
     metrics = None

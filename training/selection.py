@@ -186,6 +186,12 @@ class CheckpointSelector:
                         "AUROC %.2f only (0.5 = chance): expect weak detection; consider more steps, another "
                         "input size or the other model family", self.top_value)
 
+    @property
+    def selected_step(self) -> int | None:
+        """The training step of the chosen weights (None: nothing evaluated, the last weights stay)."""
+        chosen = [e["step"] for e in self.history if e["epoch"] == self.best_epoch]
+        return int(chosen[-1]) if chosen and self.best_state is not None else None
+
     def state(self) -> dict:
         return {"history": self.history, "best_value": float(self.best_value), "best_epoch": self.best_epoch,
                 "best_state": self.best_state, "top_value": float(self.top_value), "top_error": self.top_error}
