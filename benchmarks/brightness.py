@@ -2,7 +2,7 @@
 
 Each normal test frame is scaled by the FACTORS (pixel values times the factor, clipped to 0-255:
 a lamp ageing, an aperture, a shift in ambient light) and scored at the calibrated threshold; a
-recipe robust to lighting keeps these rates near the one on the frames as they are (the issue's
+recipe robust to lighting keeps these rates near the one on the frames as they are (the project's
 goal: at most twice the 1% target).
 """
 

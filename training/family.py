@@ -1,4 +1,4 @@
-"""What a model family supplies to the training driver, and the registry of families by `model.family`.
+"""What a model family supplies to the training driver, and how a family is found by `model.family`.
 
 A family owns its models, its optimisers, one optimisation step per phase and what it draws at the
 end of an epoch; the driver (training.driver) owns everything around them: seeding, batches, the
