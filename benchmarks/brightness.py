@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 
-from training.data import list_images
+from inspector.image_files import list_images, read_image
 
 FACTORS = (0.7, 1.3)
 
@@ -26,7 +25,6 @@ def scaled(image: np.ndarray, factor: float) -> np.ndarray:
 def brightness_false_alarms(score_frames: Callable[[list[np.ndarray]], np.ndarray], root: Path,
                             threshold: float) -> dict[str, float]:
     """{"0.7": rate, "1.3": rate}: share of test/good frames at or above `threshold` after scaling."""
-    frames = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in list_images(root / "test" / "good")]
-    frames = [frame for frame in frames if frame is not None]
+    frames = [read_image(path) for path in list_images(root / "test" / "good")]  # what evaluation reads
     return {str(factor): float(np.mean(score_frames([scaled(f, factor) for f in frames]) >= threshold))
             for factor in FACTORS}

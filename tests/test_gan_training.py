@@ -19,13 +19,13 @@ from torch import nn
 from training.config import validate_train_config
 from training.data import load_train_good, split_holdout
 from training.diagnostics import CollapseMonitor, diversity_ratio, evenly_spaced
-from training.fit import fit
-from training.selection import SELECTION_LOG, CheckpointSelector, synthetic_defects
 from training.driver import train
 from training.family import clip_gradients
+from training.fit import fit
 from training.items import random_crops
 from training.models.losses import smoothing_floor
-from training.run_folder import CHECKPOINT, LOSSES
+from training.run_folder import CHECKPOINT, LOSSES, SELECTION_LOG
+from training.selection import CheckpointSelector, synthetic_defects
 
 from .conftest import tiny_config
 

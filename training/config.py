@@ -226,6 +226,11 @@ class CalibrationConfig(Strict):
             raise ValueError("calibration.folds: 0 (no cross-fitting) or at least 2")
         return self
 
+    @property
+    def cross_fitted(self) -> bool:
+        """Whether the threshold comes from out-of-fold scores (a quantile of normal scores only)."""
+        return self.folds >= 2 and self.method == "quantile"
+
 
 class ExportConfig(Strict):
     opset: Annotated[int, Field(ge=13, le=23)] = 17

@@ -84,8 +84,7 @@ class BatchStream:
 
 @dataclass
 class TrainResult:
-    model: nn.Module  # the family's trained model, selected weights, on the CPU in eval mode
-    family: Family
+    family: Family  # its model holds the selected weights, on the CPU in eval mode
     steps: int
     epochs: int
     seconds: float
@@ -93,8 +92,12 @@ class TrainResult:
     selected_step: int | None = None  # the step of the returned weights (checkpoint selection), or None: the last
 
     @property
+    def model(self) -> nn.Module:
+        return self.family.model
+
+    @property
     def generator(self) -> nn.Module:
-        return self.model
+        return self.family.model
 
 
 @dataclass
@@ -110,8 +113,7 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     inputs, or native frames for tiled models; or feature windows). `validation` (held-out normal items
     of the same kind) feeds checkpoint selection. `stop_after_steps` stops the run there on purpose,
     checkpointed for `resume`."""
-    run = run if isinstance(run, RunFolder) else RunFolder.create(run)
-    run.root.mkdir(parents=True, exist_ok=True)
+    run = RunFolder.create(run.root if isinstance(run, RunFolder) else run)
     if len(fitted) == 0:
         raise ValueError("no training items")
     if config.train.threads:
@@ -210,6 +212,6 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     for module in family.modules.values():
         module.cpu()
     family.model.eval()
-    return TrainResult(family.model, family, at.step, offsets[at.phase] + epochs_for(at.phase_step, per_epoch[at.phase]),
+    return TrainResult(family, at.step, offsets[at.phase] + epochs_for(at.phase_step, per_epoch[at.phase]),
                        time.perf_counter() - started, interrupted=stopped,
                        selected_step=None if stopped else selector.selected_step)

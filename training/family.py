@@ -51,7 +51,7 @@ class Family(ABC):
     loss_fields: list[str]
 
     def __init__(self, config: TrainConfig, items: Items, shape, device: torch.device):
-        self.config, self.items, self.device = config, items, device
+        self.config, self.items, self.shape, self.device = config, items, shape, device
 
     @property
     @abstractmethod

@@ -26,11 +26,11 @@ from inspector.scorer import Scorer, combine_score
 from .calibrate import calibrate
 from .config import TrainConfig, expand_data_path
 from .data import LoadedImages, load_test, load_train_good, mnist_one_class, split_holdout
+from .driver import train
 from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
 from .flops import count_flops
 from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max
-from .driver import train
 from .items import Items, items_of
 from .run_folder import RunFolder
 from .selection import synthetic_recall
@@ -142,20 +142,20 @@ def train_family(config: TrainConfig, fitted: np.ndarray, held_out: np.ndarray, 
     return trained, trained.family.scoring(fitted).eval()
 
 
-def cross_fitted(config: TrainConfig, normal: np.ndarray, trained, run: RunFolder, progress: bool) -> np.ndarray | None:
-    """Out-of-fold scores of every normal item when calibration.folds asks for them (training.cross_fit)."""
-    if config.calibration.folds < 2 or config.calibration.method != "quantile":
-        return None
+def normal_scores_for_threshold(config: TrainConfig, held_out_scores: np.ndarray, normal: np.ndarray, trained,
+                                run: RunFolder, progress: bool) -> np.ndarray:
+    """The held-out items' scores, or with calibration.folds the out-of-fold scores of every normal item."""
+    if not config.calibration.cross_fitted:
+        return held_out_scores
     from .cross_fit import out_of_fold_scores
 
     steps = trained.selected_step or trained.steps  # the exported weights' step: fold models stop there
     return out_of_fold_scores(config, normal, steps, run, progress)
 
 
-def with_folds(calibration, config: TrainConfig):
-    folds = config.calibration.folds
-    return calibration.model_copy(update={"folds": folds}) if folds >= 2 and calibration.method == "quantile" \
-        else calibration
+def calibration_folds(config: TrainConfig) -> dict:
+    """The card's record of cross-fitting (an update for its Calibration)."""
+    return {"folds": config.calibration.folds if config.calibration.cross_fitted else None}
 
 
 def memory_description(scoring, item: str) -> str:
@@ -199,14 +199,12 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         validation = load_test(expand_data_path(config.calibration.validation_path), spec)
         v_out, v_owner = frame_outputs(scoring, validation.tensors, spec)
         validation = (per_frame_max(combine_score(v_out, score), v_owner), validation.labels)
-    out_of_fold = cross_fitted(config, normal.tensors, trained, run, progress)
-    normal_scores = normal_scores if out_of_fold is None else out_of_fold
+    normal_scores = normal_scores_for_threshold(config, normal_scores, normal.tensors, trained, run, progress)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)), confidence=config.calibration.confidence)
-    calibration = with_folds(calibration, config)
     recall = synthetic_recall(scoring, normal.tensors[hold_idx][:config.selection.max_items], spec, score,
                               calibration.threshold, config.train.seed)
-    calibration = calibration.model_copy(update={"synthetic_recall": recall})
+    calibration = calibration.model_copy(update={"synthetic_recall": recall, **calibration_folds(config)})
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run)
     model_path = run.model
 
@@ -241,10 +239,10 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
                                         "median on held-out normal windows"
                                         + memory_description(scoring, "window"))
-    out_of_fold = cross_fitted(config, normal, trained, run, progress)
-    normal_scores = combine_score(outputs, score) if out_of_fold is None else out_of_fold
-    calibration = with_folds(calibrate(normal_scores, config.calibration.target_false_alarm_rate,
-                                       confidence=config.calibration.confidence), config)
+    normal_scores = normal_scores_for_threshold(config, combine_score(outputs, score), normal, trained, run, progress)
+    calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate,
+                            confidence=config.calibration.confidence)
+    calibration = calibration.model_copy(update=calibration_folds(config))
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run)
     model_path = run.model
     metrics = None

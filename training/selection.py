@@ -34,7 +34,6 @@ from inspector.scorer import combine_score
 
 from .config import SelectionConfig
 from .diagnostics import evenly_spaced
-from .run_folder import SELECTION_LOG  # noqa: F401  (the file this module writes)
 from .frame_scores import component_scales, frame_outputs, per_frame_max
 from .torch_scoring import modes_kept
 

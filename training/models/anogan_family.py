@@ -52,7 +52,6 @@ class AnoGANFamily(Family):
 
     def __init__(self, config, items, shape, device):
         super().__init__(config, items, shape, device)
-        self.shape = shape
         self.model_, self.critic = build_anogan(shape, config.model.base_width, config.model.latent_dim,
                                                 config.stability.spectral_norm)
         self.model_.to(device)

@@ -57,7 +57,6 @@ class GeneratorFamily(Family):
 
     def __init__(self, config, items, shape, device):
         super().__init__(config, items, shape, device)
-        self.shape = shape
         self.generator = build_generator(shape, config.model.base_width, config.model.latent_dim).to(device)
 
     @property
