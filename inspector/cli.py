@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import __version__, init, publish
+from .review import commands as review_commands
 from .errors import ConfigError, InspectorError
 
 COMMAND_GROUP = "qinspector.commands"
@@ -35,6 +36,7 @@ typical use:
   inspector init runs/bdp01/model.onnx --camera 0 --out line.yaml   a daemon config for a camera, checked
   inspector run -c configs/line1.yaml                           the streaming daemon (metrics on :9108)
   inspector publish redis://127.0.0.1:6379/0 flows --table flows.csv    rows into a stream for redis_stream sources
+  inspector reviews export journal/reviews.sqlite3 --format csv   the review page's labels
 """
 
 
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run)
     publish.add_parser(sub)
     sub.choices["publish"].set_defaults(handler=publish.run)
+    review_commands.add_parser(sub)
     init.add_parser(sub)
     sub.choices["init"].set_defaults(handler=init.run)
     p = sub.add_parser("card", help="print a model's card (JSON)")

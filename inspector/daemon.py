@@ -82,11 +82,15 @@ class Daemon:
         sinks = [JournalSink(config.journal.path, config.journal.max_bytes, config.journal.backups,
                              config.journal.fsync, model=self.model,
                              on_error=self._sink_error)]
+        review_sink = self._review_sink(config)
         if config.evidence.dir is not None:
             sinks.append(EvidenceSink(config.evidence.dir, config.evidence.max_files, config.evidence.max_bytes,
                                       self.model, on_error=self._sink_error,
                                       on_written=lambda source: self.metrics.evidence.labels(source).inc(),
-                                      reserve_bytes=config.evidence.reserve_bytes))
+                                      reserve_bytes=config.evidence.reserve_bytes,
+                                      also=review_sink.sampling.wants if review_sink else None))
+        if review_sink is not None:
+            sinks.append(review_sink)  # after the evidence sink: it stores the picture's name
         sinks.append(self.metrics)
         self.outputs = self._line_outputs(config)
         sinks.extend(self.outputs)
@@ -109,6 +113,7 @@ class Daemon:
         except OSError as exc:
             raise ConfigError(f"field 'metrics': cannot listen on {config.metrics.host}:{config.metrics.port} "
                               f"({exc.strerror or exc})") from None
+        self.review_server = self._review_server(config, review_sink) if review_sink is not None else None
         self._stop = threading.Event()
         self._signals = 0
         self.reloader = ModelReloader(config.model.path, self.model, self._load_scorer,
@@ -148,6 +153,42 @@ class Daemon:
             self.metrics.register_output(output.name)
             self.model.subscribe(lambda scorer, output=output: output.model_changed())
         return outputs
+
+    def _review_sink(self, config: DaemonConfig):
+        """The sink that offers anomalies (and a sample of near misses) to the review page, or None."""
+        if config.review is None:
+            return None
+        from .review.sink import ReviewSampling, ReviewSink
+        from .review.store import ReviewStore, ReviewStoreError
+
+        try:
+            store = ReviewStore(config.review.database)
+        except ReviewStoreError as exc:
+            raise ConfigError(f"field 'review.database': {exc}") from None
+        sampling = ReviewSampling(config.review.near_threshold, config.review.sample_every)
+        return ReviewSink(store, sampling, self.model, on_error=self._sink_error)
+
+    def _review_server(self, config: DaemonConfig, sink):
+        from .review.app import ReviewPage
+        from .review.metrics import ReviewMetrics
+        from .review.server import ReviewServer
+
+        settings = config.review
+        review_metrics = ReviewMetrics(self.metrics.registry, sink.store)
+        for source in config.sources:
+            review_metrics.register_source(source.name)
+        try:
+            page = ReviewPage(sink.store, config.evidence.dir, settings.page_size, settings.users_file,
+                              settings.session_hours, tls=settings.tls is not None, on_review=review_metrics.reviewed)
+        except ValueError as exc:  # a malformed users file
+            raise ConfigError(f"field 'review.users_file': {exc}") from None
+        tls = settings.tls
+        try:
+            return ReviewServer(page.app(), settings.host, settings.port, tls.cert_file if tls else None,
+                                tls.key_file if tls else None)
+        except OSError as exc:
+            raise ConfigError(f"field 'review': cannot listen on {settings.host}:{settings.port} "
+                              f"({exc.strerror or exc})") from None
 
     def _source_state(self, name: str, up: bool) -> None:
         self.metrics.source_up.labels(name).set(1 if up else 0)
@@ -225,6 +266,9 @@ class Daemon:
         scorer = self.model.scorer
         log.info("model %s %s (threshold %.4g); metrics on http://%s:%d/metrics", scorer.card.name,
                  scorer.card.version, scorer.threshold, host, port)
+        if self.review_server is not None:
+            self.review_server.start()
+            log.info("review page on %s", self.review_server.url)
         for output in self.outputs:
             output.start()
         for source in self.sources:
@@ -263,5 +307,7 @@ class Daemon:
             self._status_line(started, last)
             self.metrics.up.set(0)
             self.server.stop()
+            if self.review_server is not None:
+                self.review_server.stop()
         log.info("stopped after %d items", self.pipeline.items_done)
         return 0

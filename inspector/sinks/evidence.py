@@ -1,4 +1,5 @@
-"""Evidence images: for every anomaly, the frame and its heatmap overlay side by side (PNG).
+"""Evidence images: for every anomaly (and every item the review page samples), the frame and its
+heatmap overlay side by side (PNG).
 
 Written atomically (temp file + rename) under the evidence folder; file names are built from
 sanitised source names and sequence numbers only, so nothing can escape the folder. Retention keeps
@@ -48,8 +49,9 @@ def safe_component(text: str, limit: int = 64) -> str:
 class EvidenceSink:
     def __init__(self, folder: Path, max_files: int, max_bytes: int, model: ActiveModel,
                  on_error: Callable[[str], None] | None = None, on_written: Callable[[str], None] | None = None,
-                 reserve_bytes: int = 0):
+                 reserve_bytes: int = 0, also: Callable[[Item, ScoreResult], bool] | None = None):
         self.folder = Path(folder)
+        self._also = also or (lambda item, result: False)  # normal items that get a picture too (review samples)
         self.reserve_bytes = reserve_bytes
         self.max_files = max_files
         self.max_bytes = max_bytes
@@ -93,7 +95,7 @@ class EvidenceSink:
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
         scorer = self._model.scorer
         for item, result in zip(items, results):
-            if result.rejected or result.verdict != ANOMALY or item.image is None:
+            if result.rejected or item.image is None or not (result.verdict == ANOMALY or self._also(item, result)):
                 continue
             if result.heatmap is None:
                 continue
