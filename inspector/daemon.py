@@ -88,7 +88,8 @@ class Daemon:
                                       self.model, on_error=self._sink_error,
                                       on_written=lambda source: self.metrics.evidence.labels(source).inc(),
                                       reserve_bytes=config.evidence.reserve_bytes,
-                                      also=review_sink.sampling.wants if review_sink else None))
+                                      also=review_sink.sampling.wants if review_sink else None,
+                                      frames=review_sink is not None))
         if review_sink is not None:
             sinks.append(review_sink)  # after the evidence sink: it stores the picture's name
         sinks.append(self.metrics)
@@ -163,6 +164,7 @@ class Daemon:
 
         try:
             store = ReviewStore(config.review.database)
+            store.set_evidence_dir(config.evidence.dir)
         except ReviewStoreError as exc:
             raise ConfigError(f"field 'review.database': {exc}") from None
         sampling = ReviewSampling(config.review.near_threshold, config.review.sample_every)

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from inspector.review.store import ReviewStore
 from tests.daemon_helpers import DaemonProcess, free_port, metric
 from training.flat_parts import flat_part, train_flat_model
 
@@ -85,6 +86,12 @@ def test_an_operator_reviews_new_anomalies_with_the_keyboard_and_the_labels_outl
         assert metric(samples, "inspector_review_precision", source="inbox") == pytest.approx(0.5)
         assert errors == []  # no script errors, no CSP violations, no failed requests
         assert daemon.terminate() == 0
+    store = ReviewStore(tmp_path / "journal" / "reviews.sqlite3")
+    assert store.evidence_dir() == daemon.evidence.resolve()
+    for offered in store.items():  # each keeps its frame as captured, for retraining
+        frame = cv2.imread(str(daemon.evidence / offered["frame"]))
+        assert frame.shape == (48, 64, 3) and offered["frame"] == offered["evidence"].replace(".png", ".frame.png")
+    store.close()
 
     with review_daemon(tmp_path, model, port) as restarted:
         page.reload()  # (the page's polls failed while no daemon ran: expected, and not counted)

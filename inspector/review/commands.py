@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import InspectorError
 
 EXPORT_FIELDS = ("review_id", "reviewed_at", "reviewer", "label", "note", "item_id", "run", "source", "seq", "origin",
-                 "captured_at", "model_version", "score", "normalised", "threshold", "verdict", "evidence")
+                 "captured_at", "model_version", "score", "normalised", "threshold", "verdict", "evidence", "frame")
 
 
 def add_parser(sub) -> None:

@@ -49,7 +49,7 @@ class ReviewSink:
         scorer = self._model.scorer
         version = scorer.card.version
         offered = [NewItem(self.run, item.source, item.seq, item.origin, item.captured_at, version, result.raw,
-                           result.normalised, scorer.threshold, result.verdict, item.evidence)
+                           result.normalised, scorer.threshold, result.verdict, item.evidence, item.frame)
                    for item, result in zip(items, results) if not result.rejected and self.sampling.wants(item, result)]
         if not offered:
             return

@@ -10,6 +10,7 @@ Two tables:
            version, scores) plus its evidence file name. `label` is the latest review's label, kept
            beside the item so that filtering by review state uses an index.
   reviews  append-only (triggers refuse UPDATE and DELETE): item, label, note, reviewer, time.
+  settings where the evidence folder is (pictures and captured frames are files there).
 
 The schema version is SQLite's `user_version`; opening a file migrates it forward in one
 transaction, and a file written by a newer inspector is refused rather than misread.
@@ -44,6 +45,7 @@ MIGRATIONS: tuple[str, ...] = (
         threshold REAL NOT NULL,
         verdict TEXT NOT NULL CHECK (verdict IN ('anomaly', 'normal')),
         evidence TEXT,
+        frame TEXT,
         label TEXT CHECK (label IN ('defect', 'false_alarm', 'unsure')),
         UNIQUE (run, source, seq)
     );
@@ -59,6 +61,7 @@ MIGRATIONS: tuple[str, ...] = (
         reviewed_at REAL NOT NULL
     );
     CREATE INDEX reviews_by_item ON reviews (item_id, id);
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TRIGGER reviews_are_not_updated BEFORE UPDATE ON reviews
         BEGIN SELECT RAISE(ABORT, 'reviews are append-only'); END;
     CREATE TRIGGER reviews_are_not_deleted BEFORE DELETE ON reviews
@@ -67,7 +70,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 ITEM_COLUMNS = ("id", "run", "source", "seq", "origin", "captured_at", "model_version", "score", "normalised",
-                "threshold", "verdict", "evidence", "label")
+                "threshold", "verdict", "evidence", "frame", "label")
 
 
 class ReviewStoreError(Exception):
@@ -87,6 +90,7 @@ class NewItem:
     threshold: float
     verdict: str
     evidence: str | None
+    frame: str | None = None  # the captured frame's file in the evidence folder
 
 
 @dataclass(frozen=True)
@@ -189,9 +193,25 @@ class ReviewStore:
             connection.execute("BEGIN")
             connection.executemany(
                 "INSERT OR IGNORE INTO items (run, source, seq, origin, captured_at, model_version, score, normalised, "
-                "threshold, verdict, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "threshold, verdict, evidence, frame) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(i.run, i.source, i.seq, i.origin, i.captured_at, i.model_version, i.score, i.normalised,
-                  i.threshold, i.verdict, i.evidence) for i in items])
+                  i.threshold, i.verdict, i.evidence, i.frame) for i in items])
+
+    def set_evidence_dir(self, folder: Path | None) -> None:
+        """Where the items' pictures and frames are (the daemon records it; retraining reads it)."""
+        try:
+            connection = self._connection()
+            if folder is None:
+                connection.execute("DELETE FROM settings WHERE key = 'evidence_dir'")
+            else:
+                connection.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('evidence_dir', ?)",
+                                   (str(Path(folder).resolve()),))
+        except sqlite3.Error as exc:
+            raise ReviewStoreError(f"{self.path}: cannot write the review database ({exc})") from None
+
+    def evidence_dir(self) -> Path | None:
+        row = self._connection().execute("SELECT value FROM settings WHERE key = 'evidence_dir'").fetchone()
+        return Path(row[0]) if row is not None else None
 
     def add_review(self, item_id: int, label: str, reviewer: str, note: str = "", at: float | None = None) -> dict:
         """Append a review and make it the item's current label; returns the updated item."""
@@ -270,7 +290,7 @@ class ReviewStore:
         rows = self._connection().execute(
             "SELECT r.id AS review_id, r.reviewed_at, r.reviewer, r.label, r.note, i.id AS item_id, i.run, i.source, "
             "i.seq, i.origin, i.captured_at, i.model_version, i.score, i.normalised, i.threshold, i.verdict, "
-            "i.evidence FROM reviews r JOIN items i ON i.id = r.item_id ORDER BY r.id")
+            "i.evidence, i.frame FROM reviews r JOIN items i ON i.id = r.item_id ORDER BY r.id")
         for row in rows:
             yield dict(row)
 

@@ -1,5 +1,6 @@
 """Evidence images: for every anomaly (and every item the review page samples), the frame and its
-heatmap overlay side by side (PNG).
+heatmap overlay side by side (PNG); with `frames`, also the frame as captured (lossless PNG), which
+retraining from the operator's reviews learns from.
 
 Written atomically (temp file + rename) under the evidence folder; file names are built from
 sanitised source names and sequence numbers only, so nothing can escape the folder. Retention keeps
@@ -28,6 +29,7 @@ from ..sources.base import Item
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+FRAME_SUFFIX = ".frame.png"  # beside an evidence picture: its frame as captured (review items only)
 
 
 def caption(item: Item, result: ScoreResult, scorer) -> list[str]:
@@ -49,8 +51,10 @@ def safe_component(text: str, limit: int = 64) -> str:
 class EvidenceSink:
     def __init__(self, folder: Path, max_files: int, max_bytes: int, model: ActiveModel,
                  on_error: Callable[[str], None] | None = None, on_written: Callable[[str], None] | None = None,
-                 reserve_bytes: int = 0, also: Callable[[Item, ScoreResult], bool] | None = None):
+                 reserve_bytes: int = 0, also: Callable[[Item, ScoreResult], bool] | None = None,
+                 frames: bool = False):
         self.folder = Path(folder)
+        self.frames = frames
         self._also = also or (lambda item, result: False)  # normal items that get a picture too (review samples)
         self.reserve_bytes = reserve_bytes
         self.max_files = max_files
@@ -92,6 +96,27 @@ class EvidenceSink:
             except FileNotFoundError:
                 pass
 
+    def _write_png(self, path: Path, image) -> int:
+        """Encode and write one PNG atomically (temp file + rename); its size. Raises OSError."""
+        ok, encoded = cv2.imencode(".png", image)
+        if not ok:
+            raise OSError("PNG encoding failed")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.folder).free
+        if free - len(encoded) < self.reserve_bytes:
+            raise OSError(f"{free:,} bytes free, evidence.reserve_bytes keeps {self.reserve_bytes:,} for the journal")
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(encoded.tobytes())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk must not leave half-written files behind
+            raise
+        self._files.append((path, len(encoded)))
+        self._bytes += len(encoded)
+        return len(encoded)
+
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
         scorer = self._model.scorer
         for item, result in zip(items, results):
@@ -99,37 +124,26 @@ class EvidenceSink:
                 continue
             if result.heatmap is None:
                 continue
-            tmp = None
             try:
                 picture = evidence_picture(item.image, result.heatmap, heatmap_reference(scorer.card, scorer.threshold),
                                            reference_label(scorer.card), caption(item, result, scorer))
-                ok, encoded = cv2.imencode(".png", picture)
-                if not ok:
-                    raise OSError("PNG encoding failed")
                 path = self.path_for(item)
-                self.folder.mkdir(parents=True, exist_ok=True)
-                free = shutil.disk_usage(self.folder).free
-                if free - len(encoded) < self.reserve_bytes:
-                    raise OSError(f"{free:,} bytes free, evidence.reserve_bytes keeps {self.reserve_bytes:,} for the journal")
-                tmp = path.with_name(path.name + ".tmp")
-                with open(tmp, "wb") as handle:
-                    handle.write(encoded.tobytes())
-                os.replace(tmp, path)
+                self._write_png(path, picture)
+                item.evidence = path.name
+                if self.frames:  # the frame as captured, lossless: what retraining learns from
+                    frame = path.with_name(path.stem + FRAME_SUFFIX)
+                    self._write_png(frame, item.image)
+                    item.frame = frame.name
             except OSError as exc:
-                if tmp is not None:
-                    tmp.unlink(missing_ok=True)  # a full disk must not leave half-written files behind
                 if not self._failing:
                     log.error("evidence %s: cannot write (%s); scoring continues", self.folder, exc.strerror or exc)
                 self._failing = True
                 self._on_error("evidence")
+                self._enforce()
                 continue
             if self._failing:
                 log.info("evidence %s: writing again", self.folder)
                 self._failing = False
-            item.evidence = path.name
-            size = len(encoded)
-            self._files.append((path, size))
-            self._bytes += size
             self._on_written(item.source)
             self._enforce()
 

@@ -29,6 +29,7 @@ class Item:
     features: np.ndarray | None = field(default=None, repr=False)  # a window of encoded traffic rows
     rejection: tuple[str, str] | None = None  # (reason, message)
     evidence: str | None = None  # the evidence file's name, once the evidence sink has written it
+    frame: str | None = None  # the captured frame's file beside it (kept for review items)
     entry_id: str | None = None  # a stream entry's id (redis_stream sources): journaled, so duplicates show
     journaled: bool = False  # set by the journal once the item's line is written (a full disk leaves it False)
     enqueued: float = field(default_factory=time.perf_counter)
