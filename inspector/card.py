@@ -22,7 +22,7 @@ from .strict import FrozenStrict
 
 CARD_KEY = "qinspector.card"
 MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
-CARD_FORMAT_VERSION = 4  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; older cards still load
+CARD_FORMAT_VERSION = 5  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; older cards still load
 
 
 class ImageInput(FrozenStrict):
@@ -175,8 +175,19 @@ class ExportInfo(FrozenStrict):
     flops_per_item: int | None = None
 
 
+class Lineage(FrozenStrict):
+    """Where a model that was not trained from scratch comes from: its parent, and what changed."""
+
+    parent: str  # the parent model's version
+    change: Literal["recalibrated", "retrained"]
+    created: str
+    new_good_images: Annotated[int, Field(ge=0)] = 0  # newly photographed good parts it used
+    reviews_database: str | None = None
+    false_alarm_reviews: list[int] = Field(default_factory=list)  # review items learned from as normal
+
+
 class ModelCard(FrozenStrict):
-    format_version: Literal[1, 2, 3, 4] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4, 5] = CARD_FORMAT_VERSION
     name: str
     # the training family that made the graph (training.models.registry); the runtime only shows it
     family: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
@@ -187,6 +198,7 @@ class ModelCard(FrozenStrict):
     training: Provenance
     export: ExportInfo | None = None
     evaluation: dict[str, Any] | None = None
+    lineage: Lineage | None = None  # recalibrated or retrained from a parent model
 
     def to_json(self) -> str:
         return self.model_dump_json()

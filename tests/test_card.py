@@ -64,7 +64,8 @@ def test_format_1_and_2_cards_from_earlier_releases_still_load(tiny_piped_run, t
     card = Scorer(tmp_path / "two.onnx").card
     assert card.format_version == 2 and card.calibration.synthetic_recall is None
     new = tiny_piped_run.card
-    assert new.format_version == 4 and new.calibration.confidence == 0.9 and new.calibration.folds is None
+    assert new.format_version == 5 and new.calibration.confidence == 0.9 and new.calibration.folds is None
+    assert new.lineage is None  # trained from scratch
     assert 0 <= new.calibration.synthetic_recall <= 1
 
 

@@ -1,4 +1,4 @@
-"""The `inspector` subcommands this package brings: train, evaluate, demo.
+"""The `inspector` subcommands this package brings: train, evaluate, demo, recalibrate, retrain.
 
 Registered through the `qinspector.commands` entry point (pyproject.toml), so the runtime's command
 line lists them without importing training code; this module imports argparse only, and each
@@ -15,6 +15,8 @@ def register(sub) -> None:
     _add_train(sub)
     _add_evaluate(sub)
     _add_demo(sub)
+    _add_recalibrate(sub)
+    _add_retrain(sub)
 
 
 def _add_train(sub) -> None:
@@ -63,3 +65,35 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--steps", type=int, default=300, help="training steps (about a minute on 2 cores)")
     p.set_defaults(handler="training.cli:demo")
+
+
+def _add_recalibrate(sub) -> None:
+    p = sub.add_parser("recalibrate", help="a new threshold from new photos of good parts (no retraining)",
+                       description="Score newly photographed good parts with the model and set its threshold on them "
+                       "with the training rule (at most the card's target false-alarm rate, at its confidence). Writes "
+                       "a candidate .onnx (the same graph, a new card naming its parent) beside the model; "
+                       "`inspector promote` puts it in place.")
+    p.add_argument("model", type=Path, help="a model.onnx, or a run folder holding one")
+    p.add_argument("--good", type=Path, action="append", required=True, metavar="DIR",
+                   help="a folder of new good-part photos (repeatable); 40 or more recommended")
+    p.add_argument("--out", type=Path, help="the candidate's path (default: candidate.onnx beside the model)")
+    p.add_argument("--target-false-alarm-rate", type=float, help="default: the card's")
+    p.set_defaults(handler="training.feedback_cli:recalibrate")
+
+
+def _add_retrain(sub) -> None:
+    p = sub.add_parser("retrain", help="fine-tune a run on the frames operators marked false alarm, recalibrate, export a candidate",
+                       description="Start from the run's trained weights, add the frames reviewed as false alarm on "
+                       "the review page (and any --good photos) to its normal training images, fine-tune within "
+                       "a time budget, recalibrate on held-out normal images and export a candidate whose card "
+                       "names its parent and the reviews it learned from. Then shadow-test it (shadow: in the "
+                       "daemon config, `inspector shadow report`) and `inspector promote` it.")
+    p.add_argument("run", type=Path, help="the run folder of the active model (config.json, checkpoint.pt)")
+    p.add_argument("--reviews", type=Path, required=True, help="the review database (journal/reviews.sqlite3)")
+    p.add_argument("--good", type=Path, action="append", default=[], metavar="DIR",
+                   help="also learn these new good-part photos (repeatable)")
+    p.add_argument("--out", type=Path, help="the candidate's run folder (default: <run>/retrained-<time>)")
+    p.add_argument("--budget-s", type=float, default=180.0,
+                   help="seconds of fine-tuning (default 180; calibration and export come on top)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler="training.feedback_cli:retrain")

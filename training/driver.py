@@ -108,11 +108,15 @@ class _Position:
 
 
 def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, validation: np.ndarray | None = None,
-          resume: bool = False, progress: bool = True, stop_after_steps: int | None = None) -> TrainResult:
+          resume: bool = False, progress: bool = True, stop_after_steps: int | None = None,
+          warm_start: dict[str, dict] | None = None, time_budget_s: float | None = None) -> TrainResult:
     """Train the configured family on normal items in model space ((C, H, W) float32 frames: model
     inputs, or native frames for tiled models; or feature windows). `validation` (held-out normal items
     of the same kind) feeds checkpoint selection. `stop_after_steps` stops the run there on purpose,
-    checkpointed for `resume`."""
+    checkpointed for `resume`. `warm_start`: module weights to start from instead of random ones
+    ({module name: state dict}, e.g. a parent run's selected weights: fine-tuning); optimisers start fresh.
+    `time_budget_s` ends the last phase when that many seconds have passed (a fine-tune's budget): the
+    weights then are evaluated once more by checkpoint selection, and the run counts as complete."""
     run = RunFolder.create(run.root if isinstance(run, RunFolder) else run)
     if len(fitted) == 0:
         raise ValueError("no training items")
@@ -133,6 +137,11 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     selector = CheckpointSelector(config.selection, dict(config.score.weights), items.spec, config.train.seed,
                                   validation, family.selected_modules, lambda: family.scoring(fitted), epochs[-1])
     at, elapsed, saved = _Position(), 0.0, None
+    if warm_start is not None and not (resume and run.checkpoint.exists()):
+        for name, module in family.modules.items():
+            if name not in warm_start:
+                raise ValueError(f"warm start: no weights for the {config.model.family} module {name!r}")
+            module.load_state_dict(warm_start[name])
     if resume and run.checkpoint.exists():
         saved = torch.load(run.checkpoint, weights_only=True, map_location=device)
         for name, module in family.modules.items():
@@ -174,7 +183,8 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
             selector.evaluate(epoch, at.step)
 
     bar = progress_bar(sum(p.steps for p in phases), at.step, config.model.family, per_epoch[at.phase], progress)
-    stopped = False
+    stopped = out_of_time = False
+    budget_end = started + time_budget_s if time_budget_s is not None else None
     for phase_index in range(at.phase, len(phases)):
         phase, spe = phases[phase_index], per_epoch[phase_index]
         if phase_index != at.phase:
@@ -187,6 +197,9 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
         while at.phase_step < phase.steps:
             if stop_after_steps is not None and at.step >= stop_after_steps:
                 stopped = True
+                break
+            if budget_end is not None and phase_index == len(phases) - 1 and time.perf_counter() >= budget_end:
+                out_of_time = True
                 break
             logged = family.step(phase, stream.next, sampler, optimizers)
             at.phase_step += 1
@@ -203,6 +216,13 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
             losses.flush(phase.name, offsets[phase_index] + epochs_for(at.phase_step, spe), at.step,
                          seconds=time.perf_counter() - started)
             break
+        if out_of_time:
+            log.info("time budget of %.0f s reached after %d steps", time_budget_s, at.step)
+            epoch = epochs_for(at.phase_step, spe)
+            if at.phase_step % spe:  # a partial epoch: its losses, and selection sees the last weights
+                losses.flush(phase.name, offsets[phase_index] + epoch, at.step, seconds=time.perf_counter() - started)
+            if selector.active and not any(e["step"] == at.step for e in selector.history):
+                selector.evaluate(epoch, at.step)
         family.end_phase(phase, run)
     bar.close()
     save()

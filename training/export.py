@@ -64,11 +64,12 @@ def save_atomic(model: onnx.ModelProto, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def replace_card(path: Path, card: ModelCard) -> None:
-    """Rewrite the card of an existing .onnx file (e.g. to record evaluation metrics), atomically."""
+def replace_card(path: Path, card: ModelCard, out: Path | None = None) -> None:
+    """Rewrite the card of an existing .onnx file (e.g. to record evaluation metrics), atomically; with
+    `out`, write the graph with the new card there and leave `path` as it is."""
     model = onnx.load(str(path))
     write_card(model, card)
-    save_atomic(model, path)
+    save_atomic(model, out or path)
 
 
 def export_with_parity(module: nn.Module, card: ModelCard, parity_images: np.ndarray, path: Path,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import inspector
-from inspector.card import ModelCard, Provenance, ScoreDefinition
+from inspector.card import Lineage, ModelCard, Provenance, ScoreDefinition
 from inspector.errors import ConfigError, InspectorError
 from inspector.scorer import Scorer, combine_score
 
@@ -92,11 +92,16 @@ def check_normal_count(n: int, config: TrainConfig) -> None:
                     RECOMMENDED_NORMAL_IMAGES - n)
 
 
+def model_version(base: str, created: datetime) -> str:
+    """`base` (the config's version) + creation time + a random suffix: unique even within a second."""
+    return f"{base.split('+')[0]}+{created:%Y%m%dT%H%M%SZ}.{uuid.uuid4().hex[:6]}"
+
+
 def _card(config: TrainConfig, spec, score: ScoreDefinition, calibration, trained) -> ModelCard:
     created = datetime.now(timezone.utc)
     return ModelCard(
         name=config.name, family=config.model.family,
-        version=f"{config.version}+{created:%Y%m%dT%H%M%SZ}.{uuid.uuid4().hex[:6]}",  # unique even within a second
+        version=model_version(config.version, created),
         input=spec, score=score, calibration=calibration,
         training=Provenance(data=str(config.data.resolved_path), steps=trained.steps, epochs=trained.epochs,
                             seed=config.train.seed, created=created.isoformat(timespec="seconds"),
@@ -134,10 +139,12 @@ def check_memory_size(config: TrainConfig, items: Items, fitted: np.ndarray) -> 
 
 
 def train_family(config: TrainConfig, fitted: np.ndarray, held_out: np.ndarray, run: RunFolder, resume: bool,
-                 progress: bool):
-    """Train the configured model family; returns the training result and its exportable scoring module."""
+                 progress: bool, warm_start: dict | None = None, time_budget_s: float | None = None):
+    """Train the configured model family (from `warm_start` weights when given); returns the training
+    result and its exportable scoring module."""
     check_memory_size(config, items_of(config), fitted)
-    trained = train(config, fitted, run, validation=held_out, resume=resume, progress=progress)
+    trained = train(config, fitted, run, validation=held_out, resume=resume, progress=progress, warm_start=warm_start,
+                    time_budget_s=time_budget_s)
     # the memory holds codes of the fitted items only: held-out distances stay those of unseen normals
     return trained, trained.family.scoring(fitted).eval()
 
@@ -169,22 +176,12 @@ def memory_description(scoring, item: str) -> str:
     return text
 
 
-def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
-        evaluate_test: bool = True) -> FitResult:
-    if config.data.kind == "table":
-        return fit_tabular(config, run_dir, resume=resume, progress=progress, evaluate_test=evaluate_test)
-    run = _prepare_run(config, run_dir)
+def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, held_out_frames: np.ndarray,
+                         all_normal: np.ndarray, progress: bool, lineage: Lineage | None = None) -> ModelCard:
+    """After training on images: component scales and threshold from the held-out normal frames (or
+    cross-fitted over `all_normal`), the synthetic self-check, then model.onnx with its card."""
     spec = config.input.to_spec()
-    normal, test_items = load_training_data(config, with_test=evaluate_test)
-    check_normal_count(len(normal), config)
-    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
-    log.info("training on %d normal images, %d held out for calibration and checkpoint selection", len(fit_idx),
-             len(hold_idx))
-
-    started = time.perf_counter()
-    trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run, resume, progress)
-
-    held_out, owner = model_inputs(normal.tensors[hold_idx], spec)
+    held_out, owner = model_inputs(held_out_frames, spec)
     outputs = run_scoring(scoring, held_out, keep_maps=False)
     score = ScoreDefinition(weights=dict(config.score.weights),
                             scales=component_scales(outputs, list(config.score.weights)),
@@ -199,13 +196,32 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         validation = load_test(expand_data_path(config.calibration.validation_path), spec)
         v_out, v_owner = frame_outputs(scoring, validation.tensors, spec)
         validation = (per_frame_max(combine_score(v_out, score), v_owner), validation.labels)
-    normal_scores = normal_scores_for_threshold(config, normal_scores, normal.tensors, trained, run, progress)
+    normal_scores = normal_scores_for_threshold(config, normal_scores, all_normal, trained, run, progress)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)), confidence=config.calibration.confidence)
-    recall = synthetic_recall(scoring, normal.tensors[hold_idx][:config.selection.max_items], spec, score,
+    recall = synthetic_recall(scoring, held_out_frames[:config.selection.max_items], spec, score,
                               calibration.threshold, config.train.seed)
     calibration = calibration.model_copy(update={"synthetic_recall": recall, **calibration_folds(config)})
-    card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run)
+    card = _card(config, spec, score, calibration, trained)
+    if lineage is not None:
+        card = card.with_updates(lineage=lineage)
+    return _export(config, scoring, card, held_out, run)
+
+
+def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
+        evaluate_test: bool = True) -> FitResult:
+    if config.data.kind == "table":
+        return fit_tabular(config, run_dir, resume=resume, progress=progress, evaluate_test=evaluate_test)
+    run = _prepare_run(config, run_dir)
+    normal, test_items = load_training_data(config, with_test=evaluate_test)
+    check_normal_count(len(normal), config)
+    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
+    log.info("training on %d normal images, %d held out for calibration and checkpoint selection", len(fit_idx),
+             len(hold_idx))
+
+    started = time.perf_counter()
+    trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run, resume, progress)
+    card = calibrate_and_export(config, run, trained, scoring, normal.tensors[hold_idx], normal.tensors, progress)
     model_path = run.model
 
     metrics = None

@@ -1,0 +1,158 @@
+"""The operator's loop after the review page: recalibrate on new good photos, retrain on reviewed false
+alarms, and the lineage each candidate carries. Flat parts whose lighting drifted are the new normal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from inspector.card import ImageInput
+from inspector.errors import InspectorError
+from inspector.review.store import NewItem, ReviewStore
+from inspector.scorer import Scorer
+from training.flat_parts import flat_part, train_flat_model
+
+pytestmark = pytest.mark.slow
+
+
+def drifted_part(rng: np.random.Generator, defect: bool = False) -> np.ndarray:
+    """A flat part under a brighter lamp: normal, but brighter than any training image."""
+    part = flat_part(rng, defect).astype(np.int16)
+    lit = part + 70
+    if defect:
+        lit[part < 40] = part[part < 40]  # the black patch stays black
+    return np.clip(lit, 0, 255).astype(np.uint8)
+
+
+def write_parts(folder, count: int, seed: int, make=drifted_part, **kwargs) -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        path = folder / f"part_{index:03d}.png"
+        cv2.imwrite(str(path), make(rng, **kwargs))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """A trained flat-part run (model.onnx, config.json, checkpoint.pt)."""
+    return train_flat_model(tmp_path_factory.mktemp("parent")).parent
+
+
+def normalised(model, paths) -> np.ndarray:
+    return np.array([r.normalised for r in Scorer(model).score_files(paths, heatmaps=False)])
+
+
+def test_recalibration_sets_the_threshold_on_new_good_photos_and_keeps_the_graph(parent, tmp_path):
+    good = write_parts(tmp_path / "good", 40, seed=11)
+    fresh = write_parts(tmp_path / "fresh", 30, seed=12)
+    assert (normalised(parent / "model.onnx", fresh) >= 1).mean() > 0.5  # the drift: most good parts alarm
+    result = subprocess.run([sys.executable, "-m", "inspector.cli", "recalibrate", str(parent), "--good",
+                             str(tmp_path / "good")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    candidate = parent / "candidate.onnx"
+    assert f"candidate: {candidate}" in result.stdout and "good photos" in result.stdout
+    old, new = Scorer(parent / "model.onnx"), Scorer(candidate)
+    assert new.card.lineage.parent == old.card.version and new.card.lineage.change == "recalibrated"
+    assert new.card.lineage.new_good_images == 40 and new.card.version != old.card.version
+    assert new.card.calibration.n_samples == 40 and new.threshold > old.threshold
+    raw_old = [r.raw for r in old.score_files(fresh, heatmaps=False)]
+    raw_new = [r.raw for r in new.score_files(fresh, heatmaps=False)]
+    assert raw_old == raw_new  # the same graph: only the threshold moved
+    assert (normalised(candidate, fresh) >= 1).mean() <= 0.1
+
+
+def test_recalibration_refuses_to_overwrite_the_active_model_and_names_unreadable_photos(parent, tmp_path):
+    from training.recalibrate import recalibrate
+
+    good = tmp_path / "good"
+    write_parts(good, 3, seed=1)
+    with pytest.raises(InspectorError, match="not over it"):
+        recalibrate(parent, [good], out=parent / "model.onnx")
+    (good / "broken.png").write_text("not an image")
+    with pytest.raises(InspectorError, match=r"1 of 4 good photo\(s\) cannot be scored, e.g. .*broken.png"):
+        recalibrate(parent, [good], out=tmp_path / "c.onnx")
+
+
+def test_training_from_warm_start_weights_begins_exactly_at_them(parent, tmp_path):
+    from training.driver import train
+    from training.retrain import parent_config, parent_weights
+
+    config = parent_config(parent)
+    weights = parent_weights(parent)
+    frames = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32) * 2 - 1
+    result = train(config, frames, tmp_path / "warm", progress=False, stop_after_steps=0, warm_start=weights)
+    for name, module in result.family.modules.items():
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, weights[name][key].to(value.device)), (name, key)
+
+
+def reviewed_store(folder, frames: list, label: str = "false_alarm") -> tuple:
+    """A review database as the daemon leaves it: items with their captured frames, labelled by an operator."""
+    evidence = folder / "evidence"
+    evidence.mkdir(parents=True)
+    store = ReviewStore(folder / "reviews.sqlite3")
+    store.set_evidence_dir(evidence)
+    for seq, frame in enumerate(frames, start=1):
+        name = f"line_{seq:08d}.frame.png"
+        cv2.imwrite(str(evidence / name), frame)
+        store.add_items([NewItem("run-a", "line", seq, f"frame {seq}", 1000.0 + seq, "v1", 3.0, 1.5, 2.0, "anomaly",
+                                 f"line_{seq:08d}.png", name)])
+    ids = [item["id"] for item in store.items()]
+    for item_id in ids:
+        store.add_review(item_id, label, "ana")
+    store.close()
+    return folder / "reviews.sqlite3", sorted(ids)
+
+
+def test_retraining_on_reviewed_false_alarms_lowers_their_scores_and_records_its_lineage(parent, tmp_path):
+    rng = np.random.default_rng(21)
+    database, ids = reviewed_store(tmp_path / "line", [drifted_part(rng) for _ in range(12)])
+    unseen = write_parts(tmp_path / "unseen", 20, seed=22)  # drifted good parts never reviewed
+    defects = write_parts(tmp_path / "defects", 10, seed=23, make=drifted_part, defect=True)
+    result = subprocess.run([sys.executable, "-m", "inspector.cli", "retrain", str(parent), "--reviews", str(database),
+                             "--budget-s", "10", "--out", str(tmp_path / "candidate"), "--no-progress"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "learned 12 frame(s) reviewed as false alarm" in result.stdout
+    candidate = tmp_path / "candidate" / "model.onnx"
+    old, new = Scorer(parent / "model.onnx"), Scorer(candidate)
+    lineage = new.card.lineage
+    assert (lineage.parent, lineage.change, lineage.false_alarm_reviews) == (old.card.version, "retrained", ids)
+    assert lineage.reviews_database == str(database.resolve())
+    assert isinstance(new.card.input, ImageInput) and new.card.input == old.card.input
+    before, after = normalised(parent / "model.onnx", unseen), normalised(candidate, unseen)
+    assert (before >= 1).mean() > 0.5 and (after >= 1).mean() < (before >= 1).mean() / 2
+    assert (normalised(candidate, defects) >= 1).mean() >= 0.9  # the black patch is still caught
+
+
+def test_retraining_without_anything_to_learn_says_what_to_do(parent, tmp_path):
+    from training.retrain import retrain
+
+    database, _ = reviewed_store(tmp_path / "line", [flat_part(np.random.default_rng(1))], label="defect")
+    with pytest.raises(InspectorError, match="no frame reviewed as false alarm to learn from"):
+        retrain(parent, database, [], out=tmp_path / "c", progress=False)
+
+
+def test_a_time_budget_ends_training_early_as_a_complete_run_with_the_last_weights_evaluated(parent, tmp_path):
+    import json
+
+    from training.config import validate_train_config
+    from training.driver import train
+    from training.retrain import parent_config
+
+    raw = parent_config(parent).model_dump(mode="json")
+    raw["train"]["steps"] = 100_000
+    config = validate_train_config(raw, "budget")
+    frames = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32) * 2 - 1
+    result = train(config, frames, tmp_path / "budget", validation=frames[:8], progress=False, time_budget_s=2.0)
+    assert 0 < result.steps < 100_000 and not result.interrupted
+    selection = json.loads((tmp_path / "budget" / "selection.json").read_text())
+    assert selection["evaluations"][-1]["step"] == result.steps == result.selected_step

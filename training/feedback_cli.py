@@ -1,0 +1,38 @@
+"""Handlers of `inspector recalibrate` and `inspector retrain`: run the job, say what changed and what is next."""
+
+from __future__ import annotations
+
+import logging
+
+
+def _next_steps(path) -> str:
+    return (f"next: shadow-test it beside the active model (shadow: {{model: {path}}} in the daemon config, then "
+            f"`inspector shadow report`), and `inspector promote {path} --to <active model.onnx>`")
+
+
+def recalibrate(args) -> int:
+    from .recalibrate import recalibrate as run
+
+    done = run(args.model, args.good, args.out, args.target_false_alarm_rate)
+    calibration = done.card.calibration
+    print(f"candidate: {done.path}  (threshold {done.old_threshold:.4g} -> {calibration.threshold:.4g} from "
+          f"{done.images} good photos, target false-alarm rate {calibration.target_false_alarm_rate:g})")
+    print(f"the old threshold flags {done.old_false_alarms} of these {done.images} good photos")
+    print(_next_steps(done.path))
+    return 0
+
+
+def retrain(args) -> int:
+    from .retrain import retrain as run
+
+    logging.getLogger("training").setLevel(logging.INFO)
+    done = run(args.run, args.reviews, args.good, args.out, args.budget_s, progress=not args.no_progress)
+    card = done.card
+    print(f"candidate: {done.run.model}  ({card.version}, parent {done.parent.version})")
+    print(f"learned {done.false_alarms} frame(s) reviewed as false alarm and {done.good_images} new good photo(s) "
+          f"in {done.steps} fine-tuning steps; {done.seconds:.0f} s in all"
+          + (f"; {done.missing_frames} reviewed frame(s) were gone (evidence retention)" if done.missing_frames else ""))
+    print(f"threshold {done.parent.calibration.threshold:.4g} -> {card.calibration.threshold:.4g}; self-check: the "
+          f"threshold flags {100 * (card.calibration.synthetic_recall or 0):.0f}% of synthetic defects")
+    print(_next_steps(done.run.model))
+    return 0

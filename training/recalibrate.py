@@ -1,0 +1,95 @@
+"""`inspector recalibrate`: a new threshold from newly photographed good parts, without retraining.
+
+When the line's look drifted a little (a lamp replaced, a new batch of material) the model may still
+rank parts right while its scores moved: the threshold set at training then alarms on good parts.
+Scoring fresh good photos with the exported model and setting the threshold on them with the same
+rule as training (upper confidence limit of the 1 - target quantile) fixes that in seconds. The
+graph is unchanged; the candidate's card records the new calibration and its parent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from inspector.card import ImageInput, Lineage, ModelCard
+from inspector.errors import InspectorError
+from inspector.image_files import list_images
+from inspector.scorer import Scorer
+
+from .calibrate import calibrate
+from .export import replace_card
+from .fit import model_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recalibrated:
+    path: Path
+    card: ModelCard
+    old_threshold: float
+    old_false_alarms: int  # of the new good images, how many the old threshold flags
+    images: int
+
+
+def model_of(run_or_model: Path) -> Path:
+    """A run folder stands for its model.onnx."""
+    path = run_or_model / "model.onnx" if run_or_model.is_dir() else run_or_model
+    if not path.is_file():
+        raise InspectorError(f"{run_or_model}: no model there (give a model.onnx or a run folder that holds one)")
+    return path
+
+
+def good_image_paths(folders: list[Path]) -> list[Path]:
+    paths: list[Path] = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise InspectorError(f"{folder}: not a folder of good-part photos")
+        found = list_images(folder)
+        if not found:
+            raise InspectorError(f"{folder}: a folder with no images in it")
+        paths += found
+    return paths
+
+
+def normal_scores(scorer: Scorer, paths: list[Path]) -> np.ndarray:
+    """Scores of good-part photos; any photo the model cannot take is an error (it would bias the threshold)."""
+    results = scorer.score_files(paths, heatmaps=False)
+    bad = [(path, result) for path, result in zip(paths, results) if result.rejected]
+    if bad:
+        path, result = bad[0]
+        raise InspectorError(f"{len(bad)} of {len(paths)} good photo(s) cannot be scored, e.g. {path}: {result.message}")
+    return np.array([result.raw for result in results], dtype=np.float64)
+
+
+def recalibrate(run_or_model: Path, good: list[Path], out: Path | None = None,
+                target_false_alarm_rate: float | None = None, confidence: float | None = None) -> Recalibrated:
+    source = model_of(run_or_model)
+    scorer = Scorer(source)
+    card = scorer.card
+    if not isinstance(card.input, ImageInput):
+        raise InspectorError(f"{source}: recalibrate takes photos of good parts; this is a traffic model "
+                             "(retrain it on the new normal rows instead)")
+    paths = good_image_paths(good)
+    scores = normal_scores(scorer, paths)
+    old = card.calibration
+    target = target_false_alarm_rate or old.target_false_alarm_rate or 0.01
+    calibration = calibrate(scores, target, "quantile", confidence=confidence or old.confidence or 0.9)
+    created = datetime.now(timezone.utc)
+    # the synthetic self-check needs the torch model; it is not re-measured for a new threshold
+    new = card.with_updates(version=model_version(card.version, created), calibration=calibration,
+                            lineage=Lineage(parent=card.version, change="recalibrated",
+                                            created=created.isoformat(timespec="seconds"), new_good_images=len(paths)))
+    out = out or source.with_name("candidate.onnx")
+    if out.resolve() == source.resolve():
+        raise InspectorError(f"{out}: write the candidate beside the active model, not over it "
+                             "(inspector promote puts it in place)")
+    replace_card(source, new, out)
+    log.info("recalibrated %s on %d good photos: threshold %.4g -> %.4g", source, len(paths), old.threshold,
+             calibration.threshold)
+    return Recalibrated(out, new, old.threshold, int(np.sum(scores >= old.threshold)), len(paths))

@@ -1,0 +1,159 @@
+"""`inspector retrain`: fine-tune a run on the frames operators marked false alarm, then calibrate and export.
+
+    parent run: config.json, checkpoint.pt (selected weights) ------------------> warm start
+    train/good (the parent's split: same fit / held-out parts)  --+
+    reviewed false alarms' frames + new good photos (own split) --+--> fit part (new frames oversampled)
+                                                                  `--> held-out part --> threshold
+    -> candidate run folder: model.onnx whose card names its parent and the reviews it learned from
+
+The new frames are few beside the original training set, so they are repeated in the fit part until
+they make up about a quarter of it: a short fine-tune then sees each of them many times. The number
+of steps is what the time budget allows (the driver ends the run when it is spent).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inspector.card import ImageInput, Lineage, ModelCard
+from inspector.errors import InspectorError
+from inspector.review.store import ReviewStore, ReviewStoreError
+from inspector.scorer import Scorer
+
+from .config import TrainConfig, validate_train_config
+from .data import load_images, load_train_good, split_holdout
+from .fit import calibrate_and_export, train_family
+from .recalibrate import good_image_paths, model_of
+from .run_folder import RunFolder
+
+log = logging.getLogger(__name__)
+
+NEW_SHARE = 0.25  # the new frames' share of the fit part after repetition
+MAX_REPEAT = 50
+MIN_STEPS = 500
+MAX_STEPS = 100_000
+
+
+@dataclass
+class Retrained:
+    run: RunFolder
+    card: ModelCard
+    parent: ModelCard
+    false_alarms: int  # reviewed false-alarm frames learned
+    missing_frames: int  # reviewed, but their frame is gone (evidence retention) or was never written
+    good_images: int
+    steps: int
+    seconds: float
+
+
+def parent_config(run: Path) -> TrainConfig:
+    path = run / "config.json"
+    if not path.is_file():
+        raise InspectorError(f"{run}: not a run folder (no config.json); give the folder `inspector train --out` wrote")
+    import json
+
+    return validate_train_config(json.loads(path.read_text()), str(path))
+
+
+def parent_weights(run: Path) -> dict[str, dict]:
+    """The parent's exported weights: the checkpoint's modules, with the ones selection chose in their place."""
+    path = run / "checkpoint.pt"
+    if not path.is_file():
+        raise InspectorError(f"{path}: missing; retraining starts from the run's trained weights")
+    saved = torch.load(path, weights_only=True, map_location="cpu")
+    weights = {name: value for name, value in saved.items() if isinstance(value, dict)}
+    weights.update(((saved.get("selection") or {}).get("best_state")) or {})
+    return weights
+
+
+def reviewed_false_alarm_frames(database: Path) -> tuple[list[Path], list[int], int]:
+    """Frames of the items whose current label is false alarm: (existing paths, their item ids, missing count)."""
+    if not database.is_file():
+        raise InspectorError(f"{database}: no review database there")
+    try:
+        store = ReviewStore(database)
+    except ReviewStoreError as exc:
+        raise InspectorError(str(exc)) from None
+    folder = store.evidence_dir()
+    paths, ids, missing = [], [], 0
+    for item in store.labelled("false_alarm"):
+        path = folder / item["frame"] if folder is not None and item["frame"] else None
+        if path is not None and path.is_file():
+            paths.append(path)
+            ids.append(item["id"])
+        else:
+            missing += 1
+    store.close()
+    return paths, ids, missing
+
+
+def _join(*parts: np.ndarray) -> np.ndarray:
+    """Items of several arrays in one: stacked when they share a shape, an object array otherwise (tiles)."""
+    items = [item for part in parts for item in part]
+    if len({item.shape for item in items}) <= 1:
+        return np.stack(items) if items else parts[0][:0]
+    joined = np.empty(len(items), dtype=object)
+    joined[:] = items
+    return joined
+
+
+def planned_steps(parent: ModelCard) -> int:
+    """The most steps a fine-tune may take; the time budget usually ends it first."""
+    return int(min(MAX_STEPS, max(MIN_STEPS, 10 * parent.training.steps)))
+
+
+def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = None, budget_s: float = 180.0,
+            progress: bool = True) -> Retrained:
+    started = time.perf_counter()
+    parent = Scorer(model_of(run_dir)).card
+    config = parent_config(run_dir)
+    if config.data.kind != "mvtec" or not isinstance(parent.input, ImageInput):
+        raise InspectorError(f"{run_dir}: retraining from reviews works on models trained on a folder of photos; "
+                             f"this run trained on data.kind {config.data.kind}")
+    frames, review_ids, missing = reviewed_false_alarm_frames(reviews)
+    extra = good_image_paths(good) if good else []
+    if not frames and not extra:
+        raise InspectorError(f"{reviews}: no frame reviewed as false alarm to learn from"
+                             + (f" ({missing} reviewed, their frames are gone)" if missing else "")
+                             + "; review some on the page, or give --good DIR")
+    spec = config.input.to_spec()
+    normal = load_train_good(config.data.resolved_path, spec)
+    new = load_images(frames + extra, spec)
+    if not len(new):
+        raise InspectorError("none of the reviewed frames or new photos could be read")
+    fraction, seed = config.data.holdout_fraction, config.train.seed
+    fit_idx, hold_idx = split_holdout(len(normal), fraction, seed)  # the parent's split: its held-out stay unseen
+    if len(new) >= 2:
+        new_fit, new_hold = split_holdout(len(new), fraction, seed + 1)
+    else:
+        new_fit, new_hold = np.arange(len(new)), np.arange(0)
+    repeat = max(1, min(MAX_REPEAT, math.ceil(NEW_SHARE / (1 - NEW_SHARE) * len(fit_idx) / max(1, len(new_fit)))))
+    fitted = _join(normal.tensors[fit_idx], *([new.tensors[new_fit]] * repeat))
+    held_out = _join(normal.tensors[hold_idx], new.tensors[new_hold])
+    steps = planned_steps(parent)
+    raw = config.model_dump(mode="json")
+    raw["train"]["steps"] = steps
+    raw["calibration"]["folds"] = 0  # a fine-tune within a budget: calibrated on the held-out part only
+    tuned = validate_train_config(raw, f"{run_dir}/config.json (fine-tune)")
+    created = datetime.now(timezone.utc)
+    run = RunFolder.create(out or run_dir / f"retrained-{created:%Y%m%dT%H%M%SZ}")
+    run.config.write_text(tuned.model_dump_json(indent=2))
+    log.info("fine-tuning %s for %.0f s (at most %d steps) on %d normal + %d new frames (%d reviewed false alarms, %d new photos; "
+             "new frames repeated x%d), %d + %d held out", run_dir, budget_s, steps, len(fit_idx), len(new_fit), len(frames),
+             len(extra), repeat, len(hold_idx), len(new_hold))
+    trained, scoring = train_family(tuned, fitted, held_out, run, resume=False, progress=progress,
+                                    warm_start=parent_weights(run_dir), time_budget_s=budget_s)
+    lineage = Lineage(parent=parent.version, change="retrained", created=created.isoformat(timespec="seconds"),
+                      new_good_images=len(extra), reviews_database=str(reviews.resolve()),
+                      false_alarm_reviews=review_ids)
+    card = calibrate_and_export(tuned, run, trained, scoring, held_out, _join(normal.tensors, new.tensors), progress,
+                                lineage=lineage)
+    return Retrained(run, card, parent, len(frames), missing, len(extra), trained.steps, time.perf_counter() - started)
