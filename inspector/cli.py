@@ -37,6 +37,10 @@ typical use:
   inspector run -c configs/line1.yaml                           the streaming daemon (metrics on :9108)
   inspector publish redis://127.0.0.1:6379/0 flows --table flows.csv    rows into a stream for redis_stream sources
   inspector reviews export journal/reviews.sqlite3 --format csv   the review page's labels
+  inspector retrain runs/bdp01 --reviews journal/reviews.sqlite3   learn the reviewed false alarms: a candidate
+  inspector recalibrate runs/bdp01 --good new_good_photos/         a new threshold only: a candidate
+  inspector shadow report journal/shadow.jsonl --reviews journal/reviews.sqlite3
+  inspector promote runs/bdp01/candidate.onnx --to line/model.onnx --reviews journal/reviews.sqlite3
 """
 
 

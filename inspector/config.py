@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from .config_outputs import OutputSettings
-from .config_review import ReviewSettings
+from .config_review import ReviewSettings, ShadowSettings
 from .config_sources import RedisStreamSource, SourceSettings, resolve_path
 from .errors import ConfigError, describe_validation_error
 from .strict import Strict
@@ -88,6 +88,7 @@ class DaemonConfig(Strict):
     logging: LoggingSettings = LoggingSettings()
     outputs: OutputSettings = OutputSettings()  # per-part verdicts to the line: MQTT, OPC UA
     review: ReviewSettings | None = None  # the operator's review page; absent = no page
+    shadow: ShadowSettings | None = None  # a candidate model scoring beside the active one
 
     @model_validator(mode="after")
     def _unique_names(self) -> "DaemonConfig":
@@ -120,9 +121,11 @@ def _check_files(config: DaemonConfig, source: Path) -> None:
         problem = settings.missing_file()
         if problem is not None:
             raise ConfigError(f"{source}: field 'sources.{index}.{problem[0]}': {problem[1]}")
-    problem = config.review.missing_file() if config.review is not None else None
-    if problem is not None:
-        raise ConfigError(f"{source}: field 'review.{problem[0]}': {problem[1]}")
+    for section in ("review", "shadow"):
+        settings = getattr(config, section)
+        problem = settings.missing_file() if settings is not None else None
+        if problem is not None:
+            raise ConfigError(f"{source}: field '{section}.{problem[0]}': {problem[1]}")
 
 
 def parse_daemon_config(raw: object, source: str | Path, base: Path | None = None, check_files: bool = True) -> DaemonConfig:
@@ -139,8 +142,9 @@ def parse_daemon_config(raw: object, source: str | Path, base: Path | None = Non
         config.evidence.dir = resolve_path(config.evidence.dir, base)
     for settings in config.sources:
         settings.resolve_paths(base)
-    if config.review is not None:
-        config.review.resolve_paths(base, config.journal.path)
+    for settings in (config.review, config.shadow):
+        if settings is not None:
+            settings.resolve_paths(base, config.journal.path)
     _resolve_output_files(config, base)
     if check_files:
         _check_files(config, Path(source))

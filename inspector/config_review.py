@@ -61,3 +61,17 @@ class ReviewSettings(Strict):
                 if not path.is_file():
                     return f"tls.{name}", f"{path} does not exist"
         return None
+
+
+class ShadowSettings(Strict):
+    """A candidate model scoring live items beside the active one, journaling, acting on nothing."""
+
+    model: Path
+    journal: Path | None = None  # default: shadow.jsonl beside the journal
+
+    def resolve_paths(self, base: Path, journal: Path) -> None:
+        self.model = resolve_path(self.model, base)
+        self.journal = resolve_path(self.journal, base) if self.journal is not None else journal.parent / "shadow.jsonl"
+
+    def missing_file(self) -> tuple[str, str] | None:
+        return None if self.model.is_file() else ("model", f"candidate model file {self.model} does not exist")

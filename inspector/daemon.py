@@ -15,11 +15,12 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .active_model import ActiveModel
 from .config import DaemonConfig
-from .errors import ConfigError
+from .errors import ConfigError, InspectorError
 from .pipeline import Pipeline
 from .reloader import ModelReloader
 from .scorer import Scorer
@@ -82,6 +83,8 @@ class Daemon:
         sinks = [JournalSink(config.journal.path, config.journal.max_bytes, config.journal.backups,
                              config.journal.fsync, model=self.model,
                              on_error=self._sink_error)]
+        # with (source, seq), this run's start names an item uniquely: seq counts from 1 at every start
+        self.run_id = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         review_sink = self._review_sink(config)
         if config.evidence.dir is not None:
             sinks.append(EvidenceSink(config.evidence.dir, config.evidence.max_files, config.evidence.max_bytes,
@@ -92,6 +95,8 @@ class Daemon:
                                       frames=review_sink is not None))
         if review_sink is not None:
             sinks.append(review_sink)  # after the evidence sink: it stores the picture's name
+        if config.shadow is not None:
+            sinks.append(self._shadow_sink(config))
         sinks.append(self.metrics)
         self.outputs = self._line_outputs(config)
         sinks.extend(self.outputs)
@@ -168,7 +173,23 @@ class Daemon:
         except ReviewStoreError as exc:
             raise ConfigError(f"field 'review.database': {exc}") from None
         sampling = ReviewSampling(config.review.near_threshold, config.review.sample_every)
-        return ReviewSink(store, sampling, self.model, on_error=self._sink_error)
+        return ReviewSink(store, sampling, self.model, self.run_id, on_error=self._sink_error)
+
+    def _shadow_sink(self, config: DaemonConfig):
+        from .review.shadow import ShadowMetrics, ShadowSink
+
+        try:
+            candidate = self._load_scorer(config.shadow.model)
+        except InspectorError as exc:
+            raise ConfigError(f"field 'shadow.model': {exc}") from None
+        metrics = ShadowMetrics(self.metrics.registry)
+        for source in config.sources:
+            metrics.register_source(source.name)
+        journal = JournalSink(config.shadow.journal, config.journal.max_bytes, config.journal.backups,
+                              on_error=self._sink_error, name="shadow")
+        log.info("shadow: candidate %s %s scores beside the active model, journaled to %s", candidate.card.name,
+                 candidate.card.version, config.shadow.journal)
+        return ShadowSink(candidate, journal, self.model, self.run_id, metrics, on_error=self._sink_error)
 
     def _review_server(self, config: DaemonConfig, sink):
         from .review.app import ReviewPage

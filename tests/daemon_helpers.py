@@ -3,6 +3,7 @@ subprocess with its metrics endpoint scraped over HTTP."""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -110,3 +112,36 @@ class DaemonProcess:
 
 def frame_number(origin: str) -> int:
     return int(re.match(r"frame (\d+)", origin).group(1))
+
+
+class PageClient:
+    """The review page over HTTP: keeps cookies, never follows redirects (the tests look at them)."""
+
+    def __init__(self, base: str):
+        self.base = base.rstrip("/")
+        self.cookies = http.cookiejar.CookieJar()
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None
+
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies), NoRedirect)
+
+    def request(self, path: str, form: dict | None = None, headers: dict | None = None) -> tuple[int, dict, str]:
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        request = urllib.request.Request(self.base + path, data=data, headers=headers or {})
+        try:
+            response = self.opener.open(request, timeout=10)
+        except urllib.error.HTTPError as error:
+            return error.code, self._lower(error.headers), error.read().decode(errors="replace")
+        return response.status, self._lower(response.headers), response.read().decode(errors="replace")
+
+    @staticmethod
+    def _lower(headers) -> dict:
+        return {name.lower(): value for name, value in headers.items()}
+
+    def csrf(self, path: str = "/") -> str:
+        """GET a page and return the session's CSRF token from it."""
+        status, _, body = self.request(path)
+        assert status == 200, body
+        return re.search(r'"X-CSRF-Token": "([^"]+)"', body).group(1)

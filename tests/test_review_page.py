@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import http.cookiejar
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,38 +11,7 @@ from inspector.review.app import ReviewPage
 from inspector.review.security import add_user
 from inspector.review.server import ReviewServer
 from inspector.review.store import NewItem, ReviewStore
-
-
-class Client:
-    """A cookie-keeping HTTP client that never follows redirects (the tests look at them)."""
-
-    def __init__(self, base: str):
-        self.base = base.rstrip("/")
-        self.cookies = http.cookiejar.CookieJar()
-
-        class NoRedirect(urllib.request.HTTPRedirectHandler):
-            def redirect_request(self, *args, **kwargs):
-                return None
-
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies), NoRedirect)
-
-    def request(self, path: str, form: dict | None = None, headers: dict | None = None) -> tuple[int, dict, str]:
-        data = urllib.parse.urlencode(form).encode() if form is not None else None
-        request = urllib.request.Request(self.base + path, data=data, headers=headers or {})
-        try:
-            response = self.opener.open(request, timeout=10)
-        except urllib.error.HTTPError as error:
-            return error.code, self._lower(error.headers), error.read().decode(errors="replace")
-        return response.status, self._lower(response.headers), response.read().decode(errors="replace")
-
-    @staticmethod
-    def _lower(headers) -> dict:
-        return {name.lower(): value for name, value in headers.items()}
-
-    def csrf(self, path: str = "/") -> str:
-        status, _, body = self.request(path)
-        assert status == 200, body
-        return re.search(r'"X-CSRF-Token": "([^"]+)"', body).group(1)
+from tests.daemon_helpers import PageClient as Client
 
 
 def item(seq: int, source: str = "cam0", evidence: str | None = None) -> NewItem:

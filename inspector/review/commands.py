@@ -1,4 +1,5 @@
-"""`inspector reviews ...`: take the labels out of the review database, and manage the page's users."""
+"""The operator's loop on the command line: `inspector reviews` (export labels, add page users),
+`inspector shadow report` (a candidate against the active model and the reviews) and `inspector promote`."""
 
 from __future__ import annotations
 
@@ -34,6 +35,29 @@ def add_parser(sub) -> None:
     user.add_argument("users_file", type=Path)
     user.add_argument("name")
     user.set_defaults(handler=add_user_command)
+
+    p = sub.add_parser("shadow", help="report on a shadow test: the candidate's decisions beside the active model's",
+                       description="With shadow: {model: CANDIDATE} in the daemon config, the candidate scores every "
+                       "item beside the active model and its decisions go to journal/shadow.jsonl. The report "
+                       "counts the alarms of each and their disagreements and, with --reviews, the reviewed false "
+                       "alarms the candidate fixes and the confirmed defects it still catches.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    report = actions.add_parser("report", help="compare the candidate with the active model (and the reviews)")
+    report.add_argument("journal", type=Path, help="the shadow journal (default location journal/shadow.jsonl)")
+    report.add_argument("--reviews", type=Path, help="the review database, to count fixed false alarms and kept defects")
+    report.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    report.set_defaults(handler=shadow_report_command)
+
+    p = sub.add_parser("promote", help="put a candidate model in the active model's place (the daemon hot-swaps it)",
+                       description="Replace the active model file by the candidate with an atomic rename; a running "
+                       "daemon swaps it in between batches after its self-test. With --reviews, refused when the "
+                       "candidate misses a confirmed defect the active model caught (its frame is re-scored). The "
+                       "replaced file is kept as <name>.previous.onnx: promote that one to undo.")
+    p.add_argument("candidate", type=Path)
+    p.add_argument("--to", type=Path, required=True, dest="active", help="the active model file (model.path of the daemon)")
+    p.add_argument("--reviews", type=Path, help="the review database whose confirmed defects the candidate must keep catching")
+    p.add_argument("--force", action="store_true", help="promote even when the candidate misses a confirmed defect")
+    p.set_defaults(handler=promote_command)
 
 
 def _open_existing(path: Path):
@@ -82,4 +106,36 @@ def add_user_command(args) -> int:
     except ValueError as exc:
         raise InspectorError(str(exc)) from None
     print(f"{args.users_file}: {args.name} can log in to the review page")
+    return 0
+
+
+def shadow_report_command(args) -> int:
+    from .shadow import shadow_report
+
+    if not args.journal.exists():
+        raise InspectorError(f"{args.journal}: no shadow journal there (configure shadow: in the daemon config)")
+    report = shadow_report(args.journal, args.reviews)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['items']} items scored by both ({', '.join(report['models']) or 'no models'})")
+    print(f"alarms: active {report['active_alarms']}, candidate {report['candidate_alarms']}; only the candidate "
+          f"{report['candidate_only_alarms']}, only the active model {report['active_only_alarms']}")
+    if "reviewed_false_alarms" in report:
+        print(f"reviewed false alarms the candidate fixes: {report['false_alarms_fixed']} of {report['reviewed_false_alarms']}")
+        print(f"confirmed defects the candidate still catches: {report['defects_still_caught']} of "
+              f"{report['confirmed_defects']}" + "".join(f"\n  missed: {name}" for name in report["defects_missed"]))
+    return 0
+
+
+def promote_command(args) -> int:
+    from .promote import promote
+
+    check = promote(args.candidate, args.active, args.reviews, args.force)
+    print(f"promoted {args.candidate} -> {args.active} (the previous model is {args.active.stem}.previous.onnx); "
+          "a running daemon swaps it in after its self-test")
+    if check is not None:
+        print(f"confirmed defects the active model caught: the candidate catches {check.still_caught} of "
+              f"{check.confirmed_caught}" + (f" ({check.without_frame} without a frame not checked)" if check.without_frame else "")
+              + ("; promoted with --force" if check.missed else ""))
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from datetime import datetime, timezone
 from typing import Callable
 
 from ..active_model import ActiveModel
@@ -35,13 +34,12 @@ class ReviewSampling:
 class ReviewSink:
     name = "review"
 
-    def __init__(self, store: ReviewStore, sampling: ReviewSampling, model: ActiveModel,
+    def __init__(self, store: ReviewStore, sampling: ReviewSampling, model: ActiveModel, run: str,
                  on_error: Callable[[str], None] | None = None):
         self.store = store
         self.sampling = sampling
         self._model = model
-        # with (source, seq), the daemon run names an item uniquely: seq starts again at every start
-        self.run = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        self.run = run  # the daemon run: with (source, seq) it names an item uniquely
         self._on_error = on_error or (lambda sink: None)
         self._failing = False
 

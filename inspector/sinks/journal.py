@@ -48,8 +48,9 @@ def _record(item: Item, result: ScoreResult, latency_s: float, model_version: st
 
 class JournalSink:
     def __init__(self, path: Path, max_bytes: int, backups: int, fsync: bool = False,
-                 model: ActiveModel | None = None, on_error: Callable[[str], None] | None = None):
+                 model: ActiveModel | None = None, on_error: Callable[[str], None] | None = None, name: str = "journal"):
         self.path = Path(path)
+        self.name = name  # in log lines and error counts: "journal", or "shadow" for a candidate's journal
         self.max_bytes = max_bytes
         self.backups = backups
         self.fsync = fsync
@@ -93,9 +94,14 @@ class JournalSink:
         now_iso = datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # one timestamp per batch
         if not items:
             return
+        if self.write([record(item, result, now - item.enqueued, version, now_iso) for item, result in zip(items, results)]):
+            for item in items:
+                item.journaled = True
+
+    def write(self, lines: list[dict]) -> bool:
+        """Append JSON lines as one write (a batch is on disk whole or not at all); False when it failed."""
         dumps = orjson.dumps
-        text = b"\n".join([dumps(record(item, result, now - item.enqueued, version, now_iso))
-                           for item, result in zip(items, results)]) + b"\n"
+        text = b"\n".join([dumps(line) for line in lines]) + b"\n"
         start = None
         try:
             handle = self._open()
@@ -108,10 +114,11 @@ class JournalSink:
             self._rotate_if_needed()
         except OSError as exc:
             if not self._failing:
-                log.error("journal %s: cannot write (%s); scoring continues; folder sources keep their files "
-                          "until it recovers, other items are lost from the journal", self.path, exc.strerror or exc)
+                log.error("%s %s: cannot write (%s); scoring continues; folder sources keep their files "
+                          "until it recovers, other items are lost from the journal", self.name, self.path,
+                          exc.strerror or exc)
                 self._failing = True
-            self._on_error("journal")
+            self._on_error(self.name)
             if self._file is not None:
                 try:
                     if start is not None:  # a batch is on disk whole or not at all: no cut line is left
@@ -120,13 +127,12 @@ class JournalSink:
                 except OSError:
                     pass
                 self._file = None
-            return
+            return False
         if self._failing:
-            log.info("journal %s: writing again", self.path)
+            log.info("%s %s: writing again", self.name, self.path)
             self._failing = False
-        self.lines_written += len(items)
-        for item in items:
-            item.journaled = True
+        self.lines_written += len(lines)
+        return True
 
     def close(self) -> None:
         if self._file is not None:
