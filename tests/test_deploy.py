@@ -21,7 +21,7 @@ from inspector.config import DaemonConfig, parse_daemon_config
 from inspector.scorer import Scorer
 
 from .brokers import RedisServer
-from .daemon_helpers import DaemonProcess, free_port, train_flat_model, write_video
+from .daemon_helpers import DaemonProcess, PageClient, free_port, train_flat_model, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -147,7 +147,9 @@ def test_real_prometheus_scrapes_the_daemon_fires_the_anomaly_alert_and_answers_
                {"name": "frames", "kind": "redis_stream", "url": redis.url, "stream": "frames", "payload": "frames",
                 "field": "image"}]
     outputs = {"mqtt": {"port": free_port(), "drain_timeout_s": 0}}  # no broker there: the output panel shows it down
-    daemon = DaemonProcess(work, model, sources, outputs=outputs).start()
+    review_port = free_port()  # the review page and a shadow candidate, so their panels have data
+    daemon = DaemonProcess(work, model, sources, outputs=outputs, review={"port": review_port},
+                           shadow={"model": str(model)}).start()
     prom_port = free_port()
     config_dir = work / "prometheus"
     (config_dir / "targets").mkdir(parents=True)
@@ -177,6 +179,14 @@ def test_real_prometheus_scrapes_the_daemon_fires_the_anomaly_alert_and_answers_
                     if a["labels"]["alertname"] == "InspectorHighAnomalyRate" and a["state"] == "firing"]
         alert = wait(firing, 90, "InspectorHighAnomalyRate to fire")
         assert alert[0]["labels"]["source"] == "line1"
+
+        page = PageClient(f"http://127.0.0.1:{review_port}")
+        token = page.csrf()
+        anomalies = wait(lambda: re.findall(r'id="item-(\d+)" class="card anomaly', page.request("/")[2])[:2], 30,
+                         "anomalies on the review page")
+        for item_id, label in zip(anomalies, ("defect", "false_alarm")):
+            assert page.request(f"/items/{item_id}/review", {"label": label}, {"X-CSRF-Token": token})[0] == 200
+        wait(lambda: query(prom_port, "inspector_review_precision")["data"]["result"], 30, "the precision gauge")
 
         for expr in dashboard_queries():
             answer = query(prom_port, concrete(expr))
