@@ -53,3 +53,27 @@ def start_mosquitto(folder: Path) -> tuple[subprocess.Popen, int]:
                                stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     return process, port
+
+
+def start_inspector(folder: Path, config: dict) -> subprocess.Popen:
+    """`inspector run` on a config written into `folder` (its metrics.port set to a free one when absent);
+    returns once /metrics answers. The daemon's output goes to folder/daemon.log."""
+    import sys
+
+    import yaml
+
+    config.setdefault("metrics", {}).setdefault("port", free_port())
+    (folder / "line.yaml").write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-m", "inspector.cli", "run", "-c", str(folder / "line.yaml")],
+                               stdout=open(folder / "daemon.log", "w"), stderr=subprocess.STDOUT,
+                               cwd=Path(__file__).resolve().parents[1])
+    for _ in range(600):
+        if process.poll() is not None:
+            raise RuntimeError(f"the daemon in {folder} exited: {(folder / 'daemon.log').read_text()[-2000:]}")
+        try:
+            scrape(config["metrics"]["port"])
+            return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"the daemon in {folder} did not serve metrics within a minute")
