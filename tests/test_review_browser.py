@@ -94,6 +94,9 @@ def test_an_operator_reviews_new_anomalies_with_the_keyboard_and_the_labels_outl
     store.close()
 
     with review_daemon(tmp_path, model, port) as restarted:
+        # the open page's session ended with the daemon: a label is refused, and the page says why
+        page.keyboard.press("d")
+        expect(page.locator("#notice")).to_contain_text("reload the page", timeout=10_000)
         page.reload()  # (the page's polls failed while no daemon ran: expected, and not counted)
         errors.clear()
         labels = page.locator("article.card .label").all_inner_texts()

@@ -237,3 +237,20 @@ def test_add_user_reads_the_password_from_standard_input(tmp_path):
     assert check_password("correct horse battery", read_users(tmp_path / "users")["ana"])
     short = subprocess.run(command, input="short\n", capture_output=True, text=True)
     assert short.returncode == 2 and "at least 8 characters" in short.stderr
+
+
+def test_polls_and_reads_without_a_session_do_not_pile_up_sessions(tmp_path):
+    store = ReviewStore(tmp_path / "reviews.sqlite3")
+    store.add_items([item(1)])
+    page = ReviewPage(store, tmp_path)
+    server = ReviewServer(page.app(), "127.0.0.1", 0)
+    server.start()
+    try:
+        for _ in range(50):  # a page left open across a restart polls with a cookie nobody knows
+            status, _, _ = Client(server.url).request("/items/newer?after=1", headers={"Cookie": "qi_review_session=gone"})
+            assert status == 204
+        assert len(page.sessions._sessions) == 0
+        Client(server.url).request("/")  # opening the page starts one
+        assert len(page.sessions._sessions) == 1
+    finally:
+        server.stop()

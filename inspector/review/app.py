@@ -130,7 +130,8 @@ class ReviewPage:
     # -- sessions, login, CSRF ------------------------------------------------------------------
 
     def _session(self, request: Request) -> tuple[Session, bool]:
-        """The request's session, or a new one (True: its cookie must be set on the response)."""
+        """The request's session, or a new one (True: its cookie must be set on the response). Only the
+        pages a browser opens (the list, the login form) start sessions: polls never pile them up."""
         session = self.sessions.get(request.cookies.get(COOKIE))
         if session is not None:
             return session, False
@@ -141,13 +142,22 @@ class ReviewPage:
                             samesite="strict", secure=self.tls, path="/")
         return response
 
-    def _require_user(self, request: Request, page: bool = False) -> tuple[Session, bool]:
-        session, fresh = self._session(request)
-        if self.users is not None and session.user is None:
-            if page:
-                raise HTTPException(303, headers={"location": "/login"})
+    def _reader(self, request: Request) -> None:
+        """Reads need a logged-in session when there are users; on loopback without users, nothing."""
+        if self.users is None:
+            return
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is None or session.user is None:
             raise HTTPException(401, "log in first")
-        return session, fresh
+
+    def _changer(self, request: Request) -> Session:
+        """Changes need an existing session (its CSRF token is checked next), logged in when there are users."""
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is None:
+            raise HTTPException(403, "no session (the inspector restarted?): reload the page")
+        if self.users is not None and session.user is None:
+            raise HTTPException(401, "log in first")
+        return session
 
     async def _check_change(self, request: Request, session: Session) -> dict:
         """A state change: same origin and the session's CSRF token, or 403. Returns the form."""
@@ -172,7 +182,10 @@ class ReviewPage:
     # -- routes ---------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        session, fresh = self._require_user(request, page=True)
+        session, fresh = self._session(request)
+        if self.users is not None and session.user is None:
+            response = RedirectResponse("/login", 303)
+            return self._set_cookie(response, session) if fresh else response
         selection, params = _filters(request)
         items = self.store.items(selection, limit=self.page_size + 1)
         html = self._render("page.html", title=self.title, session=session, users=self.users is not None,
@@ -184,7 +197,7 @@ class ReviewPage:
         return self._set_cookie(response, session) if fresh else response
 
     async def older(self, request: Request) -> Response:
-        self._require_user(request)
+        self._reader(request)
         selection, params = _filters(request)
         items = self.store.items(selection, before=_int(request, "before"), limit=self.page_size + 1)
         shown = items[:self.page_size]
@@ -193,7 +206,7 @@ class ReviewPage:
                                          query=urlencode(params)))
 
     async def newer(self, request: Request) -> Response:
-        self._require_user(request)
+        self._reader(request)
         selection, params = _filters(request)
         after = _int(request, "after") or 0
         items = self.store.items(selection, after=after, limit=self.page_size)
@@ -203,7 +216,7 @@ class ReviewPage:
                                          query=urlencode(params)))
 
     async def review(self, request: Request) -> Response:
-        session, _ = self._require_user(request)
+        session = self._changer(request)
         form = await self._check_change(request, session)
         item_id = int(request.path_params["item_id"])
         label = str(form.get("label", ""))
@@ -218,14 +231,14 @@ class ReviewPage:
         return HTMLResponse(self._render("card.html", item=item, reviews=self.store.latest_reviews([item_id])))
 
     async def counts(self, request: Request) -> Response:
-        self._require_user(request)
+        self._reader(request)
         return HTMLResponse(self._render("counts.html", counts=self._counts()))
 
     def _counts(self) -> dict:
         return {"source": self.store.counts("source"), "model_version": self.store.counts("model_version")}
 
     async def evidence(self, request: Request) -> Response:
-        self._require_user(request)
+        self._reader(request)
         name = request.path_params["name"]
         if self.evidence_dir is None or not EVIDENCE_NAME.match(name):
             raise HTTPException(404, "no such evidence")
@@ -244,7 +257,9 @@ class ReviewPage:
     async def login(self, request: Request) -> Response:
         if self.users is None:
             return RedirectResponse("/", 303)
-        session, _ = self._session(request)
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is None:
+            raise HTTPException(403, "no session: reload the login page")
         form = await self._check_change(request, session)
         client = request.client.host if request.client else "?"
         if self.throttle.blocked(client):
@@ -262,7 +277,9 @@ class ReviewPage:
         return self._set_cookie(RedirectResponse("/", 303), fresh)
 
     async def logout(self, request: Request) -> Response:
-        session, _ = self._session(request)
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is None:
+            raise HTTPException(403, "no session: reload the page")
         await self._check_change(request, session)
         self.sessions.end(session.id)
         response = RedirectResponse("/login" if self.users is not None else "/", 303)
@@ -280,6 +297,4 @@ class ReviewPage:
         return SecurityHeaders(app, self.tls)
 
     async def _error(self, request: Request, exc: HTTPException) -> Response:
-        if exc.status_code in (301, 302, 303, 307) and exc.headers:
-            return Response(status_code=exc.status_code, headers=exc.headers)
         return Response(f"{exc.detail}\n", status_code=exc.status_code, media_type="text/plain")

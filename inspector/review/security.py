@@ -21,6 +21,7 @@ from pathlib import Path
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 COOKIE = "qi_review_session"
+MAX_SESSIONS = 10_000  # beyond, the oldest sessions end: a flood of new visitors cannot exhaust memory
 MAX_FAILURES = 5  # failed logins per client address within FAILURE_WINDOW_S before refusals
 FAILURE_WINDOW_S = 300.0
 
@@ -89,6 +90,8 @@ class Sessions:
             now = time.time()
             for stale in [key for key, value in self._sessions.items() if value.expires < now]:
                 del self._sessions[stale]
+            while len(self._sessions) >= MAX_SESSIONS:  # dicts keep insertion order: the oldest goes first
+                del self._sessions[next(iter(self._sessions))]
             self._sessions[session.id] = session
         return session
 

@@ -67,6 +67,26 @@
     if (card) { card.classList.add("selected"); }
   });
 
+  // a refused change (the session ended with a restart, a login expired) or an inspector that does not
+  // answer is said on the page, never swallowed
+  function notice(text, kind) {
+    var box = document.getElementById("notice");
+    if (!box) { return; }
+    box.textContent = text;
+    box.dataset.kind = kind;
+    box.hidden = false;
+  }
+  document.addEventListener("htmx:responseError", function (event) {
+    notice((event.detail.xhr.responseText || "refused").trim(), "refused");
+  });
+  document.addEventListener("htmx:sendError", function () {
+    notice("the inspector does not answer (stopped or restarting?); the page retries", "connection");
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var box = document.getElementById("notice");
+    if (box && event.detail.successful && box.dataset.kind === "connection") { box.hidden = true; }
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     var reviewer = document.getElementById("reviewer");
     if (reviewer) {
