@@ -31,6 +31,18 @@ def parent_run(tmp_path_factory):
     return train_flat_model(tmp_path_factory.mktemp("parent")).parent
 
 
+def a_line(tmp_path, parent_run):
+    """A line's folder: an inbox the camera drops frames into, the active model (a copy of the parent's),
+    a port for the review page and the folder source's settings."""
+    line = tmp_path / "line"
+    inbox = line / "inbox"
+    inbox.mkdir(parents=True)
+    active = line / "model.onnx"
+    shutil.copyfile(parent_run / "model.onnx", active)
+    sources = [{"name": "inbox", "kind": "folder", "path": str(inbox), "settle_s": 0.1, "poll_interval_s": 0.05}]
+    return line, inbox, active, free_port(), sources
+
+
 def drop_parts(inbox, prefix: str, count: int, defects: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for index in range(count + defects):
@@ -57,13 +69,7 @@ def scored(daemon: DaemonProcess, count: int) -> None:
 
 
 def test_reviewed_false_alarms_are_learned_shadow_tested_and_promoted_into_the_running_daemon(parent_run, tmp_path):
-    line = tmp_path / "line"
-    inbox = line / "inbox"
-    inbox.mkdir(parents=True)
-    active = line / "model.onnx"
-    shutil.copyfile(parent_run / "model.onnx", active)
-    page_port = free_port()
-    sources = [{"name": "inbox", "kind": "folder", "path": str(inbox), "settle_s": 0.1, "poll_interval_s": 0.05}]
+    line, inbox, active, page_port, sources = a_line(tmp_path, parent_run)
     database = line / "journal" / "reviews.sqlite3"
 
     # 1. the lamp changed: good parts alarm; the operator marks them on the page
@@ -113,13 +119,7 @@ def test_reviewed_false_alarms_are_learned_shadow_tested_and_promoted_into_the_r
 
 
 def test_a_candidate_that_misses_a_confirmed_defect_is_not_promoted_unless_forced(parent_run, tmp_path):
-    line = tmp_path / "line"
-    inbox = line / "inbox"
-    inbox.mkdir(parents=True)
-    active = line / "model.onnx"
-    shutil.copyfile(parent_run / "model.onnx", active)
-    page_port = free_port()
-    sources = [{"name": "inbox", "kind": "folder", "path": str(inbox), "settle_s": 0.1, "poll_interval_s": 0.05}]
+    line, inbox, active, page_port, sources = a_line(tmp_path, parent_run)
     with DaemonProcess(line, active, sources, review={"port": page_port}) as daemon:
         drop_parts(inbox, "day1", 0, 3, seed=3)
         scored(daemon, 3)
