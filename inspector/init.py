@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("line.yaml"), help="config file to write (default line.yaml)")
     p.add_argument("--name", default="line1", help="source name, the `source` label in metrics (default line1)")
     p.add_argument("--port", type=int, default=9108, help="port of /metrics and /healthz on 127.0.0.1 (default 9108)")
+    p.add_argument("--review-port", type=int, default=9109,
+                   help="port of the operator's review page on 127.0.0.1 (default 9109; 0 = no review page)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
@@ -120,10 +122,13 @@ def run(args) -> int:
         "journal: {path: journal/decisions.jsonl}  # one JSON line per decision",
         "evidence: {dir: evidence, max_files: 1000}  # anomalies as PNG: the frame and its heatmap",
         "logging: {level: INFO, status_interval_s: 10}",
+        *([f"review: {{port: {args.review_port}}}   # the operator's review page, http://127.0.0.1:{args.review_port}/ "
+           "(labels in journal/reviews.sqlite3)"] if args.review_port else []),
         "# Verdicts to a PLC or reject gate (MQTT, OPC UA): see the README, 'Verdicts to the line'.",
         ""])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"wrote {args.out}: model {card.name} loads, {checked}.")
-    print(f"next: inspector run -c {args.out}   (metrics on http://127.0.0.1:{args.port}/metrics)")
+    page = f", review page on http://127.0.0.1:{args.review_port}/" if args.review_port else ""
+    print(f"next: inspector run -c {args.out}   (metrics on http://127.0.0.1:{args.port}/metrics{page})")
     return 0

@@ -131,13 +131,14 @@ def test_the_readme_path_from_photos_to_a_running_line(tmp_path):
     write_video(tmp_path / "line.avi", 30)
     port = free_port()
     init = inspector("init", "runs/my_parts/model.onnx", "--video", "line.avi", "--out", "line.yaml",
-                     "--port", str(port), cwd=tmp_path)
+                     "--port", str(port), "--review-port", str(free_port()), cwd=tmp_path)
     assert init.returncode == 0, init.stderr
-    assert "delivered a" in init.stdout and "frame" in init.stdout
+    assert "delivered a" in init.stdout and "frame" in init.stdout and "review page on http://127.0.0.1:" in init.stdout
     ran = inspector("run", "-c", "line.yaml", "--exit-when-done", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     journal = (tmp_path / "journal" / "decisions.jsonl").read_text().splitlines()
     assert len(journal) == 30 and all(json.loads(line)["source"] == "line1" for line in journal)
+    assert (tmp_path / "journal" / "reviews.sqlite3").is_file()  # the review page's labels go here
 
 
 def test_init_refuses_a_camera_that_does_not_open_in_one_line(tiny_piped_run, tmp_path):
