@@ -254,3 +254,10 @@ def test_polls_and_reads_without_a_session_do_not_pile_up_sessions(tmp_path):
         assert len(page.sessions._sessions) == 1
     finally:
         server.stop()
+
+
+def test_an_oversized_form_is_refused_before_it_is_read(served):
+    client, store, _ = served()
+    token = client.csrf()
+    status, _, body = client.request("/items/1/review", {"label": "defect", "note": "x" * 20_000}, {"X-CSRF-Token": token})
+    assert status == 413 and store.item(1)["label"] is None

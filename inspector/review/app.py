@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 EVIDENCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.png$")
 DEFAULT_REVIEWER = "operator"
+MAX_FORM_BYTES = 16_384  # a label, a note of 2,000 characters, a token: far below this
 
 OnReview = Callable[[dict, str], None]  # (item after the review, label)
 
@@ -164,6 +165,9 @@ class ReviewPage:
         scheme = "https" if self.tls else "http"
         if not same_origin(request.headers.get("origin"), request.headers.get("host"), scheme):
             raise HTTPException(403, "cross-origin request refused")
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit() or int(length) > MAX_FORM_BYTES:
+            raise HTTPException(413, f"a form of at most {MAX_FORM_BYTES} bytes, with its Content-Length")
         form = await request.form()
         token = request.headers.get("x-csrf-token") or form.get("csrf_token") or ""
         if not hmac.compare_digest(str(token), session.csrf):
@@ -182,10 +186,11 @@ class ReviewPage:
     # -- routes ---------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
+        if self.users is not None:
+            known = self.sessions.get(request.cookies.get(COOKIE))
+            if known is None or known.user is None:
+                return RedirectResponse("/login", 303)  # the login form starts the session
         session, fresh = self._session(request)
-        if self.users is not None and session.user is None:
-            response = RedirectResponse("/login", 303)
-            return self._set_cookie(response, session) if fresh else response
         selection, params = _filters(request)
         items = self.store.items(selection, limit=self.page_size + 1)
         html = self._render("page.html", title=self.title, session=session, users=self.users is not None,
