@@ -143,7 +143,9 @@ class ScoreDefinition(FrozenStrict):
 
 class Calibration(FrozenStrict):
     threshold: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-    method: Literal["quantile", "f1_optimal", "manual"]
+    # quantile_and_reviews: a retrained model's quantile threshold, lowered to catch the defects operators
+    # confirmed (never below the highest held-out normal score; see training/retrain.py)
+    method: Literal["quantile", "f1_optimal", "manual", "quantile_and_reviews"]
     target_false_alarm_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
     # quantile: the threshold is an upper limit of the (1 - target) quantile at this confidence
     confidence: Annotated[float, Field(ge=0.5, lt=1)] | None = None
@@ -184,6 +186,8 @@ class Lineage(FrozenStrict):
     new_good_images: Annotated[int, Field(ge=0)] = 0  # newly photographed good parts it used
     reviews_database: str | None = None
     false_alarm_reviews: list[int] = Field(default_factory=list)  # review items learned from as normal
+    confirmed_defects: Annotated[int, Field(ge=0)] = 0  # reviewed defects the threshold was checked against
+    held_out_threshold: float | None = None  # the threshold from held-out normal images alone, when lowered
 
 
 class ModelCard(FrozenStrict):

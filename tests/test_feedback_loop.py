@@ -3,6 +3,7 @@ alarms, and the lineage each candidate carries. Flat parts whose lighting drifte
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -156,3 +157,26 @@ def test_a_time_budget_ends_training_early_as_a_complete_run_with_the_last_weigh
     assert 0 < result.steps < 100_000 and not result.interrupted
     selection = json.loads((tmp_path / "budget" / "selection.json").read_text())
     assert selection["evaluations"][-1]["step"] == result.steps == result.selected_step
+
+
+def test_the_threshold_comes_down_to_catch_confirmed_defects_but_never_onto_a_held_out_normal(parent, tmp_path):
+    from inspector.card import Lineage
+    from training.export import replace_card
+    from training.retrain import keep_confirmed_defects
+    from training.run_folder import RunFolder
+
+    run = RunFolder.create(tmp_path / "candidate")
+    shutil.copyfile(parent / "model.onnx", run.model)
+    defects = write_parts(tmp_path / "defects", 6, seed=31, make=flat_part, defect=True)
+    scores = np.sort([r.raw for r in Scorer(run.model).score_files(defects, heatmaps=False)])
+    card = Scorer(run.model).card
+    loose = card.calibration.model_copy(update={"threshold": float(scores[-1]) * 2,  # above every defect
+                                                "quantiles": {**card.calibration.quantiles, "max": float(scores[1])}})
+    card = card.with_updates(calibration=loose, lineage=Lineage(parent="p", change="retrained", created="now"))
+    replace_card(run.model, card)
+    kept = keep_confirmed_defects(run, card, None, np.zeros((0,)), defects, seed=0, max_items=8)
+    assert kept.calibration.threshold == pytest.approx(scores[2])  # the lowest defect above the held-out normals
+    assert kept.calibration.method == "quantile_and_reviews" and kept.lineage.held_out_threshold == loose.threshold
+    assert kept.lineage.confirmed_defects == 6 and Scorer(run.model).threshold == pytest.approx(scores[2])
+    caught = [r.verdict == "anomaly" for r in Scorer(run.model).score_files(defects, heatmaps=False)]
+    assert sum(caught) == 4  # the two at or below the highest held-out normal score stay missed

@@ -4,6 +4,7 @@
     train/good (the parent's split: same fit / held-out parts)  --+
     reviewed false alarms' frames + new good photos (own split) --+--> fit part (new frames oversampled)
                                                                   `--> held-out part --> threshold
+    -> threshold lowered, if needed, to catch the defects operators confirmed (never to a held-out normal)
     -> candidate run folder: model.onnx whose card names its parent and the reviews it learned from
 
 The new frames are few beside the original training set, so they are repeated in the fit part until
@@ -26,13 +27,15 @@ import torch
 from inspector.card import ImageInput, Lineage, ModelCard
 from inspector.errors import InspectorError
 from inspector.review.store import ReviewStore, ReviewStoreError
-from inspector.scorer import Scorer
+from inspector.scorer import ANOMALY, Scorer
 
 from .config import TrainConfig, validate_train_config
 from .data import load_images, load_train_good, split_holdout
 from .fit import calibrate_and_export, train_family
+from .export import replace_card
 from .recalibrate import good_image_paths, model_of
 from .run_folder import RunFolder
+from .selection import synthetic_recall
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,9 @@ def parent_weights(run: Path) -> dict[str, dict]:
     return weights
 
 
-def reviewed_false_alarm_frames(database: Path) -> tuple[list[Path], list[int], int]:
-    """Frames of the items whose current label is false alarm: (existing paths, their item ids, missing count)."""
+def reviewed_frames(database: Path, label: str, verdict: str | None = None) -> tuple[list[Path], list[int], int]:
+    """Frames of the items whose current label is `label` (and whose verdict was `verdict`, when given):
+    (existing paths, their item ids, how many have no frame any more)."""
     if not database.is_file():
         raise InspectorError(f"{database}: no review database there")
     try:
@@ -84,7 +88,9 @@ def reviewed_false_alarm_frames(database: Path) -> tuple[list[Path], list[int], 
         raise InspectorError(str(exc)) from None
     folder = store.evidence_dir()
     paths, ids, missing = [], [], 0
-    for item in store.labelled("false_alarm"):
+    for item in store.labelled(label):
+        if verdict is not None and item["verdict"] != verdict:
+            continue
         path = folder / item["frame"] if folder is not None and item["frame"] else None
         if path is not None and path.is_file():
             paths.append(path)
@@ -93,6 +99,33 @@ def reviewed_false_alarm_frames(database: Path) -> tuple[list[Path], list[int], 
             missing += 1
     store.close()
     return paths, ids, missing
+
+
+def keep_confirmed_defects(run: RunFolder, card: ModelCard, scoring, held_out: np.ndarray, defects: list[Path],
+                           seed: int, max_items: int) -> ModelCard:
+    """Lower the held-out threshold to catch the confirmed defects the active model caught, as many as can
+    be caught without a held-out normal image scoring at or above it: the operator's labels count where a
+    few dozen held-out images make the quantile's upper confidence limit loose. The card says so."""
+    if not defects:
+        return card
+    scores = np.array([r.raw for r in Scorer(run.model).score_files(defects, heatmaps=False) if not r.rejected])
+    calibration = card.calibration
+    floor = calibration.quantiles.get("max", 0.0)  # the highest held-out normal score
+    missed = scores[scores < calibration.threshold]
+    catchable = missed[missed > floor]
+    if not len(catchable):
+        return card.with_updates(lineage=card.lineage.model_copy(update={"confirmed_defects": len(scores)}))
+    threshold = float(catchable.min())
+    recall = synthetic_recall(scoring, held_out[:max_items], card.input, card.score, threshold, seed) if scoring else None
+    updated = card.with_updates(
+        calibration=calibration.model_copy(update={"threshold": threshold, "method": "quantile_and_reviews",
+                                                   "synthetic_recall": recall}),
+        lineage=card.lineage.model_copy(update={"confirmed_defects": len(scores),
+                                                "held_out_threshold": calibration.threshold}))
+    replace_card(run.model, updated)
+    log.info("threshold %.4g -> %.4g: the lowest score among %d confirmed defects (highest held-out normal %.4g)",
+             calibration.threshold, threshold, len(scores), floor)
+    return updated
 
 
 def _join(*parts: np.ndarray) -> np.ndarray:
@@ -118,7 +151,8 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
     if config.data.kind != "mvtec" or not isinstance(parent.input, ImageInput):
         raise InspectorError(f"{run_dir}: retraining from reviews works on models trained on a folder of photos; "
                              f"this run trained on data.kind {config.data.kind}")
-    frames, review_ids, missing = reviewed_false_alarm_frames(reviews)
+    frames, review_ids, missing = reviewed_frames(reviews, "false_alarm")
+    confirmed, _, _ = reviewed_frames(reviews, "defect", verdict=ANOMALY)  # what the active model caught
     extra = good_image_paths(good) if good else []
     if not frames and not extra:
         raise InspectorError(f"{reviews}: no frame reviewed as false alarm to learn from"
@@ -156,4 +190,5 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
                       false_alarm_reviews=review_ids)
     card = calibrate_and_export(tuned, run, trained, scoring, held_out, _join(normal.tensors, new.tensors), progress,
                                 lineage=lineage)
+    card = keep_confirmed_defects(run, card, scoring, held_out, confirmed, seed, tuned.selection.max_items)
     return Retrained(run, card, parent, len(frames), missing, len(extra), trained.steps, time.perf_counter() - started)
