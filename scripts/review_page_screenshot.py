@@ -2,6 +2,10 @@
 over HTTP as an operator would, and Debian's chromium (Playwright) photographs the page.
 
     python scripts/review_page_screenshot.py MODEL IMAGE_DIR... --out docs/review_page.png
+
+The README's picture: the demo's synthetic parts (training.synthetic.write_dataset, 64 px; the demo
+config trained 300 steps), three images each of its test speck, scratch, stain and good folders. No
+real data set's images go into the repository.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("images", type=Path, nargs="+", help="folders of images to stream through the daemon")
-    parser.add_argument("--label", default="defect,false_alarm,defect", help="labels for the oldest anomalies")
+    parser.add_argument("--label", default="defect,defect,unsure", help="labels for the anomalies below the newest")
     parser.add_argument("--out", type=Path, default=Path("docs/review_page.png"))
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -53,7 +57,7 @@ def main() -> int:
         base = f"http://127.0.0.1:{page_port}"
         page = opener.open(base + "/", timeout=30).read().decode()
         token = re.search(r'"X-CSRF-Token": "([^"]+)"', page).group(1)
-        ids = sorted(int(i) for i in re.findall(r'id="item-(\d+)"', page))
+        ids = sorted((int(i) for i in re.findall(r'id="item-(\d+)"', page)), reverse=True)[1:]  # the top one stays to review
         for item_id, label in zip(ids, args.label.split(",")):
             request = urllib.request.Request(f"{base}/items/{item_id}/review", headers={"X-CSRF-Token": token},
                                              data=urllib.parse.urlencode({"label": label, "reviewer": "ana"}).encode())
