@@ -117,7 +117,7 @@ def live_latency(work: Path, count: int) -> dict:
             page.add_init_script("""window.__seen = {};
                 new MutationObserver(() => document.querySelectorAll('article.card').forEach(card => {
                     if (!(card.dataset.item in window.__seen)) { window.__seen[card.dataset.item] = Date.now(); }
-                })).observe(document.documentElement, {childList: true, subtree: true});""")
+                })).observe(document, {childList: true, subtree: true});""")  # the document: no element exists yet
             page.goto(f"http://127.0.0.1:{page_port}/")
             for index in range(count):
                 ok, data = cv2.imencode(".png", flat_part(rng, defect=True))

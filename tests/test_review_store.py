@@ -142,3 +142,20 @@ def test_a_page_deep_in_100000_items_is_read_through_an_index_not_a_scan(tmp_pat
     assert "items_by_source" in plan and "SCAN items" not in plan
     page = store.items(ItemFilter(source="cam1"), before=50_000, limit=41)
     assert [i["seq"] for i in page] == list(range(49_997, 49_997 - 4 * 41, -4))
+
+
+def test_the_tallies_kept_by_triggers_match_a_count_of_the_items(tmp_path):
+    store = ReviewStore(tmp_path / "reviews.sqlite3")
+    store.add_items([offered(seq, source=f"cam{seq % 3}", verdict="normal" if seq % 4 == 0 else "anomaly",
+                             model=f"v{seq % 2}") for seq in range(1, 200)])
+    for item in store.items(limit=200)[::3]:
+        store.add_review(item["id"], "false_alarm", "ana")
+        store.add_review(item["id"], "defect", "ben")  # a change of mind moves the item between tallies
+    connection = store._connection()
+    for by in ("source", "model_version"):
+        direct = {row[0]: row[1:] for row in connection.execute(
+            f"SELECT {by}, COUNT(*), SUM(verdict = 'anomaly'), SUM(label IS NOT NULL), "
+            f"SUM(verdict = 'anomaly' AND label IS 'defect') FROM items GROUP BY {by}")}
+        tallied = {row["key"]: (row["total"], row["anomalies"], row["reviewed"], row["confirmed"])
+                   for row in store.counts(by)}
+        assert tallied == direct

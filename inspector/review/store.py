@@ -11,6 +11,8 @@ Two tables:
            beside the item so that filtering by review state uses an index.
   reviews  append-only (triggers refuse UPDATE and DELETE): item, label, note, reviewer, time.
   settings where the evidence folder is (pictures and captured frames are files there).
+  tallies  items per source, model version, verdict and label, kept by triggers: the page's counts
+           read a few rows instead of grouping 100,000 items on every refresh.
 
 The schema version is SQLite's `user_version`; opening a file migrates it forward in one
 transaction, and a file written by a newer inspector is refused rather than misread.
@@ -62,6 +64,24 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX reviews_by_item ON reviews (item_id, id);
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE tallies (
+        source TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        label TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (source, model_version, verdict, label)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER items_are_tallied AFTER INSERT ON items BEGIN
+        INSERT INTO tallies VALUES (NEW.source, NEW.model_version, NEW.verdict, COALESCE(NEW.label, ''), 1)
+            ON CONFLICT (source, model_version, verdict, label) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER labels_are_tallied AFTER UPDATE OF label ON items BEGIN
+        UPDATE tallies SET n = n - 1 WHERE source = OLD.source AND model_version = OLD.model_version
+            AND verdict = OLD.verdict AND label = COALESCE(OLD.label, '');
+        INSERT INTO tallies VALUES (NEW.source, NEW.model_version, NEW.verdict, COALESCE(NEW.label, ''), 1)
+            ON CONFLICT (source, model_version, verdict, label) DO UPDATE SET n = n + 1;
+    END;
     CREATE TRIGGER reviews_are_not_updated BEFORE UPDATE ON reviews
         BEGIN SELECT RAISE(ABORT, 'reviews are append-only'); END;
     CREATE TRIGGER reviews_are_not_deleted BEFORE DELETE ON reviews
@@ -262,7 +282,7 @@ class ReviewStore:
         return {row["item_id"]: dict(row) for row in rows}
 
     def sources(self) -> list[str]:
-        return [row[0] for row in self._connection().execute("SELECT DISTINCT source FROM items ORDER BY source")]
+        return [row[0] for row in self._connection().execute("SELECT DISTINCT source FROM tallies ORDER BY source")]
 
     def counts(self, by: str) -> list[dict]:
         """Per source or per model version: items, reviewed, each label, and the estimated precision of
@@ -270,13 +290,13 @@ class ReviewStore:
         if by not in ("source", "model_version"):
             raise ValueError(by)
         rows = self._connection().execute(
-            f"SELECT {by} AS key, COUNT(*) AS total, SUM(verdict = 'anomaly') AS anomalies, "
-            f"SUM(label IS NOT NULL) AS reviewed, "
-            f"SUM(verdict = 'anomaly' AND label IS 'defect') AS confirmed, "
-            f"SUM(verdict = 'anomaly' AND label IS 'false_alarm') AS false_alarms, "
-            f"SUM(label IS 'unsure') AS unsure, "
-            f"SUM(verdict = 'normal' AND label IS 'defect') AS missed "
-            f"FROM items GROUP BY {by} ORDER BY {by}")
+            f"SELECT {by} AS key, SUM(n) AS total, SUM(n * (verdict = 'anomaly')) AS anomalies, "
+            f"SUM(n * (label != '')) AS reviewed, "
+            f"SUM(n * (verdict = 'anomaly' AND label = 'defect')) AS confirmed, "
+            f"SUM(n * (verdict = 'anomaly' AND label = 'false_alarm')) AS false_alarms, "
+            f"SUM(n * (label = 'unsure')) AS unsure, "
+            f"SUM(n * (verdict = 'normal' AND label = 'defect')) AS missed "
+            f"FROM tallies GROUP BY {by} HAVING SUM(n) > 0 ORDER BY {by}")
         out = []
         for row in rows:
             entry = dict(row)
