@@ -250,7 +250,8 @@ def run(args) -> str:
         for drift_name in args.drifts.split(","):
             print(f"{name} {drift_name}: stream, review, retrain ...", flush=True)
             row = {**run_drift(name, drift_name, work / drift_name, model, aside, args.budget_s),
-                   "base_train_seconds": round(seconds, 1)}
+                   "base_train_seconds": round(seconds, 1), "command": "python -m benchmarks.feedback_loop "
+                   + " ".join(sys.argv[1:])}
             with ROWS.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             rows.append(row)
