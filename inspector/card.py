@@ -175,6 +175,13 @@ class ExportInfo(FrozenStrict):
     parity_max_abs_diff: float
     parity_tolerance: float
     flops_per_item: int | None = None
+    # what one training-size frame costs (tiles x FLOPs per item) and the frames/s measured at export,
+    # on the machine named: read it before pointing a camera of another resolution at the model
+    frame_height: int | None = None
+    frame_width: int | None = None
+    inputs_per_frame: int | None = None
+    frames_per_s: float | None = None
+    measured_on: str | None = None
 
 
 class Lineage(FrozenStrict):

@@ -174,27 +174,44 @@ def _run(args) -> int:
         message = str(exc)
         raise ConfigError(message if message.startswith(str(args.config)) else f"{args.config}: {message}") from None
     if args.check:
-        opened = _open_live_cameras(config, args.config)
+        sizes = _camera_frame_sizes(config, args.config)
+        opened = [f"{name} delivered a {width}x{height} frame" for name, (width, height, live) in sizes.items() if live]
         print(f"{args.config}: ok (model {daemon.model.scorer.card.name} {daemon.model.version}, "
               f"{len(daemon.sources)} source(s){''.join(f'; {line}' for line in opened)})")
+        for line in _frame_costs(daemon.model.scorer, sizes):
+            print(line)
         return 0
     daemon.install_signal_handlers()
     return daemon.run()
 
 
-def _open_live_cameras(config, path: Path) -> list[str]:
-    """--check reads one frame from every live camera (device or URL): one that does not open fails
-    the check, where the daemon would retry it for ever."""
+def _camera_frame_sizes(config, path: Path) -> dict[str, tuple[int, int, bool]]:
+    """--check reads one frame from every camera source: {name: (width, height, live)}. A live camera
+    (device or URL) that does not open fails the check, where the daemon would retry it for ever."""
     from .init import open_capture
     from .settings import redact_url
 
-    opened = []
+    sizes = {}
     for source in config.sources:
-        if source.kind == "camera" and not source.is_file:
+        if source.kind == "camera":
             shown = redact_url(source.uri) if isinstance(source.uri, str) else f"camera {source.uri}"
             width, height = open_capture(source.uri, f"{path}: sources ({source.name}): {shown}")
-            opened.append(f"{source.name} delivered a {width}x{height} frame")
-    return opened
+            sizes[source.name] = (width, height, not source.is_file)
+    return sizes
+
+
+def _frame_costs(scorer, sizes: dict[str, tuple[int, int, bool]]) -> list[str]:
+    """Per camera: model runs and FLOPs per frame at its size, and the frames/s to expect on this machine."""
+    from .card import ImageInput
+    from .frame_cost import frame_cost, measure_inputs_per_second
+
+    spec = scorer.card.input
+    if not sizes or not isinstance(spec, ImageInput):
+        return []
+    flops = scorer.card.export.flops_per_item if scorer.card.export else None
+    rate = measure_inputs_per_second(scorer)
+    return [f"{name}: {frame_cost(spec, height, width, flops).describe(rate)}"
+            for name, (width, height, _) in sizes.items()]
 
 
 def _card(args) -> int:

@@ -57,8 +57,8 @@ def open_capture(target, label: str) -> tuple[int, int]:
         capture.release()
 
 
-def _source(args) -> tuple[list[str], str]:
-    """The source's YAML lines and a sentence on what was checked."""
+def _source(args) -> tuple[list[str], str, tuple[int, int] | None]:
+    """The source's YAML lines, a sentence on what was checked, and the frame size (height, width) read."""
     if args.folder is not None:
         if not args.folder.is_dir():
             raise ConfigError(f"--folder {args.folder}: no such folder (create it, or point at the one the camera "
@@ -67,7 +67,7 @@ def _source(args) -> tuple[list[str], str]:
                 "unreadable)",
                 f"    path: {args.folder.resolve()}",
                 "    settle_s: 0.3            # a file unchanged this long counts as completely written",
-                "    move_processed: true"], f"folder {args.folder} exists"
+                "    move_processed: true"], f"folder {args.folder} exists", None
     if args.camera is not None:
         target, label, uri = args.camera, f"--camera {args.camera}", str(args.camera)
         extra = ["    reconnect: {initial_s: 0.5, max_s: 30, factor: 2}   # unplugged: retried with backoff",
@@ -88,7 +88,7 @@ def _source(args) -> tuple[list[str], str]:
     width, height = open_capture(target, label)
     lines = ["    kind: camera             # cv2.VideoCapture: device index, video file, or rtsp:// / http:// URL",
              f"    uri: {uri}", *extra]
-    return lines, f"{label.split(' ', 1)[0].lstrip('-')} delivered a {width}x{height} frame"
+    return lines, f"{label.split(' ', 1)[0].lstrip('-')} delivered a {width}x{height} frame", (height, width)
 
 
 def run(args) -> int:
@@ -101,7 +101,7 @@ def run(args) -> int:
     if card.input.kind != "image":
         raise ConfigError(f"{args.model}: a traffic model; init writes configs for cameras and folders (see "
                           f"configs/line1.yaml for a traffic source)")
-    source, checked = _source(args)
+    source, checked, size = _source(args)
     base = args.out.resolve().parent
     model_path = os.path.relpath(args.model.resolve(), base)
     text = "\n".join([
@@ -129,6 +129,11 @@ def run(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"wrote {args.out}: model {card.name} loads, {checked}.")
+    if size is not None:
+        from .frame_cost import frame_cost, measure_inputs_per_second
+
+        cost = frame_cost(card.input, *size, card.export.flops_per_item if card.export else None)
+        print(f"cost: {cost.describe(measure_inputs_per_second(scorer))}")
     page = f", review page on http://127.0.0.1:{args.review_port}/" if args.review_port else ""
     print(f"next: inspector run -c {args.out}   (metrics on http://127.0.0.1:{args.port}/metrics{page})")
     return 0

@@ -114,6 +114,7 @@ def test_the_readme_path_from_photos_to_a_running_line(tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert "only" not in trained.stderr  # 40 photos: no small-set warning
     assert "self-check: this threshold flags" in trained.stdout
+    assert "frames/s on this machine" in trained.stdout  # the cost of a frame, said before the line runs
 
     new = photos(tmp_path / "new_photos", 2)
     for k, path in enumerate(sorted(new.iterdir())):
@@ -134,6 +135,7 @@ def test_the_readme_path_from_photos_to_a_running_line(tmp_path):
                      "--port", str(port), "--review-port", str(free_port()), cwd=tmp_path)
     assert init.returncode == 0, init.stderr
     assert "delivered a" in init.stdout and "frame" in init.stdout and "review page on http://127.0.0.1:" in init.stdout
+    assert "frames/s on this machine" in init.stdout  # what a frame of this camera costs, before the line runs
     ran = inspector("run", "-c", "line.yaml", "--exit-when-done", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     journal = (tmp_path / "journal" / "decisions.jsonl").read_text().splitlines()

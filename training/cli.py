@@ -105,6 +105,12 @@ def train(args) -> int:
           f"held-out normal {'images' if card.input.kind == 'image' else 'windows'}, target false-alarm rate "
           f"{calibration.target_false_alarm_rate:g}; {card.training.steps} steps in {card.training.train_seconds:.0f} s; "
           f"{card.export.flops_per_item / 1e6:.0f} MFLOPs/item; torch/onnx max diff {card.export.parity_max_abs_diff:.1e})")
+    if card.export.frames_per_s is not None:
+        from inspector.frame_cost import frame_cost
+
+        cost = frame_cost(card.input, card.export.frame_height, card.export.frame_width, card.export.flops_per_item)
+        print(f"cost: {cost.describe(card.export.frames_per_s * cost.inputs)} ({card.export.measured_on}); "
+              f"other frame sizes: inspector run -c LINE.yaml --check")
     if calibration.synthetic_recall is not None:
         print(f"self-check: this threshold flags {calibration.synthetic_recall:.0%} of synthetic defects pasted into "
               f"the held-out good images (no test images used; real defects differ, so read it as a guide)")

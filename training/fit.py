@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 import uuid
@@ -21,6 +22,7 @@ import torch
 import inspector
 from inspector.card import Lineage, ModelCard, Provenance, ScoreDefinition
 from inspector.errors import ConfigError, InspectorError
+from inspector.frame_cost import frame_cost, measure_inputs_per_second
 from inspector.scorer import Scorer, combine_score
 
 from .calibrate import calibrate
@@ -205,7 +207,22 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     card = _card(config, spec, score, calibration, trained)
     if lineage is not None:
         card = card.with_updates(lineage=lineage)
-    return _export(config, scoring, card, held_out, run)
+    card = _export(config, scoring, card, held_out, run)
+    return with_frame_cost(card, run, held_out_frames[0].shape[-2:])
+
+
+def with_frame_cost(card: ModelCard, run: RunFolder, frame_size: tuple[int, int]) -> ModelCard:
+    """Record what a training-size frame costs and the frames/s the exported model reaches here."""
+    height, width = (int(v) for v in frame_size)
+    cost = frame_cost(card.input, height, width, card.export.flops_per_item)
+    rate = measure_inputs_per_second(Scorer(run.model))
+    export = card.export.model_copy(update={
+        "frame_height": height, "frame_width": width, "inputs_per_frame": cost.inputs,
+        "frames_per_s": round(rate / cost.inputs, 3), "measured_on": f"{platform.node()}, {os.cpu_count()} CPUs"})
+    card = card.with_updates(export=export)
+    replace_card(run.model, card)
+    log.info("cost: %s", cost.describe(rate))
+    return card
 
 
 def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,

@@ -1,0 +1,56 @@
+"""What one frame costs a model, and the frames/s to expect here: known before the line backs up.
+
+A tiled model runs once per tile: a 1920x1080 frame in 64 px tiles at half overlap is 1,947 runs
+(about 57 GFLOPs with a 29 MFLOP model), where the training images may have been a tenth of that.
+The cost comes from the card (FLOPs per model input, the tile grid); the speed is measured on this
+machine by running the model on batches of neutral inputs for about a second.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .card import ImageInput
+from .preprocess import tile_origins
+
+
+@dataclass(frozen=True)
+class FrameCost:
+    height: int
+    width: int
+    inputs: int  # model runs per frame: tiles, or 1
+    flops: int | None  # per frame, when the card knows the FLOPs per input
+
+    def describe(self, inputs_per_s: float | None = None) -> str:
+        what = f"{self.inputs:,} tiles" if self.inputs > 1 else "1 model input"
+        text = f"{self.width}x{self.height} frames: {what} per frame"
+        if self.flops:
+            text += f", {self.flops / 1e9:.2f} GFLOPs"
+        if inputs_per_s:
+            text += (f"; about {inputs_per_s / self.inputs:,.1f} frames/s on this machine "
+                     f"({inputs_per_s:,.0f} model inputs/s measured)")
+        return text
+
+
+def frame_cost(spec: ImageInput, height: int, width: int, flops_per_input: int | None) -> FrameCost:
+    """The model runs a height x width frame takes (frames smaller than a tile count as one tile)."""
+    inputs = 1
+    if spec.resize == "tile":
+        inputs = (len(tile_origins(max(height, spec.height), spec.height, spec.tile_overlap))
+                  * len(tile_origins(max(width, spec.width), spec.width, spec.tile_overlap)))
+    return FrameCost(height, width, inputs, flops_per_input * inputs if flops_per_input else None)
+
+
+def measure_inputs_per_second(scorer, batch: int = 32, seconds: float = 1.0) -> float:
+    """Model inputs scored per second on neutral batches (after one warm-up run), as the daemon batches them."""
+    spec = scorer.card.input
+    probe = np.zeros((batch, spec.channels, spec.height, spec.width), np.float32)
+    scorer.score_tensor(probe)
+    runs, started = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - started < seconds:
+        scorer.score_tensor(probe)
+        runs += 1
+    return runs * batch / (time.perf_counter() - started)
