@@ -80,11 +80,11 @@ DAEMON_SETTINGS = [(2, 1), (1, 2)]
 CODECS = {"MJPG": "Motion JPEG, as USB and many IP cameras send", "FFV1": "FFV1, lossless"}
 
 
-def write_video(folder: Path, size: int, frames: int, codec: str) -> Path:
+def write_video(folder: Path, size: int, frames: int, codec: str, fps: float = 25.0) -> Path:
     """Random-noise frames: the costliest content for any codec to decode (a worst case)."""
-    video = folder / f"video_{size}_{codec}.avi"
+    video = folder / f"video_{size}_{codec}_{fps:g}fps.avi"
     rng = np.random.default_rng(0)
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*codec), 25.0, (size, size))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*codec), fps, (size, size))
     pool = [rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(16)]
     for i in range(frames):
         writer.write(pool[i % len(pool)])

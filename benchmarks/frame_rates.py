@@ -1,0 +1,77 @@
+"""Frames/s of the default recipe's model at the line's resolution (issue 20, first goal).
+
+For every dev image set, the model `inspector train --data SET` makes (its geometry: tile size, overlap,
+channels) is exported after a few training steps: FLOPs and speed do not depend on the weights. Its
+model inputs/s are measured here on batches of 32 (`inspector.frame_cost.measure_inputs_per_second`,
+the measurement `inspector run --check` makes), and frames/s follow from the tiles per frame at the
+set's native frame size, at 1280x720 and at 1920x1080.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.accuracy_tables import SUITE
+from benchmarks.results import section_header, section_main
+from inspector.frame_cost import frame_cost, measure_inputs_per_second
+from inspector.image_files import list_images, read_image
+from inspector.scorer import Scorer
+
+MARK_START, MARK_END = "<!-- frame-rates:start -->", "<!-- frame-rates:end -->"
+SIZES = ((720, 1280), (1080, 1920))
+PIPED = ("PA_BDP01_TL", "PA_FVN01_TL")
+
+
+def dev_sets() -> list[tuple[str, Path]]:
+    from training.data import data_root
+
+    root = data_root()
+    return [(name, root / name) for name in SUITE] + [(f"piped {c}", root / "piped" / c) for c in PIPED] + \
+        [("mvtec_screw", root / "mvtec_screw")]
+
+
+def default_model(data: Path, work: Path) -> Path:
+    from training.cli import default_config
+    from training.fit import fit
+
+    config = default_config(str(data), {"train.steps": 2, "selection.criterion": "last"})
+    return fit(config, work, progress=False, evaluate_test=False).model_path
+
+
+def run(args) -> str:
+    rows = []
+    for name, data in dev_sets():
+        if not data.is_dir():
+            print(f"{name}: not found at {data}, skipped", flush=True)
+            continue
+        model = default_model(data, Path(tempfile.mkdtemp(prefix="qi_frames_")))
+        scorer = Scorer(model, intra_op_threads=args.threads)
+        rate = measure_inputs_per_second(scorer, seconds=args.seconds)
+        native = read_image(list_images(data / "train" / "good")[0]).shape[:2]
+        spec, flops = scorer.card.input, scorer.card.export.flops_per_item
+        costs = [frame_cost(spec, *native, flops)] + [frame_cost(spec, h, w, flops) for h, w in SIZES]
+        rows.append((name, spec, flops, rate, costs))
+        print(name, [c.describe(rate) for c in costs], flush=True)
+    lines = section_header(MARK_START, "Frame rates at the line's resolution", "benchmarks.frame_rates")
+    lines += ["", "The default recipe's model per dev set (geometry as `inspector train --data` chooses it), model "
+              f"inputs/s measured on batches of 32 with {args.threads or 'all'} onnxruntime threads; frames/s = inputs/s "
+              "/ tiles per frame. Native = the set's first training image.", "",
+              "| set | model input | MFLOPs / input | inputs/s | native frame: tiles, GFLOPs, frames/s | "
+              "1280x720: tiles, frames/s | 1920x1080: tiles, frames/s |", "|---|---|---|---|---|---|---|"]
+    for name, spec, flops, rate, (native, hd, full) in rows:
+        geometry = f"{spec.height} px {'tiles, overlap ' + format(spec.tile_overlap, 'g') if spec.resize == 'tile' else spec.resize}"
+        lines.append(f"| {name} | {geometry} | {flops / 1e6:.1f} | {rate:,.0f} | {native.width}x{native.height}: "
+                     f"{native.inputs:,}, {native.flops / 1e9:.2f}, {rate / native.inputs:,.1f} | {hd.inputs:,}, "
+                     f"{rate / hd.inputs:,.2f} | {full.inputs:,}, {rate / full.inputs:,.2f} |")
+    return "\n".join(lines + ["", MARK_END])
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="how long to measure each model")
+
+
+if __name__ == "__main__":
+    sys.exit(section_main(__doc__, run, MARK_START, MARK_END, add_arguments))
