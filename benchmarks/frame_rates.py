@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.accuracy_tables import SUITE
 from benchmarks.results import section_header, section_main
@@ -30,6 +33,19 @@ def dev_sets() -> list[tuple[str, Path]]:
     root = data_root()
     return [(name, root / name) for name in SUITE] + [(f"piped {c}", root / "piped" / c) for c in PIPED] + \
         [("mvtec_screw", root / "mvtec_screw")]
+
+
+def matmul_gflops(seconds: float = 3.0, n: int = 1024) -> float:
+    """The machine's float32 roofline as this benchmark measures it: GFLOP/s of a square matrix product
+    (numpy's BLAS, all cores), measured in the same run as the models."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    a @ b
+    runs, started = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - started < seconds:
+        a @ b
+        runs += 1
+    return 2 * n ** 3 * runs / (time.perf_counter() - started) / 1e9
 
 
 def default_model(data: Path, work: Path) -> Path:
@@ -52,17 +68,21 @@ def run(args) -> str:
         native = read_image(list_images(data / "train" / "good")[0]).shape[:2]
         spec, flops = scorer.card.input, scorer.card.export.flops_per_item
         costs = [frame_cost(spec, *native, flops)] + [frame_cost(spec, h, w, flops) for h, w in SIZES]
-        rows.append((name, spec, flops, rate, costs))
-        print(name, [c.describe(rate) for c in costs], flush=True)
+        rows.append((name, spec, flops, rate, costs, matmul_gflops()))
+        print(name, [c.describe(rate) for c in costs], f"roofline {rows[-1][-1]:.0f} GFLOP/s", flush=True)
     lines = section_header(MARK_START, "Frame rates at the line's resolution", "benchmarks.frame_rates")
     lines += ["", "The default recipe's model per dev set (geometry as `inspector train --data` chooses it), model "
               f"inputs/s measured on batches of 32 with {args.threads or 'all'} onnxruntime threads; frames/s = inputs/s "
-              "/ tiles per frame. Native = the set's first training image.", "",
-              "| set | model input | MFLOPs / input | inputs/s | native frame: tiles, GFLOPs, frames/s | "
-              "1280x720: tiles, frames/s | 1920x1080: tiles, frames/s |", "|---|---|---|---|---|---|---|"]
-    for name, spec, flops, rate, (native, hd, full) in rows:
+              "/ tiles per frame. Native = the set's first training image. Roofline: a 1024x1024 float32 matrix "
+              "product (numpy's BLAS, all cores) measured right after each model.", "",
+              "| set | model input | MFLOPs / input | inputs/s | GFLOP/s (of matmul roofline) | native frame: tiles, "
+              "GFLOPs, frames/s | 1280x720: tiles, frames/s | 1920x1080: tiles, frames/s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, spec, flops, rate, (native, hd, full), roofline in rows:
+        achieved = rate * flops / 1e9
         geometry = f"{spec.height} px {'tiles, overlap ' + format(spec.tile_overlap, 'g') if spec.resize == 'tile' else spec.resize}"
-        lines.append(f"| {name} | {geometry} | {flops / 1e6:.1f} | {rate:,.0f} | {native.width}x{native.height}: "
+        lines.append(f"| {name} | {geometry} | {flops / 1e6:.1f} | {rate:,.0f} | {achieved:.0f} ({achieved / roofline:.0%} "
+                     f"of {roofline:.0f}) | {native.width}x{native.height}: "
                      f"{native.inputs:,}, {native.flops / 1e9:.2f}, {rate / native.inputs:,.1f} | {hd.inputs:,}, "
                      f"{rate / hd.inputs:,.2f} | {full.inputs:,}, {rate / full.inputs:,.2f} |")
     return "\n".join(lines + ["", MARK_END])
