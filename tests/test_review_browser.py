@@ -88,9 +88,10 @@ def test_an_operator_reviews_new_anomalies_with_the_keyboard_and_the_labels_outl
         assert daemon.terminate() == 0
     store = ReviewStore(tmp_path / "journal" / "reviews.sqlite3")
     assert store.evidence_dir() == daemon.evidence.resolve()
-    for offered in store.items():  # each keeps its frame as captured, for retraining
+    for offered in store.items():  # each keeps its frame as captured, out of retention's way once reviewed
         frame = cv2.imread(str(daemon.evidence / offered["frame"]))
-        assert frame.shape == (48, 64, 3) and offered["frame"] == offered["evidence"].replace(".png", ".frame.png")
+        assert frame.shape == (48, 64, 3)
+        assert offered["frame"] == "reviewed/" + offered["evidence"].replace(".png", ".frame.png")
     store.close()
 
     with review_daemon(tmp_path, model, port) as restarted:

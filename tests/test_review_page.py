@@ -273,3 +273,26 @@ def test_the_server_socket_asks_for_tcp_nodelay(tmp_path):
         assert server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         server.socket.close()
+
+
+def test_a_reviewed_frame_survives_evidence_retention_for_retraining(tmp_path):
+    from training.retrain import reviewed_frames
+
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    (evidence / "cam0_00000001.frame.png").write_bytes(b"\x89PNG the frame as captured")
+    store = ReviewStore(tmp_path / "reviews.sqlite3")
+    store.set_evidence_dir(evidence)
+    store.add_items([NewItem("run-a", "cam0", 1, "frame 1", 1.0, "v1", 3.0, 1.5, 2.0, "anomaly",
+                             "cam0_00000001.png", "cam0_00000001.frame.png")])
+    server = ReviewServer(ReviewPage(store, evidence).app(), "127.0.0.1", 0)
+    server.start()
+    try:
+        client = Client(server.url)
+        assert client.request("/items/1/review", {"label": "false_alarm"}, {"X-CSRF-Token": client.csrf()})[0] == 200
+    finally:
+        server.stop()
+    (evidence / "cam0_00000001.frame.png").unlink()  # retention deletes the oldest evidence files
+    paths, ids, missing = reviewed_frames(tmp_path / "reviews.sqlite3", "false_alarm")
+    assert paths == [evidence / "reviewed" / "cam0_00000001.frame.png"] and ids == [1] and missing == 0
+    assert paths[0].read_bytes() == b"\x89PNG the frame as captured"

@@ -29,6 +29,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .frames import keep_reviewed_frame
 from .security import COOKIE, SECURITY_HEADERS, LoginThrottle, Session, Sessions, check_password, read_users, same_origin
 from .store import LABELS, STATES, VERDICTS, ItemFilter, ReviewStore
 
@@ -232,6 +233,7 @@ class ReviewPage:
             item = self.store.add_review(item_id, label, self._reviewer(session, form), note)
         except KeyError:
             raise HTTPException(404, f"no review item {item_id}") from None
+        item = keep_reviewed_frame(self.store, item)
         self.on_review(item, label)
         return HTMLResponse(self._render("card.html", item=item, reviews=self.store.latest_reviews([item_id])))
 

@@ -217,6 +217,10 @@ class ReviewStore:
                 [(i.run, i.source, i.seq, i.origin, i.captured_at, i.model_version, i.score, i.normalised,
                   i.threshold, i.verdict, i.evidence, i.frame) for i in items])
 
+    def set_frame(self, item_id: int, frame: str) -> None:
+        """Where the item's captured frame is now (relative to the evidence folder)."""
+        self._connection().execute("UPDATE items SET frame = ? WHERE id = ?", (frame, item_id))
+
     def set_evidence_dir(self, folder: Path | None) -> None:
         """Where the items' pictures and frames are (the daemon records it; retraining reads it)."""
         try:
