@@ -179,7 +179,7 @@ class Daemon:
         from .review.shadow import ShadowMetrics, ShadowSink
 
         try:
-            candidate = self._load_scorer(config.shadow.model)
+            candidate = self._load_scorer(config.shadow.model, own_threshold=True)
         except InspectorError as exc:
             raise ConfigError(f"field 'shadow.model': {exc}") from None
         metrics = ShadowMetrics(self.metrics.registry)
@@ -222,9 +222,11 @@ class Daemon:
         return {"on_drop": lambda n: self.metrics.sink_dropped.labels(name).inc(n),
                 "on_state": lambda up: self.metrics.sink_connected.labels(name).set(1 if up else 0)}
 
-    def _load_scorer(self, path: Path) -> Scorer:
+    def _load_scorer(self, path: Path, own_threshold: bool = False) -> Scorer:
+        """The active model (model.threshold, when set, overrides its card's), or with `own_threshold` a
+        shadow candidate, judged by the threshold its own card carries."""
         m = self.config.model
-        scorer = Scorer(path, threshold=m.threshold, intra_op_threads=m.intra_op_threads,
+        scorer = Scorer(path, threshold=None if own_threshold else m.threshold, intra_op_threads=m.intra_op_threads,
                         inter_op_threads=m.inter_op_threads, optimization=m.optimization, spinning=m.spinning)
         scorer.self_test()  # at start and before every hot-swap: a model that breaks the line never serves
         return scorer

@@ -140,3 +140,21 @@ def test_a_candidate_that_misses_a_confirmed_defect_is_not_promoted_unless_force
     assert active.read_bytes() == before
     check = promote(blind, active, line / "journal" / "reviews.sqlite3", force=True)
     assert len(check.missed) == 3 and Scorer(active).card.version == Scorer(blind).card.version
+
+
+def test_a_shadow_candidate_is_judged_by_its_own_cards_threshold_not_the_active_override(parent_run, tmp_path):
+    from inspector.config import parse_daemon_config
+    from inspector.daemon import Daemon
+    from inspector.review.shadow import ShadowSink
+
+    config = parse_daemon_config({"model": {"path": str(parent_run / "model.onnx"), "threshold": 123.0},
+                                  "sources": [{"name": "in", "kind": "folder", "path": str(tmp_path)}],
+                                  "metrics": {"port": 0}, "journal": {"path": str(tmp_path / "j.jsonl")},
+                                  "shadow": {"model": str(parent_run / "model.onnx")}}, "line.yaml")
+    daemon = Daemon(config)
+    try:
+        (shadow,) = [sink for sink in daemon.pipeline.sinks if isinstance(sink, ShadowSink)]
+        assert daemon.model.scorer.threshold == 123.0
+        assert shadow.candidate.threshold == Scorer(parent_run / "model.onnx").card.calibration.threshold
+    finally:
+        daemon.server.server.server_close()  # never started: nothing to shut down, only the socket to free
