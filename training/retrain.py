@@ -86,19 +86,9 @@ def reviewed_frames(database: Path, label: str, verdict: str | None = None) -> t
         store = ReviewStore(database)
     except ReviewStoreError as exc:
         raise InspectorError(str(exc)) from None
-    folder = store.evidence_dir()
-    paths, ids, missing = [], [], 0
-    for item in store.labelled(label):
-        if verdict is not None and item["verdict"] != verdict:
-            continue
-        path = folder / item["frame"] if folder is not None and item["frame"] else None
-        if path is not None and path.is_file():
-            paths.append(path)
-            ids.append(item["id"])
-        else:
-            missing += 1
+    found, missing = store.labelled_frames(label, verdict)
     store.close()
-    return paths, ids, missing
+    return [path for _, path in found], [item["id"] for item, _ in found], missing
 
 
 def keep_confirmed_defects(run: RunFolder, card: ModelCard, scoring, held_out: np.ndarray, defects: list[Path],

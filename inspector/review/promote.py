@@ -34,15 +34,10 @@ def check_candidate(candidate: Scorer, reviews: Path) -> PromotionCheck:
         store = ReviewStore(reviews)
     except ReviewStoreError as exc:
         raise InspectorError(str(exc)) from None
-    folder = store.evidence_dir()
     check = PromotionCheck()
-    for item in store.labelled("defect"):
-        if item["verdict"] != ANOMALY:
-            continue  # a miss of the active model: the candidate is not held to it
-        frame = folder / item["frame"] if folder is not None and item["frame"] else None
-        if frame is None or not frame.is_file():
-            check.without_frame += 1
-            continue
+    # confirmed defects the active model flagged (its misses: the candidate is not held to them)
+    caught, check.without_frame = store.labelled_frames("defect", verdict=ANOMALY)
+    for item, frame in caught:
         check.confirmed_caught += 1
         (result,) = candidate.score_files([frame], heatmaps=False)
         if not result.rejected and result.verdict == ANOMALY:

@@ -318,6 +318,21 @@ class ReviewStore:
         for row in rows:
             yield dict(row)
 
+    def labelled_frames(self, label: str, verdict: str | None = None) -> tuple[list[tuple[dict, Path]], int]:
+        """Items whose current label is `label` (and whose verdict was `verdict`, when given) with their
+        captured frame's path, oldest first; and how many of them have no frame any more."""
+        folder = self.evidence_dir()
+        found, missing = [], 0
+        for item in self.labelled(label):
+            if verdict is not None and item["verdict"] != verdict:
+                continue
+            path = folder / item["frame"] if folder is not None and item["frame"] else None
+            if path is not None and path.is_file():
+                found.append((item, path))
+            else:
+                missing += 1
+        return found, missing
+
     def labelled(self, label: str) -> list[dict]:
         """Items whose current label is `label`, oldest first (retraining reads the false alarms)."""
         rows = self._connection().execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE label = ? ORDER BY id",
