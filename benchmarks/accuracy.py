@@ -50,7 +50,7 @@ from benchmarks.results import write_section
 from inspector.scorer import Scorer
 from benchmarks.brightness import brightness_false_alarms
 from benchmarks.knn_reference import knn_reference_row
-from training.cli import default_config, parse_overrides
+from training.cli import default_config, infer_input, parse_overrides
 from training.config import load_train_config
 from training.data import data_root, load_test, mnist_one_class
 from training.fit import fit
@@ -90,6 +90,8 @@ def variant_overrides(variant: str, set_name: str) -> dict:
         return {"model.family": "anogan",
                 "score.weights": {pixel: 1 - ANOGAN_LAMBDA, "feature_residual": ANOGAN_LAMBDA},
                 "selection.criterion": "validation_loss" if table else "synthetic_auroc"}
+    if variant == "backbone":  # GANomaly on pretrained features; whole frames for the suite's default geometry
+        return {"model.backbone": "efficientnet_lite0"}
     if variant == "classic":
         size = 32 if set_name.startswith("mnist") else 128
         return {"input.height": size, "input.width": size, "input.resize": "stretch",
@@ -138,7 +140,7 @@ def component_aurocs(config, result) -> dict[str, float]:
     """AUROC of every score component on test/ with the trained model (torch), frame = worst tile."""
     spec = config.input.to_spec()
     test = load_test_images(config)
-    if config.model.family == "anogan":
+    if config.model.family == "anogan" or config.model.backbone != "none":
         scoring = result.scoring
     else:
         scoring = GANomalyScoring(result.generator, config.score.pool_kernel, config.score.residual, with_latent=True,
@@ -233,6 +235,9 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         config = default_config(str(data_root() / name), overrides)
     else:
         config = load_train_config(config_path, overrides)
+        if config.model.backbone != "none" and config.data.kind == "mvtec":  # a tiled config's set, on whole frames
+            geometry = {f"input.{key}": value for key, value in infer_input(config.data.resolved_path, True).items()}
+            config = load_train_config(config_path, {**overrides, **geometry})
     if variant == "knn_reference":
         if config.data.kind != "mvtec":  # image folders only (not MNIST arrays, not tables)
             return []

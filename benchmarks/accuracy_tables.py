@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-COMPONENTS = ("latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual")
+COMPONENTS = ("latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual",
+              "patch_residual", "patch_knn")
 MARK_START, MARK_END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 LATENT_SEARCH_STEPS = 200
 # the harder dev suite: surfaces unlike PIPED, trained with no config at all (as `inspector train --data`)
@@ -85,8 +86,8 @@ def suite_table(rows: list[dict]) -> list[str]:
              "label-free synthetic-defect AUROC on held-out normal images at the exported checkpoint "
              "(selection.json); the reference has none.", "",
              "| set | variant | image AUROC | pixel AUROC | F1 @thr | FAR test/good | FAR x0.7 | FAR x1.3 | self-check "
-             "| train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| AUROC patch res. | AUROC patch kNN | MFLOPs/frame | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_variant: dict[str, list[dict]] = {}
     for r in rows:
         by_variant.setdefault(variant_label(r), []).append(r)
@@ -96,13 +97,14 @@ def suite_table(rows: list[dict]) -> list[str]:
             dark, bright = (r.get("far_brightness") or {}).get("0.7"), (r.get("far_brightness") or {}).get("1.3")
             lines.append(f"| {r['set']} | {variant} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | "
                          f"{fmt(r['f1'])} | {fmt(r['false_alarm_rate'])} | {fmt(dark)} | {fmt(bright)} | {fmt(check)} | "
-                         f"{r['train_seconds']:.0f} |")
+                         f"{fmt(r['components'].get('patch_residual'))} | {fmt(r['components'].get('patch_knn'))} | "
+                         f"{r['mflops_per_frame']:.0f} | {r['train_seconds']:.0f} |")
         aurocs = [r["image_auroc"] for r in rs]
         worst = min(rs, key=lambda r: r["image_auroc"])
         lines.append(f"| **mean of {len(rs)}** | {variant} | **{fmt(np.mean(aurocs))}** | | "
                      f"**{fmt(np.mean([r['f1'] for r in rs]))}** | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} "
-                     f"| | | | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
-        lines.append(f"| worst: {worst['set']} | {variant} | {fmt(worst['image_auroc'])} | | | | | | | |")
+                     f"| | | | | | | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
+        lines.append(f"| worst: {worst['set']} | {variant} | {fmt(worst['image_auroc'])} | | | | | | | | | | |")
     checked = [(r["selection"]["selected_value"], r["image_auroc"]) for r in rows if (r.get("selection") or {}).get(
         "selected_value") is not None]
     if len(checked) >= 3:

@@ -32,3 +32,78 @@ def test_stage_features_are_one_120_dimensional_vector_per_8x8_patch_and_stay_fr
         first, again = extractor(frames), extractor(frames)
     assert first.shape == (2, FEATURE_DIM, 96 // STRIDE, 160 // STRIDE)
     torch.testing.assert_close(first, again, rtol=0, atol=0)
+
+
+# GANomaly on the backbone's features (model.backbone: efficientnet_lite0)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from inspector.errors import ConfigError  # noqa: E402
+from inspector.scorer import Scorer  # noqa: E402
+from training.cli import default_config  # noqa: E402
+from training.config import validate_train_config  # noqa: E402
+from training.fit import fit  # noqa: E402
+from training.models.feature_ganomaly import PatchMemory  # noqa: E402
+from training.synthetic import write_dataset  # noqa: E402
+
+
+def backbone_config(data, **sections) -> dict:
+    return {"name": "features", "data": {"path": str(data)},
+            "input": {"height": 64, "width": 64, "resize": "stretch"},
+            "model": {"backbone": "efficientnet_lite0", "base_width": 8, "latent_dim": 32},
+            "train": {"steps": 12, "batch_size": 8, "threads": 2}, **sections}
+
+
+def test_a_backbone_model_scores_the_gan_residual_and_the_patch_memory_by_default(tmp_path):
+    config = validate_train_config(backbone_config(tmp_path), "test")
+    assert config.score.weights == {"patch_knn": 1.0, "patch_residual": 1.0}
+
+
+@pytest.mark.parametrize("change, refused", [
+    ({"input": {"height": 64, "width": 64, "resize": "tile"}}, "sees whole frames"),
+    ({"model": {"backbone": "efficientnet_lite0", "family": "anogan"}}, "trains the ganomaly family"),
+    ({"score": {"weights": {"residual_max": 1.0}}}, "residual_max not scored with model.backbone"),
+])
+def test_a_backbone_config_that_cannot_work_is_one_clear_sentence(tmp_path, change, refused):
+    with pytest.raises(ConfigError, match=refused):
+        validate_train_config({**backbone_config(tmp_path), **change}, "test")
+
+
+def test_inspector_train_data_with_a_backbone_sees_whole_frames_at_their_own_size(tmp_path):
+    good = tmp_path / "train" / "good"
+    good.mkdir(parents=True)
+    cv2.imwrite(str(good / "a.png"), np.zeros((300, 300), np.uint8))
+    config = default_config(str(tmp_path), {"model.backbone": "efficientnet_lite0"})
+    assert (config.input.height, config.input.width, config.input.resize, config.input.channels) == (304, 304, "stretch", 1)
+    cv2.imwrite(str(good / "a.png"), np.zeros((640, 1280, 3), np.uint8))  # larger than 512: scaled, aspect kept
+    config = default_config(str(tmp_path), {"model.backbone": "efficientnet_lite0"})
+    assert (config.input.height, config.input.width, config.input.channels) == (256, 512, 3)
+    assert default_config(str(tmp_path)).input.resize == "tile"  # from scratch: the tiled default stays
+
+
+def test_the_patch_memory_distance_is_the_nearest_neighbour_distance_in_chunks():
+    generator = torch.Generator().manual_seed(0)
+    memory = torch.randn(2500, FEATURE_DIM, generator=generator)  # more than two chunks
+    features = torch.randn(2, FEATURE_DIM, 3, 5, generator=generator)
+    found = PatchMemory(memory)(features)
+    flat = features.permute(0, 2, 3, 1).reshape(-1, FEATURE_DIM)
+    expected = torch.cdist(flat, memory).amin(dim=1).view(2, 1, 3, 5)
+    torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-3)
+    assert float(PatchMemory(memory)(memory[:4].view(1, 4, FEATURE_DIM).permute(0, 2, 1).unsqueeze(-1)).max()) < 1e-2
+
+
+def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects(tmp_path):
+    data = write_dataset(tmp_path / "data", n_train=40, n_test_good=12, n_test_defect=4, size=64)
+    result = fit(validate_train_config(backbone_config(data), "test"), tmp_path / "run", progress=False)
+    card = result.card
+    assert card.score.weights == {"patch_knn": 1.0, "patch_residual": 1.0}
+    assert card.export.parity_max_abs_diff <= card.export.parity_tolerance
+    scorer = Scorer(result.model_path)
+    frame = cv2.imread(str(next((data / "test" / "speck").iterdir())))
+    outputs = scorer.run(scorer.prepare(frame).tiles)
+    assert set(outputs) >= {"patch_knn", "patch_residual", "anomaly_map"}
+    assert outputs["anomaly_map"].shape == (1, 1, 64, 64)  # the heatmap is in input pixels, not patches
+    assert result.metrics["image_auroc"] >= 0.75  # specks, scratches and stains on a texture it learned
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert "features" in checkpoint and float(checkpoint["features"]["std"].min()) > 0  # resume keeps the statistics

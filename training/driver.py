@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .diagnostics import CollapseMonitor, EpochLossLog, evenly_spaced, plot_losses, write_grid
-from .family import Family, Phase, family_class
+from .family import Family, Phase, family_for
 from .items import Items, items_of
 from .progress import progress as progress_bar
 from .run_folder import RunFolder
@@ -125,7 +125,8 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     seed_everything(config.train.seed)
     device = training_device(config.train.device)
     items = items_of(config)
-    family = family_class(config.model.family)(config, items, items.shape(fitted), device)
+    family = family_for(config)(config, items, items.shape(fitted), device)
+    family.prepare(fitted)
     sampler = torch.Generator().manual_seed(config.train.seed)
     data = [torch.from_numpy(np.ascontiguousarray(item)) for item in fitted]
     batch_size = min(config.train.batch_size, len(data))

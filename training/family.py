@@ -21,7 +21,7 @@ from torch import nn
 from .config import TrainConfig
 from .items import Items
 from .models.memory import NearestCode, latent_memory
-from .models.registry import FAMILIES
+from .models.registry import BACKBONE_FAMILY, FAMILIES
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,10 @@ class Family(ABC):
         """One optimisation step on batches from `next_batch` (random draws from `sampler`, which a
         checkpoint keeps); returns the losses to log (names from loss_fields)."""
 
+    def prepare(self, fitted: np.ndarray) -> None:
+        """Before the first step: statistics of the fitted items the family needs (none by default).
+        Whatever it sets lives in `modules`, so a resumed or warm-started run restores it."""
+
     def grids(self, phase: Phase, shown: torch.Tensor, epoch: int, total: int) -> dict[str, Grid]:
         """Grids to draw at a planned epoch end of `phase` (epoch of total in that phase), given the fixed
         batch of real items `shown`, by kind."""
@@ -121,6 +125,14 @@ def nearest_code_module(config: TrainConfig, items: Items, encoder: nn.Module,
 def family_class(name: str) -> type[Family]:
     module, _, cls = FAMILIES[name].family.partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def family_for(config: TrainConfig) -> type[Family]:
+    """The family class a config trains: `model.family`, on pretrained features when `model.backbone` is set."""
+    if config.model.backbone != "none":
+        module, _, cls = BACKBONE_FAMILY.partition(":")
+        return getattr(importlib.import_module(module), cls)
+    return family_class(config.model.family)
 
 
 def clip_gradients(module: nn.Module, max_norm: float) -> None:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# model.backbone (pretrained features): GANomaly on the backbone's feature maps, and what it scores
+BACKBONE_FAMILY = "training.models.feature_ganomaly:FeatureGANomalyFamily"
+BACKBONE_COMPONENTS = frozenset({"patch_residual", "patch_knn"})
 GENERATOR_COMPONENTS = frozenset({"latent_distance", "residual_mean", "residual_max", "latent_knn", "latent_lof"})
 
 

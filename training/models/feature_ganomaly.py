@@ -1,0 +1,308 @@
+"""GANomaly on frozen pretrained features (`model.backbone: efficientnet_lite0`).
+
+A from-scratch GAN on a few hundred photos learns pixels: brightness, borders and texture grain
+dominate its residual, not defects. Here the generator (encoder -> decoder -> encoder, as GANomaly)
+and the discriminator work on the frozen EfficientNet-Lite0 stage-3/4 feature map instead (one
+120-dimensional vector per 8x8 patch, training.backbone), standardised per channel with statistics
+of the normal training frames. Training is GANomaly's: adversarial feature matching + contextual
+reconstruction of the features + the encoder loss; the discriminator tells real feature maps from
+reconstructed ones.
+
+Score components (the exported graph outputs each; the card's weights combine them):
+  patch_residual  the GAN's: the largest 3x3-averaged squared reconstruction error of the
+                  standardised features over the frame's patches
+  patch_knn       a memory of normal patch features (a seeded random sample of the fitted frames'
+                  patches, score.memory_size of them, as in PatchCore): the largest distance of a
+                  patch to its nearest memory patch
+  anomaly_map     both patch maps, each divided by its median frame maximum on the fitted frames,
+                  summed and upsampled to the input size (the heatmap)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbone import FEATURE_DIM, StageFeatures
+from ..family import Family, Phase, clip_gradients
+from ..torch_scoring import modes_kept
+from .blocks import dcgan_init, local_mean
+from .losses import discriminator_loss, encoder_loss, feature_matching_loss, smoothing_floor
+
+RESIDUAL_KERNEL = 3  # patches: 24x24 pixels of context around each 8x8 patch
+MEMORY_CHUNK = 1024  # memory patches compared at once: bounds the (patches x chunk) distance matrix
+STATISTICS_FRAMES = 64  # fitted frames whose features set the per-channel standardisation
+
+
+def _block(c_in: int, c_out: int, kernel: int, stride: int = 1, activation: nn.Module | None = None) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out),
+                         activation or nn.LeakyReLU(0.2, inplace=True))
+
+
+class FeatureEncoder(nn.Module):
+    """(N, 120, h, w) features -> (N, latent, ceil(h/2), ceil(w/2)): 4 patches squeezed into `latent` numbers."""
+
+    def __init__(self, width: int, latent: int):
+        super().__init__()
+        self.body = nn.Sequential(_block(FEATURE_DIM, width, 1), _block(width, width, 3, stride=2),
+                                  nn.Conv2d(width, latent, 3, 1, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.body(features)
+
+
+class FeatureDecoder(nn.Module):
+    """Latent map -> features on the input's patch grid (nearest upsampling + convolutions: any size)."""
+
+    def __init__(self, width: int, latent: int):
+        super().__init__()
+        self.body = nn.Sequential(_block(latent, width, 3, activation=nn.ReLU(inplace=True)),
+                                  _block(width, width, 3, activation=nn.ReLU(inplace=True)),
+                                  nn.Conv2d(width, FEATURE_DIM, 1))
+
+    def forward(self, latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.body(nn.functional.interpolate(latent, size=size, mode="nearest"))
+
+
+class FeatureGenerator(nn.Module):
+    """GANomaly's generator over feature maps: encoder, decoder, second encoder."""
+
+    def __init__(self, width: int, latent: int):
+        super().__init__()
+        self.encoder = FeatureEncoder(width, latent)
+        self.decoder = FeatureDecoder(width, latent)
+        self.encoder_reconstruction = FeatureEncoder(width, latent)
+        dcgan_init(self)
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        latent_in = self.encoder(features)
+        reconstruction = self.decoder(latent_in, features.shape[-2:])
+        return {"reconstruction": reconstruction, "latent_in": latent_in,
+                "latent_out": self.encoder_reconstruction(reconstruction)}
+
+
+class FeatureDiscriminator(nn.Module):
+    """Real vs reconstructed feature maps; forward returns its features (feature matching) and one logit per map."""
+
+    def __init__(self, width: int, spectral_norm: bool = False):
+        super().__init__()
+        wrap = nn.utils.spectral_norm if spectral_norm else (lambda m: m)
+        self.body = nn.Sequential(wrap(nn.Conv2d(FEATURE_DIM, width, 1)), nn.LeakyReLU(0.2, inplace=True),
+                                  wrap(nn.Conv2d(width, width, 3, 2, 1)), nn.LeakyReLU(0.2, inplace=True))
+        self.head = wrap(nn.Conv2d(width, 1, 3, 1, 1))
+        dcgan_init(self)
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        hidden = self.body(features)
+        return {"features": hidden, "logit": self.head(hidden).flatten(1).mean(dim=1)}
+
+
+class PretrainedFeatures(nn.Module):
+    """Model-space images (normalised with mean = std = 0.5, gray / RGB / BGR) -> standardised backbone
+    features. The per-channel statistics are buffers set once from normal frames (`fit_statistics`)."""
+
+    def __init__(self, backbone: StageFeatures, color_order: str):
+        super().__init__()
+        self.backbone = backbone
+        self.color_order = color_order
+        self.register_buffer("mean", torch.zeros(1, FEATURE_DIM, 1, 1))
+        self.register_buffer("std", torch.ones(1, FEATURE_DIM, 1, 1))
+
+    def raw(self, image: torch.Tensor) -> torch.Tensor:
+        rgb = image * 0.5 + 0.5
+        if self.color_order == "gray":
+            rgb = rgb.expand(-1, 3, -1, -1)
+        elif self.color_order == "bgr":
+            rgb = torch.cat([rgb[:, 2:3], rgb[:, 1:2], rgb[:, 0:1]], dim=1)
+        return self.backbone(rgb)
+
+    @torch.no_grad()
+    def fit_statistics(self, frames: torch.Tensor) -> None:
+        features = self.raw(frames).transpose(0, 1).flatten(1)
+        self.mean.copy_(features.mean(dim=1).view(1, -1, 1, 1))
+        self.std.copy_(features.std(dim=1).clamp_min(1e-3).view(1, -1, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (self.raw(image) - self.mean) / self.std
+
+
+class PatchMemory(nn.Module):
+    """Nearest-memory distance of every patch: (N, C, h, w) -> (N, 1, h, w), in chunks of the memory so
+    the exported graph never holds a (patches x memory) matrix at once."""
+
+    def __init__(self, memory: torch.Tensor):
+        super().__init__()
+        self.register_buffer("memory", memory.detach().float().contiguous())
+        self.register_buffer("memory_sq", self.memory.pow(2).sum(dim=1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = features.shape
+        flat = features.permute(0, 2, 3, 1).reshape(-1, c)
+        nearest = None
+        for start in range(0, len(self.memory), MEMORY_CHUNK):
+            chunk = self.memory[start:start + MEMORY_CHUNK]
+            partial = (self.memory_sq[start:start + MEMORY_CHUNK] - 2 * flat @ chunk.t()).amin(dim=1)
+            nearest = partial if nearest is None else torch.minimum(nearest, partial)
+        squared = (nearest + flat.pow(2).sum(dim=1)).clamp_min(0)
+        return squared.sqrt().view(n, 1, h, w)
+
+
+class FeatureGANomalyScoring(nn.Module):
+    """Exportable scorer: images in; patch_residual, patch_knn (with a memory) and anomaly_map out."""
+
+    def __init__(self, features: PretrainedFeatures, generator: FeatureGenerator, memory: PatchMemory | None,
+                 map_scales: dict[str, float] | None = None):
+        super().__init__()
+        self.features, self.generator, self.memory = features, generator, memory
+        scales = map_scales or {}
+        self.residual_scale = float(scales.get("patch_residual", 1.0))
+        self.knn_scale = float(scales.get("patch_knn", 1.0))
+
+    def patch_maps(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.features(image)
+        reconstruction = self.generator.decoder(self.generator.encoder(features), features.shape[-2:])
+        maps = {"patch_residual": local_mean((features - reconstruction).pow(2).mean(dim=1, keepdim=True),
+                                             RESIDUAL_KERNEL)}
+        if self.memory is not None:
+            maps["patch_knn"] = self.memory(features)
+        return maps
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = self.patch_maps(image)
+        outputs = {name: value.flatten(1).amax(dim=1) for name, value in maps.items()}
+        combined = maps["patch_residual"] / self.residual_scale
+        if "patch_knn" in maps:
+            combined = combined + maps["patch_knn"] / self.knn_scale
+        outputs["anomaly_map"] = nn.functional.interpolate(combined, size=image.shape[-2:], mode="bilinear",
+                                                           align_corners=False)
+        return outputs
+
+
+def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, seed: int,
+                 batch_size: int = 8) -> torch.Tensor:
+    """`size` patch features drawn at random (seeded) from the frames, about evenly per frame."""
+    rng = np.random.default_rng(seed)
+    per_frame = -(-size // len(frames))
+    kept = []
+    device = features.mean.device
+    with torch.no_grad():
+        for start in range(0, len(frames), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch_size], dtype=np.float32))
+            patches = features(batch.to(device)).permute(0, 2, 3, 1).flatten(1, 2).cpu()
+            for item in patches:
+                kept.append(item[torch.from_numpy(rng.permutation(len(item))[:per_frame])])
+    memory = torch.cat(kept)
+    return memory[torch.from_numpy(rng.permutation(len(memory))[:size])]
+
+
+def median_frame_maxima(scoring: FeatureGANomalyScoring, frames: np.ndarray, batch_size: int = 8) -> dict[str, float]:
+    """Each patch map's median frame maximum over `frames`: the heatmap's per-map unit."""
+    maxima: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for start in range(0, len(frames), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch_size], dtype=np.float32))
+            for name, value in scoring.patch_maps(batch).items():
+                maxima.setdefault(name, []).append(value.flatten(1).amax(dim=1))
+    return {name: max(float(torch.cat(values).median()), 1e-12) for name, values in maxima.items()}
+
+
+class FeatureGANomalyFamily(Family):
+    """GANomaly's training step on standardised pretrained features (see the module docstring)."""
+
+    loss_fields = ["discriminator", "adversarial", "contextual", "encoder", "generator"]
+
+    def __init__(self, config, items, shape, device):
+        super().__init__(config, items, shape, device)
+        width, latent = 4 * config.model.base_width, max(4, config.model.latent_dim // 4)
+        backbone = StageFeatures(config.model.backbone_weights)
+        self.features = PretrainedFeatures(backbone, config.input.color_order).to(device)
+        self.generator = FeatureGenerator(width, latent).to(device)
+        self.discriminator = FeatureDiscriminator(width, config.stability.spectral_norm).to(device)
+        self._memory: PatchMemory | None = None  # frozen features: built once, reused by every selection round
+
+    def prepare(self, fitted: np.ndarray) -> None:
+        """Per-channel feature statistics of (a seeded sample of) the fitted frames."""
+        pick = np.sort(np.random.default_rng(self.config.train.seed).permutation(len(fitted))[:STATISTICS_FRAMES])
+        frames = [torch.from_numpy(np.ascontiguousarray(fitted[i], dtype=np.float32)) for i in pick]
+        crops = self.items.shown(frames, self.config.train.seed).to(self.device)
+        self.features.fit_statistics(crops)
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator, "features": self.features}
+
+    @property
+    def selected_modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.generator
+
+    def phases(self) -> list[Phase]:
+        return [Phase("train", self.config.train.steps)]
+
+    def begin(self, phase: Phase) -> dict[str, torch.optim.Optimizer]:
+        train = self.config.train
+        betas = tuple(train.betas)
+        self.generator.train()
+        self.discriminator.train()
+        return {"opt_g": torch.optim.Adam(self.generator.parameters(), lr=train.lr, betas=betas),
+                "opt_d": torch.optim.Adam(self.discriminator.parameters(),
+                                          lr=train.lr * self.config.stability.discriminator_lr_factor, betas=betas)}
+
+    def step(self, phase: Phase, next_batch: Callable[[], torch.Tensor], sampler: torch.Generator,
+             optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        weights, stability = self.config.loss, self.config.stability
+        with torch.no_grad():
+            x = self.features(next_batch())
+        out = self.generator(x)
+        fake = out["reconstruction"]
+        loss_con = (fake - x).pow(2).mean()
+        loss_enc = encoder_loss(out["latent_in"], out["latent_out"])
+        adversarial = weights.adversarial > 0
+        loss_adv = feature_matching_loss(self.discriminator, x, fake) if adversarial else torch.zeros((), device=x.device)
+        loss_g = weights.adversarial * loss_adv + weights.contextual * loss_con + weights.encoder * loss_enc
+        optimizers["opt_g"].zero_grad(set_to_none=True)
+        loss_g.backward()
+        clip_gradients(self.generator, stability.grad_clip)
+        optimizers["opt_g"].step()
+
+        loss_d = torch.zeros((), device=x.device)
+        if adversarial:
+            loss_d = discriminator_loss(self.discriminator, x, fake, 1.0 - stability.label_smoothing)
+            optimizers["opt_d"].zero_grad(set_to_none=True)
+            loss_d.backward()
+            clip_gradients(self.discriminator, stability.grad_clip)
+            optimizers["opt_d"].step()
+            if loss_d.item() < stability.discriminator_reset_below + smoothing_floor(stability.label_smoothing):
+                dcgan_init(self.discriminator)
+        return {"discriminator": loss_d.item(), "adversarial": loss_adv.item(), "contextual": loss_con.item(),
+                "encoder": loss_enc.item(), "generator": loss_g.item()}
+
+    def postfix(self, phase: Phase, logged: dict[str, float]) -> dict[str, str]:
+        return {"d": f"{logged['discriminator']:.3f}", "con": f"{logged['contextual']:.4f}"}
+
+    def scoring(self, fitted: np.ndarray | None) -> nn.Module:
+        self.features.to(next(self.generator.parameters()).device)
+        if "patch_knn" in self.config.score.weights and self._memory is None:
+            if fitted is None:
+                raise ValueError("score component patch_knn needs the fitted frames for its memory of normal patches")
+            with modes_kept(self.features):
+                self.features.eval()
+                self._memory = PatchMemory(patch_memory(self.features, fitted, self.config.score.memory_size,
+                                                        self.config.train.seed))
+        if self._memory is not None:
+            self._memory.to(self.features.mean.device)
+        scoring = FeatureGANomalyScoring(self.features, self.generator, self._memory)
+        if fitted is not None:
+            with modes_kept(self.features, self.generator):
+                scoring.eval()
+                sample = fitted[np.sort(np.random.default_rng(self.config.train.seed).permutation(len(fitted))[:32])]
+                scales = median_frame_maxima(scoring, sample)
+            scoring.residual_scale = scales["patch_residual"]
+            scoring.knn_scale = scales.get("patch_knn", 1.0)
+        return scoring
