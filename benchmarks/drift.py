@@ -26,7 +26,7 @@ from benchmarks.results import section_header, section_main
 from inspector.drift import DriftMonitor
 from inspector.image_files import read_image
 from inspector.scorer import NORMAL, Scorer
-from training.cli import _infer_input
+from training.cli import infer_input
 from training.config import apply_overrides, validate_train_config
 from training.data import data_root, list_images
 from training.fit import fit
@@ -43,7 +43,7 @@ DIMMED = 0.8
 
 
 def train_default(data: Path, out: Path):
-    raw = {"name": data.name.lower(), "data": {"path": str(data)}, "input": _infer_input(data)}
+    raw = {"name": data.name.lower(), "data": {"path": str(data)}, "input": infer_input(data)}
     config = validate_train_config(apply_overrides(raw, {"selection.criterion": "last"}), "benchmark")
     return fit(config, out, progress=False, evaluate_test=False).model_path
 
