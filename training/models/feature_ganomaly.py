@@ -102,25 +102,41 @@ class FeatureDiscriminator(nn.Module):
 
 class PretrainedFeatures(nn.Module):
     """Model-space images (normalised with mean = std = 0.5, gray / RGB / BGR) -> standardised backbone
-    features. The per-channel statistics are buffers set once from normal frames (`fit_statistics`)."""
+    features. The per-channel statistics are buffers set once from normal frames (`fit_statistics`).
 
-    def __init__(self, backbone: StageFeatures, color_order: str):
+    With `standardise_frames`, each frame's pixels are first shifted and scaled to the normal frames'
+    typical mean and contrast: a line whose lighting drifts brighter or darker (a global gain and
+    offset) shows the backbone the same picture, so the score does not follow the lamp."""
+
+    def __init__(self, backbone: StageFeatures, color_order: str, standardise_frames: bool = True):
         super().__init__()
         self.backbone = backbone
         self.color_order = color_order
+        self.standardise_frames = standardise_frames
         self.register_buffer("mean", torch.zeros(1, FEATURE_DIM, 1, 1))
         self.register_buffer("std", torch.ones(1, FEATURE_DIM, 1, 1))
+        self.register_buffer("frame_level", torch.tensor([0.5, 0.2]))  # normal frames' median pixel mean and std
 
-    def raw(self, image: torch.Tensor) -> torch.Tensor:
+    def rgb(self, image: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] (beyond it after frame standardisation), as the backbone expects."""
         rgb = image * 0.5 + 0.5
+        if self.standardise_frames:
+            flat = rgb.flatten(1)
+            mean, std = flat.mean(dim=1).view(-1, 1, 1, 1), flat.std(dim=1).view(-1, 1, 1, 1)
+            rgb = (rgb - mean) / std.clamp_min(1e-4) * self.frame_level[1] + self.frame_level[0]  # a blank frame stays blank
         if self.color_order == "gray":
             rgb = rgb.expand(-1, 3, -1, -1)
         elif self.color_order == "bgr":
             rgb = torch.cat([rgb[:, 2:3], rgb[:, 1:2], rgb[:, 0:1]], dim=1)
-        return self.backbone(rgb)
+        return rgb
+
+    def raw(self, image: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.rgb(image))
 
     @torch.no_grad()
     def fit_statistics(self, frames: torch.Tensor) -> None:
+        pixels = (frames * 0.5 + 0.5).flatten(1)
+        self.frame_level.copy_(torch.stack([pixels.mean(dim=1).median(), pixels.std(dim=1).median()]))
         features = self.raw(frames).transpose(0, 1).flatten(1)
         self.mean.copy_(features.mean(dim=1).view(1, -1, 1, 1))
         self.std.copy_(features.std(dim=1).clamp_min(1e-3).view(1, -1, 1, 1))
@@ -218,7 +234,8 @@ class FeatureGANomalyFamily(Family):
         super().__init__(config, items, shape, device)
         width, latent = 4 * config.model.base_width, max(4, config.model.latent_dim // 4)
         backbone = StageFeatures(config.model.backbone_weights)
-        self.features = PretrainedFeatures(backbone, config.input.color_order).to(device)
+        self.features = PretrainedFeatures(backbone, config.input.color_order,
+                                           config.model.standardise_frames).to(device)
         self.generator = FeatureGenerator(width, latent).to(device)
         self.discriminator = FeatureDiscriminator(width, config.stability.spectral_norm).to(device)
         self._memory: PatchMemory | None = None  # frozen features: built once, reused by every selection round
