@@ -175,7 +175,7 @@ def _run(args) -> int:
         raise ConfigError(message if message.startswith(str(args.config)) else f"{args.config}: {message}") from None
     if args.check:
         sizes = _camera_frame_sizes(config, args.config)
-        opened = [f"{name} delivered a {width}x{height} frame" for name, (width, height, live) in sizes.items() if live]
+        opened = [f"{name} delivered a {width}x{height} frame" for name, (width, height, live, _) in sizes.items() if live]
         print(f"{args.config}: ok (model {daemon.model.scorer.card.name} {daemon.model.version}, "
               f"{len(daemon.sources)} source(s){''.join(f'; {line}' for line in opened)})")
         for line in _frame_costs(daemon.model.scorer, sizes):
@@ -185,8 +185,8 @@ def _run(args) -> int:
     return daemon.run()
 
 
-def _camera_frame_sizes(config, path: Path) -> dict[str, tuple[int, int, bool]]:
-    """--check reads one frame from every camera source: {name: (width, height, live)}. A live camera
+def _camera_frame_sizes(config, path: Path) -> dict[str, tuple[int, int, bool, tuple]]:
+    """--check reads one frame from every camera source: {name: (width, height, live, regions of interest)}. A live camera
     (device or URL) that does not open fails the check, where the daemon would retry it for ever."""
     from .init import open_capture
     from .settings import redact_url
@@ -196,22 +196,30 @@ def _camera_frame_sizes(config, path: Path) -> dict[str, tuple[int, int, bool]]:
         if source.kind == "camera":
             shown = redact_url(source.uri) if isinstance(source.uri, str) else f"camera {source.uri}"
             width, height = open_capture(source.uri, f"{path}: sources ({source.name}): {shown}")
-            sizes[source.name] = (width, height, not source.is_file)
+            for region in source.regions:
+                if region.x + region.width > width or region.y + region.height > height:
+                    raise ConfigError(f"{path}: sources ({source.name}).roi: region {region.describe()} reaches past "
+                                      f"the {width}x{height} frames {shown} delivers")
+            sizes[source.name] = (width, height, not source.is_file, source.regions)
     return sizes
 
 
-def _frame_costs(scorer, sizes: dict[str, tuple[int, int, bool]]) -> list[str]:
-    """Per camera: model runs and FLOPs per frame at its size, and the frames/s to expect on this machine."""
+def _frame_costs(scorer, sizes: dict[str, tuple[int, int, bool, tuple]]) -> list[str]:
+    """Per camera: model runs and FLOPs per frame at its size (in its regions of interest, when it
+    has some), and the frames/s to expect on this machine."""
     from .card import ImageInput
-    from .frame_cost import frame_cost, measure_inputs_per_second
+    from .frame_cost import frame_cost, measure_inputs_per_second, regions_cost
 
     spec = scorer.card.input
     if not sizes or not isinstance(spec, ImageInput):
         return []
     flops = scorer.card.export.flops_per_item if scorer.card.export else None
     rate = measure_inputs_per_second(scorer)
-    return [f"{name}: {frame_cost(spec, height, width, flops).describe(rate)}"
-            for name, (width, height, _) in sizes.items()]
+    lines = []
+    for name, (width, height, _, regions) in sizes.items():
+        cost = regions_cost(spec, height, width, regions, flops) if regions else frame_cost(spec, height, width, flops)
+        lines.append(f"{name}: {cost.describe(rate)}")
+    return lines
 
 
 def _card(args) -> int:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
+from .regions import Region
 from .settings import Backoff, Credentials, check_redis_url
 from .strict import Strict
 
@@ -31,6 +32,11 @@ class _SourceBase(Strict):
         """(field, problem) when a file or folder this source reads does not exist."""
         return None
 
+    @property
+    def regions(self) -> tuple[Region, ...]:
+        """The regions of interest its frames are scored in (none: whole frames)."""
+        return tuple(getattr(self, "roi", ()))
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
@@ -51,6 +57,9 @@ class CameraSource(_SourceBase):
     # a live camera (device or URL) that has delivered no frame for this long, since the start or its
     # last frame, fails /healthz (503, with the reason), retrying or not
     stale_after_s: Annotated[float, Field(gt=0)] = 10.0
+    # regions of interest in frame pixels, e.g. [{x: 640, y: 300, width: 640, height: 480}]: only they are
+    # scored (worst region = the frame's score); heatmaps and evidence stay whole frames
+    roi: list[Region] = Field(default_factory=list)
 
     @property
     def is_file(self) -> bool:
@@ -82,6 +91,9 @@ class FolderSource(_SourceBase):
     move_processed: bool = True  # scored files to done/, unreadable ones to rejected/
     incomplete_grace_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # an undecodable file this fresh may still be arriving
     max_pixels: Annotated[int, Field(ge=1)] | None = None  # refuse larger images before decoding; None = the card's limit
+    # regions of interest in frame pixels, e.g. [{x: 640, y: 300, width: 640, height: 480}]: only they are
+    # scored (worst region = the frame's score); heatmaps and evidence stay whole frames
+    roi: list[Region] = Field(default_factory=list)
 
     @property
     def effective_policy(self) -> str:
@@ -154,9 +166,14 @@ class RedisStreamSource(_SourceBase):
     claim_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     max_pixels: Annotated[int, Field(ge=1)] | None = None  # frames: refuse larger images before decoding
     reconnect: Backoff = Backoff(initial_s=0.2, max_s=10.0)
+    # regions of interest in frame pixels, e.g. [{x: 640, y: 300, width: 640, height: 480}]: only they are
+    # scored (worst region = the frame's score); heatmaps and evidence stay whole frames
+    roi: list[Region] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _claim_timing(self) -> "RedisStreamSource":
+        if self.roi and self.payload != "frames":
+            raise ValueError("roi is for frames: this stream carries rows (payload: rows)")
         if self.claim_interval_s >= self.claim_idle_s:
             raise ValueError("claim_interval_s must be shorter than claim_idle_s (a live consumer renews its entries "
                              "every claim_interval_s)")

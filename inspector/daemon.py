@@ -112,7 +112,7 @@ class Daemon:
                          "on_finished": lambda name: self.metrics.source_finished.labels(name).set(1)}
             source = build_source(settings, self.model.scorer, self.metrics, config.journal.path, callbacks)
             source.emit = self.pipeline.add_source(settings.name, config.queue.size, settings.effective_policy,
-                                                   config.queue.max_bytes)
+                                                   config.queue.max_bytes, settings.regions)
             self.sources.append(source)
         try:
             self.server = MetricsServer(self.metrics, config.metrics.host, config.metrics.port, self.health)

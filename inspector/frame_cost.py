@@ -23,10 +23,11 @@ class FrameCost:
     width: int
     inputs: int  # model runs per frame: tiles, or 1
     flops: int | None  # per frame, when the card knows the FLOPs per input
+    scope: str = ""  # what of the frame is scored, when not all of it (regions of interest)
 
     def describe(self, inputs_per_s: float | None = None) -> str:
         what = f"{self.inputs:,} tiles" if self.inputs > 1 else "1 model input"
-        text = f"{self.width}x{self.height} frames: {what} per frame"
+        text = f"{self.width}x{self.height} frames{self.scope}: {what} per frame"
         if self.flops:
             text += f", {self.flops / 1e9:.2f} GFLOPs"
         if inputs_per_s:
@@ -42,6 +43,13 @@ def frame_cost(spec: ImageInput, height: int, width: int, flops_per_input: int |
         inputs = (len(tile_origins(max(height, spec.height), spec.height, spec.tile_overlap))
                   * len(tile_origins(max(width, spec.width), spec.width, spec.tile_overlap)))
     return FrameCost(height, width, inputs, flops_per_input * inputs if flops_per_input else None)
+
+
+def regions_cost(spec: ImageInput, height: int, width: int, regions, flops_per_input: int | None) -> FrameCost:
+    """The model runs of a height x width frame scored only in `regions` (each costs what a frame of its size would)."""
+    inputs = sum(frame_cost(spec, r.height, r.width, None).inputs for r in regions)
+    scope = f" scored in {', '.join(r.describe() for r in regions)}"
+    return FrameCost(height, width, inputs, flops_per_input * inputs if flops_per_input else None, scope)
 
 
 def measure_inputs_per_second(scorer, batch: int = 32, seconds: float = 1.0) -> float:

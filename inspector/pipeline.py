@@ -33,6 +33,7 @@ import numpy as np
 from .active_model import ActiveModel
 from .errors import ItemRejected
 from .preprocess import model_input_bytes
+from .regions import Region, regions_input_bytes
 from .ratelimit import RateLimitedLog
 from .scorer import ScoreResult
 from .sources.base import Emit, Item
@@ -89,6 +90,7 @@ class Pipeline:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self._queues: dict[str, _SourceQueue] = {}
+        self._regions: dict[str, tuple[Region, ...]] = {}  # per source: regions of interest (none: whole frames)
         self.max_batch_bytes = 0  # the largest queue budget: what one batch may hold
         self._order: list[str] = []
         self._next = 0
@@ -103,8 +105,11 @@ class Pipeline:
         self._turn = threading.Condition()
 
     # --- producer side -------------------------------------------------------------------------
-    def add_source(self, name: str, size: int, policy: str, max_bytes: int = 256 << 20) -> Emit:
+    def add_source(self, name: str, size: int, policy: str, max_bytes: int = 256 << 20,
+                   regions: tuple[Region, ...] = ()) -> Emit:
+        """The emit function of a source's queue; its frames are scored only in `regions`, when given."""
         self._queues[name] = _SourceQueue(name, size, policy, deque(), max_bytes=max_bytes)
+        self._regions[name] = tuple(regions)
         self.max_batch_bytes = max(self.max_batch_bytes, max_bytes)
         self._order.append(name)
         queue = self._queues[name]
@@ -141,7 +146,9 @@ class Pipeline:
         the queue's byte budget is refused before it is tiled (it could never be queued)."""
         scorer = self._model.scorer
         spec = scorer.card.input
-        needed = item.image.nbytes + model_input_bytes(item.image.shape[0], item.image.shape[1], spec)
+        regions = self._regions.get(item.source, ())
+        needed = item.image.nbytes + (regions_input_bytes(regions, spec) if regions else
+                                      model_input_bytes(item.image.shape[0], item.image.shape[1], spec))
         if needed > max_bytes:
             item.rejection = ("too_large", f"{item.source} {item.origin}: a {item.image.shape[1]}x"
                               f"{item.image.shape[0]} frame needs {needed / 2**20:.0f} MiB as model input, more "
@@ -150,7 +157,7 @@ class Pipeline:
             item.image = None
             return
         try:
-            item.prepared = scorer.prepare(item.image, f"{item.source} {item.origin}")
+            item.prepared = scorer.prepare(item.image, f"{item.source} {item.origin}", regions)
         except ItemRejected as rejected:
             item.rejection = (rejected.reason, str(rejected))
         except Exception as exc:  # never lose the item: the batcher prepares it again and rejects it there
@@ -250,7 +257,8 @@ class Pipeline:
         if frames:
             self._fill(results, frames, lambda: scorer.score_images(
                 [batch[i].image for i in frames], [f"{batch[i].source} {batch[i].origin}" for i in frames],
-                max_batch=self.max_batch, prepared=[batch[i].prepared for i in frames]))
+                max_batch=self.max_batch, prepared=[batch[i].prepared for i in frames],
+                regions=[self._regions.get(batch[i].source, ()) for i in frames]))
         if windows:
             self._fill(results, windows, lambda: scorer.score_features(np.stack([batch[i].features for i in windows])))
         return results, time.perf_counter() - started

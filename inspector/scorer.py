@@ -19,6 +19,7 @@ import onnxruntime as ort
 from .card import ImageInput, ModelCard, ScoreDefinition, card_from_metadata, check_card_matches_graph
 from .errors import ItemRejected, ModelCardError
 from .preprocess import TileLayout, prepare_image, stitch_tiles
+from .regions import Region, RegionLayout, prepare_regions, stitch_regions
 
 ANOMALY = "anomaly"
 NORMAL = "normal"
@@ -61,8 +62,9 @@ class PreparedFrame:
     after a model reload with another input geometry it is prepared again."""
 
     tiles: np.ndarray  # (T, C, H, W) float32
-    layout: TileLayout | None
+    layout: TileLayout | RegionLayout | None
     spec: ImageInput
+    regions: tuple[Region, ...] = ()  # the source's regions of interest it was made for (none: the whole frame)
 
 
 def combine_score(outputs: dict[str, np.ndarray], definition: ScoreDefinition) -> np.ndarray:
@@ -170,10 +172,14 @@ class Scorer:
         """A score that is not a number is an anomaly: an input crafted to break the model must not pass."""
         return NORMAL if raw < self.threshold else ANOMALY
 
-    def prepare(self, image: np.ndarray, origin: str = "image") -> PreparedFrame:
-        """Model input for one decoded frame; raises ItemRejected for a frame the model cannot take."""
-        tiles, layout = prepare_image(image, self.card.input, origin)
-        return PreparedFrame(tiles, layout, self.card.input)
+    def prepare(self, image: np.ndarray, origin: str = "image", regions: tuple[Region, ...] = ()) -> PreparedFrame:
+        """Model input for one decoded frame (only its `regions` of interest, when given); raises
+        ItemRejected for a frame the model cannot take."""
+        if regions:
+            tiles, layout = prepare_regions(image, self.card.input, regions, origin)
+        else:
+            tiles, layout = prepare_image(image, self.card.input, origin)
+        return PreparedFrame(tiles, layout, self.card.input, regions)
 
     def score_images(
         self,
@@ -183,20 +189,24 @@ class Scorer:
         max_batch: int = 64,
         heatmaps: bool = True,
         prepared: list[PreparedFrame | None] | None = None,
+        regions: list[tuple[Region, ...]] | None = None,
     ) -> list[ScoreResult]:
         """Score decoded frames (HxW or HxWxC uint8, BGR). Bad frames become Rejections, never exceptions.
 
         `prepared[i]`, when given and made for this model's input, is used instead of preparing
-        `images[i]` again (then `images[i]` may be None).
+        `images[i]` again (then `images[i]` may be None). `regions[i]`: score only those rectangles
+        of frame i (its heatmap stays in frame coordinates).
         """
         origins = origins or [f"item {i}" for i in range(len(images))]
         ready: list[tuple[int, PreparedFrame]] = []
         results: list[ScoreResult | None] = [None] * len(images)
         for index, (image, origin) in enumerate(zip(images, origins)):
             frame = prepared[index] if prepared is not None else None
-            if frame is None or (frame.spec is not self.card.input and frame.spec != self.card.input):
+            wanted = regions[index] if regions is not None else ()
+            if (frame is None or (frame.spec is not self.card.input and frame.spec != self.card.input)
+                    or frame.regions != wanted):
                 try:
-                    frame = self.prepare(image, origin)
+                    frame = self.prepare(image, origin, wanted)
                 except ItemRejected as rejected:
                     results[index] = ScoreResult.rejection(rejected.reason, str(rejected))
                     continue
@@ -233,7 +243,10 @@ class Scorer:
         map_name = self.card.score.map_output
         if heatmaps and map_name:
             maps = outputs[map_name][:, 0]
-            heatmap = stitch_tiles(maps, layout) if layout is not None else maps[0]
+            if isinstance(layout, RegionLayout):
+                heatmap = stitch_regions(maps, layout)
+            else:
+                heatmap = stitch_tiles(maps, layout) if layout is not None else maps[0]
         return ScoreResult(raw, raw / self.threshold, self.verdict(raw), components, heatmap)
 
     def score_files(self, paths: list[str | os.PathLike], **kwargs) -> list[ScoreResult]:
