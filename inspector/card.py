@@ -22,7 +22,8 @@ from .strict import FrozenStrict
 
 CARD_KEY = "qinspector.card"
 MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
-CARD_FORMAT_VERSION = 5  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; older cards still load
+CARD_FORMAT_VERSION = 6  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; older cards still load
+MIN_TILE_SCALE = 0.25
 
 
 class ImageInput(FrozenStrict):
@@ -39,6 +40,9 @@ class ImageInput(FrozenStrict):
         "the centre; tile: score at native resolution in HxW tiles (frame score = max over tiles).",
     )
     tile_overlap: Annotated[float, Field(ge=0.0, le=MAX_TILE_OVERLAP)] = 0.0
+    # tile: the frame is first scaled by this factor (1 = native resolution): a cheaper tile plan
+    # for fast lines, at the price of detail (a defect of d pixels becomes d * tile_scale)
+    tile_scale: Annotated[float, Field(ge=MIN_TILE_SCALE, le=1.0)] = 1.0
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     max_pixels: Annotated[int, Field(ge=1)] = 50_000_000
@@ -198,7 +202,7 @@ class Lineage(FrozenStrict):
 
 
 class ModelCard(FrozenStrict):
-    format_version: Literal[1, 2, 3, 4, 5] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4, 5, 6] = CARD_FORMAT_VERSION
     name: str
     # the training family that made the graph (training.models.registry); the runtime only shows it
     family: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]

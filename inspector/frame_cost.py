@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .card import ImageInput
-from .preprocess import tile_origins
+from .preprocess import scaled_size, tile_origins
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ def frame_cost(spec: ImageInput, height: int, width: int, flops_per_input: int |
     """The model runs a height x width frame takes (frames smaller than a tile count as one tile)."""
     inputs = 1
     if spec.resize == "tile":
-        inputs = (len(tile_origins(max(height, spec.height), spec.height, spec.tile_overlap))
-                  * len(tile_origins(max(width, spec.width), spec.width, spec.tile_overlap)))
+        tiled_height, tiled_width = scaled_size(height, width, spec)
+        inputs = (len(tile_origins(max(tiled_height, spec.height), spec.height, spec.tile_overlap))
+                  * len(tile_origins(max(tiled_width, spec.width), spec.width, spec.tile_overlap)))
     return FrameCost(height, width, inputs, flops_per_input * inputs if flops_per_input else None)
 
 

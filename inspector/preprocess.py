@@ -75,9 +75,11 @@ def _normalise(pixels: np.ndarray, spec: ImageInput) -> np.ndarray:
 class TileLayout:
     """Where each tile of one frame came from, to stitch the heatmap back at native resolution."""
 
-    frame_height: int
+    frame_height: int  # of the tiled frame (scaled by the card's tile_scale)
     frame_width: int
     origins: tuple[tuple[int, int], ...]  # (top, left) per tile
+    native_height: int | None = None  # the frame as it came, when tile_scale changed its size
+    native_width: int | None = None
 
 
 def tile_origins(length: int, tile: int, overlap: float) -> list[int]:
@@ -91,11 +93,22 @@ def tile_origins(length: int, tile: int, overlap: float) -> list[int]:
     return starts
 
 
+def scaled_size(height: int, width: int, spec: ImageInput) -> tuple[int, int]:
+    """The size a height x width frame is tiled at (the card's tile_scale, at least one pixel)."""
+    scale = getattr(spec, "tile_scale", 1.0)
+    if scale == 1.0:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def frame_tensor(image: np.ndarray, spec: ImageInput, origin: str = "image") -> np.ndarray:
-    """For `resize: tile`: the whole frame at native resolution, normalised, (C, Hf, Wf) float32.
-    A frame smaller than one tile is brought up to tile size (only upscaling, never downscaling)."""
+    """For `resize: tile`: the whole frame at native resolution (scaled by tile_scale), normalised,
+    (C, Hf, Wf) float32. A frame smaller than one tile is brought up to tile size (only upscaling)."""
     image = ensure_uint8_image(image, origin, spec.max_pixels)
     pixels = to_model_channels(image, spec, origin)
+    height, width = scaled_size(pixels.shape[0], pixels.shape[1], spec)
+    if (height, width) != pixels.shape[:2]:
+        pixels = _resize(pixels, height, width)
     if pixels.shape[0] < spec.height or pixels.shape[1] < spec.width:
         pixels = _resize(pixels, max(spec.height, pixels.shape[0]), max(spec.width, pixels.shape[1]))
     return _normalise(pixels, spec)
@@ -108,6 +121,7 @@ def model_input_bytes(height: int, width: int, spec: ImageInput) -> int:
     one = 4 * spec.channels * spec.height * spec.width
     if spec.resize != "tile":
         return one
+    height, width = scaled_size(height, width, spec)
     tops = tile_origins(max(height, spec.height), spec.height, spec.tile_overlap)
     lefts = tile_origins(max(width, spec.width), spec.width, spec.tile_overlap)
     return one * len(tops) * len(lefts) + 4 * spec.channels * max(height, spec.height) * max(width, spec.width)
@@ -128,7 +142,10 @@ def prepare_image(image: np.ndarray, spec: ImageInput, origin: str = "image") ->
     For `stretch` and `center_crop`, T = 1 and the layout is None.
     """
     if spec.resize == "tile":
-        return tiles_from_frame(frame_tensor(image, spec, origin), spec)
+        tiles, layout = tiles_from_frame(frame_tensor(image, spec, origin), spec)
+        if (layout.frame_height, layout.frame_width) != image.shape[:2]:  # scaled (or a small frame brought up)
+            layout = TileLayout(layout.frame_height, layout.frame_width, layout.origins, *image.shape[:2])
+        return tiles, layout
     image = ensure_uint8_image(image, origin, spec.max_pixels)
     pixels = to_model_channels(image, spec, origin)
     if spec.resize == "stretch":
@@ -143,4 +160,6 @@ def stitch_tiles(maps: np.ndarray, layout: TileLayout) -> np.ndarray:
     for tile_map, (top, left) in zip(maps, layout.origins):
         region = out[top : top + h, left : left + w]
         np.maximum(region, tile_map, out=region)
+    if layout.native_height is not None:  # back to the frame's own pixels
+        out = cv2.resize(out, (layout.native_width, layout.native_height), interpolation=cv2.INTER_LINEAR)
     return out

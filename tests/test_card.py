@@ -63,8 +63,15 @@ def test_format_1_and_2_cards_from_earlier_releases_still_load(tiny_piped_run, t
     _rewrite_card(tiny_piped_run.model_path, tmp_path / "two.onnx", format_2)
     card = Scorer(tmp_path / "two.onnx").card
     assert card.format_version == 2 and card.calibration.synthetic_recall is None
+    def format_5(d):
+        d["format_version"] = 5
+        del d["input"]["tile_scale"]  # added in format 6
+
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "five.onnx", format_5)
+    card = Scorer(tmp_path / "five.onnx").card
+    assert card.format_version == 5 and card.input.tile_scale == 1.0  # tiles at native resolution, as then
     new = tiny_piped_run.card
-    assert new.format_version == 5 and new.calibration.confidence == 0.9 and new.calibration.folds is None
+    assert new.format_version == 6 and new.calibration.confidence == 0.9 and new.calibration.folds is None
     assert new.lineage is None  # trained from scratch
     assert 0 <= new.calibration.synthetic_recall <= 1
 

@@ -44,3 +44,52 @@ def test_the_card_records_a_training_size_frames_cost_and_the_frames_per_second_
     spec = tiny_tiled_run.card.input
     assert frame_cost(spec, *frame, export.flops_per_item).inputs == export.inputs_per_frame > 1  # native PIPED frames
     assert export.frames_per_s > 0 and export.measured_on
+
+
+# Tile plans: a frame scaled before tiling, and the plan chosen for a line's frame rate
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from inspector.errors import ConfigError  # noqa: E402
+from inspector.preprocess import prepare_image, stitch_tiles  # noqa: E402
+from training.frame_plan import PLANS, choose_plan  # noqa: E402
+
+
+def tiled(scale: float = 1.0, overlap: float = 0.5) -> ImageInput:
+    return ImageInput(height=64, width=64, channels=3, color_order="rgb", resize="tile", tile_overlap=overlap,
+                      tile_scale=scale)
+
+
+def test_a_half_scale_plan_tiles_the_frame_shrunk_and_gives_the_heatmap_back_at_full_size():
+    frame = np.random.default_rng(0).integers(0, 255, (128, 256, 3), dtype=np.uint8)
+    tiles, layout = prepare_image(frame, tiled(0.5))
+    assert len(tiles) == frame_cost(tiled(0.5), 128, 256, None).inputs == frame_cost(tiled(), 64, 128, None).inputs
+    assert (layout.frame_height, layout.frame_width) == (64, 128)
+    heatmap = stitch_tiles(np.ones((len(tiles), 64, 64), np.float32), layout)
+    assert heatmap.shape == (128, 256)
+
+
+def test_the_plan_for_a_line_is_the_most_detailed_one_that_meets_its_frame_rate():
+    plan = choose_plan(tiled(), 480, 640, target=30, inputs_per_s=1000)
+    assert plan.meets_target and plan.frames_per_s >= 30
+    more_detailed = PLANS[:PLANS.index((plan.tile_scale, plan.tile_overlap))]
+    assert more_detailed and all(frame_cost(tiled(s, o), 480, 640, None).inputs > 1000 / 30 for s, o in more_detailed)
+    said = plan.describe(480, 640, 30)
+    assert said.startswith("frame plan for 640x480 at 30 frames/s") and "traded" in said
+    native = choose_plan(tiled(), 480, 640, target=1, inputs_per_s=1000)
+    assert (native.tile_scale, native.tile_overlap) == PLANS[0] and "traded" not in native.describe(480, 640, 1)
+    short = choose_plan(tiled(), 1080, 1920, target=1000, inputs_per_s=1000)
+    assert not short.meets_target and "region of interest" in short.describe(1080, 1920, 1000)
+
+
+def test_frame_rate_options_refuse_what_cannot_work_in_one_sentence(tmp_path):
+    from training.cli import frame_size, with_frame_plan
+    from training.config import validate_train_config
+
+    stretch = validate_train_config({"data": {"path": str(tmp_path)}, "input": {"resize": "stretch"}}, "test")
+    with pytest.raises(ConfigError, match="chooses a tile plan"):
+        with_frame_plan(stretch, 30, "640x480")
+    with pytest.raises(ConfigError, match="expected WIDTHxHEIGHT"):
+        frame_size("640 by 480", stretch)
+    assert frame_size("640x480", stretch) == (480, 640)

@@ -51,8 +51,43 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+def frame_size(text: str | None, config: TrainConfig) -> tuple[int, int]:
+    """(height, width) of --frame-size WxH, or of the first training image."""
+    if text:
+        width, sep, height = text.lower().partition("x")
+        if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+            raise ConfigError(f"--frame-size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x480")
+        return int(height), int(width)
+    images = list_images(config.data.resolved_path / "train" / "good")
+    first = cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED) if images else None
+    if first is None:
+        raise ConfigError("--frame-rate: no readable training image to take the frame size from; give --frame-size")
+    return first.shape[0], first.shape[1]
+
+
+def with_frame_plan(config: TrainConfig, fps: float, size: str | None) -> TrainConfig:
+    """The config with the tile plan that meets `fps` frames/s at the frame size (printed with its trade)."""
+    from .frame_plan import choose_plan, model_inputs_per_second
+
+    if fps <= 0:
+        raise ConfigError(f"--frame-rate {fps:g}: frames per second must be positive")
+    if config.input.resize != "tile":
+        raise ConfigError(f"--frame-rate chooses a tile plan; input.resize is {config.input.resize}, which scores "
+                          "one model input per frame whatever the rate")
+    height, width = frame_size(size, config)
+    plan = choose_plan(config.input.to_spec(), height, width, fps, model_inputs_per_second(config))
+    print(plan.describe(height, width, fps))
+    raw = config.model_dump()
+    raw["input"].update(tile_scale=plan.tile_scale, tile_overlap=plan.tile_overlap)
+    return validate_train_config(raw, "--frame-rate")
+
+
 def resolve_config(args) -> TrainConfig:
     config = _resolve_config(args)
+    if getattr(args, "frame_rate", None) is not None:
+        config = with_frame_plan(config, args.frame_rate, args.frame_size)
+    elif getattr(args, "frame_size", None):
+        raise ConfigError("--frame-size goes with --frame-rate (the frames/s the tile plan must reach)")
     if args.steps is not None and config.model.family == "anogan":  # --steps means both of its phases
         return config.model_validate({**config.model_dump(), "anogan": {
             **config.anogan.model_dump(), "gan_steps": args.steps, "encoder_steps": args.steps}})

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from inspector.card import ImageInput
 from inspector.config import read_yaml_mapping
-from inspector.card import MAX_TILE_OVERLAP
+from inspector.card import MAX_TILE_OVERLAP, MIN_TILE_SCALE
 from inspector.errors import ConfigError, describe_validation_error
 from inspector.strict import Strict
 
@@ -68,11 +68,13 @@ class InputConfig(Strict):
     color_order: Literal["gray", "rgb", "bgr"] = "rgb"
     resize: Literal["stretch", "center_crop", "tile"] = "tile"
     tile_overlap: Annotated[float, Field(ge=0, le=MAX_TILE_OVERLAP)] = 0.5
+    tile_scale: Annotated[float, Field(ge=MIN_TILE_SCALE, le=1.0)] = 1.0  # tile: frames scaled by this first
 
     def to_spec(self) -> ImageInput:
         mean = (0.5,) * self.channels
         return ImageInput(height=self.height, width=self.width, channels=self.channels, color_order=self.color_order,
-                          resize=self.resize, tile_overlap=self.tile_overlap, mean=mean, std=mean)
+                          resize=self.resize, tile_overlap=self.tile_overlap, tile_scale=self.tile_scale,
+                          mean=mean, std=mean)
 
 
 class FeatureConfig(Strict):

@@ -22,10 +22,18 @@ def modes_kept(*modules: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+# images scored at once hold at most this many pixels: 256 tiles of 64x64, 4 frames of 512x512. A
+# whole-frame model's activations (and a patch memory's distance matrix) grow with the pixels, and
+# batches of hundreds of large frames spent most of their time allocating memory
+PIXELS_PER_BATCH = 1 << 20
+
+
 @torch.no_grad()
 def run_scoring(module: nn.Module, tensors: np.ndarray, batch_size: int = 64,
                 keep_maps: bool = True) -> dict[str, np.ndarray]:
-    """Named outputs of `module` for (N, C, H, W) inputs, concatenated over batches."""
+    """Named outputs of `module` for (N, C, H, W) inputs (or feature windows), concatenated over batches."""
+    if tensors.ndim == 4:
+        batch_size = max(1, min(batch_size, PIXELS_PER_BATCH // (tensors.shape[-2] * tensors.shape[-1])))
     module.eval()
     parameter = next(module.parameters(), None)  # a model being trained on a GPU is scored there
     device = parameter.device if parameter is not None else torch.device("cpu")
