@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from inspector.errors import ConfigError, InspectorError
 
 from .config import TrainConfig, apply_overrides, load_train_config, validate_train_config
 from .data import list_images
+from .selection import WEAK_SEPARATION
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,13 @@ def train(args) -> int:
         cost = frame_cost(card.input, card.export.frame_height, card.export.frame_width, card.export.flops_per_item)
         print(f"cost: {cost.describe(card.export.frames_per_s * cost.inputs)} ({card.export.measured_on}); "
               f"other frame sizes: inspector run -c LINE.yaml --check")
+    selection = json.loads((out / "selection.json").read_text()) if (out / "selection.json").is_file() else {}
+    checked = selection.get("selected_value")
+    if checked is not None and selection.get("criterion") == "synthetic_auroc":
+        meaning = ("weak: expect many missed defects" if checked < WEAK_SEPARATION
+                   else "higher predicts a better real AUROC, not its value")
+        print(f"self-check: the model ranks synthetic defects above the held-out good images with AUROC {checked:.2f} "
+              f"(1.0 = always, 0.5 = chance; {meaning})")
     if calibration.synthetic_recall is not None:
         print(f"self-check: this threshold flags {calibration.synthetic_recall:.0%} of synthetic defects pasted into "
               f"the held-out good images (no test images used; real defects differ, so read it as a guide)")
