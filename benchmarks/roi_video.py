@@ -65,7 +65,7 @@ def daemon_fps(model: Path, video: Path, work: Path, roi: list[Region]) -> float
 
 
 def run(args) -> str:
-    from training.cli import default_config
+    from training.cli import default_config, with_frame_plan
     from training.data import data_root
     from training.fit import fit
 
@@ -75,21 +75,30 @@ def run(args) -> str:
     work = Path(tempfile.mkdtemp(prefix="qi_roi_"))
     config = default_config(str(data), {"train.steps": 2, "selection.criterion": "last"})
     model = fit(config, work / "run", progress=False, evaluate_test=False).model_path
+    planned = with_frame_plan(config, args.frame_rate, f"{ROI.width}x{ROI.height}")  # prints the plan and its trade
+    fast = fit(planned, work / "planned", progress=False, evaluate_test=False).model_path
     video = write_line_video(work / "line_1080p.avi", list_images(data / "train" / "good"), args.frames)
-    scorer = Scorer(model)
-    spec, flops = scorer.card.input, scorer.card.export.flops_per_item
+    spec = Scorer(model).card.input
+    flops = Scorer(model).card.export.flops_per_item
     rows = []
-    for label, roi in (("whole frame", []), (f"roi {ROI.describe()}", [ROI])):
+    plan = (f"roi, the plan for {args.frame_rate:g} frames/s (tile scale {planned.input.tile_scale:g}, overlap "
+            f"{planned.input.tile_overlap:g})")
+    for label, path, roi in (("whole frame", model, []), ("roi, native tiles", model, [ROI]), (plan, fast, [ROI])):
+        scorer = Scorer(path)
         rate = measure_inputs_per_second(scorer, seconds=args.seconds)
-        cost = regions_cost(spec, *FRAME, roi, flops) if roi else frame_cost(spec, *FRAME, flops)
-        fps = daemon_fps(model, video, work, roi)
+        cost = (regions_cost(scorer.card.input, *FRAME, roi, flops) if roi
+                else frame_cost(scorer.card.input, *FRAME, flops))
+        fps = daemon_fps(path, video, work, roi)
         rows.append((label, cost, rate / cost.inputs, fps))
         print(label, f"{fps:.2f} frames/s through the daemon, model alone {rate / cost.inputs:.2f}", flush=True)
     lines = section_header(MARK_START, "Regions of interest: 1080p video through the daemon", "benchmarks.roi_video")
     lines += ["", f"Default recipe's model for piped {PIPED_CLASS} ({spec.height} px tiles, overlap "
-              f"{spec.tile_overlap:g}, {flops / 1e6:.0f} MFLOPs per tile); {args.frames} MJPEG frames of 1920x1080, "
+              f"{spec.tile_overlap:g}, {flops / 1e6:.0f} MFLOPs per tile), and the same recipe with the tile plan "
+              f"`inspector train --frame-rate {args.frame_rate:g} --frame-size {ROI.width}x{ROI.height}` chose here; "
+              f"{args.frames} MJPEG frames of 1920x1080, with the region at {ROI.describe()}, "
               "as fast as the daemon takes them (2 workers, 1 onnxruntime thread each, batches of 32), every verdict "
-              "journaled. 'Model alone': model inputs/s on batches of 32 measured just before / tiles per frame.", "",
+              "journaled. 'Model alone': model inputs/s on batches of 32 (one session, all threads) measured just before / "
+              "tiles per frame; two daemon workers with one thread each can beat it.", "",
               "| scored | tiles per frame | GFLOPs per frame | daemon frames/s | model alone frames/s | daemon / model |",
               "|---|---|---|---|---|---|"]
     for label, cost, alone, fps in rows:
@@ -101,6 +110,7 @@ def run(args) -> str:
 def add_arguments(parser) -> None:
     parser.add_argument("--frames", type=int, default=60, help="video frames (default 60)")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long to measure the model alone")
+    parser.add_argument("--frame-rate", type=float, default=30.0, help="the rate the planned model is trained for")
 
 
 if __name__ == "__main__":
