@@ -105,14 +105,16 @@ def suite_table(rows: list[dict]) -> list[str]:
                      f"**{fmt(np.mean([r['f1'] for r in rs]))}** | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} "
                      f"| | | | | | | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
         lines.append(f"| worst: {worst['set']} | {variant} | {fmt(worst['image_auroc'])} | | | | | | | | | | |")
-    checked = [(r["selection"]["selected_value"], r["image_auroc"]) for r in rows if (r.get("selection") or {}).get(
-        "selected_value") is not None]
-    if len(checked) >= 3:
-        from scipy.stats import spearmanr
+    lines.append("")
+    for variant, rs in by_variant.items():
+        checked = [(r["selection"]["selected_value"], r["image_auroc"]) for r in rs
+                   if (r.get("selection") or {}).get("selected_value") is not None]
+        if len(checked) >= 3:
+            from scipy.stats import spearmanr
 
-        rho = spearmanr([c for c, _ in checked], [a for _, a in checked]).statistic
-        lines += ["", f"Rank correlation (Spearman) of the self-check with the real image AUROC over these "
-                      f"{len(checked)} rows: {rho:.2f}."]
+            rho = spearmanr([c for c, _ in checked], [a for _, a in checked]).statistic
+            lines.append(f"Rank correlation (Spearman) of the self-check with the real image AUROC, {variant} rows "
+                         f"({len(checked)}): {rho:.2f}.  ")
     return lines
 
 
