@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from benchmarks.results import section_header, section_main
-from inspector.config import parse_daemon_config
-from inspector.daemon import Daemon
+from benchmarks.throughput import daemon_fps
 from inspector.frame_cost import frame_cost, measure_inputs_per_second, regions_cost
 from inspector.image_files import list_images, read_image
 from inspector.regions import Region
@@ -46,22 +43,6 @@ def write_line_video(path: Path, photos: list[Path], frames: int) -> Path:
         writer.write(frame)
     writer.release()
     return path
-
-
-def daemon_fps(model: Path, video: Path, work: Path, roi: list[Region]) -> float:
-    config = parse_daemon_config({
-        "model": {"path": str(model), "intra_op_threads": 1},
-        "sources": [{"name": "line", "kind": "camera", "uri": str(video), "realtime": False,
-                     "roi": [r.model_dump() for r in roi]}],
-        "batching": {"max_batch": 32, "max_wait_ms": 5, "workers": 2}, "metrics": {"port": 0},
-        "journal": {"path": str(work / f"journal_{len(roi)}.jsonl")}, "evidence": {"dir": None},
-        "logging": {"status_interval_s": 0}}, "bench")
-    daemon = Daemon(config, exit_when_done=True)
-    started = time.perf_counter()
-    thread = threading.Thread(target=daemon.run)
-    thread.start()
-    thread.join()
-    return daemon.pipeline.items_done / (time.perf_counter() - started)
 
 
 def run(args) -> str:
@@ -88,7 +69,9 @@ def run(args) -> str:
         rate = measure_inputs_per_second(scorer, seconds=args.seconds)
         cost = (regions_cost(scorer.card.input, *FRAME, roi, flops) if roi
                 else frame_cost(scorer.card.input, *FRAME, flops))
-        fps = daemon_fps(path, video, work, roi)
+        folder = work / f"daemon_{len(rows)}"
+        folder.mkdir()
+        fps = daemon_fps(path, folder, video, 32, 2, 1, [r.model_dump() for r in roi])
         rows.append((label, cost, rate / cost.inputs, fps))
         print(label, f"{fps:.2f} frames/s through the daemon, model alone {rate / cost.inputs:.2f}", flush=True)
     lines = section_header(MARK_START, "Regions of interest: 1080p video through the daemon", "benchmarks.roi_video")

@@ -102,11 +102,13 @@ def decode_fps(video: Path) -> float:
     return frames / (time.perf_counter() - started)
 
 
-def daemon_fps(model: Path, folder: Path, video: Path, max_batch: int, workers: int, intra_threads: int) -> float:
-    """Frames/s of the whole daemon (decode, preprocess, score, journal, metrics) on a video file."""
+def daemon_fps(model: Path, folder: Path, video: Path, max_batch: int, workers: int, intra_threads: int,
+               roi: list[dict] | None = None) -> float:
+    """Frames/s of the whole daemon (decode, preprocess, score, journal, metrics) on a video file
+    (scored in the regions `roi`, when given)."""
     config = parse_daemon_config({
         "model": {"path": str(model), "intra_op_threads": intra_threads},
-        "sources": [{"name": "bench", "kind": "camera", "uri": str(video), "realtime": False}],
+        "sources": [{"name": "bench", "kind": "camera", "uri": str(video), "realtime": False, "roi": roi or []}],
         "batching": {"max_batch": max_batch, "max_wait_ms": 5, "workers": workers}, "metrics": {"port": 0},
         "journal": {"path": str(folder / "journal.jsonl")}, "evidence": {"dir": None},
         "logging": {"status_interval_s": 0}}, "bench")

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from ..backbone import FEATURE_DIM, StageFeatures
-from ..family import Family, Phase, clip_gradients
+from ..family import Family, Phase
 from ..torch_scoring import modes_kept
 from .blocks import dcgan_init, local_mean
-from .losses import discriminator_loss, encoder_loss, feature_matching_loss, smoothing_floor
+from .ganomaly_family import ganomaly_step
 
 RESIDUAL_KERNEL = 3  # patches: 24x24 pixels of context around each 8x8 patch
 MEMORY_CHUNK = 1024  # memory patches compared at once: bounds the (patches x chunk) distance matrix
@@ -273,32 +273,12 @@ class FeatureGANomalyFamily(Family):
 
     def step(self, phase: Phase, next_batch: Callable[[], torch.Tensor], sampler: torch.Generator,
              optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        weights, stability = self.config.loss, self.config.stability
         with torch.no_grad():
             x = self.features(next_batch())
-        out = self.generator(x)
-        fake = out["reconstruction"]
-        loss_con = (fake - x).pow(2).mean()
-        loss_enc = encoder_loss(out["latent_in"], out["latent_out"])
-        adversarial = weights.adversarial > 0
-        loss_adv = feature_matching_loss(self.discriminator, x, fake) if adversarial else torch.zeros((), device=x.device)
-        loss_g = weights.adversarial * loss_adv + weights.contextual * loss_con + weights.encoder * loss_enc
-        optimizers["opt_g"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        clip_gradients(self.generator, stability.grad_clip)
-        optimizers["opt_g"].step()
-
-        loss_d = torch.zeros((), device=x.device)
-        if adversarial:
-            loss_d = discriminator_loss(self.discriminator, x, fake, 1.0 - stability.label_smoothing)
-            optimizers["opt_d"].zero_grad(set_to_none=True)
-            loss_d.backward()
-            clip_gradients(self.discriminator, stability.grad_clip)
-            optimizers["opt_d"].step()
-            if loss_d.item() < stability.discriminator_reset_below + smoothing_floor(stability.label_smoothing):
-                dcgan_init(self.discriminator)
-        return {"discriminator": loss_d.item(), "adversarial": loss_adv.item(), "contextual": loss_con.item(),
-                "encoder": loss_enc.item(), "generator": loss_g.item()}
+        # standardised features: a squared error (the pixel model's L1 would treat them as bounded pixels)
+        logged, _ = ganomaly_step(self.generator, self.discriminator, x, lambda real, fake: (fake - real).pow(2).mean(),
+                                  self.config, optimizers)
+        return logged
 
     def postfix(self, phase: Phase, logged: dict[str, float]) -> dict[str, str]:
         return {"d": f"{logged['discriminator']:.3f}", "con": f"{logged['contextual']:.4f}"}

@@ -51,6 +51,38 @@ def generator_scoring(config, shape, generator: nn.Module, nearest_code) -> nn.M
                            nearest_code=nearest_code)
 
 
+def ganomaly_step(generator: nn.Module, discriminator: nn.Module, x: torch.Tensor,
+                  contextual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], config,
+                  optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, float], torch.Tensor]:
+    """One GANomaly update of generator then discriminator on the batch `x` (pixels or features),
+    the contextual loss being `contextual(x, reconstruction)`; returns the losses and the reconstruction."""
+    weights, stability = config.loss, config.stability
+    out = generator(x)
+    fake = out["reconstruction"]
+    loss_con = contextual(x, fake)
+    loss_enc = encoder_loss(out["latent_in"], out["latent_out"])
+    adversarial = weights.adversarial > 0
+    loss_adv = feature_matching_loss(discriminator, x, fake) if adversarial else torch.zeros((), device=x.device)
+    loss_g = weights.adversarial * loss_adv + weights.contextual * loss_con + weights.encoder * loss_enc
+    optimizers["opt_g"].zero_grad(set_to_none=True)
+    loss_g.backward()
+    clip_gradients(generator, stability.grad_clip)
+    optimizers["opt_g"].step()
+
+    loss_d = torch.zeros((), device=x.device)
+    if adversarial:
+        loss_d = discriminator_loss(discriminator, x, fake, 1.0 - stability.label_smoothing)
+        optimizers["opt_d"].zero_grad(set_to_none=True)
+        loss_d.backward()
+        clip_gradients(discriminator, stability.grad_clip)
+        optimizers["opt_d"].step()
+        if loss_d.item() < stability.discriminator_reset_below + smoothing_floor(stability.label_smoothing):
+            dcgan_init(discriminator)
+            log.info("discriminator re-initialised (loss %.2g)", loss_d.item())
+    return {"discriminator": loss_d.item(), "adversarial": loss_adv.item(), "contextual": loss_con.item(),
+            "encoder": loss_enc.item(), "generator": loss_g.item()}, fake
+
+
 class GeneratorFamily(Family):
     """A family around an encoder-decoder-encoder generator, trained in one phase and scored by
     GANomalyScoring / TabularScoring (GANomaly, the autoencoder)."""
@@ -110,32 +142,9 @@ class GANomalyFamily(GeneratorFamily):
 
     def step(self, phase: Phase, next_batch: Callable[[], torch.Tensor], sampler: torch.Generator,
              optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        weights, stability = self.config.loss, self.config.stability
         x = next_batch()
-        out = self.generator(x)
-        fake = out["reconstruction"]
-        loss_con = contextual_loss(x, fake)
-        loss_enc = encoder_loss(out["latent_in"], out["latent_out"])
-        adversarial = weights.adversarial > 0
-        loss_adv = feature_matching_loss(self.discriminator, x, fake) if adversarial else torch.zeros((), device=x.device)
-        loss_g = weights.adversarial * loss_adv + weights.contextual * loss_con + weights.encoder * loss_enc
-        optimizers["opt_g"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        clip_gradients(self.generator, stability.grad_clip)
-        optimizers["opt_g"].step()
-
-        loss_d = torch.zeros((), device=x.device)
-        if adversarial:
-            loss_d = discriminator_loss(self.discriminator, x, fake, 1.0 - stability.label_smoothing)
-            optimizers["opt_d"].zero_grad(set_to_none=True)
-            loss_d.backward()
-            clip_gradients(self.discriminator, stability.grad_clip)
-            optimizers["opt_d"].step()
-            if loss_d.item() < stability.discriminator_reset_below + smoothing_floor(stability.label_smoothing):
-                dcgan_init(self.discriminator)
-                log.info("discriminator re-initialised (loss %.2g)", loss_d.item())
-        return {"discriminator": loss_d.item(), "adversarial": loss_adv.item(), "contextual": loss_con.item(),
-                "encoder": loss_enc.item(), "generator": loss_g.item(), "diversity": diversity_ratio(fake, x)}
+        logged, fake = ganomaly_step(self.generator, self.discriminator, x, contextual_loss, self.config, optimizers)
+        return {**logged, "diversity": diversity_ratio(fake, x)}
 
     def postfix(self, phase: Phase, logged: dict[str, float]) -> dict[str, str]:
         return {"d": f"{logged['discriminator']:.3f}", "con": f"{logged['contextual']:.4f}",
