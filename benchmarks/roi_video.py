@@ -59,8 +59,8 @@ def run(args) -> str:
     planned = with_frame_plan(config, args.frame_rate, f"{ROI.width}x{ROI.height}")  # prints the plan and its trade
     fast = fit(planned, work / "planned", progress=False, evaluate_test=False).model_path
     video = write_line_video(work / "line_1080p.avi", list_images(data / "train" / "good"), args.frames)
-    spec = Scorer(model).card.input
-    flops = Scorer(model).card.export.flops_per_item
+    card = Scorer(model).card
+    spec, flops = card.input, card.export.flops_per_item
     rows = []
     plan = (f"roi, the plan for {args.frame_rate:g} frames/s (tile scale {planned.input.tile_scale:g}, overlap "
             f"{planned.input.tile_overlap:g})")

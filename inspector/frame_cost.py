@@ -53,13 +53,18 @@ def regions_cost(spec: ImageInput, height: int, width: int, regions, flops_per_i
     return FrameCost(height, width, inputs, flops_per_input * inputs if flops_per_input else None, scope)
 
 
-def measure_inputs_per_second(scorer, batch: int = 32, seconds: float = 1.0) -> float:
-    """Model inputs scored per second on neutral batches (after one warm-up run), as the daemon batches them."""
-    spec = scorer.card.input
-    probe = np.zeros((batch, spec.channels, spec.height, spec.width), np.float32)
-    scorer.score_tensor(probe)
+def inputs_per_second(run, probe: np.ndarray, seconds: float = 1.0) -> float:
+    """Inputs per second of `run(probe)` (after one warm-up run; at least three runs, about `seconds` long)."""
+    run(probe)
     runs, started = 0, time.perf_counter()
     while runs < 3 or time.perf_counter() - started < seconds:
-        scorer.score_tensor(probe)
+        run(probe)
         runs += 1
-    return runs * batch / (time.perf_counter() - started)
+    return runs * len(probe) / (time.perf_counter() - started)
+
+
+def measure_inputs_per_second(scorer, batch: int = 32, seconds: float = 1.0) -> float:
+    """Model inputs scored per second on neutral batches, as the daemon batches them."""
+    spec = scorer.card.input
+    return inputs_per_second(scorer.score_tensor, np.zeros((batch, spec.channels, spec.height, spec.width), np.float32),
+                             seconds)

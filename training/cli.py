@@ -24,14 +24,17 @@ HEADLINE = ("image_auroc", "average_precision", "pixel_auroc", "f1", "recall", "
 WHOLE_FRAME_MAX_SIDE = 512  # input.height / width limit: larger frames are scaled down, aspect kept
 
 
+def first_training_image(data: Path):
+    """The first image of data/train/good as stored (None when there is none or it cannot be decoded)."""
+    images = list_images(data / "train" / "good")
+    return cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED) if images else None
+
+
 def infer_input(data: Path, whole_frame: bool = False) -> dict:
     """Default geometry from the first training image: colour or grayscale; with `whole_frame` (a
     pretrained backbone) the frame stretched to its own size rounded to a multiple of 16, scaled down
     so its longer side is at most WHOLE_FRAME_MAX_SIDE."""
-    images = list_images(data / "train" / "good")
-    if not images:
-        return {}
-    first = cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED)
+    first = first_training_image(data)  # none (or unreadable): the colour default, as InputConfig's
     gray = first is not None and (first.ndim == 2 or first.shape[2] == 1)
     geometry = {"channels": 1, "color_order": "gray"} if gray else {"channels": 3, "color_order": "rgb"}
     if whole_frame and first is not None:
@@ -60,8 +63,7 @@ def frame_size(text: str | None, config: TrainConfig) -> tuple[int, int]:
         if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
             raise ConfigError(f"--frame-size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x480")
         return int(height), int(width)
-    images = list_images(config.data.resolved_path / "train" / "good")
-    first = cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED) if images else None
+    first = first_training_image(config.data.resolved_path)
     if first is None:
         raise ConfigError("--frame-rate: no readable training image to take the frame size from; give --frame-size")
     return first.shape[0], first.shape[1]

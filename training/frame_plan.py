@@ -10,13 +10,12 @@ and the first plan whose expected frames/s meets the target is chosen.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from inspector.frame_cost import frame_cost
+from inspector.frame_cost import frame_cost, inputs_per_second
 
 PLANS = ((1.0, 0.5), (1.0, 0.25), (1.0, 0.0), (0.5, 0.5), (0.5, 0.25), (0.5, 0.0), (0.25, 0.5), (0.25, 0.0))
 
@@ -62,13 +61,8 @@ def model_inputs_per_second(config, seconds: float = 1.5, batch: int = 32) -> fl
     graph = to_onnx_model(family.scoring(None).eval(), example, config.export.opset)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    probe = np.zeros(tuple(example.shape), np.float32)
-    session.run(None, {name: probe})
-    runs, started = 0, time.perf_counter()
-    while runs < 3 or time.perf_counter() - started < seconds:
-        session.run(None, {name: probe})
-        runs += 1
-    return runs * batch / (time.perf_counter() - started)
+    return inputs_per_second(lambda probe: session.run(None, {name: probe}), np.zeros(tuple(example.shape), np.float32),
+                             seconds)
 
 
 def choose_plan(spec, height: int, width: int, target: float, inputs_per_s: float) -> FramePlan:

@@ -30,7 +30,7 @@ from ..backbone import FEATURE_DIM, StageFeatures
 from ..family import Family, Phase
 from ..torch_scoring import modes_kept
 from .blocks import dcgan_init, local_mean
-from .ganomaly_family import ganomaly_step
+from .ganomaly_family import ganomaly_optimizers, ganomaly_step
 
 RESIDUAL_KERNEL = 3  # patches: 24x24 pixels of context around each 8x8 patch
 MEMORY_CHUNK = 1024  # memory patches compared at once: bounds the (patches x chunk) distance matrix
@@ -264,13 +264,7 @@ class FeatureGANomalyFamily(Family):
         return [Phase("train", self.config.train.steps)]
 
     def begin(self, phase: Phase) -> dict[str, torch.optim.Optimizer]:
-        train = self.config.train
-        betas = tuple(train.betas)
-        self.generator.train()
-        self.discriminator.train()
-        return {"opt_g": torch.optim.Adam(self.generator.parameters(), lr=train.lr, betas=betas),
-                "opt_d": torch.optim.Adam(self.discriminator.parameters(),
-                                          lr=train.lr * self.config.stability.discriminator_lr_factor, betas=betas)}
+        return ganomaly_optimizers(self.generator, self.discriminator, self.config)
 
     def step(self, phase: Phase, next_batch: Callable[[], torch.Tensor], sampler: torch.Generator,
              optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:

@@ -51,6 +51,18 @@ def generator_scoring(config, shape, generator: nn.Module, nearest_code) -> nn.M
                            nearest_code=nearest_code)
 
 
+def ganomaly_optimizers(generator: nn.Module, discriminator: nn.Module, config) -> dict[str, torch.optim.Optimizer]:
+    """Both in training mode, and their Adam optimisers (the discriminator's learning rate scaled by
+    stability.discriminator_lr_factor)."""
+    train = config.train
+    betas = tuple(train.betas)
+    generator.train()
+    discriminator.train()
+    return {"opt_g": torch.optim.Adam(generator.parameters(), lr=train.lr, betas=betas),
+            "opt_d": torch.optim.Adam(discriminator.parameters(),
+                                      lr=train.lr * config.stability.discriminator_lr_factor, betas=betas)}
+
+
 def ganomaly_step(generator: nn.Module, discriminator: nn.Module, x: torch.Tensor,
                   contextual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], config,
                   optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, float], torch.Tensor]:
@@ -132,13 +144,7 @@ class GANomalyFamily(GeneratorFamily):
         return {"generator": self.generator}
 
     def begin(self, phase: Phase) -> dict[str, torch.optim.Optimizer]:
-        train = self.config.train
-        betas = tuple(train.betas)
-        self.generator.train()
-        self.discriminator.train()
-        return {"opt_g": torch.optim.Adam(self.generator.parameters(), lr=train.lr, betas=betas),
-                "opt_d": torch.optim.Adam(self.discriminator.parameters(),
-                                          lr=train.lr * self.config.stability.discriminator_lr_factor, betas=betas)}
+        return ganomaly_optimizers(self.generator, self.discriminator, self.config)
 
     def step(self, phase: Phase, next_batch: Callable[[], torch.Tensor], sampler: torch.Generator,
              optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
