@@ -86,14 +86,20 @@ def encode_rows(rows: list[list[str]], spec: TabularInput, origins: list[str] | 
                 bad = next(spec.numeric[j].name for j, v in enumerate(row_fields) if not _is_float(v))
                 rejected.append((r, ItemRejected("non_numeric", f"{origin}: field '{bad}' is not a number")))
         numbers = np.asarray(values, dtype=np.float64).reshape(len(kept), len(numeric_idx))
-    categories = [[rows[r][index[f.name]] for r in kept] for f in spec.categorical]
-    return _encode(numbers, categories, kept, rejected, spec, origins)
+    codes = [_codes([rows[r][index[f.name]] for r in kept], f.vocabulary) for f in spec.categorical]
+    return _encode(numbers, codes, kept, rejected, spec, origins)
 
 
-def _encode(numbers: np.ndarray, categories: list[list[str]], kept: list[int], rejected: list, spec: TabularInput,
+def _codes(texts: list[str], vocabulary: list[str]) -> np.ndarray:
+    """Each category's index in the vocabulary; len(vocabulary) (the unknown bucket) when unseen."""
+    lookup = {v: i for i, v in enumerate(vocabulary)}
+    return np.array([lookup.get(v, len(vocabulary)) for v in texts], dtype=np.int64)
+
+
+def _encode(numbers: np.ndarray, codes: list[np.ndarray], kept: list[int], rejected: list, spec: TabularInput,
             origins: list[str] | None) -> EncodedRows:
-    """Numbers (n, numeric) and category texts (one list per categorical feature) of the kept rows ->
-    EncodedRows: non-finite rows rejected, log1p, scaling, clipping, one-hot with unknown bucket."""
+    """Numbers (n, numeric) and category codes (one array per categorical feature, `_codes`) of the kept
+    rows -> EncodedRows: non-finite rows rejected, log1p, scaling, clipping, one-hot with unknown bucket."""
     finite = np.isfinite(numbers).all(axis=1)
     if not finite.all():
         for position in np.flatnonzero(~finite)[::-1]:
@@ -102,7 +108,7 @@ def _encode(numbers: np.ndarray, categories: list[list[str]], kept: list[int], r
             rejected.append((r, ItemRejected("non_finite", f"{origin}: NaN or infinite value")))
         numbers = numbers[finite]
         kept = [r for r, ok in zip(kept, finite) if ok]
-        categories = [[v for v, ok in zip(column, finite) if ok] for column in categories]
+        codes = [column[finite] for column in codes]
         rejected.sort(key=lambda item: item[0])
     log_columns = [j for j, f in enumerate(spec.numeric) if f.transform == "log1p"]
     if log_columns:
@@ -113,14 +119,12 @@ def _encode(numbers: np.ndarray, categories: list[list[str]], kept: list[int], r
     # into inf and then NaN inside the model: features are clipped to +-FEATURE_LIMIT.
     parts = [np.clip((numbers - center) / scale, -FEATURE_LIMIT, FEATURE_LIMIT).astype(np.float32)]
     unknown: dict[str, int] = {}
-    for feature, column in zip(spec.categorical, categories):
-        lookup = {v: i for i, v in enumerate(feature.vocabulary)}
-        codes = np.array([lookup.get(v, len(feature.vocabulary)) for v in column], dtype=np.int64)
-        n_unknown = int(np.sum(codes == len(feature.vocabulary)))
+    for feature, column in zip(spec.categorical, codes):
+        n_unknown = int(np.sum(column == len(feature.vocabulary)))
         if n_unknown:
             unknown[feature.name] = n_unknown
         one_hot = np.zeros((len(kept), len(feature.vocabulary) + 1), dtype=np.float32)
-        one_hot[np.arange(len(kept)), codes] = 1.0
+        one_hot[np.arange(len(kept)), column] = 1.0
         parts.append(one_hot)
     features = np.concatenate(parts, axis=1) if kept else np.zeros((0, spec.row_width), np.float32)
     return EncodedRows(features, kept, rejected, unknown)
@@ -163,12 +167,12 @@ def _encode_csv_arrow(lines: list[str], spec: TabularInput, origins: list[str] |
         return None
     try:
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.csv as pcsv
     except ImportError:  # pragma: no cover - pyarrow is a dependency; keep working without it
         return None
-    commas = len(spec.columns) - 1
-    if any(line.count(",") != commas or len(line) > spec.max_line_bytes for line in lines):
-        return None
+    if max(map(len, lines)) > spec.max_line_bytes:
+        return None  # a wrong field count is Arrow's parse error below: that chunk goes line by line too
     text = "\n".join(lines) + "\n"
     if any(mark in text for mark in _PLAIN_CSV_FORBIDDEN):
         return None
@@ -193,8 +197,9 @@ def _encode_csv_arrow(lines: list[str], spec: TabularInput, origins: list[str] |
     numbers = np.empty((len(lines), len(numeric)), dtype=np.float64)
     for j, name in enumerate(numeric):
         numbers[:, j] = table.column(name).to_numpy()
-    categories = [table.column(name).to_pylist() for name in categorical]
-    return _encode(numbers, categories, list(range(len(lines))), [], spec, origins)
+    codes = [pc.fill_null(pc.index_in(table.column(f.name), value_set=pa.array(f.vocabulary, pa.string())),
+                          len(f.vocabulary)).to_numpy().astype(np.int64) for f in spec.categorical]
+    return _encode(numbers, codes, list(range(len(lines))), [], spec, origins)
 
 
 def _is_float(text: str) -> bool:

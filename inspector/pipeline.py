@@ -35,10 +35,13 @@ from .errors import ItemRejected
 from .preprocess import model_input_bytes
 from .regions import Region, regions_input_bytes
 from .ratelimit import RateLimitedLog
-from .scorer import ScoreResult
+from .sources.row_blocks import expand, rows_of, split
+from .scorer import FeatureScores, ScoreResult
 from .sources.base import Emit, Item
 
 log = logging.getLogger(__name__)
+
+FRAME_RUN_LIMIT = 1024  # frames or tiles per model run: max_batch may allow tens of thousands of traffic rows
 
 
 class Sink(Protocol):
@@ -56,11 +59,33 @@ class _SourceQueue:
     dropped: int = 0
     max_bytes: int = 256 << 20
     bytes: int = 0
+    rows: int = 0  # items, counting a block of traffic rows as its rows
 
-    def no_room_for(self, nbytes: int) -> bool:
-        """Full in items, or in bytes (an empty queue always takes one item: the batcher's budget check
-        and the pre-tiling refusal keep a single item within max_bytes)."""
-        return len(self.items) >= self.size or (bool(self.items) and self.bytes + nbytes > self.max_bytes)
+    def no_room_for(self, nbytes: int, nrows: int = 1) -> bool:
+        """Full in items (rows), or in bytes (an empty queue always takes one item: the batcher's budget
+        check and the pre-tiling refusal keep a single item within max_bytes)."""
+        return bool(self.items) and (self.rows + nrows > self.size or self.bytes + nbytes > self.max_bytes)
+
+    def push(self, item: Item, nbytes: int, nrows: int) -> None:
+        self.items.append(item)
+        self.bytes += nbytes
+        self.rows += nrows
+
+    def pop(self) -> Item:
+        item = self.items.popleft()
+        self.bytes -= item_bytes(item)
+        self.rows -= rows_of(item)
+        return item
+
+    def pop_rows(self, limit: int) -> Item:
+        """The first item, or its first `limit` rows when it is a larger block (the rest stays first)."""
+        if rows_of(self.items[0]) <= limit:
+            return self.pop()
+        head, tail = split(self.items[0], limit)
+        self.items[0] = tail
+        self.bytes -= item_bytes(head)
+        self.rows -= limit
+        return head
 
 
 def item_bytes(item: Item) -> int:
@@ -120,22 +145,21 @@ class Pipeline:
             for one in items:
                 if one.image is not None and one.rejection is None:
                     self._prepare(one, queue.max_bytes)
-            sizes = [item_bytes(one) for one in items]
+            sizes = [(item_bytes(one), rows_of(one)) for one in items]
             with self._cond:
-                for one, nbytes in zip(items, sizes):
+                for one, (nbytes, nrows) in zip(items, sizes):
                     if queue.policy == "block":
-                        while queue.no_room_for(nbytes) and not self._closed:
+                        while queue.no_room_for(nbytes, nrows) and not self._closed:
                             self._cond.notify_all()  # let the batcher drain what is queued
                             self._cond.wait(0.1)
                     else:
-                        while queue.no_room_for(nbytes):
-                            queue.bytes -= item_bytes(queue.items.popleft())
-                            queue.dropped += 1
-                            self._on_drop(name)
+                        while queue.no_room_for(nbytes, nrows):
+                            for _ in range(rows_of(queue.pop())):
+                                queue.dropped += 1
+                                self._on_drop(name)
                     if self._closed:
                         return False
-                    queue.items.append(one)
-                    queue.bytes += nbytes
+                    queue.push(one, nbytes, nrows)
                 self._cond.notify_all()
                 return True
 
@@ -165,10 +189,10 @@ class Pipeline:
                                      f"preparing {item.source} {item.origin} failed: {exc!r}")
 
     def depth(self, name: str) -> int:
-        return len(self._queues[name].items)
+        return self._queues[name].rows
 
     def pending(self) -> int:
-        return sum(len(q.items) for q in self._queues.values())
+        return sum(q.rows for q in self._queues.values())
 
     def close(self) -> None:
         """Stop accepting items; what is queued is still processed by `run_until_drained`."""
@@ -178,20 +202,22 @@ class Pipeline:
 
     # --- consumer side -------------------------------------------------------------------------
     def _take(self) -> list[Item]:
+        """Up to max_batch items (rows) round-robin across the queues, within one queue's byte budget."""
         batch: list[Item] = []
         names = self._order
         empty_rounds = 0
-        held = 0
-        while len(batch) < self.max_batch and empty_rounds < len(names):
+        held = taken = 0
+        while taken < self.max_batch and empty_rounds < len(names):
             queue = self._queues[names[self._next % len(names)]]
             self._next += 1
             if queue.items:
                 nbytes = item_bytes(queue.items[0])
                 if batch and held + nbytes > self.max_batch_bytes:
                     break  # a batch holds at most one queue's budget of memory
-                queue.bytes -= nbytes
-                held += nbytes
-                batch.append(queue.items.popleft())
+                item = queue.pop_rows(self.max_batch - taken)
+                held += item_bytes(item)
+                taken += rows_of(item)
+                batch.append(item)
                 empty_rounds = 0
             else:
                 empty_rounds += 1
@@ -257,19 +283,43 @@ class Pipeline:
         if frames:
             self._fill(results, frames, lambda: scorer.score_images(
                 [batch[i].image for i in frames], [f"{batch[i].source} {batch[i].origin}" for i in frames],
-                max_batch=self.max_batch, prepared=[batch[i].prepared for i in frames],
+                max_batch=min(self.max_batch, FRAME_RUN_LIMIT), prepared=[batch[i].prepared for i in frames],
                 regions=[self._regions.get(batch[i].source, ()) for i in frames]))
         if windows:
-            self._fill(results, windows, lambda: scorer.score_features(np.stack([batch[i].features for i in windows])))
+            self._fill(results, windows, lambda: self._score_windows(scorer, [batch[i] for i in windows]))
         return results, time.perf_counter() - started
 
+    @staticmethod
+    def _score_windows(scorer, items: list[Item]) -> list:
+        """Single windows and blocks of them in one model run: a ScoreResult per single window, a
+        FeatureScores per block."""
+        scores = scorer.score_feature_arrays(np.concatenate(
+            [item.features if item.rows is not None else item.features[None] for item in items]))
+        results, at = [], 0
+        for item in items:
+            n = rows_of(item)
+            part = scores.part(at, at + n)
+            results.append(part if item.rows is not None else part.results(at)[0])
+            at += n
+        return results
+
     def _finish(self, batch: list[Item], results: list, inference_s: float) -> None:
+        rows = 0
         for item, result in zip(batch, results):
+            rows += rows_of(item)
             if result.rejected:
                 self._rejections.warning((item.source, result.reason), f"rejected: {result.message}")
+            elif isinstance(result, FeatureScores) and not result.finite.all():
+                self._rejections.warning((item.source, "non_finite_score"), f"rejected: {item.source}: "
+                                         f"{int((~result.finite).sum())} rows scored non-finite (non_finite_score)")
+        one_by_one = None  # the batch with blocks as single rows, for sinks that want them so
         for sink in self.sinks:
             try:
-                sink.handle(batch, results, inference_s)  # type: ignore[arg-type]
+                if getattr(sink, "takes_row_blocks", False):
+                    sink.handle(batch, results, inference_s)  # type: ignore[arg-type]
+                else:
+                    one_by_one = one_by_one or expand(batch, results)
+                    sink.handle(*one_by_one, inference_s)  # type: ignore[arg-type]
             except Exception:
                 log.exception("sink %s failed", type(sink).__name__)
                 self._on_error(type(sink).__name__)
@@ -280,7 +330,7 @@ class Pipeline:
                 except Exception:
                     log.exception("completion of %s %s failed", item.source, item.origin)
             item.image = item.features = item.prepared = None
-        self.items_done += len(batch)
+        self.items_done += rows
 
     @staticmethod
     def _fill(results: list, indices: list[int], score: Callable[[], list]) -> None:

@@ -55,6 +55,41 @@ class ScoreResult:
         return self.reason is not None
 
 
+@dataclass
+class FeatureScores:
+    """Scores of traffic windows as arrays (a block of rows is scored and journaled as a whole:
+    inspector.sources.row_blocks). A non-finite score rejects that row (non_finite_score); the block
+    as a whole is never a rejection, so `rejected` is False like a scored item's."""
+
+    raw: np.ndarray  # float64 (n,)
+    normalised: np.ndarray  # float64 (n,)
+    anomaly: np.ndarray  # bool (n,)
+    finite: np.ndarray  # bool (n,)
+    components: dict[str, np.ndarray]
+    reason = None
+    rejected = False
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def part(self, start: int, stop: int) -> "FeatureScores":
+        return FeatureScores(self.raw[start:stop], self.normalised[start:stop], self.anomaly[start:stop],
+                             self.finite[start:stop], {k: v[start:stop] for k, v in self.components.items()})
+
+    def results(self, first_window: int = 0) -> list[ScoreResult]:
+        """One ScoreResult per row, for callers and sinks that take rows one by one."""
+        names = list(self.components)
+        verdicts = np.where(self.anomaly, ANOMALY, NORMAL).tolist()
+        components = [dict(zip(names, values)) for values in zip(*(self.components[k].tolist() for k in names))]
+        if not names:
+            components = [{} for _ in range(len(self))]
+        results = list(map(ScoreResult, self.raw.tolist(), self.normalised.tolist(), verdicts, components))
+        for k in np.flatnonzero(~self.finite):
+            results[k] = ScoreResult.rejection("non_finite_score", f"window {first_window + k}: the model's score is "
+                                               f"{self.raw[k]}, not a number to compare with the threshold")
+        return results
+
+
 @dataclass(slots=True)
 class PreparedFrame:
     """A frame turned into model input, ahead of scoring (the daemon does this on the source's thread,
@@ -133,26 +168,24 @@ class Scorer:
         outputs = self.run(batch)
         return combine_score(outputs, self.card.score), outputs
 
+    def score_feature_arrays(self, windows: np.ndarray, max_batch: int = 4096) -> FeatureScores:
+        """Score encoded feature windows (N, window * features) of a tabular model, as arrays."""
+        names = list(self.card.score.weights)
+        raw, columns = [], {k: [] for k in names}
+        for start in range(0, len(windows), max_batch):
+            scores, outputs = self.score_tensor(windows[start:start + max_batch])
+            raw.append(np.asarray(scores, dtype=np.float64).reshape(-1))
+            for k in names:
+                columns[k].append(np.asarray(outputs[k], dtype=np.float64).reshape(-1))
+        raw_scores = np.concatenate(raw) if raw else np.zeros(0)
+        finite = np.isfinite(raw_scores)
+        return FeatureScores(raw_scores, raw_scores / self.threshold, finite & (raw_scores >= self.threshold), finite,
+                             {k: np.concatenate(v) if v else np.zeros(0) for k, v in columns.items()})
+
     def score_features(self, windows: np.ndarray, max_batch: int = 4096) -> list[ScoreResult]:
         """Score encoded feature windows (N, window * features) of a tabular model. A non-finite score
         is a rejection (non_finite_score), never a verdict."""
-        results: list[ScoreResult] = []
-        names = list(self.card.score.weights)
-        for start in range(0, len(windows), max_batch):
-            scores, outputs = self.score_tensor(windows[start:start + max_batch])
-            scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-            # Vectorised per chunk (traffic rows arrive by the ten thousand)
-            verdicts = np.where(scores < self.threshold, NORMAL, ANOMALY).tolist()
-            columns = [np.asarray(outputs[k], dtype=np.float64).reshape(-1).tolist() for k in names]
-            components = [dict(zip(names, values)) for values in zip(*columns)]
-            chunk = list(map(ScoreResult, scores.tolist(), (scores / self.threshold).tolist(), verdicts, components))
-            finite = np.isfinite(scores)
-            if not finite.all():
-                for k in np.flatnonzero(~finite):
-                    chunk[k] = ScoreResult.rejection("non_finite_score", f"window {start + k}: the model's score is "
-                                                             f"{scores[k]}, not a number to compare with the threshold")
-            results.extend(chunk)
-        return results
+        return self.score_feature_arrays(windows, max_batch).results()
 
     def self_test(self) -> None:
         """Score a neutral batch of two items: a graph that cannot take a batch, or that gives a

@@ -20,8 +20,10 @@ from typing import Callable
 import orjson
 
 from ..active_model import ActiveModel
-from ..scorer import ScoreResult
+from ..sources.row_blocks import expand
+from ..scorer import FeatureScores, ScoreResult
 from ..sources.base import Item
+from .journal_blocks import block_lines
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,14 @@ def _record(item: Item, result: ScoreResult, latency_s: float, model_version: st
             "model_version": model_version, "verdict": "rejected", "reason": result.reason, "error": result.message}
 
 
+def _encode(lines: list[dict]) -> bytes:
+    dumps = orjson.dumps
+    return b"\n".join([dumps(line) for line in lines]) + b"\n"
+
+
 class JournalSink:
+    takes_row_blocks = True  # blocks of traffic rows come whole (inspector.sources.row_blocks)
+
     def __init__(self, path: Path, max_bytes: int, backups: int, fsync: bool = False,
                  model: ActiveModel | None = None, on_error: Callable[[str], None] | None = None, name: str = "journal"):
         self.path = Path(path)
@@ -89,19 +98,40 @@ class JournalSink:
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
 
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
+        """Journal a batch in one write; a block of rows whose scores are all finite is formatted as a
+        whole (journal_blocks), anything else line by line."""
+        if not items:
+            return
         now = time.perf_counter()
         version = self.model.version if self.model is not None else ""
         now_iso = datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # one timestamp per batch
-        if not items:
-            return
-        if self.write([record(item, result, now - item.enqueued, version, now_iso) for item, result in zip(items, results)]):
+        pieces: list[bytes] = []
+        single: list[dict] = []
+        count = 0
+        for item, result in zip(items, results):
+            if item.rows is not None and isinstance(result, FeatureScores) and result.finite.all():
+                if single:
+                    pieces.append(_encode(single))
+                    single = []
+                pieces.append(block_lines(item, result, now - item.enqueued, version, now_iso))
+                count += len(item.rows)
+            else:
+                rows, row_results = expand([item], [result])
+                single += [record(row, row_result, now - item.enqueued, version, now_iso)
+                           for row, row_result in zip(rows, row_results)]
+                count += len(rows)
+        if single:
+            pieces.append(_encode(single))
+        if self.write_bytes(b"".join(pieces), count):
             for item in items:
                 item.journaled = True
 
     def write(self, lines: list[dict]) -> bool:
         """Append JSON lines as one write (a batch is on disk whole or not at all); False when it failed."""
-        dumps = orjson.dumps
-        text = b"\n".join([dumps(line) for line in lines]) + b"\n"
+        return self.write_bytes(_encode(lines), len(lines))
+
+    def write_bytes(self, text: bytes, count: int) -> bool:
+        """Append `count` newline-terminated lines as one write; False when it failed."""
         start = None
         try:
             handle = self._open()
@@ -131,7 +161,7 @@ class JournalSink:
         if self._failing:
             log.info("%s %s: writing again", self.name, self.path)
             self._failing = False
-        self.lines_written += len(lines)
+        self.lines_written += count
         return True
 
     def close(self) -> None:

@@ -27,7 +27,8 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..drift import DriftMonitor
-from ..scorer import ANOMALY, Scorer
+from ..sources.row_blocks import rows_of
+from ..scorer import ANOMALY, FeatureScores, Scorer
 from ..sources.base import Item
 from .bulk_histogram import BulkHistogram
 
@@ -38,6 +39,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 
 
 class Metrics:
+    takes_row_blocks = True  # blocks of traffic rows come whole (inspector.sources.row_blocks)
+
     def __init__(self, drift_window: int = 500, drift_baseline: Path | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
@@ -128,40 +131,56 @@ class Metrics:
         return children
 
     def handle(self, items: list[Item], results: list, inference_s: float) -> None:
-        """Per batch: counts and histogram updates grouped by source, one call each."""
+        """Per batch: counts and histogram updates grouped by source, one call each; a block of traffic
+        rows adds its arrays (inspector.sources.row_blocks)."""
         now = time.perf_counter()
         wall = time.time()
-        scored = sum(not r.rejected for r in results)
+        scored = 0
+        groups: dict[str, tuple[list, list, list]] = {}  # source -> latencies, normalised scores, anomaly flags
+        for item, result in zip(items, results):
+            latencies, scores, anomalous = groups.setdefault(item.source, ([], [], []))
+            if isinstance(result, FeatureScores):
+                finite = result.finite
+                latencies.append(np.full(len(result), now - item.enqueued))
+                scores.append(result.normalised[finite])
+                anomalous.append(result.anomaly[finite])
+                scored += int(finite.sum())
+                if not finite.all():
+                    self.rejected.labels(item.source, "non_finite_score").inc(int((~finite).sum()))
+                    self.totals["rejected"] += int((~finite).sum())
+                continue
+            latencies.append(np.full(rows_of(item), now - item.enqueued))
+            if result.rejected:
+                self.rejected.labels(item.source, result.reason).inc(rows_of(item))
+                self.totals["rejected"] += rows_of(item)
+                continue
+            scores.append(np.array([result.normalised]))
+            anomalous.append(np.array([result.verdict == ANOMALY]))
+            scored += 1
         if scored:
             self.inference.observe(inference_s)
             self.batch_size.observe(scored)
-        groups: dict[str, tuple[list, list, list]] = {}  # source -> (latencies, normalised scores, verdicts)
-        for item, result in zip(items, results):
-            latencies, scores, verdicts = groups.setdefault(item.source, ([], [], []))
-            latencies.append(now - item.enqueued)
-            if result.rejected:
-                self.rejected.labels(item.source, result.reason).inc()
-                self.totals["rejected"] += 1
-                continue
-            scores.append(result.normalised)
-            verdicts.append(result.verdict)
-        for source, (latencies, scores, verdicts) in groups.items():
+        for source, (latencies, scores, anomalous) in groups.items():
             children = self._children(source)
-            self.latency.observe_many((source,), latencies)
-            self._latencies.extend(latencies)
+            latency = np.concatenate(latencies)
+            self.latency.observe_many((source,), latency)
+            self._latencies.extend(latency[-self._latencies.maxlen:].tolist())
             if not scores:
                 continue
-            self.score.observe_many((source,), scores)
-            anomalies = verdicts.count(ANOMALY)
-            if len(scores) - anomalies:
-                children["normal"].inc(len(scores) - anomalies)
+            normalised, anomaly = np.concatenate(scores), np.concatenate(anomalous)
+            if not len(normalised):
+                continue
+            self.score.observe_many((source,), normalised)
+            anomalies = int(anomaly.sum())
+            if len(normalised) - anomalies:
+                children["normal"].inc(len(normalised) - anomalies)
             if anomalies:
                 children["anomaly"].inc(anomalies)
                 children["anomalies"].inc(anomalies)
                 children["last_anomaly"].set(wall)
-            self.totals["scored"] += len(scores)
+            self.totals["scored"] += len(normalised)
             self.totals["anomalies"] += anomalies
-            psi = self._drift.observe(source, [s for s, v in zip(scores, verdicts) if v != ANOMALY])
+            psi = self._drift.observe(source, normalised[~anomaly].tolist())
             if psi is not None:
                 self.drift.labels(source).set(psi)
 

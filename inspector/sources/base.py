@@ -6,16 +6,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .row_blocks import RowBlock
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Item:
-    """One thing to score: a frame or a window of traffic rows, or a rejection placeholder.
+    """One thing to score: a frame, a window of traffic rows or a block of them, or a rejection placeholder.
 
     A rejected item still travels through the pipeline so it is journaled and counted in order.
     """
@@ -26,7 +29,8 @@ class Item:
     origin: str  # frame index or file name
     image: np.ndarray | None = field(default=None, repr=False)
     prepared: object | None = field(default=None, repr=False)  # the image as model input (scorer.PreparedFrame)
-    features: np.ndarray | None = field(default=None, repr=False)  # a window of encoded traffic rows
+    features: np.ndarray | None = field(default=None, repr=False)  # a window of encoded traffic rows (n windows: a block)
+    rows: "RowBlock | None" = field(default=None, repr=False)  # set: this item is a block of rows (inspector.sources.row_blocks)
     rejection: tuple[str, str] | None = None  # (reason, message)
     evidence: str | None = None  # the evidence file's name, once the evidence sink has written it
     frame: str | None = None  # the captured frame's file beside it (kept for review items)
@@ -66,6 +70,12 @@ class Source:
     def next_seq(self) -> int:
         self._seq += 1
         return self._seq
+
+    def next_seqs(self, n: int) -> int:
+        """Reserve n consecutive sequence numbers (a block of rows); returns the first."""
+        first = self._seq + 1
+        self._seq += n
+        return first
 
     def set_up(self, up: bool) -> None:
         if up != self.up:

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..card import TabularInput
 from ..errors import ItemRejected
-from ..features import encode_lines
+from ..features import EncodedRows, encode_lines
+from .row_blocks import RowBlock
 from .base import Item, Source
 
 
@@ -53,16 +54,16 @@ class RowItems:
     def items(self, lines: list[str], prefix: str = "", origins: list[str] | None = None,
               entry_ids: list[str] | None = None) -> list[Item]:
         """One item per bad row (a rejection) and per completed window, in order. `origins` replace the
-        default "<prefix>line N"; `entry_ids` (stream entries) are carried onto the items."""
+        default "<prefix>line N"; `entry_ids` (stream entries) are carried onto the items. Without
+        either, each run of windows between bad rows is one block item (inspector.sources.row_blocks)."""
         first = self.lines + 1
         self.lines += len(lines)
         keep = [k for k, line in enumerate(lines) if line.strip()]
+        if origins is None and entry_ids is None:
+            return self._blocks(lines, keep, prefix, first)
         names = [origins[k] for k in keep] if origins is not None else [f"{prefix}line {first + k}" for k in keep]
         ids = [entry_ids[k] for k in keep] if entry_ids is not None else [None] * len(keep)
-        encoded = encode_lines([lines[k] for k in keep], self.spec, self.format, names)
-        name = self.source.name
-        for column, count in encoded.unknown.items():
-            self._on_unknown(name, column, count)
+        encoded = self._encode([lines[k] for k in keep], names)
         outcome: list[object] = [None] * len(keep)
         for position, rejected in encoded.rejected:
             outcome[position] = rejected
@@ -70,7 +71,7 @@ class RowItems:
             outcome[position] = encoded.features[m]
         now = time.time()
         items = []
-        next_seq = self.source.next_seq
+        name, next_seq = self.source.name, self.source.next_seq
         for origin, entry_id, what in zip(names, ids, outcome):
             if isinstance(what, ItemRejected):
                 items.append(Item(name, next_seq(), now, origin, rejection=(what.reason, str(what)), entry_id=entry_id))
@@ -79,3 +80,52 @@ class RowItems:
                 if window is not None:
                     items.append(Item(name, next_seq(), now, origin, features=window, entry_id=entry_id))
         return items
+
+    def _encode(self, lines: list[str], origins) -> EncodedRows:
+        encoded = encode_lines(lines, self.spec, self.format, origins)
+        for column, count in encoded.unknown.items():
+            self._on_unknown(self.source.name, column, count)
+        return encoded
+
+    def _blocks(self, lines: list[str], keep: list[int], prefix: str, first: int) -> list[Item]:
+        """Rejections as single items; the windows of each run of good rows between them as one block."""
+        line_of = first + np.asarray(keep, dtype=np.int64)  # the line number of each non-empty line
+        encoded = self._encode([lines[k] for k in keep], _LineOrigins(prefix, line_of))
+        kept = np.asarray(encoded.kept, dtype=np.int64)
+        now = time.time()
+        items: list[Item] = []
+        start = 0
+        for position, rejected in [*encoded.rejected, (None, None)]:
+            stop = len(kept) if position is None else int(np.searchsorted(kept, position))
+            if stop > start:
+                self._add_block(items, encoded.features[start:stop], line_of[kept[start:stop]], prefix, now)
+            start = stop
+            if rejected is not None:
+                items.append(Item(self.source.name, self.source.next_seq(), now, f"{prefix}line {line_of[position]}",
+                                  rejection=(rejected.reason, str(rejected))))
+        return items
+
+    def _add_block(self, items: list[Item], rows: np.ndarray, line_numbers: np.ndarray, prefix: str, now: float) -> None:
+        if self.windower.window == 1 and self.windower.stride == 1:
+            windows, ends = rows, line_numbers
+        else:
+            completed = [(window, line) for row, line in zip(rows, line_numbers)
+                         if (window := self.windower.push(row)) is not None]
+            if not completed:
+                return
+            windows, ends = np.stack([w for w, _ in completed]), np.asarray([l for _, l in completed], np.int64)
+        block = RowBlock(prefix, ends, self.source.next_seqs(len(ends)))
+        items.append(Item(self.source.name, block.first_seq, now, block.origin(0), features=windows, rows=block))
+
+
+class _LineOrigins:
+    """The origins of a chunk's rows ("<prefix>line N"), made only for the few rows that are rejected."""
+
+    def __init__(self, prefix: str, line_numbers: np.ndarray):
+        self.prefix, self.line_numbers = prefix, line_numbers
+
+    def __len__(self) -> int:
+        return len(self.line_numbers)
+
+    def __getitem__(self, k: int) -> str:
+        return f"{self.prefix}line {self.line_numbers[k]}"

@@ -90,7 +90,7 @@ class TrafficSourceThread(Source):
         self.set_up(True)
         reader = _LineReader(self.spec.max_line_bytes)
         while not self.stopping.is_set():
-            data = stream.readline(self.spec.max_line_bytes + 2)
+            data = stream.read1(1 << 20)  # what the pipe holds now (at least one byte), a chunk of lines
             if not data:
                 break
             if not self._feed(reader, data, emit, ""):
@@ -250,27 +250,24 @@ class _LineReader:
         return bool(self.buffer) and not self.discarding
 
     def feed(self, data: bytes) -> tuple[list[str], int]:
+        """The complete lines in `data` (with what was buffered before), and how many were too long."""
+        pieces = data.split(b"\n")
+        rest = pieces.pop()  # after the last newline: the start of a line still to come
         lines: list[str] = []
         too_long = 0
-        start = 0
-        while True:
-            newline = data.find(b"\n", start)
-            if newline < 0:
-                break
-            piece = data[start:newline]
-            start = newline + 1
-            if self.discarding:
-                self.discarding = False
-                self.buffer.clear()
-                continue
-            if len(self.buffer) + len(piece) > self.limit:
-                too_long += 1
-                self.buffer.clear()
-                continue
-            self.buffer += piece
-            lines.append(self.buffer.decode("utf-8", errors="replace"))
-            self.buffer.clear()
-        rest = data[start:]
+        if pieces:
+            line, too_long = self._complete(pieces[0])
+            if line is not None:
+                lines.append(line)
+            middle = pieces[1:]
+            if middle and max(map(len, middle)) <= self.limit:  # the usual case: decoded and split at C speed
+                lines += b"\n".join(middle).decode("utf-8", errors="replace").split("\n")
+            else:
+                for piece in middle:
+                    line, long = self._complete(piece)
+                    too_long += long
+                    if line is not None:
+                        lines.append(line)
         if not self.discarding:
             if len(self.buffer) + len(rest) > self.limit:
                 too_long += 1
@@ -279,3 +276,19 @@ class _LineReader:
             else:
                 self.buffer += rest
         return lines, too_long
+
+    def _complete(self, piece: bytes) -> tuple[str | None, int]:
+        """The line ending with `piece` (after what is buffered): (the line or None, 1 if it was too long)."""
+        if self.discarding:  # the end of a line already counted as too long
+            self.discarding = False
+            self.buffer.clear()
+            return None, 0
+        if len(self.buffer) + len(piece) > self.limit:
+            self.buffer.clear()
+            return None, 1
+        if self.buffer:
+            self.buffer += piece
+            line = self.buffer.decode("utf-8", errors="replace")
+            self.buffer.clear()
+            return line, 0
+        return piece.decode("utf-8", errors="replace"), 0
