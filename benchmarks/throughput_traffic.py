@@ -120,7 +120,7 @@ def run_traffic(args) -> str:
         raw_knn = timed(lambda b: knn_scorer.score_tensor(b), encoded, 2.0)
         knn_memory = load_train_config(ROOT / "configs" / "unsw_nb15.yaml").score.memory_size
         for mode in ("tcp", "file"):
-            for max_batch in (32, 1024):
+            for max_batch in (32, 1024, 4096):
                 rates = sorted(traffic_rows_per_second(model, folder, lines, n_rows, mode, max_batch)
                                for _ in range(TRAFFIC_REPEATS))
                 rows.append((mode, max_batch, rates))

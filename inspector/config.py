@@ -34,7 +34,9 @@ class ModelSettings(Strict):
 
 
 class Batching(Strict):
-    max_batch: Annotated[int, Field(ge=1, le=1024)] = 32
+    # items per batch: frames, or traffic rows (a block of rows counts as its rows). Frames rarely gain
+    # past 32; traffic rows gain up to a few thousand (the per-batch costs are spread over more rows)
+    max_batch: Annotated[int, Field(ge=1, le=65536)] = 32
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0
     # Threads that score batches at once, each running the model on its own batch (sinks still see
     # batches in queue order). On few cores, 2 workers with model.intra_op_threads 1 keep every core
