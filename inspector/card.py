@@ -22,7 +22,7 @@ from .strict import FrozenStrict
 
 CARD_KEY = "qinspector.card"
 MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
-CARD_FORMAT_VERSION = 6  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; older cards still load
+CARD_FORMAT_VERSION = 7  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; older cards still load
 MIN_TILE_SCALE = 0.25
 
 
@@ -186,6 +186,12 @@ class ExportInfo(FrozenStrict):
     inputs_per_frame: int | None = None
     frames_per_s: float | None = None
     measured_on: str | None = None
+    # int8: the graph's convolutions are quantized; parity against the float32 graph it came from, on
+    # held-out normal images and their synthetic-defect copies: score rank correlation, and the change
+    # of the synthetic-defect AUROC (int8 - float32)
+    precision: Literal["float32", "int8"] = "float32"
+    int8_rank_correlation: float | None = None
+    int8_synthetic_auroc_change: float | None = None
 
 
 class Lineage(FrozenStrict):
@@ -202,7 +208,7 @@ class Lineage(FrozenStrict):
 
 
 class ModelCard(FrozenStrict):
-    format_version: Literal[1, 2, 3, 4, 5, 6] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4, 5, 6, 7] = CARD_FORMAT_VERSION
     name: str
     # the training family that made the graph (training.models.registry); the runtime only shows it
     family: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]

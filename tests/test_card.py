@@ -70,8 +70,17 @@ def test_format_1_and_2_cards_from_earlier_releases_still_load(tiny_piped_run, t
     _rewrite_card(tiny_piped_run.model_path, tmp_path / "five.onnx", format_5)
     card = Scorer(tmp_path / "five.onnx").card
     assert card.format_version == 5 and card.input.tile_scale == 1.0  # tiles at native resolution, as then
+
+    def format_6(d):
+        d["format_version"] = 6
+        for key in ("precision", "int8_rank_correlation", "int8_synthetic_auroc_change"):  # added in format 7
+            del d["export"][key]
+
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "six.onnx", format_6)
+    card = Scorer(tmp_path / "six.onnx").card
+    assert card.format_version == 6 and card.export.precision == "float32"
     new = tiny_piped_run.card
-    assert new.format_version == 6 and new.calibration.confidence == 0.9 and new.calibration.folds is None
+    assert new.format_version == 7 and new.export.precision == "float32" and new.calibration.confidence == 0.9 and new.calibration.folds is None
     assert new.lineage is None  # trained from scratch
     assert 0 <= new.calibration.synthetic_recall <= 1
 

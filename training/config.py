@@ -247,6 +247,10 @@ class CalibrationConfig(Strict):
 class ExportConfig(Strict):
     opset: Annotated[int, Field(ge=13, le=23)] = 17
     parity_tolerance: Annotated[float, Field(gt=0)] = 1e-3
+    # int8: static quantization of the convolutions, calibrated on held-out normal images, threshold
+    # calibrated again on the quantized scores (training/quantize.py). Faster only on CPUs with 8-bit
+    # dot-product instructions (AVX-512 VNNI, AVX-VNNI, Arm dotprod): measure with benchmarks.int8
+    precision: Literal["float32", "int8"] = "float32"
 
 
 class TrainConfig(Strict):
@@ -306,6 +310,12 @@ class TrainConfig(Strict):
             self.selection.criterion = "last" if self.data.kind == "table" else "synthetic_auroc"
         if self.data.kind == "table" and self.selection.criterion == "synthetic_auroc":
             raise ValueError("selection.criterion synthetic_auroc is for images; use validation_loss or last for tables")
+        if self.export.precision == "int8":
+            if self.data.kind == "table":
+                raise ValueError("export.precision int8 is for image models; tables export float32")
+            if self.calibration.method != "quantile" or self.calibration.folds:
+                raise ValueError("export.precision int8 calibrates the threshold again on the quantized model's "
+                                 "held-out scores: it takes calibration.method quantile with calibration.folds 0")
         if (self.input.channels == 1) != (self.input.color_order == "gray"):
             raise ValueError(f"input.color_order '{self.input.color_order}' does not fit {self.input.channels} channel(s)")
         return self

@@ -34,6 +34,7 @@ from .export import export_with_parity, replace_card
 from .flops import count_flops
 from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max
 from .items import Items, items_of
+from .quantize import export_int8
 from .run_folder import RunFolder
 from .selection import synthetic_recall
 from .torch_scoring import run_scoring
@@ -208,6 +209,8 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     if lineage is not None:
         card = card.with_updates(lineage=lineage)
     card = _export(config, scoring, card, held_out, run)
+    if config.export.precision == "int8":
+        card = export_int8(config, run, card, held_out_frames, config.selection.max_items)
     return with_frame_cost(card, run, held_out_frames[0].shape[-2:])
 
 

@@ -8,6 +8,7 @@
       diagnostics/<kind>_eNNNN.png  sample and reconstruction grids
       selection.json              the checkpoint criterion and every evaluation (training.selection)
       model.onnx                  the exported scorer with its card
+      model.float32.onnx          with export.precision int8: the float32 graph it was quantized from
       metrics.json, report/       the evaluation on test/ (training.evaluate)
 """
 
@@ -24,6 +25,7 @@ LOSSES_PLOT = "losses.png"
 GRID_FOLDER = "diagnostics"
 SELECTION_LOG = "selection.json"
 MODEL_FILE = "model.onnx"
+FLOAT_MODEL_FILE = "model.float32.onnx"
 METRICS = "metrics.json"
 
 
@@ -62,6 +64,10 @@ class RunFolder:
     @property
     def model(self) -> Path:
         return self.root / MODEL_FILE
+
+    @property
+    def float_model(self) -> Path:
+        return self.root / FLOAT_MODEL_FILE
 
     @property
     def metrics(self) -> Path:
