@@ -56,7 +56,8 @@ def run(args) -> str:
     work = Path(tempfile.mkdtemp(prefix="qi_roi_"))
     config = default_config(str(data), {"train.steps": 2, "selection.criterion": "last"})
     model = fit(config, work / "run", progress=False, evaluate_test=False).model_path
-    planned = with_frame_plan(config, args.frame_rate, f"{ROI.width}x{ROI.height}")  # prints the plan and its trade
+    planned = with_frame_plan(config, args.frame_rate, f"{FRAME[1]}x{FRAME[0]}",  # prints the plan and its trade
+                              f"{ROI.width}x{ROI.height}")
     fast = fit(planned, work / "planned", progress=False, evaluate_test=False).model_path
     video = write_line_video(work / "line_1080p.avi", list_images(data / "train" / "good"), args.frames)
     card = Scorer(model).card
@@ -77,7 +78,8 @@ def run(args) -> str:
     lines = section_header(MARK_START, "Regions of interest: 1080p video through the daemon", "benchmarks.roi_video")
     lines += ["", f"Default recipe's model for piped {PIPED_CLASS} ({spec.height} px tiles, overlap "
               f"{spec.tile_overlap:g}, {flops / 1e6:.0f} MFLOPs per tile), and the same recipe with the tile plan "
-              f"`inspector train --frame-rate {args.frame_rate:g} --frame-size {ROI.width}x{ROI.height}` chose here; "
+              f"`inspector train --frame-rate {args.frame_rate:g} --frame-size {FRAME[1]}x{FRAME[0]} --roi "
+              f"{ROI.width}x{ROI.height}` chose here (measured through the daemon's pipeline); "
               f"{args.frames} MJPEG frames of 1920x1080, with the region at {ROI.describe()}, "
               "as fast as the daemon takes them (2 workers, 1 onnxruntime thread each, batches of 32), every verdict "
               "journaled. 'Model alone': model inputs/s on batches of 32 (one session, all threads) measured just before / "

@@ -71,16 +71,34 @@ def test_a_half_scale_plan_tiles_the_frame_shrunk_and_gives_the_heatmap_back_at_
 
 
 def test_the_plan_for_a_line_is_the_most_detailed_one_that_meets_its_frame_rate():
-    plan = choose_plan(tiled(), 480, 640, target=30, inputs_per_s=1000)
+    measured = []
+
+    def model_alone(plan):  # a stand-in meter: 1,000 tiles/s and nothing else
+        measured.append((plan.tile_scale, plan.tile_overlap))
+        return 1000 / frame_cost(plan, 480, 640, None).inputs
+
+    plan = choose_plan(tiled(), 480, 640, 30, model_alone)
     assert plan.meets_target and plan.frames_per_s >= 30
     more_detailed = PLANS[:PLANS.index((plan.tile_scale, plan.tile_overlap))]
-    assert more_detailed and all(frame_cost(tiled(s, o), 480, 640, None).inputs > 1000 / 30 for s, o in more_detailed)
-    said = plan.describe(480, 640, 30)
-    assert said.startswith("frame plan for 640x480 at 30 frames/s") and "traded" in said
-    native = choose_plan(tiled(), 480, 640, target=1, inputs_per_s=1000)
+    assert more_detailed and measured == [*more_detailed, (plan.tile_scale, plan.tile_overlap)]  # tried in order
+    assert all(frame_cost(tiled(s, o), 480, 640, None).inputs > 1000 / 30 for s, o in more_detailed)
+    said = plan.describe(480, 640, 30, (1080, 1920))
+    assert said.startswith("frame plan for 640x480 regions of 1920x1080 frames at 30 frames/s") and "traded" in said
+    native = choose_plan(tiled(), 480, 640, 1, model_alone)
     assert (native.tile_scale, native.tile_overlap) == PLANS[0] and "traded" not in native.describe(480, 640, 1)
-    short = choose_plan(tiled(), 1080, 1920, target=1000, inputs_per_s=1000)
+    short = choose_plan(tiled(), 1080, 1920, 1000, lambda plan: 1.0)
     assert not short.meets_target and "region of interest" in short.describe(1080, 1920, 1000)
+
+
+def test_the_line_rate_is_measured_through_the_daemons_pipeline_with_its_regions(tiny_tiled_run):
+    from inspector.line_rate import line_frames_per_second
+    from training.frame_plan import centred_region
+
+    region = centred_region((240, 320), (96, 128))
+    assert region[0].model_dump() == {"x": 96, "y": 72, "width": 128, "height": 96} and not centred_region((240, 320), None)
+    whole = line_frames_per_second(tiny_tiled_run.model_path, 240, 320, seconds=0.5)
+    cropped = line_frames_per_second(tiny_tiled_run.model_path, 240, 320, region, seconds=0.5)
+    assert whole > 0 and cropped > 0  # frames decoded, scored and journaled (speed goals live in the benchmarks)
 
 
 def test_frame_rate_options_refuse_what_cannot_work_in_one_sentence(tmp_path):
@@ -93,3 +111,6 @@ def test_frame_rate_options_refuse_what_cannot_work_in_one_sentence(tmp_path):
     with pytest.raises(ConfigError, match="expected WIDTHxHEIGHT"):
         frame_size("640 by 480", stretch)
     assert frame_size("640x480", stretch) == (480, 640)
+    tiles = validate_train_config({"data": {"path": str(tmp_path)}}, "test")
+    with pytest.raises(ConfigError, match="larger than the 640x480 frame"):
+        with_frame_plan(tiles, 30, "640x480", "800x600")

@@ -56,12 +56,12 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def frame_size(text: str | None, config: TrainConfig) -> tuple[int, int]:
-    """(height, width) of --frame-size WxH, or of the first training image."""
+def frame_size(text: str | None, config: TrainConfig, option: str = "--frame-size") -> tuple[int, int]:
+    """(height, width) of WxH given to `option`, or of the first training image."""
     if text:
         width, sep, height = text.lower().partition("x")
         if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
-            raise ConfigError(f"--frame-size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x480")
+            raise ConfigError(f"{option} {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x480")
         return int(height), int(width)
     first = first_training_image(config.data.resolved_path)
     if first is None:
@@ -69,18 +69,26 @@ def frame_size(text: str | None, config: TrainConfig) -> tuple[int, int]:
     return first.shape[0], first.shape[1]
 
 
-def with_frame_plan(config: TrainConfig, fps: float, size: str | None) -> TrainConfig:
-    """The config with the tile plan that meets `fps` frames/s at the frame size (printed with its trade)."""
-    from .frame_plan import choose_plan, model_inputs_per_second
+def with_frame_plan(config: TrainConfig, fps: float, size: str | None, roi: str | None = None) -> TrainConfig:
+    """The config with the tile plan that meets `fps` frames/s for camera frames of `size` scored in a
+    region of `roi` (default: whole frames), measured through the daemon's pipeline (printed with its trade)."""
+    import tempfile
+
+    from .frame_plan import centred_region, choose_plan, pipeline_rate_meter
 
     if fps <= 0:
         raise ConfigError(f"--frame-rate {fps:g}: frames per second must be positive")
     if config.input.resize != "tile":
         raise ConfigError(f"--frame-rate chooses a tile plan; input.resize is {config.input.resize}, which scores "
                           "one model input per frame whatever the rate")
-    height, width = frame_size(size, config)
-    plan = choose_plan(config.input.to_spec(), height, width, fps, model_inputs_per_second(config))
-    print(plan.describe(height, width, fps))
+    camera = frame_size(size, config)
+    scored = frame_size(roi, config, "--roi") if roi else camera
+    if scored[0] > camera[0] or scored[1] > camera[1]:
+        raise ConfigError(f"--roi {roi}: larger than the {camera[1]}x{camera[0]} frame")
+    with tempfile.TemporaryDirectory(prefix="qi_plan_") as folder:
+        meter = pipeline_rate_meter(config, Path(folder), camera, centred_region(camera, scored))
+        plan = choose_plan(config.input.to_spec(), *scored, fps, meter)
+    print(plan.describe(*scored, fps, camera))
     raw = config.model_dump()
     raw["input"].update(tile_scale=plan.tile_scale, tile_overlap=plan.tile_overlap)
     return validate_train_config(raw, "--frame-rate")
@@ -89,9 +97,9 @@ def with_frame_plan(config: TrainConfig, fps: float, size: str | None) -> TrainC
 def resolve_config(args) -> TrainConfig:
     config = _resolve_config(args)
     if getattr(args, "frame_rate", None) is not None:
-        config = with_frame_plan(config, args.frame_rate, args.frame_size)
-    elif getattr(args, "frame_size", None):
-        raise ConfigError("--frame-size goes with --frame-rate (the frames/s the tile plan must reach)")
+        config = with_frame_plan(config, args.frame_rate, args.frame_size, getattr(args, "roi", None))
+    elif getattr(args, "frame_size", None) or getattr(args, "roi", None):
+        raise ConfigError("--frame-size and --roi go with --frame-rate (the frames/s the tile plan must reach)")
     if args.steps is not None and config.model.family == "anogan":  # --steps means both of its phases
         return config.model_validate({**config.model_dump(), "anogan": {
             **config.anogan.model_dump(), "gan_steps": args.steps, "encoder_steps": args.steps}})

@@ -35,11 +35,14 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set model.base_width=8 (value parsed as YAML)")
     p.add_argument("--frame-rate", type=float, metavar="FPS",
-                   help="the line's frames/s: choose the tile plan (overlap, then scale) that scores that many frames "
-                   "of --frame-size on this machine, and say what it traded (tiled models)")
+                   help="the line's frames/s: choose the most detailed tile plan (less overlap, then smaller scale) "
+                   "that the daemon's pipeline runs that fast on this machine (measured: frames decoded, cropped, "
+                   "tiled, scored, journaled), and say what it traded (tiled models)")
     p.add_argument("--frame-size", metavar="WxH",
-                   help="the camera's frame (or region of interest) size for --frame-rate, e.g. 640x480 (default: "
-                   "the first training image's)")
+                   help="the camera's frame size for --frame-rate, e.g. 1920x1080 (default: the first training image's)")
+    p.add_argument("--roi", metavar="WxH",
+                   help="with --frame-rate: the size of the region of interest scored in each frame, e.g. 640x480 "
+                   "(default: the whole frame)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on test/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
