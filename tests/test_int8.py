@@ -30,8 +30,10 @@ def test_the_int8_model_quantizes_its_convolutions_and_keeps_the_residual_in_flo
     ops = [node.op_type for node in graph.graph.node]
     convs = [node for node in graph.graph.node if node.op_type == "Conv"]
     produced_by_dequantize = {out for node in graph.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    assert convs and all(node.input[1] in produced_by_dequantize for node in convs)  # int8 weights feed every Conv
-    assert ops.count("QuantizeLinear") >= len(convs)  # and 8-bit activations
+    first, *rest = convs
+    assert rest and all(node.input[1] in produced_by_dequantize for node in rest)  # int8 weights feed every later Conv
+    assert first.input[0] == graph.graph.input[0].name and first.input[1] not in produced_by_dequantize  # not the first
+    assert ops.count("QuantizeLinear") >= len(rest)  # and 8-bit activations
     float_graph = onnx.load(str(run / "model.float32.onnx"))
     assert "QuantizeLinear" not in {node.op_type for node in float_graph.graph.node}  # the parent is kept beside it
     residual = [node for node in graph.graph.node if node.op_type in ("Sub", "Pow", "AveragePool", "ReduceMax")]
