@@ -178,7 +178,7 @@ def _run(args) -> int:
         opened = [f"{name} delivered a {width}x{height} frame" for name, (width, height, live, _) in sizes.items() if live]
         print(f"{args.config}: ok (model {daemon.model.scorer.card.name} {daemon.model.version}, "
               f"{len(daemon.sources)} source(s){''.join(f'; {line}' for line in opened)})")
-        for line in _frame_costs(daemon.model.scorer, sizes):
+        for line in _frame_costs(daemon.model.scorer, sizes, config):
             print(line)
         return 0
     daemon.install_signal_handlers()
@@ -204,21 +204,28 @@ def _camera_frame_sizes(config, path: Path) -> dict[str, tuple[int, int, bool, t
     return sizes
 
 
-def _frame_costs(scorer, sizes: dict[str, tuple[int, int, bool, tuple]]) -> list[str]:
+def _frame_costs(scorer, sizes: dict[str, tuple[int, int, bool, tuple]], config) -> list[str]:
     """Per camera: model runs and FLOPs per frame at its size (in its regions of interest, when it
-    has some), and the frames/s to expect on this machine."""
+    has some), the frames/s the model alone allows on this machine, and the frames/s the daemon's
+    pipeline reaches with this config's batching (measured: inspector.line_rate)."""
     from .card import ImageInput
     from .frame_cost import frame_cost, measure_inputs_per_second, regions_cost
+    from .line_rate import line_frames_per_second
 
     spec = scorer.card.input
     if not sizes or not isinstance(spec, ImageInput):
         return []
     flops = scorer.card.export.flops_per_item if scorer.card.export else None
     rate = measure_inputs_per_second(scorer)
+    batching = config.batching
     lines = []
     for name, (width, height, _, regions) in sizes.items():
         cost = regions_cost(spec, height, width, regions, flops) if regions else frame_cost(spec, height, width, flops)
-        lines.append(f"{name}: {cost.describe(rate)}")
+        line_rate = line_frames_per_second(scorer.path, height, width, tuple(regions), workers=batching.workers,
+                                           intra_op_threads=config.model.intra_op_threads,
+                                           max_batch=batching.max_batch)
+        lines.append(f"{name}: {cost.describe(rate)}; through the daemon's pipeline here {line_rate:,.1f} frames/s "
+                     f"({width}x{height} JPEG frames decoded, {batching.workers} worker(s), journaled)")
     return lines
 
 

@@ -35,7 +35,8 @@ def test_check_states_each_cameras_frame_cost_and_the_frames_per_second_to_expec
     assert result.returncode == 0, result.stderr
     line = result.stdout.splitlines()[1]
     assert re.fullmatch(r"gate: 64x48 frames: 6 tiles per frame, [\d.]+ GFLOPs; about [\d,.]+ frames/s on this "
-                        r"machine \([\d,]+ model inputs/s measured\)", line), line
+                        r"machine \([\d,]+ model inputs/s measured\); through the daemon's pipeline here [\d,.]+ "
+                        r"frames/s \(64x48 JPEG frames decoded, 1 worker\(s\), journaled\)", line), line
 
 
 def test_the_card_records_a_training_size_frames_cost_and_the_frames_per_second_measured(tiny_tiled_run):
