@@ -168,7 +168,7 @@ def class_with_sealed_test(piped_class, tmp_path):
     os.chmod(root / "test", 0o755)
 
 
-@pytest.mark.parametrize("family", ["ganomaly", "anogan"])
+@pytest.mark.parametrize("family", ["ganomaly", "anogan", "ganomaly tiled, int8 export"])
 def test_checkpoint_selection_never_reads_test(class_with_sealed_test, tmp_path, family):
     """test/ is unreadable (mode 000) and every open / listing under it is recorded by an audit
     hook, which also catches reads a superuser's permissions would allow."""
@@ -183,6 +183,8 @@ def test_checkpoint_selection_never_reads_test(class_with_sealed_test, tmp_path,
     extra = {"train.steps": 8, "selection": {"criterion": "synthetic_auroc", "evaluations": 3}}
     if family == "anogan":
         extra.update({"model.family": "anogan", "anogan.gan_steps": 3, "anogan.n_critic": 2, "anogan.encoder_steps": 6})
+    elif "int8" in family:  # quantization ranges and the int8 threshold come from held-out normal images too
+        extra.update({"input.resize": "tile", "input.tile_overlap": 0.5, "export.precision": "int8"})
     config = validate_train_config(tiny_config(class_with_sealed_test, **extra), "tiny")
     result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
     sealed = "\0"  # stop recording: the hook stays installed for the rest of the session
