@@ -227,6 +227,10 @@ class TrafficSourceThread(Source):
                     idle_since = now
                     if not self._feed(reader, data, emit, prefix):
                         return
+                    if b"\n" in data:  # a line ended here: what is still pending began in this chunk
+                        line_since = None
+                # a steady stream leaves a partial line after most chunks, a new one each time: only a line
+                # that stays unfinished across chunks is timed
                 line_since = (line_since or now) if reader.pending() else None
                 if line_since is not None and now - line_since > self.settings.line_timeout_s:
                     log.warning("source %s: closing %s: a line still incomplete after %.0f s (line_timeout_s)",

@@ -206,3 +206,30 @@ def test_a_text_file_given_as_the_video_fails_healthz_with_the_reason(model, tmp
         assert daemon.terminate() == 0
     assert status == 503 and body["sources"] == {"cam": "down"}
     assert body["reasons"]["cam"] == f"cannot open {notes}"
+
+
+def test_a_steady_stream_cut_mid_line_is_never_taken_for_a_stalled_line(nsl_model, tmp_path):
+    """Chunks that each end in the middle of a line (as TCP delivers a busy stream) for longer than
+    line_timeout_s: each partial line is finished by the next chunk, so the connection stays open and
+    every line is scored."""
+    import socket
+
+    from ..daemon_helpers import free_port
+    from ..test_traffic import kdd_test_lines
+
+    port = free_port()
+    sources = [{"name": "flows", "kind": "traffic", "mode": "tcp", "listen": f"127.0.0.1:{port}", "line_timeout_s": 1.0}]
+    payload = ("\n".join(kdd_test_lines(400)) + "\n").encode()
+    pieces = [payload[i:i + 997] for i in range(0, len(payload), 997)]  # 997: chunk ends fall inside lines
+    with DaemonProcess(tmp_path, nsl_model, sources, evidence={"dir": None}) as daemon:
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            started = time.time()
+            for piece in pieces:  # about 3 s in all, three times the line timeout
+                conn.sendall(piece)
+                time.sleep(3.0 / len(pieces))
+            assert time.time() - started > 2.5
+        samples = daemon.wait_for(lambda s: sum(metric(s, "inspector_items_scored_total", source="flows", verdict=v)
+                                                for v in ("normal", "anomaly")) >= 400)
+        assert daemon.terminate() == 0
+    assert metric(samples, "inspector_items_rejected_total", source="flows", reason="incomplete_line") == 0
+    assert "still incomplete" not in daemon.log()
