@@ -88,6 +88,15 @@ class _SourceQueue:
         return head
 
 
+def pieces_of(item: Item, rows: int) -> list[Item]:
+    """The item, or a block cut into pieces of at most `rows` rows."""
+    pieces = []
+    while item.rows is not None and len(item.rows) > rows:
+        head, item = split(item, rows)
+        pieces.append(head)
+    return pieces + [item]
+
+
 def item_bytes(item: Item) -> int:
     """What a queued item holds in memory: the decoded frame, its model input, a traffic window."""
     total = 0
@@ -140,8 +149,12 @@ class Pipeline:
         queue = self._queues[name]
 
         def emit(item: Item | list[Item]) -> bool:
-            """Queue one item, or a list of items in order under one lock (traffic chunks)."""
+            """Queue one item, or a list of items in order under one lock (traffic chunks). A block of
+            rows larger than the queue goes in pieces of at most queue.size rows: the queue's bound, and
+            so the wait of its last row, holds for blocks too."""
             items = item if isinstance(item, list) else (item,)
+            if any(one.rows is not None and len(one.rows) > queue.size for one in items):
+                items = [piece for one in items for piece in pieces_of(one, queue.size)]
             for one in items:
                 if one.image is not None and one.rejection is None:
                     self._prepare(one, queue.max_bytes)

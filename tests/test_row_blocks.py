@@ -4,6 +4,8 @@ rejection reason, journal line and counts. Each fast step is checked against the
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import numpy as np
 import pytest
@@ -137,6 +139,11 @@ def test_metrics_count_a_block_as_its_rows(nsl):
     assert fast.drift_reading("tcp") == pytest.approx(slow.drift_reading("tcp"))
 
 
+def fresh(items):
+    """Copies to queue: the pipeline lets go of an item's features once it is done."""
+    return [dataclasses.replace(item) for item in items]
+
+
 class Recorder:
     def __init__(self):
         self.batches = []
@@ -154,7 +161,7 @@ def test_the_batcher_cuts_blocks_at_max_batch_and_sinks_without_block_support_se
     journal = JournalSink(tmp_path / "journal.jsonl", 1 << 30, 1)
     pipeline = Pipeline(ActiveModel(scorer), [journal, recorder], max_batch=64, max_wait_ms=0)
     emit = pipeline.add_source("tcp", size=1000, policy="block")
-    assert emit(items) and pipeline.depth("tcp") == 400  # the queue counts rows, not blocks
+    assert emit(fresh(items)) and pipeline.depth("tcp") == 400  # the queue counts rows, not blocks
     while pipeline.pending():
         pipeline.process(pipeline.next_batch(0))
     assert pipeline.items_done == 400
@@ -185,3 +192,21 @@ def test_the_line_reader_splits_any_byte_stream_like_a_line_by_line_reader(data,
     complete = data.split(b"\n")[:-1]
     assert lines == [piece.decode("utf-8", errors="replace") for piece in complete if len(piece) <= 8]
     assert too_long == sum(len(piece) > 8 for piece in complete) + (len(data.split(b"\n")[-1]) > 8)
+
+
+def test_a_block_larger_than_the_queue_waits_in_pieces_so_the_queue_bound_holds(nsl):
+    """A 342-row block into a 100-row queue: queued 100 rows at a time, the source waiting for room."""
+    import threading
+
+    scorer, items = nsl
+    pipeline = Pipeline(ActiveModel(scorer), [], max_batch=50, max_wait_ms=0)
+    emit = pipeline.add_source("tcp", size=100, policy="block")
+    done = threading.Event()
+    threading.Thread(target=lambda: (emit(fresh(items)), done.set()), daemon=True).start()
+    peak = 0
+    while not (done.is_set() and not pipeline.pending()):
+        peak = max(peak, pipeline.depth("tcp"))
+        batch = pipeline.next_batch(0.05)
+        if batch:
+            pipeline.process(batch)
+    assert pipeline.items_done == 400 and peak <= 100
