@@ -35,9 +35,9 @@ from .errors import ItemRejected
 from .preprocess import model_input_bytes
 from .regions import Region, regions_input_bytes
 from .ratelimit import RateLimitedLog
-from .sources.row_blocks import expand, rows_of, split
 from .scorer import FeatureScores, ScoreResult
 from .sources.base import Emit, Item
+from .sources.row_blocks import expand, rows_of, split
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Callable
 import orjson
 
 from ..active_model import ActiveModel
-from ..sources.row_blocks import expand
 from ..scorer import FeatureScores, ScoreResult
 from ..sources.base import Item
+from ..sources.row_blocks import expand
 from .journal_blocks import block_lines
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..drift import DriftMonitor
-from ..sources.row_blocks import rows_of
 from ..scorer import ANOMALY, FeatureScores, Scorer
 from ..sources.base import Item
+from ..sources.row_blocks import rows_of
 from .bulk_histogram import BulkHistogram
 
 log = logging.getLogger(__name__)
@@ -136,38 +136,37 @@ class Metrics:
         now = time.perf_counter()
         wall = time.time()
         scored = 0
-        groups: dict[str, tuple[list, list, list]] = {}  # source -> latencies, normalised scores, anomaly flags
+        # source -> latencies, normalised scores, anomaly flags: Python values of single items, arrays of blocks
+        groups: dict[str, tuple[list, list, list, list]] = {}
         for item, result in zip(items, results):
-            latencies, scores, anomalous = groups.setdefault(item.source, ([], [], []))
+            latencies, scores, anomalous, blocks = groups.setdefault(item.source, ([], [], [], []))
             if isinstance(result, FeatureScores):
                 finite = result.finite
-                latencies.append(np.full(len(result), now - item.enqueued))
-                scores.append(result.normalised[finite])
-                anomalous.append(result.anomaly[finite])
+                blocks.append((np.full(len(result), now - item.enqueued), result.normalised[finite],
+                               result.anomaly[finite]))
                 scored += int(finite.sum())
                 if not finite.all():
                     self.rejected.labels(item.source, "non_finite_score").inc(int((~finite).sum()))
                     self.totals["rejected"] += int((~finite).sum())
                 continue
-            latencies.append(np.full(rows_of(item), now - item.enqueued))
+            latencies.extend([now - item.enqueued] * rows_of(item))  # a block can be rejected whole (inference_error)
             if result.rejected:
                 self.rejected.labels(item.source, result.reason).inc(rows_of(item))
                 self.totals["rejected"] += rows_of(item)
                 continue
-            scores.append(np.array([result.normalised]))
-            anomalous.append(np.array([result.verdict == ANOMALY]))
+            scores.append(result.normalised)
+            anomalous.append(result.verdict == ANOMALY)
             scored += 1
         if scored:
             self.inference.observe(inference_s)
             self.batch_size.observe(scored)
-        for source, (latencies, scores, anomalous) in groups.items():
+        for source, (latencies, scores, anomalous, blocks) in groups.items():
             children = self._children(source)
-            latency = np.concatenate(latencies)
+            latency = np.concatenate([np.asarray(latencies, np.float64), *(b[0] for b in blocks)])
             self.latency.observe_many((source,), latency)
             self._latencies.extend(latency[-self._latencies.maxlen:].tolist())
-            if not scores:
-                continue
-            normalised, anomaly = np.concatenate(scores), np.concatenate(anomalous)
+            normalised = np.concatenate([np.asarray(scores, np.float64), *(b[1] for b in blocks)])
+            anomaly = np.concatenate([np.asarray(anomalous, bool), *(b[2] for b in blocks)])
             if not len(normalised):
                 continue
             self.score.observe_many((source,), normalised)
