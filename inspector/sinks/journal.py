@@ -115,7 +115,10 @@ class JournalSink:
                     single = []
                 pieces.append(block_lines(item, result, now - item.enqueued, version, now_iso))
                 count += len(item.rows)
-            else:
+            elif item.rows is None:
+                single.append(record(item, result, now - item.enqueued, version, now_iso))
+                count += 1
+            else:  # a block with a non-finite score or rejected whole: line by line
                 rows, row_results = expand([item], [result])
                 single += [record(row, row_result, now - item.enqueued, version, now_iso)
                            for row, row_result in zip(rows, row_results)]
