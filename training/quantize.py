@@ -103,10 +103,12 @@ def export_int8(config, run: RunFolder, card: ModelCard, held_out_frames: np.nda
     from .export import save_atomic, write_card
 
     spec = card.input
-    os.replace(run.model, run.float_model)
     inputs, _ = model_inputs(held_out_frames, spec)
-    quantize_graph(run.float_model, run.model, inputs)
-    graph = onnx.load(str(run.model))
+    quantized = run.model.with_name(run.model.name + ".int8.tmp")
+    quantize_graph(run.model, quantized, inputs)  # a failure here leaves the float32 model in place
+    graph = onnx.load(str(quantized))
+    quantized.unlink()
+    os.replace(run.model, run.float_model)
     write_card(graph, card)  # the float card for now: the scorer below reads it
     save_atomic(graph, run.model)
     float_scorer, int8_scorer = Scorer(run.float_model), Scorer(run.model)
