@@ -45,7 +45,7 @@ class Batching(Strict):
 
 
 class QueueSettings(Strict):
-    size: Annotated[int, Field(ge=1, le=100_000)] = 256  # items per source
+    size: Annotated[int, Field(ge=1, le=100_000)] = 256  # items per source (traffic: rows; a larger block of rows is queued in pieces)
     # bytes per source of queued items (decoded frames and their model input, traffic windows), and the
     # most one batch may hold: RSS stays under (sources + batching.workers) x max_bytes + the model
     max_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 40)] = 256 << 20
