@@ -26,6 +26,7 @@ from .sinks.journal import JournalSink
 from .sources.base import Item
 
 WARM_UP_S = 0.5
+MAX_WAIT_S = 60.0  # for one batch: a model far too slow for the frame still gets a (tiny) rate
 
 
 def camera_jpeg(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -36,6 +37,16 @@ def camera_jpeg(height: int, width: int, seed: int = 0) -> np.ndarray:
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 frame
         raise RuntimeError("cannot encode a test frame")
     return encoded
+
+
+def _next_batch_end(pipeline: Pipeline, done: int, not_before: float = 0.0) -> tuple[float, int]:
+    """(time, items done) when the next batch after `done` items completes, not before `not_before`."""
+    give_up = time.perf_counter() + MAX_WAIT_S
+    while True:
+        now, count = time.perf_counter(), pipeline.items_done
+        if (count > done and now >= not_before) or now > give_up:
+            return now, count
+        time.sleep(0.002)
 
 
 def line_frames_per_second(model: Path, height: int, width: int, regions: tuple[Region, ...] = (),
@@ -58,16 +69,27 @@ def line_frames_per_second(model: Path, height: int, width: int, regions: tuple[
                 if not emit(Item("camera", seq, time.time(), f"frame {seq}", image=image)):
                     return
 
+        def worker() -> None:  # as Pipeline.run's workers, without draining the queue at the end
+            while not stop.is_set():
+                batch = pipeline.next_batch(0.05)
+                if batch:
+                    pipeline.process(batch)
+
         source = threading.Thread(target=camera, name="line-rate-camera", daemon=True)
-        scoring = threading.Thread(target=pipeline.run, args=(lambda: not stop.is_set(),), daemon=True)
+        scoring = [threading.Thread(target=worker, name=f"line-rate-{i}", daemon=True) for i in range(workers)]
         source.start()
-        scoring.start()
+        for thread in scoring:
+            thread.start()
         time.sleep(WARM_UP_S)
-        started, done = time.perf_counter(), pipeline.items_done
-        time.sleep(seconds)
-        rate = (pipeline.items_done - done) / (time.perf_counter() - started)
+        # from the end of one batch to the end of another, at least `seconds` apart: frames are done a
+        # batch at a time, and a window that no batch ends in would read 0 frames/s
+        started, done = _next_batch_end(pipeline, pipeline.items_done)
+        ended, finished = _next_batch_end(pipeline, done, not_before=started + seconds)
+        rate = (finished - done) / (ended - started)
         stop.set()
-        scoring.join()
+        pipeline.close()  # the camera's waiting emit returns
+        for thread in scoring:
+            thread.join()
         source.join()
         journal.close()
     return rate
