@@ -308,13 +308,12 @@ class Pipeline:
         FeatureScores per block."""
         scores = scorer.score_feature_arrays(np.concatenate(
             [item.features if item.rows is not None else item.features[None] for item in items]))
-        results, at = [], 0
-        for item in items:
-            n = rows_of(item)
-            part = scores.part(at, at + n)
-            results.append(part if item.rows is not None else part.results(at)[0])
-            at += n
-        return results
+        starts = np.cumsum([0] + [rows_of(item) for item in items])
+        singles = [k for k, item in enumerate(items) if item.rows is None]
+        # the single windows' results in one vectorised pass (per-row stream sources send thousands)
+        one_by_one = iter(scores.take(starts[singles]).results() if singles else [])
+        return [next(one_by_one) if item.rows is None else scores.take(slice(starts[k], starts[k + 1]))
+                for k, item in enumerate(items)]
 
     def _finish(self, batch: list[Item], results: list, inference_s: float) -> None:
         rows = 0

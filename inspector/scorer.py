@@ -72,9 +72,10 @@ class FeatureScores:
     def __len__(self) -> int:
         return len(self.raw)
 
-    def part(self, start: int, stop: int) -> "FeatureScores":
-        return FeatureScores(self.raw[start:stop], self.normalised[start:stop], self.anomaly[start:stop],
-                             self.finite[start:stop], {k: v[start:stop] for k, v in self.components.items()})
+    def take(self, index: slice | np.ndarray) -> "FeatureScores":
+        """The rows at `index` (a slice, or an array of positions)."""
+        return FeatureScores(self.raw[index], self.normalised[index], self.anomaly[index], self.finite[index],
+                             {k: v[index] for k, v in self.components.items()})
 
     def results(self, first_window: int = 0) -> list[ScoreResult]:
         """One ScoreResult per row, for callers and sinks that take rows one by one."""
