@@ -171,17 +171,15 @@ class Scorer:
 
     def score_feature_arrays(self, windows: np.ndarray, max_batch: int = 4096) -> FeatureScores:
         """Score encoded feature windows (N, window * features) of a tabular model, as arrays."""
-        names = list(self.card.score.weights)
-        raw, columns = [], {k: [] for k in names}
-        for start in range(0, len(windows), max_batch):
-            scores, outputs = self.score_tensor(windows[start:start + max_batch])
-            raw.append(np.asarray(scores, dtype=np.float64).reshape(-1))
-            for k in names:
-                columns[k].append(np.asarray(outputs[k], dtype=np.float64).reshape(-1))
-        raw_scores = np.concatenate(raw) if raw else np.zeros(0)
-        finite = np.isfinite(raw_scores)
-        return FeatureScores(raw_scores, raw_scores / self.threshold, finite & (raw_scores >= self.threshold), finite,
-                             {k: np.concatenate(v) if v else np.zeros(0) for k, v in columns.items()})
+        if not len(windows):
+            nothing = np.zeros(0)
+            return FeatureScores(nothing, nothing, nothing.astype(bool), nothing.astype(bool),
+                                 {k: nothing for k in self.card.score.weights})
+        scores, outputs = self.score_in_chunks(windows, max_batch)
+        raw = np.asarray(scores, dtype=np.float64).reshape(-1)
+        finite = np.isfinite(raw)
+        return FeatureScores(raw, raw / self.threshold, finite & (raw >= self.threshold), finite,
+                             {k: np.asarray(outputs[k], dtype=np.float64).reshape(-1) for k in self.card.score.weights})
 
     def score_features(self, windows: np.ndarray, max_batch: int = 4096) -> list[ScoreResult]:
         """Score encoded feature windows (N, window * features) of a tabular model. A non-finite score
@@ -247,7 +245,7 @@ class Scorer:
             ready.append((index, frame))
         if ready:
             all_tiles = ready[0][1].tiles if len(ready) == 1 else np.concatenate([f.tiles for _, f in ready])
-            scores, outputs = self._score_in_chunks(all_tiles, max_batch)
+            scores, outputs = self.score_in_chunks(all_tiles, max_batch)
             offset = 0
             for index, frame in ready:
                 span = slice(offset, offset + len(frame.tiles))
@@ -256,8 +254,9 @@ class Scorer:
                                               heatmaps, origins[index])
         return results  # type: ignore[return-value]
 
-    def _score_in_chunks(self, tiles: np.ndarray, max_batch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        chunks = [self.score_tensor(tiles[i : i + max_batch]) for i in range(0, len(tiles), max_batch)]
+    def score_in_chunks(self, inputs: np.ndarray, max_batch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """score_tensor over preprocessed inputs (at least one) in runs of at most max_batch, joined."""
+        chunks = [self.score_tensor(inputs[i : i + max_batch]) for i in range(0, len(inputs), max_batch)]
         scores = np.concatenate([c[0] for c in chunks])
         outputs = {k: np.concatenate([c[1][k] for c in chunks]) for k in chunks[0][1]}
         return scores, outputs

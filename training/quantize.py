@@ -73,7 +73,7 @@ def first_layers(graph: onnx.ModelProto) -> list[str]:
 def frame_scores(scorer: Scorer, frames: np.ndarray, spec, batch: int = 256) -> np.ndarray:
     """Per-frame scores of model-space frames through an exported graph (a frame = its worst tile)."""
     inputs, owner = model_inputs(frames, spec)
-    scores = np.concatenate([scorer.score_tensor(inputs[i:i + batch])[0] for i in range(0, len(inputs), batch)])
+    scores, _ = scorer.score_in_chunks(inputs, batch)
     return per_frame_max(np.nan_to_num(np.asarray(scores, np.float64), nan=np.inf), owner)
 
 
