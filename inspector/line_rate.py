@@ -69,27 +69,19 @@ def line_frames_per_second(model: Path, height: int, width: int, regions: tuple[
                 if not emit(Item("camera", seq, time.time(), f"frame {seq}", image=image)):
                     return
 
-        def worker() -> None:  # as Pipeline.run's workers, without draining the queue at the end
-            while not stop.is_set():
-                batch = pipeline.next_batch(0.05)
-                if batch:
-                    pipeline.process(batch)
-
         source = threading.Thread(target=camera, name="line-rate-camera", daemon=True)
-        scoring = [threading.Thread(target=worker, name=f"line-rate-{i}", daemon=True) for i in range(workers)]
+        scoring = threading.Thread(target=pipeline.run, args=(lambda: not stop.is_set(),),
+                                   kwargs={"drain": False}, name="line-rate-scoring", daemon=True)
         source.start()
-        for thread in scoring:
-            thread.start()
+        scoring.start()
         time.sleep(WARM_UP_S)
         # from the end of one batch to the end of another, at least `seconds` apart: frames are done a
         # batch at a time, and a window that no batch ends in would read 0 frames/s
         started, done = _next_batch_end(pipeline, pipeline.items_done)
         ended, finished = _next_batch_end(pipeline, done, not_before=started + seconds)
         rate = (finished - done) / (ended - started)
-        stop.set()
-        pipeline.close()  # the camera's waiting emit returns
-        for thread in scoring:
-            thread.join()
+        stop.set()  # Pipeline.run closes the pipeline: the camera's waiting emit returns
+        scoring.join()
         source.join()
         journal.close()
     return rate

@@ -356,8 +356,9 @@ class Pipeline:
         for index, result in zip(indices, scored):
             results[index] = result
 
-    def run(self, keep_going: Callable[[], bool], poll: float = 0.05) -> None:
-        """Batch and score until `keep_going()` is false, then drain what is still queued."""
+    def run(self, keep_going: Callable[[], bool], poll: float = 0.05, drain: bool = True) -> None:
+        """Batch and score until `keep_going()` is false, then drain what is still queued (unless not
+        `drain`: a measurement that stops leaves its queued frames)."""
         stop_helpers = threading.Event()
 
         def helper() -> None:
@@ -379,7 +380,7 @@ class Pipeline:
             stop_helpers.set()
             for thread in helpers:
                 thread.join()
-        while True:
+        while drain:
             batch = self.next_batch(0)
             if not batch:
                 break
