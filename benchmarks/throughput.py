@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from benchmarks.results import write_section
-from inspector.card import Calibration, ImageInput, ModelCard, Provenance, ScoreDefinition
+from inspector.card import ImageInput
 from inspector.config import parse_daemon_config
 from inspector.daemon import Daemon
 from inspector.scorer import Scorer
-from training.export import export_with_parity
+from training.export import export_with_parity, timing_card
 from training.flops import count_flops
 from training.models.ganomaly import GANomaly, GANomalyScoring, GANomalyShape
 
@@ -47,11 +47,7 @@ def build_model(folder: Path, size: int, width: int, channels: int = 3) -> tuple
                               residual="l2", with_latent=False).eval()
     spec = ImageInput(height=size, width=size, channels=channels, color_order="rgb" if channels == 3 else "gray",
                       mean=(0.5,) * channels, std=(0.5,) * channels)
-    card = ModelCard(name=f"bench{size}w{width}", family="ganomaly", version="bench", input=spec,
-                     score=ScoreDefinition(weights={"residual_max": 1.0}, scales={"residual_max": 1.0}),
-                     calibration=Calibration(threshold=1.0, method="manual", n_samples=0),
-                     training=Provenance(data="none", steps=0, epochs=0, seed=0, created="", train_seconds=0,
-                                         package_version="bench"))
+    card = timing_card(f"bench{size}w{width}", "ganomaly", spec, {"residual_max": 1.0}, "anomaly_map")
     example = np.random.default_rng(0).uniform(-1, 1, (4, channels, size, size)).astype(np.float32)
     flops = count_flops(scoring, torch.from_numpy(example))
     path = folder / f"bench_{size}_w{width}.onnx"

@@ -20,7 +20,7 @@ from inspector.config import parse_daemon_config
 from inspector.daemon import Daemon
 from inspector.scorer import Scorer
 from training.config import load_train_config
-from training.export import export_with_parity
+from training.export import export_with_parity, timing_card
 from training.flops import count_flops
 
 TRAFFIC_START, TRAFFIC_END = "<!-- throughput-traffic:start -->", "<!-- throughput-traffic:end -->"
@@ -33,7 +33,6 @@ def traffic_model(folder: Path, score_config: str = "nsl_kdd.yaml") -> tuple[Pat
     not depend on training), and KDDTest+ lines to send."""
     import gzip
 
-    from inspector.card import Calibration, ModelCard, Provenance, ScoreDefinition
     from training.models.memory import NearestCode
     from training.models.tabular import TabularGANomaly, TabularScoring
     from training.tabular import fit_spec, normal_mask, read_table
@@ -51,11 +50,7 @@ def traffic_model(folder: Path, score_config: str = "nsl_kdd.yaml") -> tuple[Pat
                                    score.lof_neighbors if "latent_lof" in weights else None)
     scoring = TabularScoring(TabularGANomaly(spec.width, config.model.base_width, config.model.latent_dim),
                              with_latent="latent_distance" in weights, nearest_code=nearest_code).eval()
-    card = ModelCard(name="bench-traffic", family="ganomaly", version="bench", input=spec,
-                     score=ScoreDefinition(weights=weights, scales={name: 1.0 for name in weights}, map_output=None),
-                     calibration=Calibration(threshold=1.0, method="manual", n_samples=0),
-                     training=Provenance(data="none", steps=0, epochs=0, seed=0, created="", train_seconds=0,
-                                         package_version="bench"))
+    card = timing_card("bench-traffic", "ganomaly", spec, weights, None)
     example = np.random.default_rng(0).normal(size=(8, spec.width)).astype(np.float32)
     flops = count_flops(scoring, torch.from_numpy(example))
     path = folder / f"traffic-{Path(score_config).stem}.onnx"

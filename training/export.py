@@ -19,7 +19,7 @@ import onnx
 import torch
 from torch import nn
 
-from inspector.card import CARD_KEY, ExportInfo, ModelCard
+from inspector.card import CARD_KEY, Calibration, ExportInfo, ModelCard, Provenance, ScoreDefinition
 from inspector.scorer import Scorer, combine_score
 
 from .torch_scoring import run_scoring
@@ -45,6 +45,16 @@ def to_onnx_model(module: nn.Module, example: torch.Tensor, opset: int) -> onnx.
             opset_version=opset, dynamo=False,
         )
     return onnx.load_from_string(buffer.getvalue())
+
+
+def timing_card(name: str, family: str, spec, weights: dict[str, float], map_output: str | None) -> ModelCard:
+    """The card of a graph that is only timed, never deployed (untrained weights, a tile plan's or a
+    benchmark's): unit scales, a manual threshold of 1, no training provenance."""
+    return ModelCard(name=name, family=family, version="timing", input=spec,
+                     score=ScoreDefinition(weights=weights, scales={k: 1.0 for k in weights}, map_output=map_output),
+                     calibration=Calibration(threshold=1.0, method="manual", n_samples=0),
+                     training=Provenance(data="none", steps=0, epochs=0, seed=0, created="", train_seconds=0,
+                                         package_version="timing"))
 
 
 def write_card(model: onnx.ModelProto, card: ModelCard) -> None:

@@ -58,10 +58,9 @@ def pipeline_rate_meter(config, folder: Path, camera: tuple[int, int],
     """A function giving a plan's frames/s through the daemon's pipeline here for camera frames of
     (height, width) scored in `regions` (see module docstring); `folder` receives the untrained graph
     with each measured plan's card."""
-    from inspector.card import Calibration, ModelCard, Provenance, ScoreDefinition
     from inspector.line_rate import line_frames_per_second
 
-    from .export import save_atomic, to_onnx_model, write_card
+    from .export import save_atomic, timing_card, to_onnx_model, write_card
     from .family import family_for
     from .items import ImageShape, items_of
 
@@ -73,12 +72,7 @@ def pipeline_rate_meter(config, folder: Path, camera: tuple[int, int],
     weights = dict(config.score.weights)
 
     def rate(plan: ImageInput) -> float:
-        card = ModelCard(name="plan", family=config.model.family, version="plan", input=plan,
-                         score=ScoreDefinition(weights=weights, scales={k: 1.0 for k in weights}, map_output="anomaly_map"),
-                         calibration=Calibration(threshold=1.0, method="manual", n_samples=0),
-                         training=Provenance(data="none", steps=0, epochs=0, seed=0, created="", train_seconds=0,
-                                             package_version="plan"))
-        write_card(graph, card)
+        write_card(graph, timing_card("plan", config.model.family, plan, weights, "anomaly_map"))
         path = folder / f"plan_{plan.tile_scale:g}_{plan.tile_overlap:g}.onnx"
         save_atomic(graph, path)
         return line_frames_per_second(path, *camera, regions)
