@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.results import section_header, section_main
 from benchmarks.servers import free_port, start_redis
-from benchmarks.throughput import traffic_model
+from benchmarks.throughput_traffic import traffic_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_START, MARK_END = "<!-- stream-soak:start -->", "<!-- stream-soak:end -->"
