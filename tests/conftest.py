@@ -30,7 +30,7 @@ def tiny_config(data: Path, **overrides) -> dict:
         "name": "tiny", "data": {"path": str(data)},
         "input": {"height": 32, "width": 32, "channels": 3, "color_order": "rgb", "resize": "stretch"},
         "model": {"base_width": 8, "latent_dim": 16},
-        "train": {"steps": 4, "batch_size": 8, "threads": 1},
+        "train": {"steps": 4, "max_blocks": 1, "batch_size": 8, "threads": 1},
         "score": {"weights": {"residual_max": 1.0}, "pool_kernel": 3},
     }
     from training.config import apply_overrides

@@ -110,8 +110,9 @@ def _resolve_config(args) -> TrainConfig:
     overrides = parse_overrides(args.set)
     if args.data:
         overrides["data.path"] = args.data
-    if args.steps is not None:
+    if args.steps is not None:  # a stated length is the length: no blocks added
         overrides["train.steps"] = args.steps
+        overrides["train.max_blocks"] = 1
     if args.threads is not None:
         overrides["train.threads"] = args.threads
     if args.config:

@@ -29,8 +29,9 @@ def _add_train(sub) -> None:
     p.add_argument("-c", "--config", type=Path, help="training YAML (see configs/); --data alone uses defaults")
     p.add_argument("--data", help="MVTec-layout folder (overrides data.path)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
-    p.add_argument("--steps", type=int, help="training steps (overrides train.steps; for anogan, the steps of each "
-                   "of its two phases)")
+    p.add_argument("--steps", type=int, help="train exactly this many steps (sets train.steps and train.max_blocks=1; "
+                   "for anogan, the steps of each of its two phases). Without it the length adapts: blocks of "
+                   "train.steps while the self-check improves, within train.budget_s (10 minutes) for the whole fit")
     p.add_argument("--threads", type=int, help="CPU threads for torch (overrides train.threads)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set model.base_width=8 (value parsed as YAML)")

@@ -182,7 +182,20 @@ class AugmentConfig(Strict):
 
 
 class TrainLoopConfig(Strict):
+    """How long training runs, decided from normal data only.
+
+    `steps` is one block of training. With checkpoint selection by the synthetic self-check, another
+    block (of whole epochs) follows while the block just trained raised the self-check's best value,
+    up to `max_blocks` blocks, and only when it fits the time left: training stops when the self-check
+    stops improving or the budget runs out, whichever comes first. `max_blocks: 1` trains exactly
+    `steps`. `budget_s` is the wall-clock for the whole fit on images (loading, training, selection
+    rounds, calibration and export; not the evaluation on test/): training ends early enough to leave
+    time for what follows, estimated from the selection rounds' measured duration. None: no budget.
+    """
+
     steps: Annotated[int, Field(ge=1)] = 150
+    max_blocks: Annotated[int, Field(ge=1, le=100)] = 8
+    budget_s: Annotated[float, Field(gt=0)] | None = 600.0
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
     lr: Annotated[float, Field(gt=0, lt=1)] = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)

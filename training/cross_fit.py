@@ -37,10 +37,11 @@ def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return [np.sort(chunk) for chunk in np.array_split(order, folds)]
 
 
-def fold_config(config: TrainConfig) -> TrainConfig:
-    """The config of a calibration model: its last weights kept (no selection), no grids; the caller
-    stops it at the exported model's step."""
+def fold_config(config: TrainConfig, steps: int) -> TrainConfig:
+    """The config of a calibration model: exactly `steps` steps (the exported model's), its last weights
+    kept (no selection, so no extension), no grids."""
     return config.model_copy(update={
+        "train": config.train.model_copy(update={"steps": steps, "max_blocks": 1}),
         "selection": config.selection.model_copy(update={"criterion": "last"}),
         "diagnostics": config.diagnostics.model_copy(update={"grids": 0}),
     })
@@ -53,7 +54,7 @@ def out_of_fold_scores(config: TrainConfig, normal: np.ndarray, steps: int, run:
     items = items_of(config)
     weights = dict(config.score.weights)
     scores = np.empty(len(normal))
-    settings = fold_config(config)
+    settings = fold_config(config, steps)
     for k, held in enumerate(fold_indices(len(normal), folds, config.train.seed)):
         fitted = np.setdiff1d(np.arange(len(normal)), held)
         log.info("calibration fold %d of %d: training on %d items, scoring %d", k + 1, folds, len(fitted), len(held))

@@ -35,7 +35,7 @@ def demo_config(data: Path, steps: int) -> dict:
         "name": "demo", "data": {"path": str(data)},
         "input": {"height": DEMO_SIZE, "width": DEMO_SIZE, "channels": 3, "color_order": "rgb"},
         "model": {"base_width": 8, "latent_dim": 64},
-        "train": {"steps": steps, "batch_size": 16, "augment": {"hflip": True, "vflip": True, "rot90": True}},
+        "train": {"steps": steps, "max_blocks": 1, "batch_size": 16, "augment": {"hflip": True, "vflip": True, "rot90": True}},
         "score": {"weights": {"residual_max": 1.0}, "pool_kernel": 5},
     }
 

@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .diagnostics import CollapseMonitor, EpochLossLog, evenly_spaced, plot_losses, write_grid
 from .family import Family, Phase, family_for
 from .items import Items, items_of
+from .length import TrainingLength, epochs_for
 from .progress import progress as progress_bar
 from .run_folder import RunFolder
 from .selection import CheckpointSelector
@@ -46,10 +47,6 @@ def training_device(setting: str) -> torch.device:
         raise ValueError(f"train.device is 'cuda' but torch {torch.__version__} sees no CUDA device "
                          "(a CPU build of torch, or no GPU); use 'cpu' or 'auto'")
     return torch.device(setting)
-
-
-def epochs_for(steps: int, steps_per_epoch: int) -> int:
-    return -(-steps // max(1, steps_per_epoch))
 
 
 def atomic_torch_save(obj: dict, path: Path) -> None:
@@ -115,8 +112,10 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     of the same kind) feeds checkpoint selection. `stop_after_steps` stops the run there on purpose,
     checkpointed for `resume`. `warm_start`: module weights to start from instead of random ones
     ({module name: state dict}, e.g. a parent run's selected weights: fine-tuning); optimisers start fresh.
-    `time_budget_s` ends the last phase when that many seconds have passed (a fine-tune's budget): the
-    weights then are evaluated once more by checkpoint selection, and the run counts as complete."""
+    `time_budget_s`: seconds for training and what follows it (training.length): the last phase ends
+    early enough to leave time for a final selection round and the calibration, and is extended
+    beyond train.steps only when another block fits. Cut short, the weights then are evaluated once
+    more by checkpoint selection, and the run counts as complete."""
     run = RunFolder.create(run.root if isinstance(run, RunFolder) else run)
     if len(fitted) == 0:
         raise ValueError("no training items")
@@ -137,6 +136,8 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     offsets = [sum(epochs[:i]) for i in range(len(phases))]
     selector = CheckpointSelector(config.selection, dict(config.score.weights), items.spec, config.train.seed,
                                   validation, family.selected_modules, lambda: family.scoring(fitted), epochs[-1])
+    length = TrainingLength(phases[-1].steps, per_epoch[-1], config.train.max_blocks, selector, time_budget_s)
+    last = len(phases) - 1
     at, elapsed, saved = _Position(), 0.0, None
     if warm_start is not None and not (resume and run.checkpoint.exists()):
         for name, module in family.modules.items():
@@ -152,6 +153,7 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
         at = _Position(int(saved.get("phase", 0)), int(saved.get("phase_step", saved["step"])), int(saved["step"]))
         elapsed = float(saved["seconds"])
         selector.load_state(saved.get("selection"))
+        length.load_state(saved.get("length"))
         log.info("resumed from %s at step %d", run.checkpoint, at.step)
     losses = EpochLossLog(run.losses, ["phase", "epoch", "step"], family.loss_fields, append=resume and at.step > 0)
     index = torch.linspace(0, len(data) - 1, min(len(data), config.diagnostics.grid_items)).long().tolist()
@@ -165,27 +167,31 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
                            **{name: o.state_dict() for name, o in optimizers.items()},
                            "family": config.model.family, "sampler": sampler.get_state(), "stream": stream.state(),
                            "phase": at.phase, "phase_step": at.phase_step, "step": at.step,
-                           "seconds": time.perf_counter() - started, "selection": selector.state()}, run.checkpoint)
+                           "seconds": time.perf_counter() - started, "selection": selector.state(),
+                           "length": length.state()}, run.checkpoint)
+
+    def phase_steps(index: int) -> int:
+        return length.target if index == last else phases[index].steps
 
     def end_of_epoch(phase: Phase, epoch: int, collapse: CollapseMonitor) -> None:
         """The losses row, and on planned epochs the grids, the plot and a selection round."""
         label = offsets[at.phase] + epoch
         collapse.observe(losses.mean("diversity"), label)
         losses.flush(phase.name, label, at.step, seconds=time.perf_counter() - started)
-        total = epochs[at.phase]
-        if items.draws_grids and evenly_spaced(epoch, total, config.diagnostics.grids):
+        total = epochs[at.phase]  # of one block: grids are spread over each block of an extended phase
+        if items.draws_grids and evenly_spaced((epoch - 1) % total + 1, total, config.diagnostics.grids):
             for kind, drawn in family.grids(phase, shown, epoch, total).items():
                 below = None if drawn.paired_with is None else drawn.paired_with.cpu()
                 write_grid(run.grid(kind, label), drawn.items.cpu(), config.input.color_order, below,
                            title=drawn.title, labels=drawn.labels)
-            if label < sum(epochs):  # a view while training runs; the final plot is drawn once, at the end
+            if at.phase_step < phase_steps(at.phase):  # a view while training runs; the final plot is drawn at the end
                 plot_losses(run.losses, collapse_level=config.diagnostics.collapse_ratio)
-        if at.phase == len(phases) - 1 and selector.due(epoch):
+        if at.phase == last and selector.due(epoch):
             selector.evaluate(epoch, at.step)
 
-    bar = progress_bar(sum(p.steps for p in phases), at.step, config.model.family, per_epoch[at.phase], progress)
+    bar = progress_bar(sum(phase_steps(i) for i in range(len(phases))), at.step, config.model.family,
+                       per_epoch[at.phase], progress)
     stopped = out_of_time = False
-    budget_end = started + time_budget_s if time_budget_s is not None else None
     for phase_index in range(at.phase, len(phases)):
         phase, spe = phases[phase_index], per_epoch[phase_index]
         if phase_index != at.phase:
@@ -195,11 +201,11 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
             for name, optimizer in optimizers.items():
                 optimizer.load_state_dict(saved[name])
         collapse = CollapseMonitor(config.diagnostics.collapse_ratio, phase.collapse_of)
-        while at.phase_step < phase.steps:
+        while at.phase_step < phase_steps(phase_index):
             if stop_after_steps is not None and at.step >= stop_after_steps:
                 stopped = True
                 break
-            if budget_end is not None and phase_index == len(phases) - 1 and time.perf_counter() >= budget_end:
+            if phase_index == last and length.out_of_time(time.perf_counter() - started):
                 out_of_time = True
                 break
             logged = family.step(phase, stream.next, sampler, optimizers)
@@ -207,9 +213,15 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
             at.step += 1
             losses.add(**logged)
             bar.update(1)
-            bar.set_postfix(**family.postfix(phase, logged))
-            if at.phase_step % spe == 0 or at.phase_step == phase.steps:
+            left = length.left_s(time.perf_counter() - started) if phase_index == last else None
+            bar.set_postfix(**family.postfix(phase, logged), **({} if left is None else {"left": f"{left:.0f}s"}))
+            if at.phase_step % spe == 0 or at.phase_step == phase_steps(phase_index):
                 end_of_epoch(phase, epochs_for(at.phase_step, spe), collapse)
+                if (phase_index == last and at.phase_step == length.target
+                        and length.end_of_block(time.perf_counter() - started)):
+                    bar.total += length.block
+                    log.info("self-check still improving: training block %d (%d more steps)", length.blocks,
+                             length.block)
                 if time.perf_counter() - last_checkpoint >= config.train.checkpoint_min_interval_s:
                     save()
                     last_checkpoint = time.perf_counter()
@@ -218,7 +230,8 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
                          seconds=time.perf_counter() - started)
             break
         if out_of_time:
-            log.info("time budget of %.0f s reached after %d steps", time_budget_s, at.step)
+            log.info("time budget of %.0f s reached after %d steps (%.0f s kept for selection and calibration)",
+                     time_budget_s, at.step, length.reserve_s())
             epoch = epochs_for(at.phase_step, spe)
             if at.phase_step % spe:  # a partial epoch: its losses, and selection sees the last weights
                 losses.flush(phase.name, offsets[phase_index] + epoch, at.step, seconds=time.perf_counter() - started)
@@ -229,7 +242,7 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     save()
     if not stopped:
         plot_losses(run.losses, collapse_level=config.diagnostics.collapse_ratio)
-        selector.restore_best(run.selection)
+        selector.restore_best(run.selection, length.record(at.step))
     for module in family.modules.values():
         module.cpu()
     family.model.eval()

@@ -76,6 +76,7 @@ def load_training_data(config: TrainConfig, with_test: bool = True) -> tuple[Loa
 
 
 PARITY_ITEMS = 64
+EXPORT_ALLOWANCE_S = 15.0  # of train.budget_s, kept for the ONNX export, its parity check and the frame-cost timing
 RECOMMENDED_NORMAL_IMAGES = 40  # about 8 held out at the default fraction: below, the threshold is a rough guess
 
 
@@ -232,6 +233,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         evaluate_test: bool = True) -> FitResult:
     if config.data.kind == "table":
         return fit_tabular(config, run_dir, resume=resume, progress=progress, evaluate_test=evaluate_test)
+    fit_started = time.perf_counter()
     run = _prepare_run(config, run_dir)
     normal, test_items = load_training_data(config, with_test=evaluate_test)
     check_normal_count(len(normal), config)
@@ -240,7 +242,9 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
              len(hold_idx))
 
     started = time.perf_counter()
-    trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run, resume, progress)
+    budget = None if config.train.budget_s is None else config.train.budget_s - (started - fit_started) - EXPORT_ALLOWANCE_S
+    trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run, resume, progress,
+                                    time_budget_s=None if budget is None else max(0.0, budget))
     card = calibrate_and_export(config, run, trained, scoring, normal.tensors[hold_idx], normal.tensors, progress)
     model_path = run.model
 

@@ -165,6 +165,7 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
     steps = planned_steps(parent)
     raw = config.model_dump(mode="json")
     raw["train"]["steps"] = steps
+    raw["train"]["max_blocks"] = 1  # `steps` is already the most a fine-tune takes; its budget ends it
     raw["calibration"]["folds"] = 0  # a fine-tune within a budget: calibrated on the held-out part only
     tuned = validate_train_config(raw, f"{run_dir}/config.json (fine-tune)")
     created = datetime.now(timezone.utc)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -106,7 +107,7 @@ class CheckpointSelector:
             self.criterion = "last"
         self.modules = modules
         self.make_scoring = make_scoring
-        self.total_epochs = max(1, total_epochs)
+        self.total_epochs = max(1, total_epochs)  # of one block (training.driver extends a run block by block)
         self.evaluations = settings.evaluations
         self.weights = dict(weights)
         self.spec = spec
@@ -127,7 +128,19 @@ class CheckpointSelector:
         return self.criterion != "last"
 
     def due(self, epoch: int) -> bool:
-        return self.active and evenly_spaced(epoch, self.total_epochs, self.evaluations)
+        """Whether `epoch` (counted from 1 over the whole phase) gets a selection round: `evaluations`
+        evenly spaced ones in every block of total_epochs, each block's last epoch included."""
+        return self.active and evenly_spaced((epoch - 1) % self.total_epochs + 1, self.total_epochs, self.evaluations)
+
+    @property
+    def round_seconds(self) -> float:
+        """The longest selection round so far (0 before the first): what one more round may cost."""
+        return max((e.get("seconds", 0.0) for e in self.history), default=0.0)
+
+    def improved_since(self, evaluations: int) -> bool:
+        """Whether an evaluation after the first `evaluations` of the history set a new best value."""
+        before = max((e["value"] for e in self.history[:evaluations]), default=-np.inf)
+        return any(e["value"] > before for e in self.history[evaluations:])
 
     def measure(self) -> float:
         """The criterion on the current weights (higher is better)."""
@@ -154,8 +167,10 @@ class CheckpointSelector:
             return auroc, auroc_standard_error(auroc, len(normal_scores), len(defective_scores))
 
     def evaluate(self, epoch: int, step: int) -> float:
+        started = time.perf_counter()
         value, error = self.measure_with_error()
-        self.history.append({"epoch": epoch, "step": step, "value": value, "standard_error": error})
+        self.history.append({"epoch": epoch, "step": step, "value": value, "standard_error": error,
+                             "seconds": round(time.perf_counter() - started, 3)})
         if value > self.top_value:
             self.top_value, self.top_error = value, error
         # the latest weights within one standard error of the best so far; a later, clearly better
@@ -167,8 +182,9 @@ class CheckpointSelector:
                  error, epoch, self.top_value, self.best_epoch)
         return value
 
-    def restore_best(self, log_path: Path) -> None:
-        """Load the best weights into the modules and write selection.json (criterion, every evaluation)."""
+    def restore_best(self, log_path: Path, training_length: dict | None = None) -> None:
+        """Load the best weights into the modules and write selection.json (criterion, every evaluation,
+        and how the training length was decided)."""
         if not self.active:
             return
         if self.best_state is not None:
@@ -177,8 +193,8 @@ class CheckpointSelector:
         log_path.write_text(json.dumps({
             "criterion": self.criterion, "rule": "latest within one standard error of the best",
             "selected_epoch": self.best_epoch, "selected_value": self.best_value, "best_value": self.top_value,
-            "best_standard_error": self.top_error, "evaluations": self.history, "held_out_items": len(self.normal)},
-            indent=2))
+            "best_standard_error": self.top_error, "evaluations": self.history, "held_out_items": len(self.normal),
+            **({"training_length": training_length} if training_length else {})}, indent=2))
         log.info("selected epoch %s by %s (%.4f)", self.best_epoch, self.criterion, self.best_value)
         if self.criterion == "synthetic_auroc" and self.top_value < WEAK_SEPARATION:
             log.warning("at its best epoch the model separates synthetic defects from held-out normal images with "
