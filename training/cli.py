@@ -148,6 +148,7 @@ def _print_metrics(metrics: dict | None, out_dir: Path) -> None:
 
 def train(args) -> int:
     from .fit import fit
+    from .length import BUDGET
     from .run_folder import CHECKPOINT
 
     config = resolve_config(args)
@@ -173,6 +174,10 @@ def train(args) -> int:
         print(f"cost: {cost.describe(card.export.frames_per_s * cost.inputs)} ({card.export.measured_on}); "
               f"other frame sizes: inspector run -c LINE.yaml --check")
     selection = json.loads((out / "selection.json").read_text()) if (out / "selection.json").is_file() else {}
+    length = selection.get("training_length")
+    if length and (length["blocks"] > 1 or length["stopped_by"] == BUDGET):  # the default length: nothing to say
+        print(f"length: {length['steps']} steps in {length['blocks']} block(s) of {length['block_steps']}; ended by "
+              f"{length['stopped_by']} (at most {length['max_blocks']} blocks; train.budget_s sets the time)")
     checked = selection.get("selected_value")
     if checked is not None and selection.get("criterion") == "synthetic_auroc":
         meaning = ("weak: expect many missed defects" if checked < WEAK_SEPARATION

@@ -113,9 +113,10 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     checkpointed for `resume`. `warm_start`: module weights to start from instead of random ones
     ({module name: state dict}, e.g. a parent run's selected weights: fine-tuning); optimisers start fresh.
     `time_budget_s`: seconds for training and what follows it (training.length): the last phase ends
-    early enough to leave time for a final selection round and the calibration, and is extended
-    beyond train.steps only when another block fits. Cut short, the weights then are evaluated once
-    more by checkpoint selection, and the run counts as complete."""
+    early enough to leave time for a final selection round and the calibration (but not before its
+    first epoch: an untrained model is no answer), and is extended beyond train.steps only when
+    another block fits. Cut short, the weights then are evaluated once more by checkpoint selection,
+    and the run counts as complete."""
     run = RunFolder.create(run.root if isinstance(run, RunFolder) else run)
     if len(fitted) == 0:
         raise ValueError("no training items")
@@ -205,7 +206,7 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
             if stop_after_steps is not None and at.step >= stop_after_steps:
                 stopped = True
                 break
-            if phase_index == last and length.out_of_time(time.perf_counter() - started):
+            if phase_index == last and at.phase_step >= spe and length.out_of_time(time.perf_counter() - started):
                 out_of_time = True
                 break
             logged = family.step(phase, stream.next, sampler, optimizers)
