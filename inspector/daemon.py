@@ -95,8 +95,9 @@ class Daemon:
                                       frames=review_sink is not None))
         if review_sink is not None:
             sinks.append(review_sink)  # after the evidence sink: it stores the picture's name
-        if config.shadow is not None:
-            sinks.append(self._shadow_sink(config))
+        self.shadow = self._shadow_sink(config) if config.shadow is not None else None
+        if self.shadow is not None:
+            sinks.append(self.shadow)
         sinks.append(self.metrics)
         self.outputs = self._line_outputs(config)
         sinks.extend(self.outputs)
@@ -192,7 +193,7 @@ class Daemon:
         return ShadowSink(candidate, journal, self.model, self.run_id, metrics, on_error=self._sink_error)
 
     def _review_server(self, config: DaemonConfig, sink):
-        from .review.app import ReviewPage
+        from .review.app import Promotion, ReviewPage
         from .review.metrics import ReviewMetrics
         from .review.server import ReviewServer
 
@@ -200,9 +201,12 @@ class Daemon:
         review_metrics = ReviewMetrics(self.metrics.registry, sink.store)
         for source in config.sources:
             review_metrics.register_source(source.name)
+        promotion = None if self.shadow is None else Promotion(
+            config.shadow.model, self.shadow.candidate.card.version, config.model.path, settings.database)
         try:
             page = ReviewPage(sink.store, config.evidence.dir, settings.page_size, settings.users_file,
-                              settings.session_hours, tls=settings.tls is not None, on_review=review_metrics.reviewed)
+                              settings.session_hours, tls=settings.tls is not None, on_review=review_metrics.reviewed,
+                              promotion=promotion)
         except ValueError as exc:  # a malformed users file
             raise ConfigError(f"field 'review.users_file': {exc}") from None
         tls = settings.tls

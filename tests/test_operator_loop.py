@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from inspector.review.promote import promote
+from inspector.review.security import add_user
 from inspector.review.shadow import shadow_report
 from inspector.review.store import ReviewStore
 from inspector.scorer import Scorer
@@ -138,6 +139,20 @@ def test_a_candidate_that_misses_a_confirmed_defect_is_not_promoted_unless_force
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "misses 3 of 3 confirmed defect(s) the active model caught" in refused.stderr
     assert active.read_bytes() == before
+
+    # the page's promote button (a logged-in user, the candidate in shadow) is refused the same way
+    users = line / "users"
+    add_user(users, "ana", "correct horse battery")
+    with DaemonProcess(line, active, sources, review={"port": page_port, "users_file": str(users)},
+                       shadow={"model": str(blind)}) as daemon:
+        client = PageClient(f"http://127.0.0.1:{page_port}")
+        token = client.csrf("/login")
+        client.request("/login", {"username": "ana", "password": "correct horse battery", "csrf_token": token})
+        status, _, body = client.request("/promote", {}, {"X-CSRF-Token": client.csrf()})
+        assert status == 409 and "misses 3 of 3 confirmed defect(s) the active model caught" in body
+        assert daemon.terminate() == 0
+    assert active.read_bytes() == before
+
     check = promote(blind, active, line / "journal" / "reviews.sqlite3", force=True)
     assert len(check.missed) == 3 and Scorer(active).card.version == Scorer(blind).card.version
 

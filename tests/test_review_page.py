@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from inspector.review.app import ReviewPage
+from inspector.review.app import Promotion, ReviewPage
 from inspector.review.security import add_user
 from inspector.review.server import ReviewServer
 from inspector.review.store import NewItem, ReviewStore
@@ -296,3 +297,53 @@ def test_a_reviewed_frame_survives_evidence_retention_for_retraining(tmp_path):
     paths, ids, missing = reviewed_frames(tmp_path / "reviews.sqlite3", "false_alarm")
     assert paths == [evidence / "reviewed" / "cam0_00000001.frame.png"] and ids == [1] and missing == 0
     assert paths[0].read_bytes() == b"\x89PNG the frame as captured"
+
+
+def _logged_in(client: Client) -> str:
+    """Log in as ana; returns the new session's CSRF token."""
+    token = client.csrf("/login")
+    assert client.request("/login", {"username": "ana", "password": "correct horse battery", "csrf_token": token})[0] == 303
+    return client.csrf()
+
+
+@pytest.fixture
+def promotion(tiny_piped_run, tmp_path) -> Promotion:
+    """A shadow candidate (a real exported model) and an active model file it would replace."""
+    from inspector.scorer import Scorer
+
+    candidate = tmp_path / "candidate.onnx"
+    shutil.copyfile(tiny_piped_run.model_path, candidate)
+    active = tmp_path / "line" / "model.onnx"
+    active.parent.mkdir()
+    active.write_bytes(b"the active model")
+    return Promotion(candidate, Scorer(candidate).card.version, active, tmp_path / "reviews.sqlite3")
+
+
+def test_a_logged_in_user_promotes_the_shadow_candidate_with_the_page_button(served, users, promotion):
+    client, _, _ = served(users_file=users, promotion=promotion)
+    token = _logged_in(client)
+    _, _, page = client.request("/")
+    assert 'id="promote"' in page and promotion.candidate_version in page
+
+    status, _, body = client.request("/promote", {}, {"X-CSRF-Token": token})
+
+    assert status == 200 and "ana promoted candidate.onnx" in body
+    assert promotion.active.read_bytes() == promotion.candidate.read_bytes()
+    assert (promotion.active.parent / "model.previous.onnx").read_bytes() == b"the active model"
+
+
+def test_promoting_from_the_page_needs_a_login_its_token_and_a_candidate(served, users, promotion):
+    open_page, _, _ = served(promotion=promotion)  # loopback, no users file: labels yes, promotion no
+    token = open_page.csrf()
+    assert 'id="promote"' not in open_page.request("/")[2]
+    status, _, body = open_page.request("/promote", {}, {"X-CSRF-Token": token})
+    assert status == 403 and "needs a login" in body and "inspector promote" in body
+
+    guarded, _, _ = served(users_file=users, promotion=promotion)
+    assert guarded.request("/promote", {}, {"X-CSRF-Token": guarded.csrf("/login")})[0] == 401
+    _logged_in(guarded)
+    assert guarded.request("/promote", {})[0] == 403  # no CSRF token
+    assert promotion.active.read_bytes() == b"the active model"
+
+    without, _, _ = served(users_file=users)
+    assert without.request("/promote", {}, {"X-CSRF-Token": _logged_in(without)})[0] == 404

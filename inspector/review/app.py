@@ -7,6 +7,8 @@ Pages and fragments:
   POST /items/{id}/review      label an item: defect | false_alarm | unsure, with an optional note
   GET  /counts                 per source and per model: reviewed, confirmed, false alarms, precision
   GET  /evidence/{name}        an evidence picture, only from the evidence folder
+  POST /promote                put the shadow candidate in the active model's place (logged-in users only;
+                               refused when it misses a confirmed defect the active model caught)
   GET|POST /login, POST /logout   when a users file is configured
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -22,6 +25,7 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,6 +33,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..errors import InspectorError
 from .frames import keep_reviewed_frame
 from .security import COOKIE, SECURITY_HEADERS, LoginThrottle, Session, Sessions, check_password, read_users, same_origin
 from .store import LABELS, STATES, VERDICTS, ItemFilter, ReviewStore
@@ -40,6 +45,17 @@ DEFAULT_REVIEWER = "operator"
 MAX_FORM_BYTES = 16_384  # a label, a note of 2,000 characters, a token: far below this
 
 OnReview = Callable[[dict, str], None]  # (item after the review, label)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What the page's promote button does: the shadow candidate replaces the active model file (the
+    daemon hot-swaps it), checked against the confirmed defects in `reviews` (inspector.review.promote)."""
+
+    candidate: Path
+    candidate_version: str  # as loaded by the shadow sink at the daemon's start
+    active: Path
+    reviews: Path
 
 
 def _time(value: float) -> str:
@@ -114,7 +130,8 @@ class SecurityHeaders:
 class ReviewPage:
     def __init__(self, store: ReviewStore, evidence_dir: Path | None, page_size: int = 40,
                  users_file: Path | None = None, session_hours: float = 12.0, tls: bool = False,
-                 on_review: OnReview | None = None, title: str = "inspector review"):
+                 on_review: OnReview | None = None, title: str = "inspector review",
+                 promotion: Promotion | None = None):
         self.store = store
         self.evidence_dir = evidence_dir.resolve() if evidence_dir is not None else None
         self.page_size = page_size
@@ -124,6 +141,7 @@ class ReviewPage:
         self.tls = tls
         self.on_review = on_review or (lambda item, label: None)
         self.title = title
+        self.promotion = promotion
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(default=True), auto_reload=False)
         self.templates.filters["utc"] = _time
@@ -198,7 +216,8 @@ class ReviewPage:
                             params=params, query=urlencode(params), sources=self.store.sources(),
                             items=items[:self.page_size], more=len(items) > self.page_size,
                             reviews=self.store.latest_reviews([i["id"] for i in items]),
-                            newest=items[0]["id"] if items else 0, counts=self._counts())
+                            newest=items[0]["id"] if items else 0, counts=self._counts(),
+                            promotion=self._promotion_view())
         response = HTMLResponse(html)
         return self._set_cookie(response, session) if fresh else response
 
@@ -236,6 +255,36 @@ class ReviewPage:
         item = keep_reviewed_frame(self.store, item)
         self.on_review(item, label)
         return HTMLResponse(self._render("card.html", item=item, reviews=self.store.latest_reviews([item_id])))
+
+    def _promotion_view(self) -> dict | None:
+        """The candidate named on the page, or None when no shadow candidate is configured."""
+        if self.promotion is None:
+            return None
+        return {"name": self.promotion.candidate.name, "version": self.promotion.candidate_version,
+                "active": str(self.promotion.active)}
+
+    async def promote(self, request: Request) -> Response:
+        """The promote button: only for a logged-in user (a users file is configured), never forced."""
+        if self.promotion is None:
+            raise HTTPException(404, "no shadow candidate is configured (shadow: in the daemon config)")
+        session = self._changer(request)
+        if self.users is None:
+            raise HTTPException(403, "promoting from the page needs a login (review.users_file); on this machine: "
+                                     f"inspector promote {self.promotion.candidate} --to {self.promotion.active} "
+                                     f"--reviews {self.promotion.reviews}")
+        await self._check_change(request, session)
+        from .promote import promote
+
+        try:
+            check = await run_in_threadpool(promote, self.promotion.candidate, self.promotion.active,
+                                            self.promotion.reviews)
+        except InspectorError as exc:
+            log.warning("review page: %s asked to promote %s: refused (%s)", session.user, self.promotion.candidate, exc)
+            raise HTTPException(409, str(exc)) from None
+        log.warning("review page: %s promoted %s to %s", session.user, self.promotion.candidate, self.promotion.active)
+        kept = f"; it catches all {check.confirmed_caught} confirmed defect(s) the active model caught" if check else ""
+        return HTMLResponse(self._render("promoted.html", candidate=self.promotion.candidate.name, kept=kept,
+                                         user=session.user))
 
     async def counts(self, request: Request) -> Response:
         self._reader(request)
@@ -298,7 +347,7 @@ class ReviewPage:
                   Route("/items/{item_id:int}/review", self.review, methods=["POST"]),
                   Route("/counts", self.counts), Route("/evidence/{name}", self.evidence),
                   Route("/login", self.login_form, methods=["GET"]), Route("/login", self.login, methods=["POST"]),
-                  Route("/logout", self.logout, methods=["POST"]),
+                  Route("/logout", self.logout, methods=["POST"]), Route("/promote", self.promote, methods=["POST"]),
                   Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
         app = Starlette(routes=routes, exception_handlers={HTTPException: self._error})
         return SecurityHeaders(app, self.tls)
