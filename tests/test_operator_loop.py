@@ -4,6 +4,7 @@ through the daemon's hot swap; a candidate that would miss a confirmed defect is
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,18 @@ def test_reviewed_false_alarms_are_learned_shadow_tested_and_promoted_into_the_r
         assert (f"reviewed false alarms the candidate fixes: {report['false_alarms_fixed']} of "
                 f"{report['reviewed_false_alarms']}") in printed
         assert "confirmed defects the candidate still catches: 2 of 2" in printed
+        # the same test offline (no daemon): every reviewed frame kept, and new photos of good parts
+        photos = tmp_path / "photos"
+        photos.mkdir()
+        drop_parts(photos, "photo", 3, 0, seed=5)
+        offline = subprocess.run([sys.executable, "-m", "inspector.cli", "shadow", "score", str(candidate.run.model),
+                                  str(photos), "--active", str(active), "--reviews", str(database), "--json",
+                                  "--no-progress"], capture_output=True, text=True, check=True).stdout
+        offline = json.loads(offline.strip().splitlines()[-1])
+        assert offline["confirmed_defects"] == offline["defects_still_caught"] == 4  # day 1 and day 2
+        assert offline["false_alarms_fixed"] >= 0.8 * offline["reviewed_false_alarms"] >= 0.8 * 16
+        assert offline["items"] == 3 + offline["reviewed_false_alarms"] + offline["confirmed_defects"]
+        assert (line / "journal" / "shadow-offline.jsonl").is_file()
         samples = daemon.wait_for(lambda s: metric(s, "inspector_shadow_disagreements_total", source="inbox",
                                                    kind="active_only") >= 1)
         assert metric(samples, "inspector_shadow_anomalies_total", source="inbox") == report["candidate_alarms"]

@@ -1,5 +1,6 @@
 """The operator's loop on the command line: `inspector reviews` (export labels, add page users),
-`inspector shadow report` (a candidate against the active model and the reviews) and `inspector promote`."""
+`inspector shadow report` (a candidate against the active model and the reviews), `inspector shadow score`
+(the same test offline, on reviewed frames and image files) and `inspector promote`."""
 
 from __future__ import annotations
 
@@ -40,13 +41,31 @@ def add_parser(sub) -> None:
                        description="With shadow: {model: CANDIDATE} in the daemon config, the candidate scores every "
                        "item beside the active model and its decisions go to journal/shadow.jsonl. The report "
                        "counts the alarms of each and their disagreements and, with --reviews, the reviewed false "
-                       "alarms the candidate fixes and the confirmed defects it still catches.")
+                       "alarms the candidate fixes and the confirmed defects it still catches. `score` runs the same test "
+                       "offline, without a daemon, on reviewed frames and image files.")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     report = actions.add_parser("report", help="compare the candidate with the active model (and the reviews)")
     report.add_argument("journal", type=Path, help="the shadow journal (default location journal/shadow.jsonl)")
     report.add_argument("--reviews", type=Path, help="the review database, to count fixed false alarms and kept defects")
     report.add_argument("--json", action="store_true", help="print the report as one JSON object")
     report.set_defaults(handler=shadow_report_command)
+    offline = actions.add_parser(
+        "score", help="shadow-test offline: score reviewed frames and image files with both models, then report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="No daemon needed: the candidate and the active model score every reviewed item's kept frame "
+        "(with --reviews) and the image files given (files or folders), the lines go to a shadow journal, and the "
+        "report follows: alarms of each, disagreements, reviewed false alarms fixed, confirmed defects still caught.",
+        epilog="example:\n  inspector shadow score runs/my_parts/retrained-<time>/model.onnx --active runs/my_parts/model.onnx "
+               "\\\n      --reviews journal/reviews.sqlite3 new_good_photos/")
+    offline.add_argument("candidate", type=Path)
+    offline.add_argument("paths", type=Path, nargs="*", help="image files or folders to score as well")
+    offline.add_argument("--active", type=Path, required=True, help="the active model file")
+    offline.add_argument("--reviews", type=Path, help="the review database: its reviewed frames are scored and its labels joined")
+    offline.add_argument("--journal", type=Path, help="where the lines go (default shadow-offline.jsonl beside the "
+                         "review database, else in the current folder); overwritten")
+    offline.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    offline.add_argument("--no-progress", action="store_true")
+    offline.set_defaults(handler=shadow_score_command)
 
     p = sub.add_parser("promote", help="put a candidate model in the active model's place (the daemon hot-swaps it)",
                        description="Replace the active model file by the candidate with an atomic rename; a running "
@@ -114,10 +133,38 @@ def shadow_report_command(args) -> int:
 
     if not args.journal.exists():
         raise InspectorError(f"{args.journal}: no shadow journal there (configure shadow: in the daemon config)")
-    report = shadow_report(args.journal, args.reviews)
-    if args.json:
+    print_shadow_report(shadow_report(args.journal, args.reviews), args.json)
+    return 0
+
+
+def shadow_score_command(args) -> int:
+    from ..scorer import Scorer
+    from .shadow import offline_frames, offline_shadow, shadow_report
+
+    if args.reviews is not None:
+        _open_existing(args.reviews).close()
+    if not args.paths and args.reviews is None:
+        raise InspectorError("nothing to score: give image files or folders, or --reviews DB (its reviewed frames)")
+    for path in args.paths:
+        if not path.exists():
+            raise InspectorError(f"{path}: no such file or folder")
+    active, candidate = Scorer(args.active), Scorer(args.candidate)
+    frames, missing = offline_frames(args.paths, args.reviews)
+    if not frames:
+        raise InspectorError("nothing to score: no reviewed frames kept and no image files found")
+    journal = args.journal or (args.reviews.parent if args.reviews else Path(".")) / "shadow-offline.jsonl"
+    offline_shadow(active, candidate, frames, journal, progress=not args.no_progress)
+    if not args.json:
+        print(f"{len(frames)} frame(s) scored by both models -> {journal}"
+              + (f" ({missing} reviewed item(s) without a kept frame)" if missing else ""))
+    print_shadow_report(shadow_report(journal, args.reviews), args.json)
+    return 0
+
+
+def print_shadow_report(report: dict, as_json: bool = False) -> None:
+    if as_json:
         print(json.dumps(report))
-        return 0
+        return
     print(f"{report['items']} items scored by both ({', '.join(report['models']) or 'no models'})")
     print(f"alarms: active {report['active_alarms']}, candidate {report['candidate_alarms']}; only the candidate "
           f"{report['candidate_only_alarms']}, only the active model {report['active_only_alarms']}")
@@ -125,7 +172,6 @@ def shadow_report_command(args) -> int:
         print(f"reviewed false alarms the candidate fixes: {report['false_alarms_fixed']} of {report['reviewed_false_alarms']}")
         print(f"confirmed defects the candidate still catches: {report['defects_still_caught']} of "
               f"{report['confirmed_defects']}" + "".join(f"\n  missed: {name}" for name in report["defects_missed"]))
-    return 0
 
 
 def promote_command(args) -> int:

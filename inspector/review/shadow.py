@@ -81,21 +81,14 @@ class ShadowSink:
             self._on_error("shadow")
             return
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        active_version, candidate_version = self._active.version, self.candidate.card.version
+        versions = (self._active.version, self.candidate.card.version)
         lines = []
         for (item, active), shadow in zip(pairs, shadows):
             if shadow is None:
                 continue
-            line = {"time": now, "run": self.run, "source": item.source, "seq": item.seq, "origin": item.origin,
-                    "active_version": active_version, "active_score": round(active.raw, 6),
-                    "active_verdict": active.verdict, "candidate_version": candidate_version}
-            if shadow.rejected:
-                line.update(candidate_verdict="rejected", reason=shadow.reason)
-            else:
-                line.update(candidate_score=round(shadow.raw, 6), candidate_normalised=round(shadow.normalised, 6),
-                            candidate_verdict=shadow.verdict)
+            lines.append(shadow_line(now, (self.run, item.source, item.seq, item.origin), versions, active, shadow))
+            if not shadow.rejected:
                 self._count(item.source, active.verdict, shadow.verdict)
-            lines.append(line)
         if lines:
             self.journal.write(lines)
 
@@ -110,6 +103,64 @@ class ShadowSink:
 
     def close(self) -> None:
         self.journal.close()
+
+
+def shadow_line(now: str, key: tuple[str, str, int, str], versions: tuple[str, str], active: ScoreResult,
+                shadow: ScoreResult) -> dict:
+    """One shadow journal line: the item's key (run, source, seq, origin), both models' versions and decisions."""
+    run, source, seq, origin = key
+    line = {"time": now, "run": run, "source": source, "seq": seq, "origin": origin, "active_version": versions[0],
+            "active_score": round(active.raw, 6), "active_verdict": active.verdict, "candidate_version": versions[1]}
+    if shadow.rejected:
+        line.update(candidate_verdict="rejected", reason=shadow.reason)
+    else:
+        line.update(candidate_score=round(shadow.raw, 6), candidate_normalised=round(shadow.normalised, 6),
+                    candidate_verdict=shadow.verdict)
+    return line
+
+
+OFFLINE_RUN = "offline"  # the run named by lines of files scored offline (not review items)
+
+
+def offline_frames(paths: list[Path], reviews: Path | None) -> tuple[list[tuple[tuple, Path]], int]:
+    """What an offline shadow test scores: every reviewed item's kept frame (keyed like the live lines, so
+    the report joins the labels) and the image files under `paths`; and how many reviewed items lost
+    their frame."""
+    from ..image_files import list_images
+    from .store import LABELS, ReviewStore
+
+    frames: list[tuple[tuple, Path]] = []
+    missing = 0
+    if reviews is not None:
+        store = ReviewStore(reviews)
+        for label in LABELS:
+            found, lost = store.labelled_frames(label)
+            frames += [((item["run"], item["source"], item["seq"], item["origin"]), path) for item, path in found]
+            missing += lost
+        store.close()
+    files = [file for path in paths for file in (list_images(path) if path.is_dir() else [path])]
+    frames += [((OFFLINE_RUN, "files", index, str(file)), file) for index, file in enumerate(files, 1)]
+    return frames, missing
+
+
+def offline_shadow(active: Scorer, candidate: Scorer, frames: list[tuple[tuple, Path]], journal: Path,
+                   batch: int = 16, progress: bool = True) -> None:
+    """Score `frames` with both models and write the shadow journal the live sink would have written."""
+    from tqdm import tqdm
+
+    versions = (active.card.version, candidate.card.version)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with journal.open("wb") as out, tqdm(total=len(frames), unit="frame", disable=not progress,
+                                         desc="shadow") as bar:
+        for start in range(0, len(frames), batch):
+            chunk = frames[start:start + batch]
+            paths = [path for _, path in chunk]
+            now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            pairs = zip(chunk, active.score_files(paths, heatmaps=False), candidate.score_files(paths, heatmaps=False))
+            for (key, _), first, second in pairs:
+                if not first.rejected:  # as live: an item the active model rejected is not shadowed
+                    out.write(orjson.dumps(shadow_line(now, key, versions, first, second)) + b"\n")
+            bar.update(len(chunk))
 
 
 def shadow_lines(path: Path) -> Iterator[dict]:
