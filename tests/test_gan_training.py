@@ -180,7 +180,8 @@ def test_checkpoint_selection_never_reads_test(class_with_sealed_test, tmp_path,
             touched.append(f"{event} {args[0]}")
 
     sys.addaudithook(audit)
-    extra = {"train.steps": 8, "selection": {"criterion": "synthetic_auroc", "evaluations": 3}}
+    # the default length rule (blocks while the self-check improves) is part of what is proven here
+    extra = {"train.steps": 8, "train.max_blocks": 3, "selection": {"criterion": "synthetic_auroc", "evaluations": 3}}
     if family == "anogan":
         extra.update({"model.family": "anogan", "anogan.gan_steps": 3, "anogan.n_critic": 2, "anogan.encoder_steps": 6})
     elif "int8" in family:  # quantization ranges and the int8 threshold come from held-out normal images too
@@ -189,7 +190,8 @@ def test_checkpoint_selection_never_reads_test(class_with_sealed_test, tmp_path,
     result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
     sealed = "\0"  # stop recording: the hook stays installed for the rest of the session
     assert result.model_path.is_file()
-    assert json.loads((tmp_path / "run" / SELECTION_LOG).read_text())["selected_epoch"] is not None
+    selection = json.loads((tmp_path / "run" / SELECTION_LOG).read_text())
+    assert selection["selected_epoch"] is not None and selection["training_length"]["blocks"] >= 2
     assert touched == []
 
 
