@@ -80,14 +80,24 @@ def table_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def steps_cell(row: dict) -> str:
+    """Training steps, with the blocks and what ended training when the length adapted (training.length)."""
+    length = (row.get("selection") or {}).get("training_length")
+    if not row.get("steps"):
+        return "–"
+    if not length or length["max_blocks"] == 1:
+        return str(row["steps"])
+    return f"{row['steps']} ({length['blocks']} x {length['block_steps']}; {length['stopped_by']})"
+
+
 def suite_table(rows: list[dict]) -> list[str]:
     """The harder suite per variant: every set, then the mean and the worst set of each variant."""
     lines = ["Surfaces unlike PIPED, trained with no config (as `inspector train --data DIR`). Self-check: the "
              "label-free synthetic-defect AUROC on held-out normal images at the exported checkpoint "
              "(selection.json); the reference has none.", "",
              "| set | variant | image AUROC | pixel AUROC | F1 @thr | FAR test/good | FAR x0.7 | FAR x1.3 | self-check "
-             "| AUROC patch res. | AUROC patch kNN | MFLOPs/frame | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| AUROC patch res. | AUROC patch kNN | MFLOPs/frame | train s | steps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_variant: dict[str, list[dict]] = {}
     for r in rows:
         by_variant.setdefault(variant_label(r), []).append(r)
@@ -98,13 +108,13 @@ def suite_table(rows: list[dict]) -> list[str]:
             lines.append(f"| {r['set']} | {variant} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | "
                          f"{fmt(r['f1'])} | {fmt(r['false_alarm_rate'])} | {fmt(dark)} | {fmt(bright)} | {fmt(check)} | "
                          f"{fmt(r['components'].get('patch_residual'))} | {fmt(r['components'].get('patch_knn'))} | "
-                         f"{r['mflops_per_frame']:.0f} | {r['train_seconds']:.0f} |")
+                         f"{r['mflops_per_frame']:.0f} | {r['train_seconds']:.0f} | {steps_cell(r)} |")
         aurocs = [r["image_auroc"] for r in rs]
         worst = min(rs, key=lambda r: r["image_auroc"])
         lines.append(f"| **mean of {len(rs)}** | {variant} | **{fmt(np.mean(aurocs))}** | | "
                      f"**{fmt(np.mean([r['f1'] for r in rs]))}** | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} "
-                     f"| | | | | | | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
-        lines.append(f"| worst: {worst['set']} | {variant} | {fmt(worst['image_auroc'])} | | | | | | | | | | |")
+                     f"| | | | | | | {np.mean([r['train_seconds'] for r in rs]):.0f} | |")
+        lines.append(f"| worst: {worst['set']} | {variant} | {fmt(worst['image_auroc'])} | | | | | | | | | | | |")
     lines.append("")
     for variant, rs in by_variant.items():
         checked = [(r["selection"]["selected_value"], r["image_auroc"]) for r in rs

@@ -331,6 +331,10 @@ def test_a_logged_in_user_promotes_the_shadow_candidate_with_the_page_button(ser
     assert promotion.active.read_bytes() == promotion.candidate.read_bytes()
     assert (promotion.active.parent / "model.previous.onnx").read_bytes() == b"the active model"
 
+    status, _, body = client.request("/promote", {}, {"X-CSRF-Token": token})  # pressed again
+    assert status == 409 and "already the active model" in body
+    assert (promotion.active.parent / "model.previous.onnx").read_bytes() == b"the active model"  # undo kept
+
 
 def test_promoting_from_the_page_needs_a_login_its_token_and_a_candidate(served, users, promotion):
     open_page, _, _ = served(promotion=promotion)  # loopback, no users file: labels yes, promotion no

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,6 +143,7 @@ class ReviewPage:
         self.on_review = on_review or (lambda item, label: None)
         self.title = title
         self.promotion = promotion
+        self._promoting = threading.Lock()
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(default=True), auto_reload=False)
         self.templates.filters["utc"] = _time
@@ -275,12 +277,16 @@ class ReviewPage:
         await self._check_change(request, session)
         from .promote import promote
 
+        if not self._promoting.acquire(blocking=False):  # a double click must not promote twice at once
+            raise HTTPException(409, "a promotion is already running")
         try:
             check = await run_in_threadpool(promote, self.promotion.candidate, self.promotion.active,
                                             self.promotion.reviews)
         except InspectorError as exc:
             log.warning("review page: %s asked to promote %s: refused (%s)", session.user, self.promotion.candidate, exc)
             raise HTTPException(409, str(exc)) from None
+        finally:
+            self._promoting.release()
         log.warning("review page: %s promoted %s to %s", session.user, self.promotion.candidate, self.promotion.active)
         kept = f"; it catches all {check.confirmed_caught} confirmed defect(s) the active model caught" if check else ""
         return HTMLResponse(self._render("promoted.html", candidate=self.promotion.candidate.name, kept=kept,

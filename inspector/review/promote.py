@@ -49,6 +49,14 @@ def check_candidate(candidate: Scorer, reviews: Path) -> PromotionCheck:
     return check
 
 
+def active_version(path: Path) -> str | None:
+    """The version on the active model file's card, or None when it cannot be read as a model."""
+    try:
+        return Scorer(path).card.version
+    except InspectorError:
+        return None
+
+
 def promote(candidate_path: Path, active_path: Path, reviews: Path | None = None, force: bool = False) -> PromotionCheck | None:
     candidate = Scorer(candidate_path)
     candidate.self_test()
@@ -62,8 +70,9 @@ def promote(candidate_path: Path, active_path: Path, reviews: Path | None = None
                                  f"defect(s) the active model caught, e.g. {check.missed[0]}; not promoted "
                                  "(--force promotes anyway)")
     if active_path.exists():
-        if active_path.resolve() == candidate_path.resolve():
-            raise InspectorError(f"{candidate_path} is already the active model")
+        if active_path.resolve() == candidate_path.resolve() or active_version(active_path) == candidate.card.version:
+            # a second promotion of the same model would overwrite the kept previous model with it: no undo left
+            raise InspectorError(f"{candidate_path} ({candidate.card.version}) is already the active model")
         shutil.copy2(active_path, active_path.with_name(active_path.stem + ".previous.onnx"))
     staged = active_path.with_name(f".{active_path.name}.promoting")
     shutil.copyfile(candidate_path, staged)  # same folder: the rename below is atomic
