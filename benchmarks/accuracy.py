@@ -54,6 +54,7 @@ from training.cli import default_config, infer_input, parse_overrides
 from training.config import load_train_config
 from training.data import data_root, load_test, mnist_one_class
 from training.fit import fit
+from training.frame_level import with_frame_level
 from training.frame_scores import frame_outputs, per_frame_max
 from training.models.ganomaly import GANomalyScoring
 from training.torch_scoring import run_scoring
@@ -248,6 +249,7 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         return run_tabular(config, variant, runs, latent_search)
     if variant in BASELINES:
         return []
+    config = with_frame_level(config)  # the level fit would measure: test images below are loaded with it too
     started = time.perf_counter()
     result = fit(config, runs / variant / name, progress=False)
     wall = time.perf_counter() - started

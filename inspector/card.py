@@ -22,7 +22,7 @@ from .strict import FrozenStrict
 
 CARD_KEY = "qinspector.card"
 MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
-CARD_FORMAT_VERSION = 7  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; older cards still load
+CARD_FORMAT_VERSION = 8  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; 8: input.frame_level; older cards still load
 MIN_TILE_SCALE = 0.25
 
 
@@ -46,6 +46,11 @@ class ImageInput(FrozenStrict):
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     max_pixels: Annotated[int, Field(ge=1)] = 50_000_000
+    # (mean, standard deviation) of the normal training frames' pixels, 0-1 units (medians over frames):
+    # each frame is first brought to them (its own pixel mean and deviation, all channels together),
+    # so a lamp or exposure change (a gain and an offset on every pixel) is undone before the model
+    # sees the frame. None (cards before format 8): frames as they come.
+    frame_level: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "ImageInput":
@@ -208,7 +213,7 @@ class Lineage(FrozenStrict):
 
 
 class ModelCard(FrozenStrict):
-    format_version: Literal[1, 2, 3, 4, 5, 6, 7] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4, 5, 6, 7, 8] = CARD_FORMAT_VERSION
     name: str
     # the training family that made the graph (training.models.registry); the runtime only shows it
     family: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]

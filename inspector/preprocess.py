@@ -55,19 +55,43 @@ def _center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return image[top : top + height, left : left + width]
 
 
+MIN_FRAME_STD = 1.0  # grey levels: a (nearly) blank frame is not stretched into amplified noise
+
+
+def frame_statistics(pixels: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of all pixels of a uint8 HxWxC frame, channels together, 0-255 units."""
+    means, stds = cv2.meanStdDev(pixels)
+    means, stds = means.ravel(), stds.ravel()
+    mean = float(means.mean())
+    return mean, float(np.sqrt(max(0.0, float(np.mean(stds ** 2 + means ** 2)) - mean ** 2)))
+
+
 def _normalise(pixels: np.ndarray, spec: ImageInput) -> np.ndarray:
-    """uint8 HxWxC -> float32 CxHxW with the card's mean/std: (x / 255 - mean) / std.
+    """uint8 HxWxC -> float32 CxHxW with the card's mean/std: (x / 255 - mean) / std, after bringing
+    the frame to the card's frame_level when it has one: x -> (x - frame mean) / frame std x level std
+    + level mean, which undoes a gain and offset on every pixel (the lamp, the exposure), clipped to
+    0-1 pixel units as unstandardised frames are.
 
     Written as one multiply-add per pixel into one new array (x * scale + offset, channel-first):
     the obvious chain of numpy expressions makes five full-size float temporaries, which is most
     of the preprocessing time when the daemon runs beside onnxruntime on two cores.
     """
     std = np.asarray(spec.std, dtype=np.float64)
-    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
-    offset = (-np.asarray(spec.mean, dtype=np.float64) / std).astype(np.float32)[:, None, None]
+    gain, shift = 1.0 / 255.0, 0.0  # pixels -> 0-1 units
+    level = getattr(spec, "frame_level", None)
+    if level is not None:
+        frame_mean, frame_std = frame_statistics(pixels)
+        gain = level[1] / max(frame_std, MIN_FRAME_STD)
+        shift = level[0] - frame_mean * gain
+    scale = (gain / std).astype(np.float32)[:, None, None]
+    offset = ((shift - np.asarray(spec.mean, dtype=np.float64)) / std).astype(np.float32)[:, None, None]
     out = np.empty((pixels.shape[2], pixels.shape[0], pixels.shape[1]), dtype=np.float32)
     np.multiply(pixels.transpose(2, 0, 1), scale, out=out, dtype=np.float32)
     out += offset
+    if level is not None:  # kept inside 0-1 pixel units: the model's range (its generator ends in tanh)
+        mean = np.asarray(spec.mean, dtype=np.float64)
+        np.clip(out, (-mean / std).astype(np.float32)[:, None, None], ((1 - mean) / std).astype(np.float32)[:, None, None],
+                out=out)
     return out
 
 
@@ -101,17 +125,28 @@ def scaled_size(height: int, width: int, spec: ImageInput) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def frame_tensor(image: np.ndarray, spec: ImageInput, origin: str = "image") -> np.ndarray:
-    """For `resize: tile`: the whole frame at native resolution (scaled by tile_scale), normalised,
-    (C, Hf, Wf) float32. A frame smaller than one tile is brought up to tile size (only upscaling)."""
+def model_pixels(image: np.ndarray, spec: ImageInput, origin: str = "image") -> np.ndarray:
+    """The uint8 HxWxC pixels that are normalised into the model's input: for `resize: tile` the whole
+    frame (scaled by tile_scale; one smaller than a tile brought up to tile size, only upscaling),
+    otherwise the frame stretched or centre-cropped to the model input."""
     image = ensure_uint8_image(image, origin, spec.max_pixels)
     pixels = to_model_channels(image, spec, origin)
+    if spec.resize == "stretch":
+        return _resize(pixels, spec.height, spec.width)
+    if spec.resize == "center_crop":
+        return _center_crop(pixels, spec.height, spec.width)
     height, width = scaled_size(pixels.shape[0], pixels.shape[1], spec)
     if (height, width) != pixels.shape[:2]:
         pixels = _resize(pixels, height, width)
     if pixels.shape[0] < spec.height or pixels.shape[1] < spec.width:
         pixels = _resize(pixels, max(spec.height, pixels.shape[0]), max(spec.width, pixels.shape[1]))
-    return _normalise(pixels, spec)
+    return pixels
+
+
+def frame_tensor(image: np.ndarray, spec: ImageInput, origin: str = "image") -> np.ndarray:
+    """For `resize: tile`: the whole frame at native resolution (scaled by tile_scale), normalised,
+    (C, Hf, Wf) float32."""
+    return _normalise(model_pixels(image, spec, origin), spec)
 
 
 def model_input_bytes(height: int, width: int, spec: ImageInput) -> int:
@@ -146,11 +181,7 @@ def prepare_image(image: np.ndarray, spec: ImageInput, origin: str = "image") ->
         if (layout.frame_height, layout.frame_width) != image.shape[:2]:  # scaled (or a small frame brought up)
             layout = TileLayout(layout.frame_height, layout.frame_width, layout.origins, *image.shape[:2])
         return tiles, layout
-    image = ensure_uint8_image(image, origin, spec.max_pixels)
-    pixels = to_model_channels(image, spec, origin)
-    if spec.resize == "stretch":
-        return _normalise(_resize(pixels, spec.height, spec.width), spec)[None], None
-    return _normalise(_center_crop(pixels, spec.height, spec.width), spec)[None], None
+    return _normalise(model_pixels(image, spec, origin), spec)[None], None
 
 
 def stitch_tiles(maps: np.ndarray, layout: TileLayout) -> np.ndarray:

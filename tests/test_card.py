@@ -79,8 +79,16 @@ def test_format_1_and_2_cards_from_earlier_releases_still_load(tiny_piped_run, t
     _rewrite_card(tiny_piped_run.model_path, tmp_path / "six.onnx", format_6)
     card = Scorer(tmp_path / "six.onnx").card
     assert card.format_version == 6 and card.export.precision == "float32"
+
+    def format_7(d):
+        d["format_version"] = 7
+        del d["input"]["frame_level"]  # added in format 8
+
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "seven.onnx", format_7)
+    card = Scorer(tmp_path / "seven.onnx").card
+    assert card.format_version == 7 and card.input.frame_level is None  # frames scored as they come, as then
     new = tiny_piped_run.card
-    assert new.format_version == 7 and new.export.precision == "float32" and new.calibration.confidence == 0.9 and new.calibration.folds is None
+    assert new.format_version == 8 and new.input.frame_level is not None and new.export.precision == "float32" and new.calibration.confidence == 0.9 and new.calibration.folds is None
     assert new.lineage is None  # trained from scratch
     assert 0 <= new.calibration.synthetic_recall <= 1
 

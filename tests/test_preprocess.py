@@ -106,3 +106,31 @@ def test_tiles_cover_the_frame_and_stitch_back():
     assert tiles.shape[1:] == (1, 32, 32) and len(tiles) == 3 * 3
     stitched = stitch_tiles(tiles[:, 0], layout)
     assert np.allclose(stitched, frame_tensor(frame, spec)[0])
+
+
+LEVEL = ImageInput(height=32, width=32, channels=3, color_order="bgr", resize="tile", frame_level=(0.45, 0.12))
+
+
+@pytest.mark.parametrize("gain, offset", [(0.7, 0.0), (0.7, 15.0), (1.2, -10.0)])
+def test_a_standardised_frame_looks_the_same_under_a_changed_lamp(piped_class, gain, offset):
+    frame = read_image(list_images(piped_class / "train" / "good")[0])
+    lit = np.clip(frame.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+    plain = LEVEL.model_copy(update={"frame_level": None})
+
+    same, changed = frame_tensor(frame, LEVEL), frame_tensor(lit, LEVEL)
+    assert np.abs(same - changed).mean() < 0.02  # rounding to 8 bits (and a little clipping) remain
+    assert np.abs(frame_tensor(frame, plain) - frame_tensor(lit, plain)).mean() > 0.1  # what it undoes
+
+
+def test_a_standardised_frame_has_the_cards_level_and_a_blank_one_stays_blank(piped_class):
+    frame = read_image(list_images(piped_class / "train" / "good")[0])
+    pixels = frame_tensor(frame, LEVEL) * 0.5 + 0.5  # back to 0-1 units (the card's mean = std = 0.5)
+    assert pixels.mean() == pytest.approx(0.45, abs=1e-4) and pixels.std() == pytest.approx(0.12, abs=1e-3)
+    blank = frame_tensor(np.full((48, 48, 3), 200, np.uint8), LEVEL)
+    assert np.allclose(blank, blank.flat[0]) and np.isfinite(blank).all()
+
+
+def test_training_measures_the_level_on_train_good_and_the_card_carries_it(tiny_piped_run):
+    level = tiny_piped_run.card.input.frame_level
+    assert level is not None and 0 < level[0] < 1 and 0 < level[1] < 0.5
+    assert tiny_piped_run.card.format_version == 8

@@ -32,6 +32,7 @@ from .driver import train
 from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
 from .flops import count_flops
+from .frame_level import with_frame_level
 from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max
 from .items import Items, items_of
 from .quantize import export_int8
@@ -234,6 +235,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     if config.data.kind == "table":
         return fit_tabular(config, run_dir, resume=resume, progress=progress, evaluate_test=evaluate_test)
     fit_started = time.perf_counter()
+    config = with_frame_level(config)  # before config.json is written: the run records the level it used
     run = _prepare_run(config, run_dir)
     normal, test_items = load_training_data(config, with_test=evaluate_test)
     check_normal_count(len(normal), config)
