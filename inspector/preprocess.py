@@ -59,8 +59,11 @@ MIN_FRAME_STD = 1.0  # grey levels: a (nearly) blank frame is not stretched into
 
 
 def frame_statistics(pixels: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation of all pixels of a uint8 HxWxC frame, channels together, 0-255 units."""
-    means, stds = cv2.meanStdDev(pixels)
+    """Mean and standard deviation of a uint8 HxWxC frame's unsaturated pixels (no channel at 0 or 255),
+    channels together, 0-255 units. Saturated pixels say only "at least this bright": a brighter lamp
+    clips more of them, and counting them would shift the level of every other pixel."""
+    unsaturated = cv2.inRange(pixels, (1,) * pixels.shape[2], (254,) * pixels.shape[2])
+    means, stds = cv2.meanStdDev(pixels, mask=unsaturated if cv2.countNonZero(unsaturated) >= 16 else None)
     means, stds = means.ravel(), stds.ravel()
     mean = float(means.mean())
     return mean, float(np.sqrt(max(0.0, float(np.mean(stds ** 2 + means ** 2)) - mean ** 2)))

@@ -134,3 +134,17 @@ def test_training_measures_the_level_on_train_good_and_the_card_carries_it(tiny_
     level = tiny_piped_run.card.input.frame_level
     assert level is not None and 0 < level[0] < 1 and 0 < level[1] < 0.5
     assert tiny_piped_run.card.format_version == 8
+
+
+@pytest.mark.parametrize("gain, offset", [(0.7, 0.0), (0.8, 20.0)])
+def test_a_trained_model_scores_normal_frames_alike_under_a_dimmer_lamp(tiny_tiled_run, piped_class, gain, offset):
+    """Issue 17's brightness check in small: what a lamp change does to the scores of normal frames
+    (no pixel clips at these gains; a brighter lamp clips highlights, which no rescaling undoes)."""
+    from inspector.scorer import Scorer
+
+    scorer = Scorer(tiny_tiled_run.model_path)
+    frames = [read_image(path) for path in list_images(piped_class / "test" / "good")]
+    dimmed = [np.clip(f.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8) for f in frames]
+    before = np.array([r.normalised for r in scorer.score_images(frames, heatmaps=False)])
+    after = np.array([r.normalised for r in scorer.score_images(dimmed, heatmaps=False)])
+    assert np.abs(after - before).max() < 0.02  # in units of the threshold: no verdict flips on the lamp
