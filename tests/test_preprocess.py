@@ -148,3 +148,14 @@ def test_a_trained_model_scores_normal_frames_alike_under_a_dimmer_lamp(tiny_til
     before = np.array([r.normalised for r in scorer.score_images(frames, heatmaps=False)])
     after = np.array([r.normalised for r in scorer.score_images(dimmed, heatmaps=False)])
     assert np.abs(after - before).max() < 0.02  # in units of the threshold: no verdict flips on the lamp
+
+
+def test_a_frame_far_from_the_level_keeps_part_of_its_difference():
+    """A lamp changes contrast by less than 2x; another object in view (here 4x the contrast) must not be
+    made to look like a normal frame."""
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, ::2] = 230
+    stripes[:, 1::2] = 26  # mean 128, standard deviation 102 grey levels = 0.4; the level's is 0.12 / 4 = 0.03
+    level = LEVEL.model_copy(update={"frame_level": (0.5, 0.03)})
+    pixels = frame_tensor(stripes, level) * 0.5 + 0.5
+    assert pixels.mean() == pytest.approx(0.5, abs=1e-3) and pixels.std() == pytest.approx(0.4 / 2, abs=2e-3)
