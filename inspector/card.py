@@ -46,11 +46,11 @@ class ImageInput(FrozenStrict):
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     max_pixels: Annotated[int, Field(ge=1)] = 50_000_000
-    # (mean, standard deviation) of the normal training frames' pixels, 0-1 units (medians over frames):
-    # each frame is first brought to them (its own pixel mean and deviation, all channels together),
-    # so a lamp or exposure change (a gain and an offset on every pixel) is undone before the model
-    # sees the frame. None (cards before format 8): frames as they come.
-    frame_level: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None = None
+    # the normal training frames' typical pixel mean (0-1 units, the median over frames): each frame
+    # is first brightened or darkened to it (its own mean of unsaturated pixels, all channels), so an
+    # exposure change (lamp, shutter, aperture: a gain on every pixel) is undone before the model sees
+    # the frame. None (cards before format 8): frames as they come.
+    frame_level: Annotated[float, Field(gt=0, le=1)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "ImageInput":

@@ -108,35 +108,44 @@ def test_tiles_cover_the_frame_and_stitch_back():
     assert np.allclose(stitched, frame_tensor(frame, spec)[0])
 
 
-LEVEL = ImageInput(height=32, width=32, channels=3, color_order="bgr", resize="tile", frame_level=(0.45, 0.12))
+LEVEL = ImageInput(height=32, width=32, channels=3, color_order="bgr", resize="tile", frame_level=0.45)
 
 
-@pytest.mark.parametrize("gain, offset", [(0.7, 0.0), (0.7, 15.0), (1.2, -10.0)])
-def test_a_standardised_frame_looks_the_same_under_a_changed_lamp(piped_class, gain, offset):
+@pytest.mark.parametrize("gain", [0.6, 0.8, 1.1])
+def test_a_standardised_frame_looks_the_same_under_another_exposure(piped_class, gain):
     frame = read_image(list_images(piped_class / "train" / "good")[0])
-    lit = np.clip(frame.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+    exposed = np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
     plain = LEVEL.model_copy(update={"frame_level": None})
 
-    same, changed = frame_tensor(frame, LEVEL), frame_tensor(lit, LEVEL)
-    assert np.abs(same - changed).mean() < 0.02  # rounding to 8 bits (and a little clipping) remain
-    assert np.abs(frame_tensor(frame, plain) - frame_tensor(lit, plain)).mean() > 0.1  # what it undoes
+    same, changed = frame_tensor(frame, LEVEL), frame_tensor(exposed, LEVEL)
+    assert np.abs(same - changed).mean() < 0.01  # rounding to 8 bits (and a little clipping) remain
+    assert np.abs(frame_tensor(frame, plain) - frame_tensor(exposed, plain)).mean() > 0.05  # what it undoes
 
 
-def test_a_standardised_frame_has_the_cards_level_and_a_blank_one_stays_blank(piped_class):
+def test_a_standardised_frame_has_the_cards_brightness_and_a_blank_one_stays_blank(piped_class):
     frame = read_image(list_images(piped_class / "train" / "good")[0])
     pixels = frame_tensor(frame, LEVEL) * 0.5 + 0.5  # back to 0-1 units (the card's mean = std = 0.5)
-    assert pixels.mean() == pytest.approx(0.45, abs=1e-4) and pixels.std() == pytest.approx(0.12, abs=1e-3)
+    assert pixels.mean() == pytest.approx(0.45, abs=0.01)
     blank = frame_tensor(np.full((48, 48, 3), 200, np.uint8), LEVEL)
     assert np.allclose(blank, blank.flat[0]) and np.isfinite(blank).all()
 
 
+def test_a_frame_far_from_the_level_keeps_part_of_its_difference():
+    """An exposure change is less than 2x; a frame 4x darker than normal (another object, a covered
+    lens) must not be made to look like a normal frame: it is brightened 2x, no more."""
+    dark = np.full((64, 64, 3), 30, np.uint8)
+    dark[::2] = 34
+    pixels = frame_tensor(dark, LEVEL.model_copy(update={"frame_level": 0.5})) * 0.5 + 0.5
+    assert pixels.mean() == pytest.approx(2 * 32 / 255, abs=1e-3)
+
+
 def test_training_measures_the_level_on_train_good_and_the_card_carries_it(tiny_piped_run):
     level = tiny_piped_run.card.input.frame_level
-    assert level is not None and 0 < level[0] < 1 and 0 < level[1] < 0.5
+    assert level is not None and 0.05 < level < 0.95
     assert tiny_piped_run.card.format_version == 8
 
 
-@pytest.mark.parametrize("gain, offset", [(0.7, 0.0), (0.8, 20.0)])
+@pytest.mark.parametrize("gain, offset", [(0.7, 0.0), (0.6, 0.0)])
 def test_a_trained_model_scores_normal_frames_alike_under_a_dimmer_lamp(tiny_tiled_run, piped_class, gain, offset):
     """Issue 17's brightness check in small: what a lamp change does to the scores of normal frames
     (no pixel clips at these gains; a brighter lamp clips highlights, which no rescaling undoes)."""
@@ -148,14 +157,3 @@ def test_a_trained_model_scores_normal_frames_alike_under_a_dimmer_lamp(tiny_til
     before = np.array([r.normalised for r in scorer.score_images(frames, heatmaps=False)])
     after = np.array([r.normalised for r in scorer.score_images(dimmed, heatmaps=False)])
     assert np.abs(after - before).max() < 0.02  # in units of the threshold: no verdict flips on the lamp
-
-
-def test_a_frame_far_from_the_level_keeps_part_of_its_difference():
-    """A lamp changes contrast by less than 2x; another object in view (here 4x the contrast) must not be
-    made to look like a normal frame."""
-    stripes = np.zeros((64, 64, 3), np.uint8)
-    stripes[:, ::2] = 230
-    stripes[:, 1::2] = 26  # mean 128, standard deviation 102 grey levels = 0.4; the level's is 0.12 / 4 = 0.03
-    level = LEVEL.model_copy(update={"frame_level": (0.5, 0.03)})
-    pixels = frame_tensor(stripes, level) * 0.5 + 0.5
-    assert pixels.mean() == pytest.approx(0.5, abs=1e-3) and pixels.std() == pytest.approx(0.4 / 2, abs=2e-3)

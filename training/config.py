@@ -69,12 +69,12 @@ class InputConfig(Strict):
     resize: Literal["stretch", "center_crop", "tile"] = "tile"
     tile_overlap: Annotated[float, Field(ge=0, le=MAX_TILE_OVERLAP)] = 0.5
     tile_scale: Annotated[float, Field(ge=MIN_TILE_SCALE, le=1.0)] = 1.0  # tile: frames scaled by this first
-    # each frame brought to the normal frames' typical pixel mean and contrast before the model (a lamp
-    # or exposure change is undone; training.frame_level measures the level on train/good, image folders)
+    # each frame brought to the normal frames' typical brightness before the model (an exposure change
+    # is undone; training.frame_level measures the level on train/good, image folders)
     standardise_frames: bool = True
     # written by training (the measured level, 0-1 units), kept in the run's config.json so a fine-tune
     # or a resume preprocesses as the parent did; not meant to be set by hand
-    frame_level: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None = None
+    frame_level: Annotated[float, Field(gt=0, le=1)] | None = None
 
     def to_spec(self) -> ImageInput:
         mean = (0.5,) * self.channels
