@@ -72,3 +72,12 @@ def nsl_model(tmp_path_factory):
         "train.threads": 1, "model.base_width": 64,
         "score.weights": {"latent_distance": 1.0, "latent_knn": 1.0}, "score.memory_size": 1000})
     return fit(config, tmp_path_factory.mktemp("nsl") / "run", progress=False).model_path
+
+
+def selection_decisions(run: Path) -> dict:
+    """A run's selection.json without the rounds' timings (the only part that differs between equal runs)."""
+    import json
+
+    selection = json.loads((Path(run) / "selection.json").read_text())
+    selection["evaluations"] = [{k: v for k, v in e.items() if k != "seconds"} for e in selection["evaluations"]]
+    return selection

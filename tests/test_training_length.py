@@ -17,7 +17,7 @@ from training.length import BUDGET, MAX_BLOCKS, SELF_CHECK, TrainingLength
 from training.run_folder import SELECTION_LOG as SELECTION
 from training.selection import CheckpointSelector
 
-from .conftest import tiny_config
+from .conftest import selection_decisions, tiny_config
 
 # 16 fitted images in batches of 8: two steps an epoch, so a block of train.steps=3 is 2 epochs = 4 steps
 STEPS_PER_EPOCH = 2
@@ -95,10 +95,7 @@ def test_a_run_resumed_inside_an_added_block_ends_like_a_straight_one(piped_clas
     resumed = train(config, fitted, tmp_path / "resumed", validation=held_out, resume=True, progress=False)
 
     assert straight.steps == resumed.steps > BLOCK
-    (length, evaluations), (length_resumed, evaluations_resumed) = _length(tmp_path / "straight"), _length(tmp_path / "resumed")
-    assert length == length_resumed
-    untimed = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]  # noqa: E731
-    assert untimed(evaluations) == untimed(evaluations_resumed)
+    assert selection_decisions(tmp_path / "straight") == selection_decisions(tmp_path / "resumed")
     for a, b in zip(straight.generator.state_dict().values(), resumed.generator.state_dict().values()):
         torch.testing.assert_close(a, b)
 
