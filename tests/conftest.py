@@ -28,7 +28,10 @@ def tiny_config(data: Path, **overrides) -> dict:
     """A model small enough to train in a few seconds: the point is the plumbing, not accuracy."""
     raw = {
         "name": "tiny", "data": {"path": str(data)},
-        "input": {"height": 32, "width": 32, "channels": 3, "color_order": "rgb", "resize": "stretch"},
+        # frames as they come: tests that recompute scores from images loaded by hand need no level;
+        # the tiny_*_run fixtures below and tests/test_preprocess.py cover exposure standardising
+        "input": {"height": 32, "width": 32, "channels": 3, "color_order": "rgb", "resize": "stretch",
+                  "standardise_frames": False},
         "model": {"base_width": 8, "latent_dim": 16},
         "train": {"steps": 4, "max_blocks": 1, "batch_size": 8, "threads": 1},
         "score": {"weights": {"residual_max": 1.0}, "pool_kernel": 3},
@@ -44,7 +47,7 @@ def tiny_piped_run(piped_class, tmp_path_factory):
     from training.config import validate_train_config
     from training.fit import fit
 
-    config = validate_train_config(tiny_config(piped_class), "tiny")
+    config = validate_train_config(tiny_config(piped_class, **{"input.standardise_frames": True}), "tiny")
     run = tmp_path_factory.mktemp("tiny_piped")
     return fit(config, run, progress=False, evaluate_test=False)
 
@@ -55,7 +58,8 @@ def tiny_tiled_run(piped_class, tmp_path_factory):
     from training.config import validate_train_config
     from training.fit import fit
 
-    config = validate_train_config(tiny_config(piped_class, **{"input.resize": "tile", "input.tile_overlap": 0.5}), "tiny")
+    config = validate_train_config(tiny_config(piped_class, **{"input.resize": "tile", "input.tile_overlap": 0.5,
+                                                               "input.standardise_frames": True}), "tiny")
     run = tmp_path_factory.mktemp("tiny_tiled")
     return fit(config, run, progress=False, evaluate_test=False)
 

@@ -180,8 +180,9 @@ def test_checkpoint_selection_never_reads_test(class_with_sealed_test, tmp_path,
             touched.append(f"{event} {args[0]}")
 
     sys.addaudithook(audit)
-    # the default length rule (blocks while the self-check improves) is part of what is proven here
-    extra = {"train.steps": 8, "train.max_blocks": 3, "selection": {"criterion": "synthetic_auroc", "evaluations": 3}}
+    # the default length rule (blocks while the self-check improves) and the frame level are part of what is proven
+    extra = {"train.steps": 8, "train.max_blocks": 3, "input.standardise_frames": True,
+             "selection": {"criterion": "synthetic_auroc", "evaluations": 3}}
     if family == "anogan":
         extra.update({"model.family": "anogan", "anogan.gan_steps": 3, "anogan.n_critic": 2, "anogan.encoder_steps": 6})
     elif "int8" in family:  # quantization ranges and the int8 threshold come from held-out normal images too

@@ -24,8 +24,9 @@ def flat_part(rng: np.random.Generator, defect: bool = False) -> np.ndarray:
     return image
 
 
-def train_flat_model(folder: Path) -> Path:
-    """40 flat parts in folder/data, a width-8 model trained on them for 20 steps in folder/run; its model.onnx."""
+def train_flat_model(folder: Path, standardise_frames: bool = True) -> Path:
+    """40 flat parts in folder/data, a width-8 model trained on them for 20 steps in folder/run; its model.onnx.
+    `standardise_frames` False: a model that follows the lamp (to make false alarms on purpose)."""
     from .config import validate_train_config
     from .fit import fit
 
@@ -36,7 +37,7 @@ def train_flat_model(folder: Path) -> Path:
         cv2.imwrite(str(good / f"{i:03d}.png"), flat_part(rng))
     config = validate_train_config({
         "name": "flat", "data": {"path": str(folder / "data")},
-        "input": {"height": 32, "width": 32, "channels": 3, "color_order": "rgb"},
+        "input": {"height": 32, "width": 32, "channels": 3, "color_order": "rgb", "standardise_frames": standardise_frames},
         "model": {"base_width": 8, "latent_dim": 16}, "train": {"steps": 20, "batch_size": 16, "threads": 1},
         "score": {"weights": {"residual_max": 1.0}, "pool_kernel": 3}}, "flat")
     return fit(config, folder / "run", progress=False).model_path

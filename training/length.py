@@ -87,11 +87,13 @@ class TrainingLength:
                 "stopped_by": self.stopped_by}
 
     def state(self) -> dict:
-        return {"target": self.target, "block_started": self.block_started,
+        return {"target": self.target, "block": self.block, "block_started": self.block_started,
                 "block_first_evaluation": self.block_first_evaluation}
 
     def load_state(self, state: dict | None) -> None:
-        if state:
+        """Continue an extended run's plan; a run resumed with another length (train.steps or max_blocks
+        changed, or a fixed length) follows its config instead."""
+        if state and self.extendable and int(state.get("block", -1)) == self.block:
             self.target = int(state["target"])
             self.block_started = float(state["block_started"])
             self.block_first_evaluation = int(state["block_first_evaluation"])
