@@ -285,6 +285,9 @@ class ReviewPage:
         except InspectorError as exc:
             log.warning("review page: %s asked to promote %s: refused (%s)", session.user, self.promotion.candidate, exc)
             raise HTTPException(409, str(exc)) from None
+        except OSError as exc:  # the model folder is full or not writable: said on the page, the active file intact
+            log.error("review page: promoting %s failed: %s", self.promotion.candidate, exc)
+            raise HTTPException(500, f"promotion failed: {exc.strerror or exc} ({exc.filename or self.promotion.active})") from None
         finally:
             self._promoting.release()
         log.warning("review page: %s promoted %s to %s", session.user, self.promotion.candidate, self.promotion.active)
