@@ -93,14 +93,13 @@ def _normalise(pixels: np.ndarray, spec: ImageInput) -> np.ndarray:
     mean = np.asarray(spec.mean, dtype=np.float64)
     scale = np.broadcast_to((gain / std).astype(np.float32), (pixels.shape[2],))
     offset = np.broadcast_to((-mean / std).astype(np.float32), (pixels.shape[2],))
+    white = np.broadcast_to(((1 - mean) / std).astype(np.float32), (pixels.shape[2],))  # pixel value 1; 0 is `offset`
     values = np.arange(256, dtype=np.float32)
     out = np.empty((pixels.shape[2], pixels.shape[0], pixels.shape[1]), dtype=np.float32)
     for channel, plane in enumerate(cv2.split(pixels) if pixels.shape[2] > 1 else [pixels[:, :, 0]]):
         table = values * scale[channel] + offset[channel]
         if level is not None:  # kept inside 0-1 pixel units: the model's range (its generator ends in tanh)
-            low, high = -mean / std, (1 - mean) / std
-            np.clip(table, np.float32(np.broadcast_to(low, scale.shape)[channel]),
-                    np.float32(np.broadcast_to(high, scale.shape)[channel]), out=table)
+            np.clip(table, offset[channel], white[channel], out=table)
         out[channel] = cv2.LUT(np.ascontiguousarray(plane), table)
     return out
 

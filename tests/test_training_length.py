@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +13,6 @@ from training.cross_fit import fold_config
 from training.data import load_train_good
 from training.driver import train
 from training.length import BUDGET, MAX_BLOCKS, SELF_CHECK, TrainingLength
-from training.run_folder import SELECTION_LOG as SELECTION
 from training.selection import CheckpointSelector
 
 from .conftest import selection_decisions, tiny_config
@@ -34,7 +32,7 @@ def _images(piped_class, config):
 
 
 def _length(run) -> tuple[dict, list[dict]]:
-    selection = json.loads((run / SELECTION).read_text())
+    selection = selection_decisions(run)
     return selection["training_length"], selection["evaluations"]
 
 
