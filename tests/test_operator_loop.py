@@ -112,7 +112,7 @@ def test_reviewed_false_alarms_are_learned_shadow_tested_and_promoted_into_the_r
         photos.mkdir()
         drop_parts(photos, "photo", 3, 0, seed=5)
         offline = subprocess.run([sys.executable, "-m", "inspector.cli", "shadow", "score", str(candidate.run.model),
-                                  str(photos), "--active", str(active), "--reviews", str(database), "--json",
+                                  "--active", str(active), "--reviews", str(database), "--photos", str(photos), "--json",
                                   "--no-progress"], capture_output=True, text=True, check=True).stdout
         offline = json.loads(offline.strip().splitlines()[-1])
         assert offline["confirmed_defects"] == offline["defects_still_caught"] == 4  # day 1 and day 2

@@ -56,9 +56,11 @@ def add_parser(sub) -> None:
         "(with --reviews) and the image files given (files or folders), the lines go to a shadow journal, and the "
         "report follows: alarms of each, disagreements, reviewed false alarms fixed, confirmed defects still caught.",
         epilog="example:\n  inspector shadow score runs/my_parts/retrained-<time>/model.onnx --active runs/my_parts/model.onnx "
-               "\\\n      --reviews journal/reviews.sqlite3 new_good_photos/")
+               "\\\n      --reviews journal/reviews.sqlite3 --photos new_good_photos/")
     offline.add_argument("candidate", type=Path)
-    offline.add_argument("paths", type=Path, nargs="*", help="image files or folders to score as well")
+    # an option, not a trailing positional: argparse drops positionals given after --active / --reviews
+    offline.add_argument("--photos", dest="paths", type=Path, nargs="+", action="extend", default=[], metavar="PATH",
+                         help="image files or folders to score as well (new photos of good parts, a recorded batch)")
     offline.add_argument("--active", type=Path, required=True, help="the active model file")
     offline.add_argument("--reviews", type=Path, help="the review database: its reviewed frames are scored and its labels joined")
     offline.add_argument("--journal", type=Path, help="where the lines go (default shadow-offline.jsonl beside the "
@@ -144,7 +146,7 @@ def shadow_score_command(args) -> int:
     if args.reviews is not None:
         _open_existing(args.reviews).close()
     if not args.paths and args.reviews is None:
-        raise InspectorError("nothing to score: give image files or folders, or --reviews DB (its reviewed frames)")
+        raise InspectorError("nothing to score: give --photos FILES/FOLDERS, or --reviews DB (its reviewed frames)")
     for path in args.paths:
         if not path.exists():
             raise InspectorError(f"{path}: no such file or folder")
@@ -153,10 +155,12 @@ def shadow_score_command(args) -> int:
     if not frames:
         raise InspectorError("nothing to score: no reviewed frames kept and no image files found")
     journal = args.journal or (args.reviews.parent if args.reviews else Path(".")) / "shadow-offline.jsonl"
-    offline_shadow(active, candidate, frames, journal, progress=not args.no_progress)
+    rejected = offline_shadow(active, candidate, frames, journal, progress=not args.no_progress)
     if not args.json:
-        print(f"{len(frames)} frame(s) scored by both models -> {journal}"
+        print(f"{len(frames) - len(rejected)} frame(s) scored by both models -> {journal}"
               + (f" ({missing} reviewed item(s) without a kept frame)" if missing else ""))
+    if rejected:
+        print(f"{len(rejected)} frame(s) not scored, e.g. {rejected[0]}", file=sys.stderr)
     print_shadow_report(shadow_report(journal, args.reviews), args.json)
     return 0
 

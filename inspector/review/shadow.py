@@ -144,8 +144,10 @@ def offline_frames(paths: list[Path], reviews: Path | None) -> tuple[list[tuple[
 
 
 def offline_shadow(active: Scorer, candidate: Scorer, frames: list[tuple[tuple, Path]], journal: Path,
-                   batch: int = 16, progress: bool = True) -> None:
-    """Score `frames` with both models and write the shadow journal the live sink would have written."""
+                   batch: int = 16, progress: bool = True) -> list[str]:
+    """Score `frames` with both models and write the shadow journal the live sink would have written;
+    returns what the active model rejected (an unreadable file, a wrong size: one message each)."""
+    rejected = []
     from tqdm import tqdm
 
     versions = (active.card.version, candidate.card.version)
@@ -158,9 +160,12 @@ def offline_shadow(active: Scorer, candidate: Scorer, frames: list[tuple[tuple, 
             now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
             pairs = zip(chunk, active.score_files(paths, heatmaps=False), candidate.score_files(paths, heatmaps=False))
             for (key, _), first, second in pairs:
-                if not first.rejected:  # as live: an item the active model rejected is not shadowed
+                if first.rejected:  # as live: an item the active model rejected is not shadowed
+                    rejected.append(first.message or first.reason)
+                else:
                     out.write(orjson.dumps(shadow_line(now, key, versions, first, second)) + b"\n")
             bar.update(len(chunk))
+    return rejected
 
 
 def shadow_lines(path: Path) -> Iterator[dict]:
