@@ -25,7 +25,8 @@ from training.fit import fit
 from training.items import random_crops
 from training.models.losses import smoothing_floor
 from training.run_folder import CHECKPOINT, LOSSES, SELECTION_LOG
-from training.selection import CheckpointSelector, synthetic_defects
+from training.frame_scores import copy_outputs, frame_outputs
+from training.selection import CheckpointSelector, synthetic_copies, synthetic_defects
 
 from .conftest import tiny_config
 
@@ -129,6 +130,25 @@ def test_synthetic_defects_change_one_patch_of_each_frame_and_nothing_else():
         (top, left), (bottom, right) = changed.min(axis=0), changed.max(axis=0)
         assert bottom - top < 32 // 3 + 1 and right - left < 32 // 3 + 1
         assert after.min() >= -1 and after.max() <= 1
+
+
+def test_a_synthetic_copy_is_scored_like_every_tile_of_it_although_only_the_touched_tiles_run(tiny_tiled_run,
+                                                                                              piped_class):
+    spec = tiny_tiled_run.card.input
+    frames = load_train_good(piped_class, spec).tensors[:3]
+    copies = synthetic_copies(frames, spec, seed=5)
+    normal, normal_owner = frame_outputs(tiny_tiled_run.scoring, frames, spec)
+    every_tile, owner = frame_outputs(tiny_tiled_run.scoring, copies, spec)
+    ran = []
+    counting = tiny_tiled_run.scoring.register_forward_hook(lambda module, args, out: ran.append(len(args[0])))
+    try:
+        touched, touched_owner = copy_outputs(tiny_tiled_run.scoring, frames, normal, normal_owner, copies, spec)
+    finally:
+        counting.remove()
+    assert np.array_equal(owner, touched_owner) and touched.keys() == every_tile.keys()
+    for name in every_tile:
+        np.testing.assert_allclose(touched[name], every_tile[name], rtol=1e-5, atol=1e-6)
+    assert 0 < sum(ran) < len(owner) / 2  # a 128x128 frame has 49 tiles of 32 px at half overlap
 
 
 def held_out_frames(config, piped_class):

@@ -35,7 +35,7 @@ from inspector.scorer import combine_score
 
 from .config import SelectionConfig
 from .diagnostics import evenly_spaced
-from .frame_scores import component_scales, frame_outputs, per_frame_max
+from .frame_scores import component_scales, copy_outputs, frame_outputs, per_frame_max
 from .torch_scoring import modes_kept
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ def synthetic_recall(scoring: nn.Module, frames: np.ndarray, spec, score: ScoreD
     these patches, so it is a guide, not a promise). None for frames of different sizes."""
     if frames.dtype == object or not len(frames):
         return None
-    defective = synthetic_copies(frames, spec, seed)
-    outputs, owner = frame_outputs(scoring, defective, spec)
+    normal, normal_owner = frame_outputs(scoring, frames, spec)
+    outputs, owner = copy_outputs(scoring, frames, normal, normal_owner, synthetic_copies(frames, spec, seed), spec)
     scores = np.nan_to_num(per_frame_max(combine_score(outputs, score), owner), nan=np.inf)
     return float(np.mean(scores >= threshold))
 
@@ -158,7 +158,7 @@ class CheckpointSelector:
                 return -float(errors.mean()), float(errors.std(ddof=1) / np.sqrt(len(errors)))
             definition = ScoreDefinition(weights=self.weights, scales=component_scales(normal, list(self.weights)),
                                          map_output=None)
-            defective, defective_owner = frame_outputs(scoring, self.defective, self.spec)
+            defective, defective_owner = copy_outputs(scoring, self.normal, normal, owner, self.defective, self.spec)
             normal_scores = per_frame_max(combine_score(normal, definition), owner)
             defective_scores = per_frame_max(combine_score(defective, definition), defective_owner)
             labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defective_scores))]
