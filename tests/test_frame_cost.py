@@ -115,3 +115,20 @@ def test_frame_rate_options_refuse_what_cannot_work_in_one_sentence(tmp_path):
     tiles = validate_train_config({"data": {"path": str(tmp_path)}}, "test")
     with pytest.raises(ConfigError, match="larger than the 640x480 frame"):
         with_frame_plan(tiles, 30, "640x480", "800x600")
+
+
+def test_plans_are_timed_with_the_exposure_step_that_trained_cards_carry(piped_class, tmp_path):
+    from inspector.scorer import Scorer
+    from training.config import validate_train_config
+    from training.frame_plan import pipeline_rate_meter
+
+    from .conftest import tiny_config
+
+    for standardise in (True, False):
+        config = validate_train_config(tiny_config(piped_class, **{
+            "input.resize": "tile", "input.standardise_frames": standardise}), "tiny")
+        folder = tmp_path / str(standardise)
+        folder.mkdir()
+        assert pipeline_rate_meter(config, folder, (96, 128))(config.input.to_spec()) > 0
+        (plan,) = folder.glob("plan_*.onnx")
+        assert (Scorer(plan).card.input.frame_level is not None) == standardise

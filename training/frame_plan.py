@@ -72,6 +72,8 @@ def pipeline_rate_meter(config, folder: Path, camera: tuple[int, int],
     weights = dict(config.score.weights)
 
     def rate(plan: ImageInput) -> float:
+        if config.input.standardise_frames:  # the trained card will carry a level: time measuring each frame's
+            plan = plan.model_copy(update={"frame_level": 0.5})  # exposure too (any level costs the same)
         write_card(graph, timing_card("plan", config.model.family, plan, weights, "anomaly_map"))
         path = folder / f"plan_{plan.tile_scale:g}_{plan.tile_overlap:g}.onnx"
         save_atomic(graph, path)
