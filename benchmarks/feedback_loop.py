@@ -293,6 +293,9 @@ def run(args) -> str:
               "model's threshold; changes are against the base model. Time: base training, retrain (fine-tune + "
               "calibration + export), recalibration.", ""]
     lines += table(rows)
+    if not args.from_rows:
+        lines += ["", f"Every run's rows, earlier drifts included, are in benchmarks/rows/{ROWS.name} (`--from-rows` "
+                  "tables them all; rows before 2026-12-03 13:00 UTC were measured without exposure standardising)."]
     return "\n".join(lines + ["", MARK_END])
 
 
