@@ -181,3 +181,23 @@ def test_the_threshold_comes_down_to_catch_confirmed_defects_but_never_onto_a_he
     assert kept.lineage.confirmed_defects == 6 and Scorer(run.model).threshold == pytest.approx(scores[2])
     caught = [r.verdict == "anomaly" for r in Scorer(run.model).score_files(defects, heatmaps=False)]
     assert sum(caught) == 4  # the two at or below the highest held-out normal score stay missed
+
+
+def test_a_threshold_no_confirmed_defect_can_lower_still_records_them_in_the_models_card(parent, tmp_path):
+    from inspector.card import Lineage
+    from training.export import replace_card
+    from training.retrain import keep_confirmed_defects
+    from training.run_folder import RunFolder
+
+    run = RunFolder.create(tmp_path / "candidate")
+    shutil.copyfile(parent / "model.onnx", run.model)
+    defects = write_parts(tmp_path / "defects", 3, seed=31, make=flat_part, defect=True)
+    scores = [r.raw for r in Scorer(run.model).score_files(defects, heatmaps=False)]
+    card = Scorer(run.model).card
+    above_all = card.calibration.model_copy(update={"threshold": max(scores) * 2,  # a held-out normal scored
+                                                    "quantiles": {**card.calibration.quantiles, "max": max(scores) * 2}})
+    card = card.with_updates(calibration=above_all, lineage=Lineage(parent="p", change="retrained", created="now"))
+    replace_card(run.model, card)
+    kept = keep_confirmed_defects(run, card, None, np.zeros((0,)), defects, seed=0, max_items=8)
+    assert kept.calibration == above_all and Scorer(run.model).card.calibration.threshold == above_all.threshold
+    assert Scorer(run.model).card.lineage.confirmed_defects == kept.lineage.confirmed_defects == 3

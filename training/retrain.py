@@ -103,8 +103,10 @@ def keep_confirmed_defects(run: RunFolder, card: ModelCard, scoring, held_out: n
     floor = calibration.quantiles.get("max", 0.0)  # the highest held-out normal score
     missed = scores[scores < calibration.threshold]
     catchable = missed[missed > floor]
-    if not len(catchable):
-        return card.with_updates(lineage=card.lineage.model_copy(update={"confirmed_defects": len(scores)}))
+    if not len(catchable):  # the threshold stays; the card still says how many confirmed defects it was held to
+        counted = card.with_updates(lineage=card.lineage.model_copy(update={"confirmed_defects": len(scores)}))
+        replace_card(run.model, counted)
+        return counted
     threshold = float(catchable.min())
     recall = synthetic_recall(scoring, held_out[:max_items], card.input, card.score, threshold, seed) if scoring else None
     updated = card.with_updates(
