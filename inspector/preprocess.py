@@ -12,6 +12,7 @@ because colour cannot be invented and silently tripling the channel would score 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -64,10 +65,12 @@ def frame_mean(pixels: np.ndarray) -> float:
     0-255 units, on an even grid of about STATISTICS_PIXELS pixels (a 1080p frame costs 2 ms, not 10).
     Saturated pixels say only "at least this bright": a brighter lamp clips more of them, and counting
     them would shift the level of every other pixel."""
-    step = max(1, int(np.sqrt(pixels.shape[0] * pixels.shape[1] / STATISTICS_PIXELS)))
+    step = max(1, int((pixels.shape[0] * pixels.shape[1] / STATISTICS_PIXELS) ** 0.5))
     grid = pixels[::step, ::step]
-    unsaturated = cv2.inRange(grid, (1,) * grid.shape[2], (254,) * grid.shape[2])
-    return float(np.mean(cv2.mean(grid, mask=unsaturated if cv2.countNonZero(unsaturated) >= 16 else None)[:grid.shape[2]]))
+    channels = grid.shape[2]
+    unsaturated = cv2.inRange(grid, (1,) * channels, (254,) * channels)
+    means = cv2.mean(grid, mask=unsaturated if cv2.countNonZero(unsaturated) >= 16 else None)
+    return float(sum(means[:channels]) / channels)  # plain Python: numpy's call costs more on a small frame
 
 
 def _normalise(pixels: np.ndarray, spec: ImageInput) -> np.ndarray:
@@ -84,24 +87,46 @@ def _normalise(pixels: np.ndarray, spec: ImageInput) -> np.ndarray:
     multiply-add per pixel, and no full-size temporaries, which matters when the daemon runs beside
     onnxruntime on two cores.
     """
-    std = np.asarray(spec.std, dtype=np.float64)
-    gain = 1.0 / 255.0  # pixels -> 0-1 units
+    channels = pixels.shape[2]
+    std, offset, white = _channel_constants(tuple(spec.mean), tuple(spec.std), channels)
     level = getattr(spec, "frame_level", None)
-    if level is not None:
+    if level is None:
+        tables = _fixed_tables(tuple(spec.mean), tuple(spec.std), channels)
+    else:
         exposure = 255.0 * level / max(frame_mean(pixels), 1e-6)
         gain = min(max(exposure, 1 / MAX_EXPOSURE_GAIN), MAX_EXPOSURE_GAIN) / 255.0
-    mean = np.asarray(spec.mean, dtype=np.float64)
-    scale = np.broadcast_to((gain / std).astype(np.float32), (pixels.shape[2],))
-    offset = np.broadcast_to((-mean / std).astype(np.float32), (pixels.shape[2],))
-    white = np.broadcast_to(((1 - mean) / std).astype(np.float32), (pixels.shape[2],))  # pixel value 1; 0 is `offset`
-    values = np.arange(256, dtype=np.float32)
-    out = np.empty((pixels.shape[2], pixels.shape[0], pixels.shape[1]), dtype=np.float32)
-    for channel, plane in enumerate(cv2.split(pixels) if pixels.shape[2] > 1 else [pixels[:, :, 0]]):
-        table = values * scale[channel] + offset[channel]
-        if level is not None:  # kept inside 0-1 pixel units: the model's range (its generator ends in tanh)
-            np.clip(table, offset[channel], white[channel], out=table)
-        out[channel] = cv2.LUT(np.ascontiguousarray(plane), table)
+        tables = _PIXEL_VALUES * (gain / std).astype(np.float32)[:, None] + offset[:, None]
+        # kept inside 0-1 pixel units: the model's range (its generator ends in tanh)
+        np.clip(tables, offset[:, None], white[:, None], out=tables)
+    out = np.empty((channels, pixels.shape[0], pixels.shape[1]), dtype=np.float32)
+    for channel, plane in enumerate(cv2.split(pixels) if channels > 1 else [pixels[:, :, 0]]):
+        cv2.LUT(np.ascontiguousarray(plane), tables[channel], dst=out[channel])
     return out
+
+
+_PIXEL_VALUES = np.arange(256, dtype=np.float32)
+
+
+@lru_cache(maxsize=64)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...],
+                       channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel: std (float64, for the gain), the normalised value of pixel 0 and of pixel 1 (float32).
+    Computed once per card: the numpy calls cost more than the table lookups on a small frame."""
+    std64 = np.broadcast_to(np.asarray(std, dtype=np.float64), (channels,))
+    mean64 = np.broadcast_to(np.asarray(mean, dtype=np.float64), (channels,))
+    constants = std64, (-mean64 / std64).astype(np.float32), ((1 - mean64) / std64).astype(np.float32)
+    for array in constants[1:]:
+        array.flags.writeable = False  # shared by every frame of the card
+    return constants
+
+
+@lru_cache(maxsize=64)
+def _fixed_tables(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> np.ndarray:
+    """The (channels, 256) tables of a card without a frame level: the same for every frame."""
+    std64, offset, _ = _channel_constants(mean, std, channels)
+    tables = _PIXEL_VALUES * (1.0 / 255.0 / std64).astype(np.float32)[:, None] + offset[:, None]
+    tables.flags.writeable = False
+    return tables
 
 
 @dataclass(frozen=True)
