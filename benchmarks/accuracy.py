@@ -283,7 +283,8 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         row["latent_search"] = latent_search_row(result.scoring, card, test.tensors, test.labels, spec, set_group(name))
     if (result.model_path.parent / "selection.json").exists():
         selection = json.loads((result.model_path.parent / "selection.json").read_text())
-        row["selection"] = {k: selection[k] for k in ("criterion", "selected_epoch", "selected_value", "training_length")
+        row["selection"] = {k: selection[k] for k in ("criterion", "selected_epoch", "selected_value", "training_length",
+                                                      "selected_components")
                             if k in selection}
     return [row]
 

@@ -6,7 +6,9 @@ synthetic_auroc  the configured score must rank held-out normal frames below cop
                  cut-paste patch (a piece of the frame moved elsewhere, brightness shifted; Li et al.,
                  CutPaste, 2021), half a Gaussian-noise patch. Patches are 1/8 to 1/3 of the model
                  input side, so they are local at tile scale. The criterion is the AUROC of that
-                 separation.
+                 separation. Each round also records that AUROC for every score component alone
+                 (`components`; `selected_components` at the exported weights): the candidates a
+                 score could be chosen from, and what the benchmark compares with real defects.
 validation_loss  the lowest mean reconstruction error (residual_mean) on held-out normal items.
 last             no evaluation: the final weights.
 Evaluations happen at `evaluations` evenly spaced epoch ends. A criterion measured on a few dozen
@@ -116,6 +118,7 @@ class CheckpointSelector:
         self.top_value, self.top_error = -np.inf, 0.0
         self.best_state: dict | None = None
         self.best_epoch: int | None = None
+        self.last_components: dict[str, float] = {}  # the latest round's self-check of each score component alone
         if self.criterion == "last":
             return
         keep = np.random.default_rng(seed).permutation(len(validation))[:settings.max_items]
@@ -164,13 +167,20 @@ class CheckpointSelector:
             labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defective_scores))]
             scores = np.nan_to_num(np.r_[normal_scores, defective_scores], nan=np.inf)
             auroc = float(roc_auc_score(labels, scores))
+            self.last_components = {  # each score component alone, for the record: the candidates a score is chosen from
+                name: float(roc_auc_score(labels, np.nan_to_num(np.r_[per_frame_max(normal[name], owner),
+                                                                      per_frame_max(defective[name], defective_owner)],
+                                                                nan=np.inf)))
+                for name in sorted(normal) if np.ndim(normal[name]) == 1}
             return auroc, auroc_standard_error(auroc, len(normal_scores), len(defective_scores))
 
     def evaluate(self, epoch: int, step: int) -> float:
         started = time.perf_counter()
+        self.last_components = {}
         value, error = self.measure_with_error()
         self.history.append({"epoch": epoch, "step": step, "value": value, "standard_error": error,
-                             "seconds": round(time.perf_counter() - started, 3)})
+                             "seconds": round(time.perf_counter() - started, 3),
+                             **({"components": self.last_components} if self.last_components else {})})
         if value > self.top_value:
             self.top_value, self.top_error = value, error
         # the latest weights within one standard error of the best so far; a later, clearly better
@@ -190,10 +200,13 @@ class CheckpointSelector:
         if self.best_state is not None:
             for name, module in self.modules.items():
                 module.load_state_dict(self.best_state[name])
+        components = next((e["components"] for e in reversed(self.history)
+                           if e["epoch"] == self.best_epoch and "components" in e), None)
         log_path.write_text(json.dumps({
             "criterion": self.criterion, "rule": "latest within one standard error of the best",
             "selected_epoch": self.best_epoch, "selected_value": self.best_value, "best_value": self.top_value,
             "best_standard_error": self.top_error, "evaluations": self.history, "held_out_items": len(self.normal),
+            **({"selected_components": components} if components else {}),
             **({"training_length": training_length} if training_length else {})}, indent=2))
         log.info("selected epoch %s by %s (%.4f)", self.best_epoch, self.criterion, self.best_value)
         if self.criterion == "synthetic_auroc" and self.top_value < WEAK_SEPARATION:
