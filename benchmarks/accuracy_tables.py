@@ -125,7 +125,29 @@ def suite_table(rows: list[dict]) -> list[str]:
             rho = spearmanr([c for c, _ in checked], [a for _, a in checked]).statistic
             lines.append(f"Rank correlation (Spearman) of the self-check with the real image AUROC, {variant} rows "
                          f"({len(checked)}): {rho:.2f}.  ")
+        lines += component_lines(variant, rs)
     return lines
+
+
+def component_lines(variant: str, rows: list[dict]) -> list[str]:
+    """Each score component's self-check next to its real AUROC (rows whose selection.json recorded them),
+    and whether the component the self-check ranks first is the best one on the real defects."""
+    sets, matches, counted = [], 0, 0
+    for r in rows:
+        checks = (r.get("selection") or {}).get("selected_components") or {}
+        both = {name: (check, r["components"][name]) for name, check in checks.items()
+                if r["components"].get(name) is not None}
+        if len(both) < 2:
+            continue
+        cells = ", ".join(f"{name} {check:.2f} / {real:.2f}" for name, (check, real) in sorted(both.items()))
+        picked = max(both, key=lambda name: both[name][0])
+        counted += 1
+        matches += both[picked][1] == max(real for _, real in both.values())
+        sets.append(f"{r['set']}: {cells}")
+    if not sets:
+        return []
+    return [f"Score components, self-check / real image AUROC of each alone, {variant} rows: " + "; ".join(sets)
+            + f". The component with the best self-check is the best on real defects on {matches} of {counted} sets.  "]
 
 
 def latent_search_table(rows: list[dict]) -> list[str]:
