@@ -39,12 +39,13 @@ def copy_outputs(scoring, originals: np.ndarray, original_outputs: dict[str, np.
     copy, as before."""
     tiles_per_original = np.bincount(original_owner, minlength=len(originals))
     first_tile = np.r_[0, np.cumsum(tiles_per_original)[:-1]]
+    original_inputs = [model_inputs(originals[i:i + 1], spec)[0] for i in range(len(originals))]  # tiled once
     taken, owners, changed, changed_at = [], [], [], []
     position = 0
     for index, copy in enumerate(copies):
         original = index % len(originals)
         inputs, _ = model_inputs(copy[None], spec)
-        before, _ = model_inputs(originals[original:original + 1], spec)
+        before = original_inputs[original]
         differs = np.any((inputs != before).reshape(len(inputs), -1), axis=1)
         taken.append(first_tile[original] + np.arange(len(inputs)))
         owners.append(np.full(len(inputs), index))
