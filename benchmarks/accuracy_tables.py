@@ -131,7 +131,7 @@ def suite_table(rows: list[dict]) -> list[str]:
 
 def component_lines(variant: str, rows: list[dict]) -> list[str]:
     """Each score component's self-check next to its real AUROC (rows whose selection.json recorded them),
-    and whether the component the self-check ranks first is the best one on the real defects."""
+    and whether the recorded component the self-check ranks first is the best of them on the real defects."""
     sets, matches, counted = [], 0, 0
     for r in rows:
         checks = (r.get("selection") or {}).get("selected_components") or {}
@@ -147,7 +147,8 @@ def component_lines(variant: str, rows: list[dict]) -> list[str]:
     if not sets:
         return []
     return [f"Score components, self-check / real image AUROC of each alone, {variant} rows: " + "; ".join(sets)
-            + f". The component with the best self-check is the best on real defects on {matches} of {counted} sets.  "]
+            + f". Of these components, the one with the best self-check is the best on real defects on {matches} of "
+            f"{counted} sets.  "]
 
 
 def latent_search_table(rows: list[dict]) -> list[str]:
