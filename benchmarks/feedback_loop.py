@@ -299,9 +299,20 @@ def run(args) -> str:
     return "\n".join(lines + ["", MARK_END])
 
 
+def drift_names(text: str) -> str:
+    """--drifts, checked before any training starts."""
+    import argparse
+
+    unknown = [name for name in text.split(",") if name not in DRIFTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown drift {unknown[0]!r}: choose from {', '.join(DRIFTS)}")
+    return text
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--sets", default=",".join(DEFAULT_SETS))
-    parser.add_argument("--drifts", default=",".join(DEFAULT_DRIFTS), help=f"any of {', '.join(DRIFTS)}")
+    parser.add_argument("--drifts", default=",".join(DEFAULT_DRIFTS), type=drift_names,
+                        help=f"comma-separated, any of {', '.join(DRIFTS)}")
     parser.add_argument("--budget-s", type=float, default=180.0, help="retrain's fine-tuning budget")
     parser.add_argument("--work", default="/tmp/qi_feedback_loop")
     parser.add_argument("--from-rows", action="store_true", help=f"run nothing: the table of every row in {ROWS.name} "
