@@ -264,7 +264,7 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         first = list_images(config.data.resolved_path / "test" / "good")[0]
         tiles = len(tiles_from_frame(frame_tensor(read_image(first), spec), spec)[0])
     row = {
-        "set": name, "variant": variant, "score": "+".join(config.score.weights),
+        "set": name, "variant": variant, "score": "+".join(card.score.weights),  # the recipe may choose it
         "image_auroc": m.get("image_auroc"), "average_precision": m.get("average_precision"),
         "f1": m["f1"], "false_alarm_rate": m["false_alarm_rate"], "pixel_auroc": m.get("pixel_auroc"),
         "train_seconds": card.training.train_seconds, "wall_seconds": round(wall, 1),
@@ -284,7 +284,7 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
     if (result.model_path.parent / "selection.json").exists():
         selection = json.loads((result.model_path.parent / "selection.json").read_text())
         row["selection"] = {k: selection[k] for k in ("criterion", "selected_epoch", "selected_value", "training_length",
-                                                      "selected_components")
+                                                      "selected_components", "score_choice")
                             if k in selection}
     return [row]
 

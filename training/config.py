@@ -224,6 +224,10 @@ class ScoreConfig(Strict):
     memory_size: Annotated[int, Field(ge=1, le=262_144)] = 16_384
     # latent_lof: neighbours of the local outlier factor (20 as in Breunig et al. and scikit-learn)
     lof_neighbors: Annotated[int, Field(ge=1, le=1024)] = 20
+    # self_check: after training, a score component alone replaces the weights when its synthetic-defect
+    # self-check is clearly better (training.score_choice); fixed: the weights as given. Unset, it is
+    # fixed when the config states weights (the user's score) and self_check when it leaves them to the recipe.
+    choice: Literal["self_check", "fixed"] | None = None
 
     @field_validator("weights")
     @classmethod
@@ -292,6 +296,8 @@ class TrainConfig(Strict):
     @model_validator(mode="after")
     def _geometry(self) -> "TrainConfig":
         family = self.model.family
+        if self.score.choice is None:  # before any default weights are filled in below
+            self.score.choice = "fixed" if "weights" in self.score.model_fields_set else "self_check"
         if self.model.backbone != "none":
             self._check_backbone()
             return self._common_checks()

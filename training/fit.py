@@ -37,6 +37,7 @@ from .frame_scores import component_scales, frame_outputs, model_inputs, per_fra
 from .items import Items, items_of
 from .quantize import export_int8
 from .run_folder import RunFolder
+from .score_choice import choose_score
 from .selection import synthetic_recall
 from .torch_scoring import run_scoring
 
@@ -183,8 +184,10 @@ def memory_description(scoring, item: str) -> str:
 
 def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, held_out_frames: np.ndarray,
                          all_normal: np.ndarray, progress: bool, lineage: Lineage | None = None) -> ModelCard:
-    """After training on images: component scales and threshold from the held-out normal frames (or
-    cross-fitted over `all_normal`), the synthetic self-check, then model.onnx with its card."""
+    """After training on images: the score (training.score_choice), component scales and threshold
+    from the held-out normal frames (or cross-fitted over `all_normal`), the synthetic self-check, then
+    model.onnx with its card."""
+    config = choose_score(config, run)
     spec = config.input.to_spec()
     held_out, owner = model_inputs(held_out_frames, spec)
     outputs = run_scoring(scoring, held_out, keep_maps=False)

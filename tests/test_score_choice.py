@@ -1,0 +1,81 @@
+"""The recipe chooses its score from the self-check on held-out normal images, by a fixed rule, and
+only when the user left the score to it."""
+
+from __future__ import annotations
+
+import json
+
+from training.config import validate_train_config
+from training.score_choice import decide
+
+from .conftest import tiny_config
+
+
+def test_the_configured_score_stays_when_no_component_is_better_beyond_the_noise():
+    components = {"residual_max": 0.62, "residual_mean": 0.65}
+    assert decide({"residual_max": 1.0}, 0.62, 0.04, components) == {"residual_max": 1.0}
+
+
+def test_a_component_clearly_better_than_the_configured_score_replaces_it():
+    components = {"residual_max": 0.60, "residual_mean": 0.75}
+    assert decide({"residual_max": 1.0}, 0.60, 0.04, components) == {"residual_mean": 1.0}
+
+
+def test_a_combined_score_gives_way_only_to_a_component_beating_the_combination():
+    weights = {"residual_max": 1.0, "latent_distance": 1.0}
+    assert decide(weights, 0.80, 0.03, {"residual_max": 0.82, "latent_distance": 0.70}) == weights
+    assert decide(weights, 0.70, 0.03, {"residual_max": 0.82, "latent_distance": 0.60}) == {"residual_max": 1.0}
+
+
+def test_nothing_self_checked_keeps_the_configured_score():
+    assert decide({"residual_max": 1.0}, 0.7, 0.03, {}) == {"residual_max": 1.0}
+
+
+def test_the_score_is_chosen_only_when_the_config_leaves_it_to_the_recipe(tmp_path):
+    left = validate_train_config({"data": {"path": str(tmp_path)}}, "no score")
+    stated = validate_train_config({"data": {"path": str(tmp_path)}, "score": {"weights": {"residual_max": 1.0}}},
+                                   "stated score")
+    pooled = validate_train_config({"data": {"path": str(tmp_path)}, "score": {"pool_kernel": 5}}, "pooling only")
+    forced = validate_train_config({"data": {"path": str(tmp_path)}, "score": {"weights": {"residual_max": 1.0},
+                                                                               "choice": "self_check"}}, "asked")
+    assert (left.score.choice, stated.score.choice, pooled.score.choice, forced.score.choice) == (
+        "self_check", "fixed", "self_check", "self_check")
+    # a run folder's config.json states every field: a fine-tune keeps the choice its parent was trained with
+    assert validate_train_config(json.loads(left.model_dump_json()), "config.json").score.choice == "self_check"
+
+
+def test_a_trained_model_is_exported_with_the_score_its_selection_record_chose(piped_class, tmp_path):
+    """A real (tiny) training run with the choice on: selection.json states the rule, every candidate's
+    self-check and the choice, and both the card and the run's config.json carry the chosen score."""
+    from inspector.scorer import Scorer
+    from training.fit import fit
+
+    config = validate_train_config(tiny_config(piped_class, **{"score.choice": "self_check",
+                                                               "selection.evaluations": 2}), "tiny")
+    result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
+    choice = json.loads((tmp_path / "run" / "selection.json").read_text())["score_choice"]
+    assert set(choice["candidates"]) == {"residual_max", "residual_mean"}  # what the scoring graph computes
+    assert choice["configured"] == {"residual_max": 1.0}
+    assert choice["chosen"] == decide(choice["configured"], choice["configured_value"], choice["standard_error"],
+                                      choice["candidates"])
+    assert Scorer(result.model_path).card.score.weights == choice["chosen"]
+    recorded = validate_train_config(json.loads((tmp_path / "run" / "config.json").read_text()), "config.json")
+    assert recorded.score.weights == choice["chosen"]
+
+
+def test_a_score_at_chance_on_the_self_check_is_replaced_in_the_card_and_the_run_config(piped_class, tmp_path):
+    """The switch end to end: after 4 steps the code difference (latent_distance) cannot tell a
+    synthetic patch from a clean frame (self-check 0.5), the local residual can; asked to choose, the
+    recipe exports residual_max, with its own scale and threshold."""
+    from inspector.scorer import Scorer
+    from training.fit import fit
+
+    config = validate_train_config(tiny_config(piped_class, **{
+        "score.weights": {"latent_distance": 1.0}, "score.choice": "self_check", "selection.evaluations": 2}), "tiny")
+    result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
+    choice = json.loads((tmp_path / "run" / "selection.json").read_text())["score_choice"]
+    assert choice["configured_value"] + choice["standard_error"] < choice["candidates"]["residual_max"]
+    card = Scorer(result.model_path).card
+    assert card.score.weights == choice["chosen"] == {"residual_max": 1.0}
+    assert set(card.score.scales) == {"residual_max"}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["score"]["weights"] == {"residual_max": 1.0}
