@@ -79,3 +79,18 @@ def test_a_score_at_chance_on_the_self_check_is_replaced_in_the_card_and_the_run
     assert card.score.weights == choice["chosen"] == {"residual_max": 1.0}
     assert set(card.score.scales) == {"residual_max"}
     assert json.loads((tmp_path / "run" / "config.json").read_text())["score"]["weights"] == {"residual_max": 1.0}
+
+
+def test_inspector_train_says_when_it_chose_another_score(piped_class, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "--log-level", "WARNING", "train", "--data", str(piped_class),
+         "--out", str(tmp_path / "run"), "--steps", "4", "--no-progress", "--no-evaluate",
+         "--set", "input.height=32", "--set", "input.width=32", "--set", "input.resize=stretch",
+         "--set", "model.base_width=8", "--set", "train.threads=1", "--set", "selection.evaluations=2",
+         "--set", "score.weights={latent_distance: 1.0}", "--set", "score.choice=self_check"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "score: residual_max (self-check " in result.stdout and " instead of latent_distance (" in result.stdout

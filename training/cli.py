@@ -179,6 +179,13 @@ def train(args) -> int:
         print(f"length: {length['steps']} steps in {length['blocks']} block(s) of {length['block_steps']}; ended by "
               f"{length['stopped_by']} (at most {length['max_blocks']} blocks; train.budget_s sets the time)")
     checked = selection.get("selected_value")
+    choice = selection.get("score_choice")
+    if choice and choice["chosen"] != choice["configured"]:
+        chosen = "+".join(choice["chosen"])
+        checked = choice["candidates"][chosen]
+        print(f"score: {chosen} (self-check {checked:.2f}) instead of {'+'.join(choice['configured'])} "
+              f"({choice['configured_value']:.2f} +- {choice['standard_error']:.2f}): clearly better on the "
+              "synthetic defects (selection.json score_choice; score.weights fixes the score)")
     if checked is not None and selection.get("criterion") == "synthetic_auroc":
         meaning = ("weak: expect many missed defects" if checked < WEAK_SEPARATION
                    else "higher predicts a better real AUROC, not its value")
