@@ -27,6 +27,13 @@ def test_a_combined_score_gives_way_only_to_a_component_beating_the_combination(
     assert decide(weights, 0.70, 0.03, {"residual_max": 0.82, "latent_distance": 0.60}) == {"residual_max": 1.0}
 
 
+def test_a_memory_component_is_never_the_whole_score_however_well_it_checks():
+    components = {"patch_residual": 0.60, "patch_knn": 0.95}
+    weights = {"patch_residual": 1.0, "patch_knn": 1.0}
+    assert decide(weights, 0.70, 0.03, components) == weights
+    assert decide({"residual_max": 1.0}, 0.60, 0.03, {"residual_max": 0.60, "latent_knn": 0.9}) == {"residual_max": 1.0}
+
+
 def test_nothing_self_checked_keeps_the_configured_score():
     assert decide({"residual_max": 1.0}, 0.7, 0.03, {}) == {"residual_max": 1.0}
 

@@ -4,14 +4,17 @@ Candidates: the configured score and every score component alone, each self-chec
 exported weights by checkpoint selection (the synthetic-defect AUROC on held-out normal images:
 selection.json `selected_value` and `selected_components`; never test/).
 
-Rule (fixed before any suite result was looked at under it): the configured score stays unless one
-component alone beats its self-check by more than the configured score's standard error: the
-one-standard-error rule that also picks the checkpoint (training.selection). A difference within
-the noise of a few dozen held-out images is no reason to move; a clear one is. The choice is made
-only when the config leaves the score to the recipe (`score.choice: self_check`, the default when
-`score.weights` is not given); a stated score is the user's. The decision, every candidate's value
-and the rule go into selection.json (`score_choice`), and the run's config.json records the score
-the model was exported with, so a fine-tuning run starts from it.
+Rule: the configured score stays unless one component alone beats its self-check by more than the
+configured score's standard error: the one-standard-error rule that also picks the checkpoint
+(training.selection). A difference within the noise of a few dozen held-out images is no reason to
+move; a clear one is. (The rule follows the checkpoint rule, not the suite's test numbers, which
+would favour taking the best self-check outright: see RESULTS.) A memory component (nearest normal
+code or patch) is never chosen alone: the model is a GAN, and its score keeps one of the GAN's
+residuals, a memory only beside it. The choice is made only when the config leaves the score to the
+recipe (`score.choice: self_check`, the default when `score.weights` is not given); a stated score is
+the user's. The decision, every candidate's value and the rule go into selection.json
+(`score_choice`), and the run's config.json records the score the model was exported with, so a
+fine-tuning run starts from it.
 """
 
 from __future__ import annotations
@@ -24,17 +27,19 @@ from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
+MEMORY_COMPONENTS = frozenset({"latent_knn", "latent_lof", "patch_knn"})  # never the whole score
 RULE = ("the configured score unless one component alone beats its self-check by more than the configured "
-        "score's standard error")
+        "score's standard error; a memory component (latent_knn, latent_lof, patch_knn) is never the whole score")
 
 
 def decide(configured: dict[str, float], configured_value: float, standard_error: float,
            components: dict[str, float]) -> dict[str, float]:
     """The score weights the rule picks: `configured`, or {component: 1.0} for a clearly better one."""
-    if not components:
+    candidates = {name: value for name, value in components.items() if name not in MEMORY_COMPONENTS}
+    if not candidates:
         return dict(configured)
-    best = max(sorted(components), key=lambda name: components[name])  # sorted: ties go to the first name
-    if components[best] > configured_value + standard_error and {best: 1.0} != configured:
+    best = max(sorted(candidates), key=lambda name: candidates[name])  # sorted: ties go to the first name
+    if candidates[best] > configured_value + standard_error and {best: 1.0} != configured:
         return {best: 1.0}
     return dict(configured)
 
