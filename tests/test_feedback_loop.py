@@ -53,7 +53,7 @@ def normalised(model, paths) -> np.ndarray:
 
 
 def test_recalibration_sets_the_threshold_on_new_good_photos_and_keeps_the_graph(parent, tmp_path):
-    good = write_parts(tmp_path / "good", 40, seed=11)
+    write_parts(tmp_path / "good", 40, seed=11)  # the new good photos recalibration reads
     fresh = write_parts(tmp_path / "fresh", 30, seed=12)
     assert (normalised(parent / "model.onnx", fresh) >= 1).mean() > 0.5  # the drift: most good parts alarm
     result = subprocess.run([sys.executable, "-m", "inspector.cli", "recalibrate", str(parent), "--good",
