@@ -145,10 +145,10 @@ def component_aurocs(config, result) -> dict[str, float]:
         scoring = result.scoring
     else:
         scoring = GANomalyScoring(result.generator, config.score.pool_kernel, config.score.residual, with_latent=True,
-                                  nearest_code=scored_memory(result.scoring))
+                                  nearest_code=scored_memory(result.scoring), with_structure=True)
     outputs, owner = frame_outputs(scoring, test.tensors, spec)
     return {name: float(roc_auc_score(test.labels, per_frame_max(outputs[name].reshape(-1), owner)))
-            for name in COMPONENTS if name in outputs}
+            for name in (*COMPONENTS, "structure_max") if name in outputs}  # structure_max: suite rows only
 
 
 def latent_search_row(scoring, card, frames, labels, spec, group: str) -> dict:

@@ -90,35 +90,45 @@ def steps_cell(row: dict) -> str:
     return f"{row['steps']} ({length['blocks']} x {length['block_steps']}; {length['stopped_by']})"
 
 
+def exported_check(row: dict) -> float | None:
+    """The self-check of the score the row's model was exported with (the chosen one when the recipe
+    replaced the configured score; training.score_choice)."""
+    selection = row.get("selection") or {}
+    choice = selection.get("score_choice")
+    if choice and choice["chosen"] != choice["configured"]:
+        return choice["candidates"]["+".join(choice["chosen"])]
+    return selection.get("selected_value")
+
+
 def suite_table(rows: list[dict]) -> list[str]:
     """The harder suite per variant: every set, then the mean and the worst set of each variant."""
     lines = ["Surfaces unlike PIPED, trained with no config (as `inspector train --data DIR`). Self-check: the "
              "label-free synthetic-defect AUROC on held-out normal images at the exported checkpoint "
              "(selection.json); the reference has none.", "",
-             "| set | variant | image AUROC | pixel AUROC | F1 @thr | FAR test/good | FAR x0.7 | FAR x1.3 | self-check "
-             "| AUROC patch res. | AUROC patch kNN | MFLOPs/frame | train s | steps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| set | variant | score | image AUROC | pixel AUROC | F1 @thr | FAR test/good | FAR x0.7 | FAR x1.3 "
+             "| self-check | AUROC patch res. | AUROC patch kNN | MFLOPs/frame | train s | steps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_variant: dict[str, list[dict]] = {}
     for r in rows:
         by_variant.setdefault(variant_label(r), []).append(r)
     for variant, rs in by_variant.items():
         for r in rs:
-            check = (r.get("selection") or {}).get("selected_value")
+            check = exported_check(r)
             dark, bright = (r.get("far_brightness") or {}).get("0.7"), (r.get("far_brightness") or {}).get("1.3")
-            lines.append(f"| {r['set']} | {variant} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | "
+            lines.append(f"| {r['set']} | {variant} | {r.get('score') or '–'} | {fmt(r['image_auroc'])} | "
+                         f"{fmt(r['pixel_auroc'])} | "
                          f"{fmt(r['f1'])} | {fmt(r['false_alarm_rate'])} | {fmt(dark)} | {fmt(bright)} | {fmt(check)} | "
                          f"{fmt(r['components'].get('patch_residual'))} | {fmt(r['components'].get('patch_knn'))} | "
                          f"{r['mflops_per_frame']:.0f} | {r['train_seconds']:.0f} | {steps_cell(r)} |")
         aurocs = [r["image_auroc"] for r in rs]
         worst = min(rs, key=lambda r: r["image_auroc"])
-        lines.append(f"| **mean of {len(rs)}** | {variant} | **{fmt(np.mean(aurocs))}** | | "
+        lines.append(f"| **mean of {len(rs)}** | {variant} | | **{fmt(np.mean(aurocs))}** | | "
                      f"**{fmt(np.mean([r['f1'] for r in rs]))}** | {fmt(np.mean([r['false_alarm_rate'] for r in rs]))} "
                      f"| | | | | | | {np.mean([r['train_seconds'] for r in rs]):.0f} | |")
-        lines.append(f"| worst: {worst['set']} | {variant} | {fmt(worst['image_auroc'])} | | | | | | | | | | | |")
+        lines.append(f"| worst: {worst['set']} | {variant} | | {fmt(worst['image_auroc'])} | | | | | | | | | | | |")
     lines.append("")
     for variant, rs in by_variant.items():
-        checked = [(r["selection"]["selected_value"], r["image_auroc"]) for r in rs
-                   if (r.get("selection") or {}).get("selected_value") is not None]
+        checked = [(exported_check(r), r["image_auroc"]) for r in rs if exported_check(r) is not None]
         if len(checked) >= 3:
             from scipy.stats import spearmanr
 

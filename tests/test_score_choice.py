@@ -61,19 +61,23 @@ def test_a_trained_model_is_exported_with_the_score_its_selection_record_chose(p
                                                                "selection.evaluations": 2}), "tiny")
     result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
     choice = json.loads((tmp_path / "run" / "selection.json").read_text())["score_choice"]
-    assert set(choice["candidates"]) == {"residual_max", "residual_mean"}  # what the scoring graph computes
+    # what the scoring graph computes: structure_max is built as a candidate while the recipe chooses
+    assert set(choice["candidates"]) == {"residual_max", "residual_mean", "structure_max"}
     assert choice["configured"] == {"residual_max": 1.0}
     assert choice["chosen"] == decide(choice["configured"], choice["configured_value"], choice["standard_error"],
                                       choice["candidates"])
-    assert Scorer(result.model_path).card.score.weights == choice["chosen"]
+    scorer = Scorer(result.model_path)
+    assert scorer.card.score.weights == choice["chosen"]
+    # the graph computes structure_max only when it is the score: a candidate left out costs nothing on the line
+    assert ("structure_max" in scorer.output_names) == ("structure_max" in choice["chosen"])
     recorded = validate_train_config(json.loads((tmp_path / "run" / "config.json").read_text()), "config.json")
     assert recorded.score.weights == choice["chosen"]
 
 
 def test_a_score_at_chance_on_the_self_check_is_replaced_in_the_card_and_the_run_config(piped_class, tmp_path):
     """The switch end to end: after 4 steps the code difference (latent_distance) cannot tell a
-    synthetic patch from a clean frame (self-check 0.5), the local residual can; asked to choose, the
-    recipe exports residual_max, with its own scale and threshold."""
+    synthetic patch from a clean frame (self-check 0.5), the local residual and structure can; asked to
+    choose, the recipe exports the best of them, with its own scale and threshold."""
     from inspector.scorer import Scorer
     from training.fit import fit
 
@@ -81,11 +85,13 @@ def test_a_score_at_chance_on_the_self_check_is_replaced_in_the_card_and_the_run
         "score.weights": {"latent_distance": 1.0}, "score.choice": "self_check", "selection.evaluations": 2}), "tiny")
     result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
     choice = json.loads((tmp_path / "run" / "selection.json").read_text())["score_choice"]
-    assert choice["configured_value"] + choice["standard_error"] < choice["candidates"]["residual_max"]
+    best = max(choice["candidates"], key=choice["candidates"].get)
+    assert best != "latent_distance"
+    assert choice["configured_value"] + choice["standard_error"] < choice["candidates"][best]
     card = Scorer(result.model_path).card
-    assert card.score.weights == choice["chosen"] == {"residual_max": 1.0}
-    assert set(card.score.scales) == {"residual_max"}
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["score"]["weights"] == {"residual_max": 1.0}
+    assert card.score.weights == choice["chosen"] == {best: 1.0}
+    assert set(card.score.scales) == {best}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["score"]["weights"] == {best: 1.0}
 
 
 def test_inspector_train_says_when_it_chose_another_score(piped_class, tmp_path):
@@ -100,4 +106,32 @@ def test_inspector_train_says_when_it_chose_another_score(piped_class, tmp_path)
          "--set", "score.weights={latent_distance: 1.0}", "--set", "score.choice=self_check"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "score: residual_max (self-check " in result.stdout and " instead of latent_distance (" in result.stdout
+    chosen = json.loads((tmp_path / "run" / "selection.json").read_text())["score_choice"]["chosen"]
+    assert chosen != {"latent_distance": 1.0}
+    assert f"score: {'+'.join(chosen)} (self-check " in result.stdout and " instead of latent_distance (" in result.stdout
+
+
+def test_structure_scores_a_changed_texture_above_a_uniform_brightness_offset():
+    """structure_max (1 - SSIM) is the candidate that looks at local structure: a reconstruction off by
+    a uniform offset is nearly perfect to it, one with the texture scrambled is not."""
+    import torch
+
+    from training.models.ganomaly import structure_map
+
+    torch.manual_seed(0)
+    texture = torch.rand(1, 3, 32, 32) * 1.6 - 0.8
+    offset = texture + 0.2
+    scrambled = texture.flatten(2)[..., torch.randperm(32 * 32)].view_as(texture) * 0.5
+    assert float(structure_map(texture, texture).abs().max()) < 1e-6
+    assert float(structure_map(texture, offset).mean()) < 0.1 < float(structure_map(texture, scrambled).mean())
+
+
+def test_structure_is_an_image_score_a_table_config_cannot_ask_for(tmp_path):
+    import pytest
+
+    from inspector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="structure_max is scored on images only"):
+        validate_train_config({"data": {"kind": "table", "path": str(tmp_path / "rows.csv"), "label": "label",
+                                        "normal_values": ["normal"]},
+                               "score": {"weights": {"structure_max": 1.0}}}, "table.yaml")

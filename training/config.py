@@ -18,7 +18,7 @@ from inspector.errors import ConfigError, describe_validation_error
 from inspector.strict import Strict
 
 from .data import data_root
-from .models.registry import BACKBONE_COMPONENTS, FAMILIES
+from .models.registry import BACKBONE_COMPONENTS, FAMILIES, IMAGE_ONLY_COMPONENTS
 
 
 def expand_data_path(path: str) -> Path:
@@ -232,8 +232,8 @@ class ScoreConfig(Strict):
     @field_validator("weights")
     @classmethod
     def _known_components(cls, weights: dict[str, float]) -> dict[str, float]:
-        known = {"latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual",
-                 *BACKBONE_COMPONENTS}
+        known = {"latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "structure_max",
+                 "feature_residual", *BACKBONE_COMPONENTS}
         unknown = set(weights) - known
         if unknown or not weights:
             raise ValueError(f"score components must be among {sorted(known)}, got {sorted(weights)}")
@@ -333,6 +333,9 @@ class TrainConfig(Strict):
                              f"({self.score.memory_size}): latent_lof compares each code with that many others")
         if self.selection.criterion is None:
             self.selection.criterion = "last" if self.data.kind == "table" else "synthetic_auroc"
+        if self.data.kind == "table" and IMAGE_ONLY_COMPONENTS & set(self.score.weights):
+            raise ValueError(f"score.weights: {', '.join(sorted(IMAGE_ONLY_COMPONENTS & set(self.score.weights)))} "
+                             "is scored on images only")
         if self.data.kind == "table" and self.selection.criterion == "synthetic_auroc":
             raise ValueError("selection.criterion synthetic_auroc is for images; use validation_loss or last for tables")
         if self.export.precision == "int8":

@@ -188,6 +188,8 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     from the held-out normal frames (or cross-fitted over `all_normal`), the synthetic self-check, then
     model.onnx with its card."""
     config = choose_score(config, run)
+    if hasattr(scoring, "with_structure"):  # a candidate that was not chosen is not exported (its cost per frame)
+        scoring.with_structure = "structure_max" in config.score.weights
     spec = config.input.to_spec()
     held_out, owner = model_inputs(held_out_frames, spec)
     outputs = run_scoring(scoring, held_out, keep_maps=False)

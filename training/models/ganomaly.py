@@ -9,6 +9,9 @@ Scoring outputs (`GANomalyScoring`, the module that is exported to ONNX):
   latent_distance  mean (E(x) - E'(G(x)))^2            -- the paper's score
   residual_mean    mean of the per-pixel error          -- global reconstruction error
   residual_max     max of the locally averaged error    -- small local defects (specks, cracks)
+  structure_max    max of 1 - SSIM between the input and its reconstruction (7x7 windows; Bergmann et
+                   al., 2019: structure, not intensity, on textured surfaces) -- a candidate of the
+                   recipe's score choice, exported only when scored or to be chosen
   latent_knn       distance of E(x) to the nearest normal training code (with a memory, memory.py)
   latent_lof       local outlier factor of E(x) among the normal training codes (memory.py)
   anomaly_map      the locally averaged error map (N, 1, H, W), the heatmap
@@ -74,11 +77,33 @@ def residual_map(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> to
     return error.mean(dim=1, keepdim=True)
 
 
+STRUCTURE_WINDOW = 7  # Bergmann et al. used 11 px windows on 128 px crops; the default tile is 64 px
+
+
+def structure_map(x: torch.Tensor, reconstruction: torch.Tensor, window: int = STRUCTURE_WINDOW) -> torch.Tensor:
+    """Per-pixel structural dissimilarity (1 - SSIM) / 2 in [0, 1] over `window`-pixel windows,
+    averaged over channels: (N, 1, H, W). Inputs in [-1, 1], taken to [0, 1] first: SSIM's luminance
+    term assumes intensities >= 0 (around 0 it would call any offset total dissimilarity). Unlike the
+    squared residual it scores a change of local contrast and correlation more than an intensity offset."""
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    x, reconstruction = (x + 1) / 2, (reconstruction + 1) / 2
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.avg_pool2d(t, window, stride=1, padding=window // 2, count_include_pad=False)
+
+    mu_x, mu_y = mean(x), mean(reconstruction)
+    var_x = mean(x * x) - mu_x * mu_x
+    var_y = mean(reconstruction * reconstruction) - mu_y * mu_y
+    covariance = mean(x * reconstruction) - mu_x * mu_y
+    ssim = ((2 * mu_x * mu_y + c1) * (2 * covariance + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    return ((1 - ssim) / 2).mean(dim=1, keepdim=True)
+
+
 class GANomalyScoring(nn.Module):
     """Exportable scorer: image batch in, named score components and the anomaly map out."""
 
     def __init__(self, generator: GANomaly, pool_kernel: int = 9, residual: str = "l2", with_latent: bool = True,
-                 nearest_code: NearestCode | None = None):
+                 nearest_code: NearestCode | None = None, with_structure: bool = False):
         super().__init__()
         if residual not in ("l1", "l2"):
             raise ValueError(f"residual must be 'l1' or 'l2', got {residual!r}")
@@ -87,6 +112,7 @@ class GANomalyScoring(nn.Module):
         self.residual = residual
         self.with_latent = with_latent  # the second encoder costs a third of the FLOPs: export it only if scored
         self.nearest_code = nearest_code
+        self.with_structure = with_structure  # structure_max: a few more pooled maps; only when scored or a candidate
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         generator = self.generator
@@ -102,5 +128,7 @@ class GANomalyScoring(nn.Module):
             outputs.update(self.nearest_code(latent_in.flatten(1)))
         outputs["residual_mean"] = error.flatten(1).mean(dim=1)
         outputs["residual_max"] = anomaly_map.flatten(1).amax(dim=1)
+        if self.with_structure:
+            outputs["structure_max"] = structure_map(image, reconstruction).flatten(1).amax(dim=1)
         outputs["anomaly_map"] = anomaly_map
         return outputs

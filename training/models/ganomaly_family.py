@@ -47,8 +47,10 @@ def generator_scoring(config, shape, generator: nn.Module, nearest_code) -> nn.M
     with_latent = "latent_distance" in config.score.weights
     if isinstance(shape, TableShape):
         return TabularScoring(generator, with_latent=with_latent, nearest_code=nearest_code)
+    # structure_max when scored, or as a candidate while the recipe chooses the score (training.score_choice)
+    with_structure = "structure_max" in config.score.weights or config.score.choice == "self_check"
     return GANomalyScoring(generator, config.score.pool_kernel, config.score.residual, with_latent=with_latent,
-                           nearest_code=nearest_code)
+                           nearest_code=nearest_code, with_structure=with_structure)
 
 
 def ganomaly_optimizers(generator: nn.Module, discriminator: nn.Module, config) -> dict[str, torch.optim.Optimizer]:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 # model.backbone (pretrained features): GANomaly on the backbone's feature maps, and what it scores
 BACKBONE_FAMILY = "training.models.feature_ganomaly:FeatureGANomalyFamily"
 BACKBONE_COMPONENTS = frozenset({"patch_residual", "patch_knn"})
-GENERATOR_COMPONENTS = frozenset({"latent_distance", "residual_mean", "residual_max", "latent_knn", "latent_lof"})
+GENERATOR_COMPONENTS = frozenset({"latent_distance", "residual_mean", "residual_max", "structure_max", "latent_knn",
+                                  "latent_lof"})
+IMAGE_ONLY_COMPONENTS = frozenset({"structure_max"})  # a window over pixels: no meaning for a table row
 
 
 @dataclass(frozen=True)
