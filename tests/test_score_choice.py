@@ -135,3 +135,16 @@ def test_structure_is_an_image_score_a_table_config_cannot_ask_for(tmp_path):
         validate_train_config({"data": {"kind": "table", "path": str(tmp_path / "rows.csv"), "label": "label",
                                         "normal_values": ["normal"]},
                                "score": {"weights": {"structure_max": 1.0}}}, "table.yaml")
+
+
+def test_the_cost_of_structure_is_counted_only_when_it_is_exported():
+    import torch
+
+    from training.flops import count_flops
+    from training.models.ganomaly import STRUCTURE_WINDOW, GANomaly, GANomalyScoring, GANomalyShape
+
+    generator = GANomaly(GANomalyShape(32, 32, 3, base_width=4, latent_dim=8))
+    example = torch.rand(1, 3, 32, 32) * 2 - 1
+    without = count_flops(GANomalyScoring(generator, with_latent=False), example)
+    with_structure = count_flops(GANomalyScoring(generator, with_latent=False, with_structure=True), example)
+    assert with_structure - without == 32 * 32 * 3 * (5 * STRUCTURE_WINDOW ** 2 + 20)

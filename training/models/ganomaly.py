@@ -114,6 +114,15 @@ class GANomalyScoring(nn.Module):
         self.nearest_code = nearest_code
         self.with_structure = with_structure  # structure_max: a few more pooled maps; only when scored or a candidate
 
+    @property
+    def flops_per_item(self) -> int:
+        """structure_max's work outside layers (for training.flops): five box means of window^2 additions
+        per pixel and channel, and about 20 element-wise operations per pixel and channel."""
+        if not self.with_structure:
+            return 0
+        shape = self.generator.shape
+        return shape.height * shape.width * shape.channels * (5 * STRUCTURE_WINDOW ** 2 + 20)
+
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         generator = self.generator
         latent_in = generator.encoder(image)
