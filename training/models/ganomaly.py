@@ -80,21 +80,26 @@ def residual_map(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> to
 STRUCTURE_WINDOW = 7  # Bergmann et al. used 11 px windows on 128 px crops; the default tile is 64 px
 
 
+def box_mean(maps: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean of every window x window neighbourhood, border windows over their pixels inside the map
+    (as avg_pool2d with count_include_pad=False), computed as a depthwise convolution: on the CPU
+    several times faster than the pooling kernel, in torch and in onnxruntime."""
+    channels, pad = maps.shape[1], window // 2
+    sums = nn.functional.conv2d(maps, maps.new_ones((channels, 1, window, window)), padding=pad, groups=channels)
+    counts = nn.functional.conv2d(maps.new_ones((1, 1, *maps.shape[-2:])), maps.new_ones((1, 1, window, window)),
+                                  padding=pad)
+    return sums / counts
+
+
 def structure_map(x: torch.Tensor, reconstruction: torch.Tensor, window: int = STRUCTURE_WINDOW) -> torch.Tensor:
     """Per-pixel structural dissimilarity (1 - SSIM) / 2 in [0, 1] over `window`-pixel windows,
     averaged over channels: (N, 1, H, W). Inputs in [-1, 1], taken to [0, 1] first: SSIM's luminance
     term assumes intensities >= 0 (around 0 it would call any offset total dissimilarity). Unlike the
     squared residual it scores a change of local contrast and correlation more than an intensity offset."""
     c1, c2 = 0.01 ** 2, 0.03 ** 2
-    x, reconstruction = (x + 1) / 2, (reconstruction + 1) / 2
-
-    def mean(t: torch.Tensor) -> torch.Tensor:
-        return nn.functional.avg_pool2d(t, window, stride=1, padding=window // 2, count_include_pad=False)
-
-    mu_x, mu_y = mean(x), mean(reconstruction)
-    var_x = mean(x * x) - mu_x * mu_x
-    var_y = mean(reconstruction * reconstruction) - mu_y * mu_y
-    covariance = mean(x * reconstruction) - mu_x * mu_y
+    x, y = (x + 1) / 2, (reconstruction + 1) / 2
+    mu_x, mu_y, xx, yy, xy = box_mean(torch.cat([x, y, x * x, y * y, x * y], dim=1), window).chunk(5, dim=1)
+    var_x, var_y, covariance = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
     ssim = ((2 * mu_x * mu_y + c1) * (2 * covariance + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
     return ((1 - ssim) / 2).mean(dim=1, keepdim=True)
 
@@ -116,8 +121,8 @@ class GANomalyScoring(nn.Module):
 
     @property
     def flops_per_item(self) -> int:
-        """structure_max's work outside layers (for training.flops): five box means of window^2 additions
-        per pixel and channel, and about 20 element-wise operations per pixel and channel."""
+        """structure_max's work outside layers (for training.flops): five box means of window^2
+        multiply-adds per pixel and channel, and about 20 element-wise operations per pixel and channel."""
         if not self.with_structure:
             return 0
         shape = self.generator.shape
