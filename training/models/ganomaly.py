@@ -80,25 +80,33 @@ def residual_map(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> to
 STRUCTURE_WINDOW = 7  # Bergmann et al. used 11 px windows on 128 px crops; the default tile is 64 px
 
 
-def box_mean(maps: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean of every window x window neighbourhood, border windows over their pixels inside the map
-    (as avg_pool2d with count_include_pad=False), computed as a depthwise convolution: on the CPU
-    several times faster than the pooling kernel, in torch and in onnxruntime."""
-    channels, pad = maps.shape[1], window // 2
-    sums = nn.functional.conv2d(maps, maps.new_ones((channels, 1, window, window)), padding=pad, groups=channels)
-    counts = nn.functional.conv2d(maps.new_ones((1, 1, *maps.shape[-2:])), maps.new_ones((1, 1, window, window)),
-                                  padding=pad)
-    return sums / counts
+class BoxMean(nn.Module):
+    """Mean of every window x window neighbourhood of (N, channels, height, width) maps, border windows
+    over their pixels inside the map (as avg_pool2d with count_include_pad=False), computed as a
+    depthwise convolution: on the CPU several times faster than the pooling kernel. Kernel and border
+    counts are buffers, so the ONNX export sees fixed shapes."""
+
+    def __init__(self, channels: int, height: int, width: int, window: int = STRUCTURE_WINDOW):
+        super().__init__()
+        self.channels, self.pad = channels, window // 2
+        self.register_buffer("kernel", torch.ones(channels, 1, window, window), persistent=False)
+        counts = nn.functional.conv2d(torch.ones(1, 1, height, width), torch.ones(1, 1, window, window), padding=self.pad)
+        self.register_buffer("counts", counts, persistent=False)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(maps, self.kernel, padding=self.pad, groups=self.channels) / self.counts
 
 
-def structure_map(x: torch.Tensor, reconstruction: torch.Tensor, window: int = STRUCTURE_WINDOW) -> torch.Tensor:
-    """Per-pixel structural dissimilarity (1 - SSIM) / 2 in [0, 1] over `window`-pixel windows,
+def structure_map(x: torch.Tensor, reconstruction: torch.Tensor, box: BoxMean | None = None) -> torch.Tensor:
+    """Per-pixel structural dissimilarity (1 - SSIM) / 2 in [0, 1] over STRUCTURE_WINDOW-pixel windows,
     averaged over channels: (N, 1, H, W). Inputs in [-1, 1], taken to [0, 1] first: SSIM's luminance
     term assumes intensities >= 0 (around 0 it would call any offset total dissimilarity). Unlike the
-    squared residual it scores a change of local contrast and correlation more than an intensity offset."""
+    squared residual it scores a change of local contrast and correlation more than an intensity offset.
+    `box`: the BoxMean over 5 x channels maps of this size (made here when not given)."""
     c1, c2 = 0.01 ** 2, 0.03 ** 2
+    box = box or BoxMean(5 * x.shape[1], x.shape[-2], x.shape[-1]).to(x.device)
     x, y = (x + 1) / 2, (reconstruction + 1) / 2
-    mu_x, mu_y, xx, yy, xy = box_mean(torch.cat([x, y, x * x, y * y, x * y], dim=1), window).chunk(5, dim=1)
+    mu_x, mu_y, xx, yy, xy = box(torch.cat([x, y, x * x, y * y, x * y], dim=1)).chunk(5, dim=1)
     var_x, var_y, covariance = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
     ssim = ((2 * mu_x * mu_y + c1) * (2 * covariance + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
     return ((1 - ssim) / 2).mean(dim=1, keepdim=True)
@@ -118,6 +126,8 @@ class GANomalyScoring(nn.Module):
         self.with_latent = with_latent  # the second encoder costs a third of the FLOPs: export it only if scored
         self.nearest_code = nearest_code
         self.with_structure = with_structure  # structure_max: a few more pooled maps; only when scored or a candidate
+        shape = generator.shape
+        self.box = BoxMean(5 * shape.channels, shape.height, shape.width)
 
     @property
     def flops_per_item(self) -> int:
@@ -143,6 +153,6 @@ class GANomalyScoring(nn.Module):
         outputs["residual_mean"] = error.flatten(1).mean(dim=1)
         outputs["residual_max"] = anomaly_map.flatten(1).amax(dim=1)
         if self.with_structure:
-            outputs["structure_max"] = structure_map(image, reconstruction).flatten(1).amax(dim=1)
+            outputs["structure_max"] = structure_map(image, reconstruction, self.box).flatten(1).amax(dim=1)
         outputs["anomaly_map"] = anomaly_map
         return outputs
