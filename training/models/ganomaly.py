@@ -131,12 +131,13 @@ class GANomalyScoring(nn.Module):
 
     @property
     def flops_per_item(self) -> int:
-        """structure_max's work outside layers (for training.flops): five box means of window^2
-        multiply-adds per pixel and channel, and about 20 element-wise operations per pixel and channel."""
+        """structure_max's work outside layers (for training.flops, which counts 2 FLOPs a multiply-add):
+        five box means of window^2 multiply-adds per pixel and channel, and about 35 element-wise
+        operations per pixel and channel (the SSIM terms, the division by the border counts)."""
         if not self.with_structure:
             return 0
         shape = self.generator.shape
-        return shape.height * shape.width * shape.channels * (5 * STRUCTURE_WINDOW ** 2 + 20)
+        return shape.height * shape.width * shape.channels * (2 * 5 * STRUCTURE_WINDOW ** 2 + 35)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         generator = self.generator
