@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.score_choice import exported_self_check
+
 COMPONENTS = ("latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual",
               "patch_residual", "patch_knn")
 MARK_START, MARK_END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
@@ -91,13 +93,8 @@ def steps_cell(row: dict) -> str:
 
 
 def exported_check(row: dict) -> float | None:
-    """The self-check of the score the row's model was exported with (the chosen one when the recipe
-    replaced the configured score; training.score_choice)."""
-    selection = row.get("selection") or {}
-    choice = selection.get("score_choice")
-    if choice and choice["chosen"] != choice["configured"]:
-        return choice["candidates"]["+".join(choice["chosen"])]
-    return selection.get("selected_value")
+    """The self-check of the score the row's model was exported with (training.score_choice)."""
+    return exported_self_check(row.get("selection") or {})
 
 
 def suite_table(rows: list[dict]) -> list[str]:

@@ -14,6 +14,7 @@ from inspector.errors import ConfigError, InspectorError
 
 from .config import TrainConfig, apply_overrides, load_train_config, validate_train_config
 from .data import list_images
+from .score_choice import exported_self_check
 from .selection import WEAK_SEPARATION
 
 log = logging.getLogger(__name__)
@@ -178,12 +179,10 @@ def train(args) -> int:
     if length and (length["blocks"] > 1 or length["stopped_by"] == BUDGET):  # the default length: nothing to say
         print(f"length: {length['steps']} steps in {length['blocks']} block(s) of {length['block_steps']}; ended by "
               f"{length['stopped_by']} (at most {length['max_blocks']} blocks; train.budget_s sets the time)")
-    checked = selection.get("selected_value")
+    checked = exported_self_check(selection)
     choice = selection.get("score_choice")
     if choice and choice["chosen"] != choice["configured"]:
-        chosen = "+".join(choice["chosen"])
-        checked = choice["candidates"][chosen]
-        print(f"score: {chosen} (self-check {checked:.2f}) instead of {'+'.join(choice['configured'])} "
+        print(f"score: {'+'.join(choice['chosen'])} (self-check {checked:.2f}) instead of {'+'.join(choice['configured'])} "
               f"({choice['configured_value']:.2f} +- {choice['standard_error']:.2f}): clearly better on the "
               "synthetic defects (selection.json score_choice; score.weights fixes the score)")
     if checked is not None and selection.get("criterion") == "synthetic_auroc":

@@ -44,6 +44,15 @@ def decide(configured: dict[str, float], configured_value: float, standard_error
     return dict(configured)
 
 
+def exported_self_check(selection: dict) -> float | None:
+    """The self-check of the score a run exported, from its selection.json record: the chosen
+    component's when the choice replaced the configured score, else the configured score's."""
+    choice = selection.get("score_choice")
+    if choice and choice["chosen"] != choice["configured"]:
+        return choice["candidates"]["+".join(choice["chosen"])]
+    return selection.get("selected_value")
+
+
 def choose_score(config: TrainConfig, run: RunFolder) -> TrainConfig:
     """`config` with the score the rule picks from this run's selection record (unchanged when the
     score is the user's, or nothing was self-checked); records the decision in the run folder."""
