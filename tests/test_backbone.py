@@ -93,6 +93,22 @@ def test_the_patch_memory_distance_is_the_nearest_neighbour_distance_in_chunks()
     assert float(PatchMemory(memory)(memory[:4].view(1, 4, FEATURE_DIM).permute(0, 2, 1).unsqueeze(-1)).max()) < 1e-2
 
 
+def test_the_feature_generator_reconstructs_each_patch_from_that_patch_alone():
+    """A defect's patch must not be filled in from its normal neighbours: changing one patch's
+    features changes that patch's reconstruction and no other's."""
+    from training.models.feature_ganomaly import FeatureGenerator
+
+    generator = FeatureGenerator(width=16, latent=8).eval()
+    features = torch.randn(1, FEATURE_DIM, 6, 7, generator=torch.Generator().manual_seed(0))
+    changed = features.clone()
+    changed[:, :, 2, 3] += 5.0
+    with torch.no_grad():
+        moved = (generator(changed)["reconstruction"] - generator(features)["reconstruction"]).abs().amax(dim=1)[0]
+    assert float(moved[2, 3]) > 0.0
+    moved[2, 3] = 0
+    assert float(moved.max()) == 0.0
+
+
 def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects(tmp_path):
     data = write_dataset(tmp_path / "data", n_train=40, n_test_good=12, n_test_defect=4, size=64)
     result = fit(validate_train_config(backbone_config(data), "test"), tmp_path / "run", progress=False)
