@@ -57,6 +57,7 @@ from training.fit import fit
 from training.frame_level import with_frame_level
 from training.frame_scores import frame_outputs, per_frame_max
 from training.models.ganomaly import GANomalyScoring
+from training.models.registry import BACKBONE_COMPONENTS
 from training.torch_scoring import run_scoring
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,10 +236,14 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
     if config_path is None:  # a suite set: the defaults, as `inspector train --data` gives them
         config = default_config(str(data_root() / name), overrides)
     else:
-        config = load_train_config(config_path, overrides)
-        if config.model.backbone != "none" and config.data.kind == "mvtec":  # a tiled config's set, on whole frames
-            geometry = {f"input.{key}": value for key, value in infer_input(config.data.resolved_path, True).items()}
-            config = load_train_config(config_path, {**overrides, **geometry})
+        backbone = overrides.get("model.backbone", "none") != "none"
+        config = load_train_config(config_path, {k: v for k, v in overrides.items() if k != "model.backbone"})
+        if backbone:
+            adapted = {}
+            if config.data.kind == "mvtec":  # a tiled config's set: whole frames, the backbone's score
+                adapted = {f"input.{key}": value for key, value in infer_input(config.data.resolved_path, True).items()}
+                adapted["score.weights"] = {name: 1.0 for name in BACKBONE_COMPONENTS}
+            config = load_train_config(config_path, {**overrides, **adapted})
     if variant == "knn_reference":
         if config.data.kind != "mvtec":  # image folders only (not MNIST arrays, not tables)
             return []
