@@ -96,6 +96,19 @@ def test_training_from_warm_start_weights_begins_exactly_at_them(parent, tmp_pat
             assert torch.equal(value, weights[name][key].to(value.device)), (name, key)
 
 
+def test_warm_start_weights_of_other_layers_are_one_clear_error(parent, tmp_path):
+    """A parent trained by an earlier version of the model (other layer shapes) cannot be fine-tuned."""
+    from training.driver import train
+    from training.retrain import parent_config, parent_weights
+
+    weights = parent_weights(parent)
+    key = next(k for k, v in weights["generator"].items() if v.dim() == 4)
+    weights["generator"][key] = torch.zeros(1, *weights["generator"][key].shape[1:])
+    frames = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32) * 2 - 1
+    with pytest.raises(InspectorError, match="parent run's generator weights do not fit this model .*size mismatch"):
+        train(parent_config(parent), frames, tmp_path / "warm", progress=False, stop_after_steps=0, warm_start=weights)
+
+
 def reviewed_store(folder, frames: list, label: str = "false_alarm") -> tuple:
     """A review database as the daemon leaves it: items with their captured frames, labelled by an operator."""
     evidence = folder / "evidence"

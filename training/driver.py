@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from inspector.errors import InspectorError
+
 from .config import TrainConfig
 from .diagnostics import CollapseMonitor, EpochLossLog, evenly_spaced, plot_losses, write_grid
 from .family import Family, Phase, family_for
@@ -144,7 +146,13 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
         for name, module in family.modules.items():
             if name not in warm_start:
                 raise ValueError(f"warm start: no weights for the {config.model.family} module {name!r}")
-            module.load_state_dict(warm_start[name])
+            try:
+                module.load_state_dict(warm_start[name])
+            except RuntimeError as exc:  # e.g. a parent trained by an earlier version of the model's layers
+                detail = str(exc).strip().splitlines()[-1].strip()
+                raise InspectorError(f"warm start: the parent run's {name} weights do not fit this model "
+                                     f"({detail}); it was trained with other layers: train a new model "
+                                     f"(inspector train) instead of fine-tuning that one") from None
     if resume and run.checkpoint.exists():
         saved = torch.load(run.checkpoint, weights_only=True, map_location=device)
         for name, module in family.modules.items():
