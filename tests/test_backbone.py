@@ -93,6 +93,17 @@ def test_the_patch_memory_distance_is_the_nearest_neighbour_distance_in_chunks()
     assert float(PatchMemory(memory)(memory[:4].view(1, 4, FEATURE_DIM).permute(0, 2, 1).unsqueeze(-1)).max()) < 1e-2
 
 
+def test_the_patch_memory_search_counts_in_the_flops_per_frame():
+    """2 FLOPs per channel for every (patch, memory patch) pair: on a large frame the search, not the
+    layers, is most of the cost, and the card's frames/s estimate rests on this count."""
+    from training.flops import count_flops
+
+    memory = PatchMemory(torch.randn(500, FEATURE_DIM))
+    features = torch.randn(1, FEATURE_DIM, 6, 10)
+    assert count_flops(memory, features) == 2 * 60 * 500 * FEATURE_DIM
+    assert count_flops(memory, torch.randn(1, FEATURE_DIM, 12, 20)) == 4 * 2 * 60 * 500 * FEATURE_DIM
+
+
 def test_the_feature_generator_reconstructs_each_patch_from_that_patch_alone():
     """A defect's patch must not be filled in from its normal neighbours: changing one patch's
     features changes that patch's reconstruction and no other's."""

@@ -160,9 +160,17 @@ class PatchMemory(nn.Module):
         super().__init__()
         self.register_buffer("memory", memory.detach().float().contiguous())
         self.register_buffer("memory_sq", self.memory.pow(2).sum(dim=1))
+        self.patches_per_item = 0  # of the last batch scored: the search's cost depends on the frame size
+
+    @property
+    def flops_per_item(self) -> int:
+        """The search's work outside layers (training.flops): a multiply-add per feature channel for every
+        (patch, memory patch) pair of the last item scored, 2 FLOPs each as for the layers."""
+        return 2 * self.patches_per_item * self.memory.numel()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         n, c, h, w = features.shape
+        self.patches_per_item = int(h) * int(w)
         flat = features.permute(0, 2, 3, 1).reshape(-1, c)
         nearest = None
         for start in range(0, len(self.memory), MEMORY_CHUNK):
