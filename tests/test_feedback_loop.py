@@ -109,6 +109,20 @@ def test_warm_start_weights_of_other_layers_are_one_clear_error(parent, tmp_path
         train(parent_config(parent), frames, tmp_path / "warm", progress=False, stop_after_steps=0, warm_start=weights)
 
 
+def test_resuming_from_a_checkpoint_of_other_layers_is_one_clear_error(parent, tmp_path):
+    from training.driver import train
+    from training.retrain import parent_config
+
+    saved = torch.load(parent / "checkpoint.pt", weights_only=True)
+    key = next(k for k, v in saved["generator"].items() if v.dim() == 4)
+    saved["generator"][key] = torch.zeros(1, *saved["generator"][key].shape[1:])
+    (tmp_path / "run").mkdir()
+    torch.save(saved, tmp_path / "run" / "checkpoint.pt")
+    frames = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32) * 2 - 1
+    with pytest.raises(InspectorError, match="--resume: .*generator weights do not fit this model .*leave out --resume"):
+        train(parent_config(parent), frames, tmp_path / "run", progress=False, resume=True)
+
+
 def reviewed_store(folder, frames: list, label: str = "false_alarm") -> tuple:
     """A review database as the daemon leaves it: items with their captured frames, labelled by an operator."""
     evidence = folder / "evidence"

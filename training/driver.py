@@ -106,6 +106,17 @@ class _Position:
     step: int = 0
 
 
+def load_weights(module: nn.Module, state: dict, whose: str, remedy: str) -> None:
+    """Saved weights into a module, or one clear error where they were saved by other layers (e.g. a
+    run trained by an earlier version of the model): `whose` names them, `remedy` says what to do."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[-1].strip()
+        raise InspectorError(f"{whose} weights do not fit this model ({detail}); they were trained with other "
+                             f"layers: {remedy}") from None
+
+
 def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, validation: np.ndarray | None = None,
           resume: bool = False, progress: bool = True, stop_after_steps: int | None = None,
           warm_start: dict[str, dict] | None = None, time_budget_s: float | None = None) -> TrainResult:
@@ -146,17 +157,13 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
         for name, module in family.modules.items():
             if name not in warm_start:
                 raise ValueError(f"warm start: no weights for the {config.model.family} module {name!r}")
-            try:
-                module.load_state_dict(warm_start[name])
-            except RuntimeError as exc:  # e.g. a parent trained by an earlier version of the model's layers
-                detail = str(exc).strip().splitlines()[-1].strip()
-                raise InspectorError(f"warm start: the parent run's {name} weights do not fit this model "
-                                     f"({detail}); it was trained with other layers: train a new model "
-                                     f"(inspector train) instead of fine-tuning that one") from None
+            load_weights(module, warm_start[name], f"warm start: the parent run's {name}",
+                         "train a new model (inspector train) instead of fine-tuning that one")
     if resume and run.checkpoint.exists():
         saved = torch.load(run.checkpoint, weights_only=True, map_location=device)
         for name, module in family.modules.items():
-            module.load_state_dict(saved[name])
+            load_weights(module, saved[name], f"--resume: {run.checkpoint}'s {name}",
+                         "leave out --resume to start a new run there")
         sampler.set_state(saved["sampler"])
         stream.load_state(saved.get("stream", saved))  # earlier GANomaly checkpoints kept order/position on top
         at = _Position(int(saved.get("phase", 0)), int(saved.get("phase_step", saved["step"])), int(saved["step"]))
