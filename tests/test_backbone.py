@@ -134,6 +134,11 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     assert result.metrics["image_auroc"] >= 0.75  # specks, scratches and stains on a texture it learned
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert "features" in checkpoint and float(checkpoint["features"]["std"].min()) > 0  # resume keeps the statistics
+    # the outputs kept while training stay out of the exported scorer: its FLOPs count the backbone's layers
+    from training.flops import count_flops
+
+    assert result.scoring.frozen_cache is None
+    assert card.export.flops_per_item > count_flops(StageFeatures(), torch.rand(1, 3, 64, 64))
 
 
 def test_with_frame_standardising_a_darker_or_brighter_line_shows_the_backbone_the_same_frame():

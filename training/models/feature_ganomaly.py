@@ -20,6 +20,7 @@ Score components (the exported graph outputs each; the card's weights combine th
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import numpy as np
@@ -30,11 +31,19 @@ from ..backbone import FEATURE_DIM, StageFeatures
 from ..family import Family, Phase
 from ..torch_scoring import modes_kept
 from .blocks import dcgan_init, local_mean
+from .frozen_cache import FrozenOutputs, Outputs
 from .ganomaly_family import ganomaly_optimizers, ganomaly_step
+
+log = logging.getLogger(__name__)
 
 RESIDUAL_KERNEL = 3  # patches: 24x24 pixels of context around each 8x8 patch
 MEMORY_CHUNK = 1024  # memory patches compared at once: bounds the (patches x chunk) distance matrix
 STATISTICS_FRAMES = 64  # fitted frames whose features set the per-channel standardisation
+# bytes of frozen outputs kept while training (training.models.frozen_cache): the training frames'
+# feature maps under their flips and turns (elpv_mono: 240 frames x 8 x 0.7 MB), and the selection
+# rounds' feature and memory-distance maps of the held-out frames and their synthetic copies
+TRAINING_CACHE_BYTES = 3 << 30
+SELECTION_CACHE_BYTES = 1 << 30
 # latent numbers per patch = model.latent_dim / this: 33 of 120 at the default, about the principal
 # components that hold 90% of the variance of standardised normal features (DFR's rule; train/good
 # of the eight image sets here: 26-50, median 33). The bottleneck must drop what normal patches vary
@@ -185,20 +194,27 @@ class FeatureGANomalyScoring(nn.Module):
     """Exportable scorer: images in; patch_residual, patch_knn (with a memory) and anomaly_map out."""
 
     def __init__(self, features: PretrainedFeatures, generator: FeatureGenerator, memory: PatchMemory | None,
-                 map_scales: dict[str, float] | None = None):
+                 map_scales: dict[str, float] | None = None, frozen_cache: FrozenOutputs | None = None):
         super().__init__()
         self.features, self.generator, self.memory = features, generator, memory
         scales = map_scales or {}
         self.residual_scale = float(scales.get("patch_residual", 1.0))
         self.knn_scale = float(scales.get("patch_knn", 1.0))
+        self.frozen_cache = frozen_cache  # while training only: an exported scorer computes everything
+
+    def frozen_maps(self, image: torch.Tensor) -> Outputs:
+        """What no training step changes: the standardised features and the memory distances."""
+        features = self.features(image)
+        return {"features": features, **({} if self.memory is None else {"patch_knn": self.memory(features)})}
 
     def patch_maps(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.features(image)
+        frozen = self.frozen_maps(image) if self.frozen_cache is None else self.frozen_cache(image)
+        features = frozen["features"]
         reconstruction = self.generator.decoder(self.generator.encoder(features))
         maps = {"patch_residual": local_mean((features - reconstruction).pow(2).mean(dim=1, keepdim=True),
                                              RESIDUAL_KERNEL)}
-        if self.memory is not None:
-            maps["patch_knn"] = self.memory(features)
+        if "patch_knn" in frozen:
+            maps["patch_knn"] = frozen["patch_knn"]
         return maps
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -254,6 +270,11 @@ class FeatureGANomalyFamily(Family):
         self.generator = FeatureGenerator(width, latent).to(device)
         self.discriminator = FeatureDiscriminator(width, config.stability.spectral_norm).to(device)
         self._memory: PatchMemory | None = None  # frozen features: built once, reused by every selection round
+        # frozen outputs computed once per distinct input while training (dropped by end_phase)
+        self._training_features: FrozenOutputs | None = FrozenOutputs(
+            lambda batch: {"features": self.features(batch)}, TRAINING_CACHE_BYTES)
+        self._selection_maps: FrozenOutputs | None = None
+        self._training = True
 
     def prepare(self, fitted: np.ndarray) -> None:
         """Per-channel feature statistics of (a seeded sample of) the fitted frames."""
@@ -282,8 +303,9 @@ class FeatureGANomalyFamily(Family):
 
     def step(self, phase: Phase, next_batch: Callable[[], torch.Tensor], sampler: torch.Generator,
              optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        batch = next_batch()
         with torch.no_grad():
-            x = self.features(next_batch())
+            x = self.features(batch) if self._training_features is None else self._training_features(batch)["features"]
         # standardised features: a squared error (the pixel model's L1 would treat them as bounded pixels)
         logged, _ = ganomaly_step(self.generator, self.discriminator, x, lambda real, fake: (fake - real).pow(2).mean(),
                                   self.config, optimizers)
@@ -291,6 +313,16 @@ class FeatureGANomalyFamily(Family):
 
     def postfix(self, phase: Phase, logged: dict[str, float]) -> dict[str, str]:
         return {"d": f"{logged['discriminator']:.3f}", "con": f"{logged['contextual']:.4f}"}
+
+    def end_phase(self, phase: Phase, run) -> None:
+        """Training is over: the caches go (their memory too), and scorers built from now on, the
+        exported one first, compute every part of the score."""
+        for name, cache in (("training", self._training_features), ("selection", self._selection_maps)):
+            if cache is not None:
+                log.info("frozen %s outputs: %d of %d inputs reused (%.0f MB kept)", name, cache.hits,
+                         cache.hits + cache.misses, cache.bytes / 1e6)
+        self._training_features = self._selection_maps = None
+        self._training = False
 
     def scoring(self, fitted: np.ndarray | None) -> nn.Module:
         self.features.to(next(self.generator.parameters()).device)
@@ -304,6 +336,10 @@ class FeatureGANomalyFamily(Family):
         if self._memory is not None:
             self._memory.to(self.features.mean.device)
         scoring = FeatureGANomalyScoring(self.features, self.generator, self._memory)
+        if self._training:  # selection rounds: the same held-out frames and synthetic copies every round
+            if self._selection_maps is None:
+                self._selection_maps = FrozenOutputs(scoring.frozen_maps, SELECTION_CACHE_BYTES)
+            scoring.frozen_cache = self._selection_maps
         if fitted is not None:
             with modes_kept(self.features, self.generator):
                 scoring.eval()

@@ -1,0 +1,73 @@
+"""Frozen outputs kept per distinct input while a model trains on a frozen backbone's features."""
+
+from __future__ import annotations
+
+import torch
+
+from training.backbone import StageFeatures
+from training.models.feature_ganomaly import FeatureGANomalyScoring, FeatureGenerator, PatchMemory, PretrainedFeatures
+from training.models.frozen_cache import FrozenOutputs
+
+
+class CountingDouble:
+    """A frozen computation that says how many items it was asked for."""
+
+    def __init__(self):
+        self.items = 0
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.items += len(batch)
+        return {"doubled": batch * 2, "total": batch.flatten(1).sum(dim=1)}
+
+
+def test_each_distinct_item_is_computed_once_whatever_batch_it_comes_in():
+    compute = CountingDouble()
+    cache = FrozenOutputs(compute, max_bytes=1 << 20)
+    a, b, c = torch.rand(3, 1, 4, 4).unbind()
+    first = cache(torch.stack([a, b]))
+    again = cache(torch.stack([c, b, a, b]))
+    assert compute.items == 3  # c is new; b and a come from the first batch
+    assert (cache.hits, cache.misses) == (3, 3)
+    torch.testing.assert_close(again["doubled"], torch.stack([c, b, a, b]) * 2, rtol=0, atol=0)
+    torch.testing.assert_close(again["total"][2], first["total"][0], rtol=0, atol=0)
+
+
+def test_an_item_that_differs_in_one_pixel_is_computed_afresh():
+    compute = CountingDouble()
+    cache = FrozenOutputs(compute, max_bytes=1 << 20)
+    item = torch.rand(1, 1, 4, 4)
+    changed = item.clone()
+    changed[0, 0, 1, 1] += 1e-3
+    cache(item)
+    out = cache(changed)
+    assert compute.items == 2
+    torch.testing.assert_close(out["doubled"], changed * 2, rtol=0, atol=0)
+
+
+def test_beyond_the_byte_limit_outputs_are_computed_and_not_kept():
+    compute = CountingDouble()
+    per_item = 16 * 4 + 4  # the doubled 4x4 float32 map and its float32 total
+    cache = FrozenOutputs(compute, max_bytes=2 * per_item)
+    batch = torch.rand(3, 1, 4, 4)
+    cache(batch)
+    assert cache.bytes == 2 * per_item and len(cache.kept) == 2
+    out = cache(batch)
+    assert compute.items == 4  # the third item again: it did not fit
+    torch.testing.assert_close(out["doubled"], batch * 2, rtol=0, atol=0)
+
+
+def test_a_scorer_with_the_cache_gives_what_it_gives_without_and_runs_the_backbone_once_per_frame():
+    features = PretrainedFeatures(StageFeatures(), "rgb").eval()
+    generator = FeatureGenerator(width=16, latent=8).eval()
+    frames = torch.rand(3, 3, 48, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        memory = PatchMemory(features(frames[:1]).permute(0, 2, 3, 1).reshape(-1, 120))
+        plain = FeatureGANomalyScoring(features, generator, memory)
+        cache = FrozenOutputs(plain.frozen_maps, max_bytes=1 << 30)
+        cached = FeatureGANomalyScoring(features, generator, memory, frozen_cache=cache)
+        expected = plain(frames)
+        for _ in range(2):  # a second selection round finds every frame kept
+            got = cached(frames.flip(0))
+            for name in ("patch_residual", "patch_knn", "anomaly_map"):
+                torch.testing.assert_close(got[name], expected[name].flip(0), rtol=1e-4, atol=1e-5)
+    assert (cache.misses, cache.hits) == (3, 3)
