@@ -119,3 +119,17 @@ def test_a_length_setting_out_of_range_is_a_config_error(piped_class, field, val
 
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         _config(piped_class, **{field: value})
+
+
+def test_the_time_kept_after_training_is_timed_on_rounds_after_the_first_one_time_work():
+    """The first selection round also draws the patch memory and fills the frozen-output caches that
+    later rounds and the calibration reuse: once later rounds exist, they set what is kept."""
+    selector = CheckpointSelector(SelectionConfig(criterion="synthetic_auroc"), {"residual_max": 1.0},
+                                  SimpleNamespace(height=32, width=32), 0, np.zeros((2, 1, 32, 32), np.float32),
+                                  {}, lambda: None, total_epochs=2)
+    length = TrainingLength(planned_steps=3, steps_per_epoch=2, max_blocks=8, selector=selector, budget_s=600.0)
+    assert length.reserve_s() == 0.0
+    selector.history = [{"step": 4, "value": 0.7, "seconds": 50.0}]
+    assert length.reserve_s() == 100.0  # one round alone: it is all there is to go by
+    selector.history += [{"step": 8, "value": 0.8, "seconds": 0.5}, {"step": 12, "value": 0.8, "seconds": 0.8}]
+    assert length.reserve_s() == 1.6

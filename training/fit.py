@@ -116,7 +116,14 @@ def _card(config: TrainConfig, spec, score: ScoreDefinition, calibration, traine
     )
 
 
+def exportable(scoring):
+    """The scorer to export, count and hand back: one that keeps training-time caches of frozen outputs
+    (training.models.frozen_cache) gives a copy without them."""
+    return scoring.exportable() if hasattr(scoring, "exportable") else scoring
+
+
 def _export(config: TrainConfig, scoring, card: ModelCard, held_out: np.ndarray, run: RunFolder) -> ModelCard:
+    scoring = exportable(scoring)
     flops = count_flops(scoring, torch.from_numpy(held_out[:1]))
     model_path = run.model
     card = export_with_parity(scoring, card, held_out[:PARITY_ITEMS], model_path, config.export.opset,
@@ -262,7 +269,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         metrics["flops_per_item"] = card.export.flops_per_item
         card = card.with_updates(evaluation={k: metrics[k] for k in EVALUATION_SUMMARY_KEYS if k in metrics})
         replace_card(model_path, card)
-    return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator, scoring)
+    return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator, exportable(scoring))
 
 
 def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,

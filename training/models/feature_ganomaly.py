@@ -40,10 +40,11 @@ RESIDUAL_KERNEL = 3  # patches: 24x24 pixels of context around each 8x8 patch
 MEMORY_CHUNK = 1024  # memory patches compared at once: bounds the (patches x chunk) distance matrix
 STATISTICS_FRAMES = 64  # fitted frames whose features set the per-channel standardisation
 # bytes of frozen outputs kept while training (training.models.frozen_cache): the training frames'
-# feature maps under their flips and turns (elpv_mono: 240 frames x 8 x 0.7 MB), and the selection
-# rounds' feature and memory-distance maps of the held-out frames and their synthetic copies
+# feature maps under their flips and turns (elpv_mono: 240 frames x 8 x 0.7 MB), and the feature and
+# memory-distance maps of the held-out frames and their synthetic copies, which every selection
+# round and then the calibration score
 TRAINING_CACHE_BYTES = 3 << 30
-SELECTION_CACHE_BYTES = 1 << 30
+HELD_OUT_CACHE_BYTES = 1 << 30
 # latent numbers per patch = model.latent_dim / this: 33 of 120 at the default, about the principal
 # components that hold 90% of the variance of standardised normal features (DFR's rule; train/good
 # of the eight image sets here: 26-50, median 33). The bottleneck must drop what normal patches vary
@@ -202,6 +203,11 @@ class FeatureGANomalyScoring(nn.Module):
         self.knn_scale = float(scales.get("patch_knn", 1.0))
         self.frozen_cache = frozen_cache  # while training only: an exported scorer computes everything
 
+    def exportable(self) -> "FeatureGANomalyScoring":
+        """The same scorer without the training-time cache: what is exported and counted (FLOPs)."""
+        return FeatureGANomalyScoring(self.features, self.generator, self.memory,
+                                      {"patch_residual": self.residual_scale, "patch_knn": self.knn_scale})
+
     def frozen_maps(self, image: torch.Tensor) -> Outputs:
         """What no training step changes: the standardised features and the memory distances."""
         features = self.features(image)
@@ -270,11 +276,11 @@ class FeatureGANomalyFamily(Family):
         self.generator = FeatureGenerator(width, latent).to(device)
         self.discriminator = FeatureDiscriminator(width, config.stability.spectral_norm).to(device)
         self._memory: PatchMemory | None = None  # frozen features: built once, reused by every selection round
-        # frozen outputs computed once per distinct input while training (dropped by end_phase)
+        # frozen outputs computed once per distinct input: of the training draws (dropped by end_phase),
+        # and of the held-out frames (built by the first selection round; never in the exported scorer)
         self._training_features: FrozenOutputs | None = FrozenOutputs(
             lambda batch: {"features": self.features(batch)}, TRAINING_CACHE_BYTES)
-        self._selection_maps: FrozenOutputs | None = None
-        self._training = True
+        self._held_out_maps: FrozenOutputs | None = None
 
     def prepare(self, fitted: np.ndarray) -> None:
         """Per-channel feature statistics of (a seeded sample of) the fitted frames."""
@@ -315,14 +321,13 @@ class FeatureGANomalyFamily(Family):
         return {"d": f"{logged['discriminator']:.3f}", "con": f"{logged['contextual']:.4f}"}
 
     def end_phase(self, phase: Phase, run) -> None:
-        """Training is over: the caches go (their memory too), and scorers built from now on, the
-        exported one first, compute every part of the score."""
-        for name, cache in (("training", self._training_features), ("selection", self._selection_maps)):
-            if cache is not None:
-                log.info("frozen %s outputs: %d of %d inputs reused (%.0f MB kept)", name, cache.hits,
-                         cache.hits + cache.misses, cache.bytes / 1e6)
-        self._training_features = self._selection_maps = None
-        self._training = False
+        """Training is over: the training draws' cache goes (its memory too); the held-out frames'
+        stays for the calibration, which scores them again."""
+        cache = self._training_features
+        if cache is not None:
+            log.info("frozen features of training draws: %d of %d reused (%.0f MB kept)", cache.hits,
+                     cache.hits + cache.misses, cache.bytes / 1e6)
+        self._training_features = None
 
     def scoring(self, fitted: np.ndarray | None) -> nn.Module:
         self.features.to(next(self.generator.parameters()).device)
@@ -336,10 +341,9 @@ class FeatureGANomalyFamily(Family):
         if self._memory is not None:
             self._memory.to(self.features.mean.device)
         scoring = FeatureGANomalyScoring(self.features, self.generator, self._memory)
-        if self._training:  # selection rounds: the same held-out frames and synthetic copies every round
-            if self._selection_maps is None:
-                self._selection_maps = FrozenOutputs(scoring.frozen_maps, SELECTION_CACHE_BYTES)
-            scoring.frozen_cache = self._selection_maps
+        if self._held_out_maps is None and self._training_features is not None:  # the first selection round
+            self._held_out_maps = FrozenOutputs(scoring.frozen_maps, HELD_OUT_CACHE_BYTES)
+        scoring.frozen_cache = self._held_out_maps
         if fitted is not None:
             with modes_kept(self.features, self.generator):
                 scoring.eval()
