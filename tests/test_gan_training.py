@@ -262,6 +262,37 @@ def test_noise_alone_never_undoes_training(piped_class, tmp_path):
     assert chosen([(0.61, 0.04), (0.61, 0.04), (0.61, 0.04), (0.61, 0.04)]) == 4  # ties keep the longest training
 
 
+def test_where_part_of_the_score_is_frozen_checkpoints_are_judged_by_the_trained_part(piped_class, tmp_path):
+    """A backbone's patch memory is the same in every checkpoint: the sum's self-check can drift down
+    within its noise while the GAN residual, the part the checkpoints differ in, improves."""
+    config = validate_train_config(tiny_config(piped_class), "tiny")
+    _, held_out = held_out_frames(config, piped_class)
+    weights = {"patch_knn": 1.0, "patch_residual": 1.0}
+    script = [((0.96, 0.01), (0.62, 0.04)), ((0.95, 0.01), (0.70, 0.04)), ((0.94, 0.01), (0.76, 0.04)),
+              ((0.93, 0.01), (0.75, 0.04))]  # (the sum's, the residual's) value and standard error
+
+    def record(judged_by):
+        selector = CheckpointSelector(config.selection, weights, config.input.to_spec(), config.train.seed, held_out,
+                                      {"model": nn.Linear(1, 1)}, ConstantScore, total_epochs=4, judged_by=judged_by)
+        for epoch, (whole, residual) in enumerate(script, start=1):
+            def measure(whole=whole, residual=residual):
+                selector.last_judged = residual if selector.judged_by else None
+                return whole
+            selector.measure_with_error = measure
+            selector.evaluate(epoch, epoch)
+        assert selector.improved_since(1) == bool(judged_by)  # training goes on while the judged part rises
+        selector.restore_best(tmp_path / SELECTION_LOG)
+        return json.loads((tmp_path / SELECTION_LOG).read_text())
+
+    whole = record(())
+    assert whole["selected_epoch"] == 2 and "judged_by" not in whole
+    judged = record(("patch_residual",))
+    assert judged["judged_by"] == ["patch_residual"]
+    assert judged["selected_epoch"] == 4  # within one standard error of the residual's best (0.76)
+    assert judged["selected_value"] == 0.93  # what the exported score's self-check says at those weights
+    assert [e["judged_value"] for e in judged["evaluations"]] == [0.62, 0.70, 0.76, 0.75]
+
+
 def test_training_warns_when_even_synthetic_defects_are_not_separated(piped_class, tmp_path, caplog):
     config = validate_train_config(tiny_config(piped_class), "tiny")
     _, held_out = held_out_frames(config, piped_class)

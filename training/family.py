@@ -68,6 +68,12 @@ class Family(ABC):
     def model(self) -> nn.Module:
         """The trained model (what the run returns besides its scoring module)."""
 
+    @property
+    def trained_components(self) -> tuple[str, ...]:
+        """Score components checkpoint selection judges by (training.selection): none where training
+        moves the whole score; the trained ones where part of it is frozen."""
+        return ()
+
     @abstractmethod
     def phases(self) -> list[Phase]:
         """The phases in order."""

@@ -9,6 +9,11 @@ synthetic_auroc  the configured score must rank held-out normal frames below cop
                  separation. Each round also records that AUROC for every score component alone
                  (`components`; `selected_components` at the exported weights): the candidates a
                  score could be chosen from, and what the benchmark compares with real defects.
+                 Where part of the score is frozen (a pretrained backbone's patch memory), every
+                 checkpoint has the same frozen part and differs only in the trained one, so
+                 checkpoints are judged (and training extended, training.length) by the trained
+                 components' self-check (`judged_by`, `judged_value`); `value` stays the whole
+                 score's.
 validation_loss  the lowest mean reconstruction error (residual_mean) on held-out normal items.
 last             no evaluation: the final weights.
 Evaluations happen at `evaluations` evenly spaced epoch ends. A criterion measured on a few dozen
@@ -99,9 +104,11 @@ class CheckpointSelector:
 
     def __init__(self, settings: SelectionConfig, weights: dict[str, float], spec, seed: int,
                  validation: np.ndarray | None, modules: dict[str, nn.Module], make_scoring: Callable[[], nn.Module],
-                 total_epochs: int):
+                 total_epochs: int, judged_by: tuple[str, ...] = ()):
         """`settings`: the config's selection section; `weights`: the score's components; `spec`: the
-        image input (None for feature windows); `validation`: held-out normal items."""
+        image input (None for feature windows); `validation`: held-out normal items; `judged_by`: the
+        score components checkpoints are judged by where part of the score is frozen (see
+        Family.trained_components; none: the whole score)."""
         self.criterion = settings.criterion if validation is not None else "last"  # nothing held out
         if self.criterion != "last" and len(validation) < 2:
             log.warning("checkpoint selection by %s needs at least 2 held-out normal items, %d held out: the last "
@@ -112,6 +119,8 @@ class CheckpointSelector:
         self.total_epochs = max(1, total_epochs)  # of one block (training.driver extends a run block by block)
         self.evaluations = settings.evaluations
         self.weights = dict(weights)
+        self.judged_by = tuple(c for c in judged_by if c in self.weights)
+        self.last_judged: tuple[float, float] | None = None  # the latest round's (value, error) of judged_by
         self.spec = spec
         self.history: list[dict] = []
         self.best_value = -np.inf  # best_*: the chosen evaluation; top_*: the highest value and its error
@@ -146,9 +155,11 @@ class CheckpointSelector:
         return max(seconds[1:] or seconds or [0.0])
 
     def improved_since(self, evaluations: int) -> bool:
-        """Whether an evaluation after the first `evaluations` of the history set a new best value."""
-        before = max((e["value"] for e in self.history[:evaluations]), default=-np.inf)
-        return any(e["value"] > before for e in self.history[evaluations:])
+        """Whether an evaluation after the first `evaluations` of the history set a new best value (of
+        what checkpoints are judged by)."""
+        judged = [e.get("judged_value", e["value"]) for e in self.history]
+        before = max(judged[:evaluations], default=-np.inf)
+        return any(value > before for value in judged[evaluations:])
 
     def measure(self) -> float:
         """The criterion on the current weights (higher is better)."""
@@ -164,37 +175,48 @@ class CheckpointSelector:
             if self.criterion == "validation_loss":
                 errors = np.asarray(normal["residual_mean"], dtype=np.float64)
                 return -float(errors.mean()), float(errors.std(ddof=1) / np.sqrt(len(errors)))
-            definition = ScoreDefinition(weights=self.weights, scales=component_scales(normal, list(self.weights)),
-                                         map_output=None)
             defective, defective_owner = copy_outputs(scoring, self.normal, normal, owner, self.defective, self.spec)
-            normal_scores = per_frame_max(combine_score(normal, definition), owner)
-            defective_scores = per_frame_max(combine_score(defective, definition), defective_owner)
-            labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defective_scores))]
-            scores = np.nan_to_num(np.r_[normal_scores, defective_scores], nan=np.inf)
-            auroc = float(roc_auc_score(labels, scores))
+            labels = np.r_[np.zeros(len(self.normal)), np.ones(len(self.defective))]
+
+            def separation(weights: dict[str, float]) -> tuple[float, float]:
+                definition = ScoreDefinition(weights=weights, scales=component_scales(normal, list(weights)),
+                                             map_output=None)
+                normal_scores = per_frame_max(combine_score(normal, definition), owner)
+                defective_scores = per_frame_max(combine_score(defective, definition), defective_owner)
+                auroc = float(roc_auc_score(labels, np.nan_to_num(np.r_[normal_scores, defective_scores], nan=np.inf)))
+                return auroc, auroc_standard_error(auroc, len(normal_scores), len(defective_scores))
+
+            if self.judged_by:
+                self.last_judged = separation({c: self.weights[c] for c in self.judged_by})
             self.last_components = {  # each score component alone, for the record: the candidates a score is chosen from
                 name: float(roc_auc_score(labels, np.nan_to_num(np.r_[per_frame_max(normal[name], owner),
                                                                       per_frame_max(defective[name], defective_owner)],
                                                                 nan=np.inf)))
                 for name in sorted(normal) if np.ndim(normal[name]) == 1}
-            return auroc, auroc_standard_error(auroc, len(normal_scores), len(defective_scores))
+            return separation(self.weights)
 
     def evaluate(self, epoch: int, step: int) -> float:
         started = time.perf_counter()
-        self.last_components = {}
+        self.last_components, self.last_judged = {}, None
         value, error = self.measure_with_error()
-        self.history.append({"epoch": epoch, "step": step, "value": value, "standard_error": error,
-                             "seconds": round(time.perf_counter() - started, 3),
-                             **({"components": self.last_components} if self.last_components else {})})
-        if value > self.top_value:
-            self.top_value, self.top_error = value, error
+        entry = {"epoch": epoch, "step": step, "value": value, "standard_error": error,
+                 "seconds": round(time.perf_counter() - started, 3),
+                 **({"components": self.last_components} if self.last_components else {})}
+        if self.last_judged is not None:
+            entry["judged_value"], entry["judged_error"] = self.last_judged
+        self.history.append(entry)
+        judged, judged_error = self.last_judged or (value, error)
+        if judged > self.top_value:
+            self.top_value, self.top_error = judged, judged_error
         # the latest weights within one standard error of the best so far; a later, clearly better
-        # evaluation moves the choice, so at the end it is the latest within one error of the best
-        if value >= self.top_value - self.top_error:
+        # evaluation moves the choice, so at the end it is the latest within one error of the best.
+        # best_value stays the exported score's self-check at the chosen weights
+        if judged >= self.top_value - self.top_error:
             self.best_value, self.best_epoch = value, epoch
             self.best_state = {name: copy.deepcopy(m.state_dict()) for name, m in self.modules.items()}
-        log.info("selection: %s = %.4f +- %.4f at epoch %d (best %.4f; chosen: epoch %s)", self.criterion, value,
-                 error, epoch, self.top_value, self.best_epoch)
+        log.info("selection: %s = %.4f +- %.4f at epoch %d%s (best %.4f; chosen: epoch %s)", self.criterion, value,
+                 error, epoch, "" if self.last_judged is None else f", {'+'.join(self.judged_by)} {judged:.4f}",
+                 self.top_value, self.best_epoch)
         return value
 
     def restore_best(self, log_path: Path, training_length: dict | None = None) -> None:
@@ -209,12 +231,13 @@ class CheckpointSelector:
                            if e["epoch"] == self.best_epoch and "components" in e), None)
         log_path.write_text(json.dumps({
             "criterion": self.criterion, "rule": "latest within one standard error of the best",
+            **({"judged_by": list(self.judged_by)} if self.judged_by else {}),
             "selected_epoch": self.best_epoch, "selected_value": self.best_value, "best_value": self.top_value,
             "best_standard_error": self.top_error, "evaluations": self.history, "held_out_items": len(self.normal),
             **({"selected_components": components} if components else {}),
             **({"training_length": training_length} if training_length else {})}, indent=2))
         log.info("selected epoch %s by %s (%.4f)", self.best_epoch, self.criterion, self.best_value)
-        if self.criterion == "synthetic_auroc" and self.top_value < WEAK_SEPARATION:
+        if self.criterion == "synthetic_auroc" and self.best_value < WEAK_SEPARATION:
             log.warning("at its best epoch the model separates synthetic defects from held-out normal images with "
                         "AUROC %.2f only (0.5 = chance): expect weak detection; consider more steps, another "
                         "input size or the other model family", self.top_value)
