@@ -238,9 +238,9 @@ class CheckpointSelector:
             **({"training_length": training_length} if training_length else {})}, indent=2))
         log.info("selected epoch %s by %s (%.4f)", self.best_epoch, self.criterion, self.best_value)
         if self.criterion == "synthetic_auroc" and self.best_value < WEAK_SEPARATION:
-            log.warning("at its best epoch the model separates synthetic defects from held-out normal images with "
-                        "AUROC %.2f only (0.5 = chance): expect weak detection; consider more steps, another "
-                        "input size or the other model family", self.top_value)
+            log.warning("at the exported weights the model separates synthetic defects from held-out normal images "
+                        "with AUROC %.2f only (0.5 = chance): expect weak detection; consider more steps, another "
+                        "input size or the other model family", self.best_value)
 
     @property
     def selected_step(self) -> int | None:
