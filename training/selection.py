@@ -236,7 +236,9 @@ class CheckpointSelector:
             "best_standard_error": self.top_error, "evaluations": self.history, "held_out_items": len(self.normal),
             **({"selected_components": components} if components else {}),
             **({"training_length": training_length} if training_length else {})}, indent=2))
-        log.info("selected epoch %s by %s (%.4f)", self.best_epoch, self.criterion, self.best_value)
+        judged = f" of {'+'.join(self.judged_by)}" if self.judged_by else ""
+        log.info("selected epoch %s by the %s%s (exported score's value there %.4f)", self.best_epoch, self.criterion,
+                 judged, self.best_value)
         if self.criterion == "synthetic_auroc" and self.best_value < WEAK_SEPARATION:
             log.warning("at the exported weights the model separates synthetic defects from held-out normal images "
                         "with AUROC %.2f only (0.5 = chance): expect weak detection; consider more steps, another "
