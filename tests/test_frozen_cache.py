@@ -6,7 +6,7 @@ import torch
 
 from training.backbone import StageFeatures
 from training.models.feature_ganomaly import FeatureGANomalyScoring, FeatureGenerator, PatchMemory, PretrainedFeatures
-from training.models.frozen_cache import FrozenOutputs
+from training.models.frozen_cache import FrozenOutputs, available_memory, cache_limit
 
 
 class CountingDouble:
@@ -71,3 +71,13 @@ def test_a_scorer_with_the_cache_gives_what_it_gives_without_and_runs_the_backbo
             for name in ("patch_residual", "patch_knn", "anomaly_map"):
                 torch.testing.assert_close(got[name], expected[name].flip(0), rtol=1e-4, atol=1e-5)
     assert (cache.misses, cache.hits) == (3, 3)
+
+
+def test_a_cache_takes_at_most_a_quarter_of_the_memory_available(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        8000000 kB\nMemFree:          100000 kB\nMemAvailable:    2000000 kB\n")
+    assert available_memory(meminfo) == 2_000_000 * 1024
+    assert cache_limit(3 << 30, available=2_000_000 * 1024) == 512_000_000  # an 8 GB box with 2 GB free
+    assert cache_limit(1 << 20, available=64 << 30) == 1 << 20  # a large machine: the ceiling
+    assert cache_limit(1 << 20, available=None) <= 1 << 20  # this machine's own figure, never above it
+    assert available_memory(tmp_path / "absent") is None

@@ -31,7 +31,7 @@ from ..backbone import FEATURE_DIM, StageFeatures
 from ..family import Family, Phase
 from ..torch_scoring import modes_kept
 from .blocks import dcgan_init, local_mean
-from .frozen_cache import FrozenOutputs, Outputs
+from .frozen_cache import FrozenOutputs, Outputs, cache_limit
 from .ganomaly_family import ganomaly_optimizers, ganomaly_step
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ STATISTICS_FRAMES = 64  # fitted frames whose features set the per-channel stand
 # bytes of frozen outputs kept while training (training.models.frozen_cache): the training frames'
 # feature maps under their flips and turns (elpv_mono: 240 frames x 8 x 0.7 MB), and the feature and
 # memory-distance maps of the held-out frames and their synthetic copies, which every selection
-# round and then the calibration score
+# round and then the calibration score. Each at most a quarter of the memory available (cache_limit)
 TRAINING_CACHE_BYTES = 3 << 30
 HELD_OUT_CACHE_BYTES = 1 << 30
 # latent numbers per patch = model.latent_dim / this: 33 of 120 at the default, about the principal
@@ -279,7 +279,7 @@ class FeatureGANomalyFamily(Family):
         # frozen outputs computed once per distinct input: of the training draws (dropped by end_phase),
         # and of the held-out frames (built by the first selection round; never in the exported scorer)
         self._training_features: FrozenOutputs | None = FrozenOutputs(
-            lambda batch: {"features": self.features(batch)}, TRAINING_CACHE_BYTES)
+            lambda batch: {"features": self.features(batch)}, cache_limit(TRAINING_CACHE_BYTES))
         self._held_out_maps: FrozenOutputs | None = None
 
     def prepare(self, fitted: np.ndarray) -> None:
@@ -351,7 +351,7 @@ class FeatureGANomalyFamily(Family):
             self._memory.to(self.features.mean.device)
         scoring = FeatureGANomalyScoring(self.features, self.generator, self._memory)
         if self._held_out_maps is None and self._training_features is not None:  # the first selection round
-            self._held_out_maps = FrozenOutputs(scoring.frozen_maps, HELD_OUT_CACHE_BYTES)
+            self._held_out_maps = FrozenOutputs(scoring.frozen_maps, cache_limit(HELD_OUT_CACHE_BYTES))
         scoring.frozen_cache = self._held_out_maps
         if fitted is not None:
             with modes_kept(self.features, self.generator):

@@ -16,11 +16,31 @@ Never part of an exported model: the family drops its caches when training ends.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 Outputs = dict[str, torch.Tensor]
+AVAILABLE_SHARE = 4  # a cache takes at most 1/this of the memory available when it is made
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes of memory the kernel says are available without swapping (MemAvailable), or None."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cache_limit(ceiling: int, available: int | None = None) -> int:
+    """At most `ceiling` bytes, and at most a quarter of the memory available now: a small edge box
+    that trains beside other work keeps what it needs (unknown availability: the ceiling)."""
+    available = available_memory() if available is None else available
+    return ceiling if available is None else max(0, min(ceiling, available // AVAILABLE_SHARE))
 
 
 def item_key(item: torch.Tensor) -> bytes:
