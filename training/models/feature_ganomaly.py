@@ -318,9 +318,8 @@ class FeatureGANomalyFamily(Family):
 
     def step(self, phase: Phase, next_batch: Callable[[], torch.Tensor], sampler: torch.Generator,
              optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        batch = next_batch()
-        with torch.no_grad():
-            x = self.features(batch) if self._training_features is None else self._training_features(batch)["features"]
+        with torch.no_grad():  # steps run before end_phase, while the training draws' cache exists
+            x = self._training_features(next_batch())["features"]
         # standardised features: a squared error (the pixel model's L1 would treat them as bounded pixels)
         logged, _ = ganomaly_step(self.generator, self.discriminator, x, lambda real, fake: (fake - real).pow(2).mean(),
                                   self.config, optimizers)

@@ -10,7 +10,9 @@ synthetic copies. So each input item is keyed by a digest of its bytes and its o
 up to a byte limit; beyond it they are computed and not kept. Exact: a frozen network in eval mode
 gives an item the same output whatever batch it came in (up to float summation order).
 
-Never part of an exported model: the family drops its caches when training ends.
+Never part of an exported model: the family drops the training draws' cache when training ends, and
+what is exported (and counted in FLOPs) is the scorer's cache-free copy (training.fit.exportable); the
+held-out frames' cache lives on through the calibration, which scores those frames again.
 """
 
 from __future__ import annotations
