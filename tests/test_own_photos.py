@@ -33,8 +33,9 @@ def photos(folder: Path, n: int, suffix: str = ".jpg") -> Path:
     return folder
 
 
-def test_a_missing_folder_is_named_as_missing(tmp_path):
-    result = inspector("train", "--data", str(tmp_path / "nowhere"), "--no-progress")
+@pytest.mark.parametrize("backbone", ["none", "efficientnet_lite0"])
+def test_a_missing_folder_is_named_as_missing(tmp_path, backbone):
+    result = inspector("train", "--data", str(tmp_path / "nowhere"), "--no-progress", "--set", f"model.backbone={backbone}")
     assert result.returncode == 2
     assert error_line(result).endswith("nowhere: no such folder")
 
@@ -204,3 +205,12 @@ def test_check_reads_a_frame_from_every_live_camera_and_fails_on_one_that_does_n
     assert result.returncode == 2
     assert error_line(result).endswith(f"{config}: sources (gate): camera 3: cannot open it "
                                        "(ls /dev/video* lists the cameras this machine sees)")
+
+
+def test_a_corrupt_first_photo_does_not_decide_the_whole_frame_geometry(tmp_path):
+    from training.cli import infer_input
+
+    good = photos(tmp_path / "parts" / "train" / "good", 2, ".png")
+    (good / "part_000.png").write_bytes(b"not a png")  # sorts first, as a half-written file would
+    assert infer_input(tmp_path / "parts", whole_frame=True) == {
+        "channels": 3, "color_order": "rgb", "height": 96, "width": 128, "resize": "stretch"}

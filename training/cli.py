@@ -13,7 +13,7 @@ import yaml
 from inspector.errors import ConfigError, InspectorError
 
 from .config import TrainConfig, apply_overrides, load_train_config, validate_train_config
-from .data import list_images
+from .data import list_images, training_image_paths
 from .score_choice import exported_self_check
 from .selection import WEAK_SEPARATION
 
@@ -26,9 +26,13 @@ WHOLE_FRAME_MAX_SIDE = 512  # input.height / width limit: larger frames are scal
 
 
 def first_training_image(data: Path):
-    """The first image of data/train/good as stored (None when there is none or it cannot be decoded)."""
-    images = list_images(data / "train" / "good")
-    return cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED) if images else None
+    """The first decodable image of data/train/good as stored (None when there is none): a corrupt
+    file is skipped here as training skips it."""
+    for path in list_images(data / "train" / "good"):
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is not None:
+            return image
+    return None
 
 
 def infer_input(data: Path, whole_frame: bool = False) -> dict:
@@ -36,6 +40,11 @@ def infer_input(data: Path, whole_frame: bool = False) -> dict:
     pretrained backbone) the frame stretched to its own size rounded to a multiple of 16, scaled down
     so its longer side is at most WHOLE_FRAME_MAX_SIDE."""
     first = first_training_image(data)  # none (or unreadable): the colour default, as InputConfig's
+    if whole_frame and first is None:
+        try:  # no folder or no images: the line that says which, rather than a complaint about geometry
+            training_image_paths(data)
+        except FileNotFoundError as exc:
+            raise InspectorError(str(exc).strip("'\"")) from None
     gray = first is not None and (first.ndim == 2 or first.shape[2] == 1)
     geometry = {"channels": 1, "color_order": "gray"} if gray else {"channels": 3, "color_order": "rgb"}
     if whole_frame and first is not None:
