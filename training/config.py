@@ -222,6 +222,10 @@ class ScoreConfig(Strict):
     # graph (a seeded random subset when there are more); cost per item grows with it (2 x size x
     # latent_dim FLOPs)
     memory_size: Annotated[int, Field(ge=1, le=262_144)] = 16_384
+    # patch_knn: which normal patches the memory keeps. coreset: greedy k-centre selection from a
+    # random pool of 8 x memory_size patches, so rare normal patches stay covered (PatchCore;
+    # training.models.coreset); random: a seeded random sample (the rows measured before 2026-12-05)
+    memory_sampling: Literal["coreset", "random"] = "coreset"
     # latent_lof: neighbours of the local outlier factor (20 as in Breunig et al. and scikit-learn)
     lof_neighbors: Annotated[int, Field(ge=1, le=1024)] = 20
     # self_check: after training, a score component alone replaces the weights when its synthetic-defect

@@ -11,8 +11,8 @@ reconstructed ones.
 Score components (the exported graph outputs each; the card's weights combine them):
   patch_residual  the GAN's: the largest 3x3-averaged squared reconstruction error of the
                   standardised features over the frame's patches
-  patch_knn       a memory of normal patch features (a seeded random sample of the fitted frames'
-                  patches, score.memory_size of them, as in PatchCore): the largest distance of a
+  patch_knn       a memory of normal patch features (score.memory_size of the fitted frames' patches,
+                  a greedy coreset as in PatchCore, training.models.coreset): the largest distance of a
                   patch to its nearest memory patch
   anomaly_map     both patch maps, each divided by its median frame maximum on the fitted frames,
                   summed and upsampled to the input size (the heatmap)
@@ -21,6 +21,7 @@ Score components (the exported graph outputs each; the card's weights combine th
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import numpy as np
@@ -31,12 +32,14 @@ from ..backbone import FEATURE_DIM, StageFeatures
 from ..family import Family, Phase
 from ..torch_scoring import modes_kept
 from .blocks import dcgan_init, local_mean
+from .coreset import greedy_coreset
 from .frozen_cache import FrozenOutputs, Outputs, cache_limit
 from .ganomaly_family import ganomaly_optimizers, ganomaly_step
 
 log = logging.getLogger(__name__)
 
 RESIDUAL_KERNEL = 3  # patches: 24x24 pixels of context around each 8x8 patch
+CORESET_POOL = 8  # patches drawn at random per memory patch kept, before the coreset: its selection time grows with it
 MEMORY_CHUNK = 1024  # memory patches compared at once: bounds the (patches x chunk) distance matrix
 STATISTICS_FRAMES = 64  # fitted frames whose features set the per-channel standardisation
 # bytes of frozen outputs kept while training (training.models.frozen_cache): the training frames'
@@ -234,11 +237,14 @@ class FeatureGANomalyScoring(nn.Module):
         return outputs
 
 
-def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, seed: int,
+def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, seed: int, sampling: str = "coreset",
                  batch_size: int = 8) -> torch.Tensor:
-    """`size` patch features drawn at random (seeded) from the frames, about evenly per frame."""
+    """`size` normal patch features from the frames: a greedy coreset of a random pool of
+    CORESET_POOL x size patches (about evenly per frame), or with `sampling` "random" a random sample
+    of that size; seeded."""
     rng = np.random.default_rng(seed)
-    per_frame = -(-size // len(frames))
+    pool = size * CORESET_POOL if sampling == "coreset" else size
+    per_frame = -(-pool // len(frames))
     kept = []
     device = features.mean.device
     with torch.no_grad():
@@ -247,8 +253,14 @@ def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, se
             patches = features(batch.to(device)).permute(0, 2, 3, 1).flatten(1, 2).cpu()
             for item in patches:
                 kept.append(item[torch.from_numpy(rng.permutation(len(item))[:per_frame])])
-    memory = torch.cat(kept)
-    return memory[torch.from_numpy(rng.permutation(len(memory))[:size])]
+    patches = torch.cat(kept)
+    if sampling == "coreset":
+        started = time.perf_counter()
+        memory = patches[greedy_coreset(patches, size, seed)]
+        log.info("patch memory: coreset of %d from %d normal patches in %.0f s", len(memory), len(patches),
+                 time.perf_counter() - started)
+        return memory
+    return patches[torch.from_numpy(rng.permutation(len(patches))[:size])]
 
 
 def median_frame_maxima(scoring: FeatureGANomalyScoring, frames: np.ndarray, batch_size: int = 8) -> dict[str, float]:
@@ -345,7 +357,7 @@ class FeatureGANomalyFamily(Family):
             with modes_kept(self.features):
                 self.features.eval()
                 self._memory = PatchMemory(patch_memory(self.features, fitted, self.config.score.memory_size,
-                                                        self.config.train.seed))
+                                                        self.config.train.seed, self.config.score.memory_sampling))
         if self._memory is not None:
             self._memory.to(self.features.mean.device)
         scoring = FeatureGANomalyScoring(self.features, self.generator, self._memory)
