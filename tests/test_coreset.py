@@ -33,3 +33,21 @@ def test_a_pool_no_larger_than_the_memory_is_kept_whole():
 def test_the_coreset_is_reproducible_from_its_seed():
     points = normal_patches()
     assert torch.equal(greedy_coreset(points, 50, seed=3), greedy_coreset(points, 50, seed=3))
+
+
+def test_the_backbone_patch_memory_is_a_coreset_of_the_frames_patches_by_default():
+    from training.backbone import FEATURE_DIM, StageFeatures
+    from training.config import ScoreConfig
+    from training.models.feature_ganomaly import PretrainedFeatures, patch_memory
+
+    assert ScoreConfig().memory_sampling == "coreset"
+    features = PretrainedFeatures(StageFeatures(), "rgb").eval()
+    frames = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(0)).numpy() * 2 - 1
+    with torch.no_grad():
+        patches = features(torch.from_numpy(frames)).permute(0, 2, 3, 1).reshape(-1, FEATURE_DIM)
+    coreset = patch_memory(features, frames, 48, seed=0)
+    sampled = patch_memory(features, frames, 48, seed=0, sampling="random")
+    assert coreset.shape == sampled.shape == (48, FEATURE_DIM)
+    exact = torch.cdist(coreset, patches, compute_mode="donot_use_mm_for_euclid_dist")
+    assert float(exact.amin(dim=1).max()) < 1e-3  # every kept row is one of the frames' patches
+    assert covering_radius(patches, coreset) < covering_radius(patches, sampled)
