@@ -93,6 +93,38 @@ def test_the_patch_memory_distance_is_the_nearest_neighbour_distance_in_chunks()
     assert float(PatchMemory(memory)(memory[:4].view(1, 4, FEATURE_DIM).permute(0, 2, 1).unsqueeze(-1)).max()) < 1e-2
 
 
+def test_the_patch_memory_distance_stays_exact_in_onnx_where_patches_repeat():
+    """A binarised board repeats patches almost exactly: distances near zero beside large feature norms,
+    where |m|^2 - 2 f.m + |f|^2 cancels and onnxruntime's rounding differs from torch's (a 640 px board
+    failed the export's parity check). The nearest patch's distance is taken directly instead."""
+    import onnxruntime as ort
+
+    from training.export import to_onnx_model
+
+    class Maxima(torch.nn.Module):  # the exporter's interface: a dict of named outputs
+        def __init__(self, memory):
+            super().__init__()
+            self.memory = PatchMemory(memory)
+
+        def forward(self, features):
+            return {"distance": self.memory(features)}
+
+    generator = torch.Generator().manual_seed(0)
+    memory = 40.0 + 30.0 * torch.randn(3000, FEATURE_DIM, generator=generator)  # norms of about 600
+    repeated = memory[torch.randint(0, 3000, (2 * 6 * 7,), generator=generator)]
+    features = (repeated + 1e-3 * torch.randn(repeated.shape, generator=generator)).view(2, 6, 7, FEATURE_DIM)
+    features = features.permute(0, 3, 1, 2).contiguous()
+    exact = torch.cdist(features.permute(0, 2, 3, 1).reshape(-1, FEATURE_DIM), memory,
+                        compute_mode="donot_use_mm_for_euclid_dist").amin(dim=1).view(2, 1, 6, 7)
+    module = Maxima(memory).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module(features)["distance"], exact, rtol=0, atol=1e-3)
+    session = ort.InferenceSession(to_onnx_model(module, features, 17).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    found = session.run(None, {session.get_inputs()[0].name: features.numpy()})[0]
+    np.testing.assert_allclose(found, exact.numpy(), rtol=0, atol=1e-3)
+
+
 def test_the_patch_memory_search_counts_in_the_flops_per_frame():
     """2 FLOPs per channel for every (patch, memory patch) pair: on a large frame the search, not the
     layers, is most of the cost, and the card's frames/s estimate rests on this count."""

@@ -166,8 +166,11 @@ class PretrainedFeatures(nn.Module):
 
 
 class PatchMemory(nn.Module):
-    """Nearest-memory distance of every patch: (N, C, h, w) -> (N, 1, h, w), in chunks of the memory so
-    the exported graph never holds a (patches x memory) matrix at once."""
+    """Nearest-memory distance of every patch: (N, C, h, w) -> (N, 1, h, w). The nearest memory patch is
+    found by |m|^2 - 2 f.m in chunks of the memory (one matrix product each, so the exported graph never
+    holds a (patches x memory) matrix at once); its distance is then taken directly, because the
+    expanded form cancels badly near zero (a binarised board repeats patches almost exactly, and
+    onnxruntime's and torch's rounding then differ by more than the export's parity tolerance)."""
 
     def __init__(self, memory: torch.Tensor):
         super().__init__()
@@ -185,13 +188,17 @@ class PatchMemory(nn.Module):
         n, c, h, w = features.shape
         self.patches_per_item = int(h) * int(w)
         flat = features.permute(0, 2, 3, 1).reshape(-1, c)
-        nearest = None
+        best = nearest = None
         for start in range(0, len(self.memory), MEMORY_CHUNK):
-            chunk = self.memory[start:start + MEMORY_CHUNK]
-            partial = (self.memory_sq[start:start + MEMORY_CHUNK] - 2 * flat @ chunk.t()).amin(dim=1)
-            nearest = partial if nearest is None else torch.minimum(nearest, partial)
-        squared = (nearest + flat.pow(2).sum(dim=1)).clamp_min(0)
-        return squared.sqrt().view(n, 1, h, w)
+            ranking = self.memory_sq[start:start + MEMORY_CHUNK] - 2 * flat @ self.memory[start:start + MEMORY_CHUNK].t()
+            value, index = ranking.min(dim=1)
+            if best is None:
+                best, nearest = value, index
+            else:
+                closer = value < best
+                best, nearest = torch.where(closer, value, best), torch.where(closer, index + start, nearest)
+        distance = (flat - self.memory[nearest]).pow(2).sum(dim=1).sqrt()
+        return distance.view(n, 1, h, w)
 
 
 class FeatureGANomalyScoring(nn.Module):
