@@ -228,6 +228,11 @@ class ScoreConfig(Strict):
     memory_sampling: Literal["coreset", "random"] = "coreset"
     # latent_lof: neighbours of the local outlier factor (20 as in Breunig et al. and scikit-learn)
     lof_neighbors: Annotated[int, Field(ge=1, le=1024)] = 20
+    # how the components are put in one unit before the weighted sum, on held-out normal data
+    # (training.frame_scores.component_scales): median (each divided by its median) or spread (by its
+    # robust spread: z-score fusion). Unset: spread with a pretrained backbone (patch_knn + patch_residual),
+    # median otherwise
+    fusion: Literal["median", "spread"] | None = None
     # self_check: after training, a score component alone replaces the weights when its synthetic-defect
     # self-check is clearly better (training.score_choice); fixed: the weights as given. Unset, it is
     # fixed when the config states weights (the user's score) and self_check when it leaves them to the recipe.
@@ -302,6 +307,8 @@ class TrainConfig(Strict):
         family = self.model.family
         if self.score.choice is None:  # before any default weights are filled in below
             self.score.choice = "fixed" if "weights" in self.score.model_fields_set else "self_check"
+        if self.score.fusion is None:
+            self.score.fusion = "spread" if self.model.backbone != "none" else "median"
         if self.model.backbone != "none":
             self._check_backbone()
             return self._common_checks()

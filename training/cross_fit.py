@@ -62,6 +62,7 @@ def out_of_fold_scores(config: TrainConfig, normal: np.ndarray, steps: int, run:
                         progress=progress, stop_after_steps=steps)
         scoring = trained.family.scoring(normal[fitted]).eval()
         outputs, owner = frame_outputs(scoring, normal[held], items.spec)
-        definition = ScoreDefinition(weights=weights, scales=component_scales(outputs, list(weights)), map_output=None)
+        scales = component_scales(outputs, list(weights), config.score.fusion)
+        definition = ScoreDefinition(weights=weights, scales=scales, map_output=None)
         scores[held] = per_frame_max(np.asarray(combine_score(outputs, definition)), owner)
     return scores

@@ -150,7 +150,7 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     offsets = [sum(epochs[:i]) for i in range(len(phases))]
     selector = CheckpointSelector(config.selection, dict(config.score.weights), items.spec, config.train.seed,
                                   validation, family.selected_modules, lambda: family.scoring(fitted), epochs[-1],
-                                  family.trained_components)
+                                  family.trained_components, config.score.fusion)
     length = TrainingLength(phases[-1].steps, per_epoch[-1], config.train.max_blocks, selector, time_budget_s)
     last = len(phases) - 1
     at, elapsed, saved = _Position(), 0.0, None

@@ -33,7 +33,7 @@ from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
 from .flops import count_flops
 from .frame_level import with_frame_level
-from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max
+from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max, scale_description
 from .items import Items, items_of
 from .quantize import export_int8
 from .run_folder import RunFolder
@@ -201,10 +201,10 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     held_out, owner = model_inputs(held_out_frames, spec)
     outputs = run_scoring(scoring, held_out, keep_maps=False)
     score = ScoreDefinition(weights=dict(config.score.weights),
-                            scales=component_scales(outputs, list(config.score.weights)),
+                            scales=component_scales(outputs, list(config.score.weights), config.score.fusion),
                             map_output="anomaly_map",
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
-                                        "median on held-out normal images; anomaly_map = locally averaged "
+                                        f"{scale_description(config.score.fusion)} on held-out normal images; anomaly_map = locally averaged "
                                         f"{config.score.residual} residual (kernel {config.score.pool_kernel})"
                                         + memory_description(scoring, "tile" if spec.resize == "tile" else "image"))
     normal_scores = per_frame_max(combine_score(outputs, score), owner)
@@ -289,9 +289,10 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     trained, scoring = train_family(config, normal[fit_idx], held_out, run, resume, progress)
     outputs = run_scoring(scoring, held_out, batch_size=4096)
     score = ScoreDefinition(weights=dict(config.score.weights),
-                            scales=component_scales(outputs, list(config.score.weights)), map_output=None,
+                            scales=component_scales(outputs, list(config.score.weights), config.score.fusion),
+                            map_output=None,
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
-                                        "median on held-out normal windows"
+                                        f"{scale_description(config.score.fusion)} on held-out normal windows"
                                         + memory_description(scoring, "window"))
     normal_scores = normal_scores_for_threshold(config, combine_score(outputs, score), normal, trained, run, progress)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate,

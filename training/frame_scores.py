@@ -71,12 +71,33 @@ def per_frame_max(scores: np.ndarray, owner: np.ndarray) -> np.ndarray:
     return out
 
 
-def component_scales(outputs: dict[str, np.ndarray], names: list[str]) -> dict[str, float]:
-    """Median of each component on held-out normal data: scores become 'times a typical normal'."""
+SPREAD_FLOOR = 0.01  # fusion "spread": a spread is taken as at least this share of the median (values can tie)
+
+
+def component_scales(outputs: dict[str, np.ndarray], names: list[str], fusion: str = "median") -> dict[str, float]:
+    """Each component's unit on held-out normal data, for the weighted sum of components.
+
+    median: its median: scores become 'times a typical normal'.
+    spread: its robust spread (1.4826 x the median absolute deviation, at least SPREAD_FLOOR of the
+            median): each component's normal variation counts the same in the sum, so a component that
+            holds normal frames tightly is not drowned by a noisy one. Ranking by the sum of value /
+            spread is ranking by the sum of z-scores (the medians only add a constant): the z-score
+            normalisation of score fusion (Jain, Nandakumar and Ross 2005).
+    """
+    if fusion not in ("median", "spread"):
+        raise ValueError(f"fusion must be 'median' or 'spread', got {fusion!r}")
     scales = {}
     for name in names:
         values = np.asarray(outputs[name], dtype=np.float64).reshape(-1)
         median = float(np.median(values))
-        scales[name] = median if median > 0 else max(float(values.mean()), 1e-12)
+        typical = median if median > 0 else max(float(values.mean()), 1e-12)
+        if fusion == "spread":
+            spread = 1.4826 * float(np.median(np.abs(values - median)))
+            typical = max(spread, SPREAD_FLOOR * typical, 1e-12)
+        scales[name] = typical
     return scales
 
+
+def scale_description(fusion: str) -> str:
+    """How the card's description names the components' unit."""
+    return "median" if fusion == "median" else "robust spread (1.4826 x median absolute deviation)"

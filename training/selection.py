@@ -104,11 +104,12 @@ class CheckpointSelector:
 
     def __init__(self, settings: SelectionConfig, weights: dict[str, float], spec, seed: int,
                  validation: np.ndarray | None, modules: dict[str, nn.Module], make_scoring: Callable[[], nn.Module],
-                 total_epochs: int, judged_by: tuple[str, ...] = ()):
+                 total_epochs: int, judged_by: tuple[str, ...] = (), fusion: str = "median"):
         """`settings`: the config's selection section; `weights`: the score's components; `spec`: the
         image input (None for feature windows); `validation`: held-out normal items; `judged_by`: the
         score components checkpoints are judged by where part of the score is frozen (see
-        Family.trained_components; none: the whole score)."""
+        Family.trained_components; none: the whole score); `fusion`: how components share a unit, as
+        the exported score's (training.frame_scores.component_scales)."""
         self.criterion = settings.criterion if validation is not None else "last"  # nothing held out
         if self.criterion != "last" and len(validation) < 2:
             log.warning("checkpoint selection by %s needs at least 2 held-out normal items, %d held out: the last "
@@ -119,6 +120,7 @@ class CheckpointSelector:
         self.total_epochs = max(1, total_epochs)  # of one block (training.driver extends a run block by block)
         self.evaluations = settings.evaluations
         self.weights = dict(weights)
+        self.fusion = fusion
         self.judged_by = tuple(c for c in judged_by if c in self.weights)
         self.last_judged: tuple[float, float] | None = None  # the latest round's (value, error) of judged_by
         self.spec = spec
@@ -179,7 +181,7 @@ class CheckpointSelector:
             labels = np.r_[np.zeros(len(self.normal)), np.ones(len(self.defective))]
 
             def separation(weights: dict[str, float]) -> tuple[float, float]:
-                definition = ScoreDefinition(weights=weights, scales=component_scales(normal, list(weights)),
+                definition = ScoreDefinition(weights=weights, scales=component_scales(normal, list(weights), self.fusion),
                                              map_output=None)
                 normal_scores = per_frame_max(combine_score(normal, definition), owner)
                 defective_scores = per_frame_max(combine_score(defective, definition), defective_owner)
