@@ -103,6 +103,20 @@ class PreparedFrame:
     regions: tuple[Region, ...] = ()  # the source's regions of interest it was made for (none: the whole frame)
 
 
+# input values per onnxruntime run: 64 RGB 64x64 tiles (the shipped tile batch). A whole-frame
+# backbone model's memory grows with the frames of a run (activations at 512 px, the patch memory's
+# distance matrices): 64 deeppcb frames of 512x512 in one run took 24 GB and were killed; 12 per run
+# peaked at 7.4 GB, 3 per run at 2.1 GB, and scored 64 frames in 11 s instead of 19
+RUN_VALUES = 64 * 3 * 64 * 64
+
+
+def inputs_per_run(shape: tuple[int, ...], max_batch: int) -> int:
+    """How many inputs of `shape` (without the batch axis) one run takes: max_batch, fewer for large
+    inputs, at least one."""
+    values = int(np.prod(shape)) if len(shape) else 1
+    return max(1, min(max_batch, RUN_VALUES // max(values, 1)))
+
+
 def combine_score(outputs: dict[str, np.ndarray], definition: ScoreDefinition) -> np.ndarray:
     """score = sum_i weight_i * component_i / scale_i; shared by the inspector and training."""
     total = None
@@ -255,8 +269,10 @@ class Scorer:
         return results  # type: ignore[return-value]
 
     def score_in_chunks(self, inputs: np.ndarray, max_batch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """score_tensor over preprocessed inputs (at least one) in runs of at most max_batch, joined."""
-        chunks = [self.score_tensor(inputs[i : i + max_batch]) for i in range(0, len(inputs), max_batch)]
+        """score_tensor over preprocessed inputs (at least one) in runs of at most max_batch, and of at
+        most RUN_VALUES input values (inputs_per_run), joined."""
+        step = inputs_per_run(inputs.shape[1:], max_batch)
+        chunks = [self.score_tensor(inputs[i : i + step]) for i in range(0, len(inputs), step)]
         scores = np.concatenate([c[0] for c in chunks])
         outputs = {k: np.concatenate([c[1][k] for c in chunks]) for k in chunks[0][1]}
         return scores, outputs

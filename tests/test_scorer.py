@@ -116,3 +116,16 @@ def test_a_file_that_is_not_onnx_is_refused_in_one_sentence(tmp_path):
     assert str(info.value).startswith(f"{fake}: not a loadable ONNX model") and "\n" not in str(info.value)
     with pytest.raises(ModelCardError, match="model file not found"):
         Scorer(tmp_path / "missing.onnx")
+
+
+def test_large_whole_frames_are_scored_a_few_per_run_and_tiles_and_rows_a_full_batch():
+    """64 frames of 512x512 in one onnxruntime run of a backbone model took 24 GB (killed): a run is
+    bounded by its input values as well as by max_batch."""
+    from inspector.scorer import inputs_per_run
+
+    assert inputs_per_run((3, 64, 64), 64) == 64  # tiles: the batch as asked
+    assert inputs_per_run((3, 128, 128), 64) == 16
+    assert inputs_per_run((1, 512, 512), 64) == 3
+    assert inputs_per_run((3, 512, 512), 64) == 1
+    assert inputs_per_run((3, 4096, 4096), 64) == 1  # never none
+    assert inputs_per_run((78,), 4096) == 4096  # flow windows
