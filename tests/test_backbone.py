@@ -94,9 +94,9 @@ def test_the_patch_memory_distance_is_the_nearest_neighbour_distance_in_chunks()
 
 
 def test_the_patch_memory_distance_stays_exact_in_onnx_where_patches_repeat():
-    """A binarised board repeats patches almost exactly: distances near zero beside large feature norms,
-    where |m|^2 - 2 f.m + |f|^2 cancels and onnxruntime's rounding differs from torch's (a 640 px board
-    failed the export's parity check). The nearest patch's distance is taken directly instead."""
+    """Patches that repeat memory patches put distances near zero beside large feature norms, where
+    |m|^2 - 2 f.m + |f|^2 cancels (0.4 off here, in torch as in onnxruntime). The nearest patch's
+    distance is taken directly instead."""
     import onnxruntime as ort
 
     from training.export import to_onnx_model

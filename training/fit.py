@@ -204,7 +204,8 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
                             scales=component_scales(outputs, list(config.score.weights), config.score.fusion),
                             map_output="anomaly_map",
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
-                                        f"{scale_description(config.score.fusion)} on held-out normal images; anomaly_map = locally averaged "
+                                        f"{scale_description(config.score.fusion)} on held-out normal images; "
+                                        "anomaly_map = locally averaged "
                                         f"{config.score.residual} residual (kernel {config.score.pool_kernel})"
                                         + memory_description(scoring, "tile" if spec.resize == "tile" else "image"))
     normal_scores = per_frame_max(combine_score(outputs, score), owner)
