@@ -226,6 +226,11 @@ class ScoreConfig(Strict):
     # random pool of 8 x memory_size patches, so rare normal patches stay covered (PatchCore;
     # training.models.coreset); random: a seeded random sample (the rows measured before 2026-12-05)
     memory_sampling: Literal["coreset", "random"] = "coreset"
+    # patch_knn: the memory's pool also draws from every fitted frame made this much brighter (pixel
+    # values x (1 + memory_lighting), clipped at white), so a lamp that brightens the line within that
+    # range does not look like a defect; darker needs no copy (see training.models.feature_ganomaly.
+    # brightened). 0: the frames as they are (the rows measured before 2026-12-05 03:00)
+    memory_lighting: Annotated[float, Field(ge=0, le=1)] = 0.3
     # latent_lof: neighbours of the local outlier factor (20 as in Breunig et al. and scikit-learn)
     lof_neighbors: Annotated[int, Field(ge=1, le=1024)] = 20
     # how the components are put in one unit before the weighted sum, on held-out normal data

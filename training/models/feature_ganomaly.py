@@ -12,8 +12,9 @@ Score components (the exported graph outputs each; the card's weights combine th
   patch_residual  the GAN's: the largest 3x3-averaged squared reconstruction error of the
                   standardised features over the frame's patches
   patch_knn       a memory of normal patch features (score.memory_size of the fitted frames' patches,
-                  a greedy coreset as in PatchCore, training.models.coreset): the largest distance of a
-                  patch to its nearest memory patch
+                  a greedy coreset as in PatchCore, training.models.coreset, drawn from the frames as
+                  they are and brightened by score.memory_lighting): the largest distance of a patch to
+                  its nearest memory patch
   anomaly_map     both patch maps, each divided by its median frame maximum on the fitted frames,
                   summed and upsampled to the input size (the heatmap)
 """
@@ -253,22 +254,34 @@ class FeatureGANomalyScoring(nn.Module):
         return outputs
 
 
+def brightened(frames: torch.Tensor, gain: float) -> torch.Tensor:
+    """Model-space frames (pixels in [0, 1] as x * 0.5 + 0.5) with every pixel value times `gain`,
+    clipped at white as a camera clips. Frame standardising undoes a gain that clips nothing, so a
+    darker copy shows the backbone the same picture; a brighter one flattens the highlights, which no
+    rescaling undoes: that is what a memory must have seen to leave a brighter lamp unflagged."""
+    return ((frames * 0.5 + 0.5) * gain).clamp(0, 1) * 2 - 1
+
+
 def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, seed: int, sampling: str = "coreset",
-                 batch_size: int = 8) -> torch.Tensor:
+                 lighting: float = 0.0, batch_size: int = 8) -> torch.Tensor:
     """`size` normal patch features from the frames: a greedy coreset of a random pool of
     CORESET_POOL x size patches (about evenly per frame), or with `sampling` "random" a random sample
-    of that size; seeded."""
+    of that size; seeded. With `lighting` > 0 each frame also enters brightened by 1 + lighting
+    (score.memory_lighting), sharing the pool with the frames as they are."""
     rng = np.random.default_rng(seed)
     pool = size * CORESET_POOL if sampling == "coreset" else size
-    per_frame = -(-pool // len(frames))
+    gains = (1.0, 1.0 + lighting) if lighting > 0 else (1.0,)
+    per_frame = -(-pool // (len(frames) * len(gains)))
     kept = []
     device = features.mean.device
     with torch.no_grad():
         for start in range(0, len(frames), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch_size], dtype=np.float32))
-            patches = features(batch.to(device)).permute(0, 2, 3, 1).flatten(1, 2).cpu()
-            for item in patches:
-                kept.append(item[torch.from_numpy(rng.permutation(len(item))[:per_frame])])
+            for gain in gains:
+                shown = batch if gain == 1.0 else brightened(batch, gain)
+                patches = features(shown.to(device)).permute(0, 2, 3, 1).flatten(1, 2).cpu()
+                for item in patches:
+                    kept.append(item[torch.from_numpy(rng.permutation(len(item))[:per_frame])])
     patches = torch.cat(kept)
     if sampling == "coreset":
         started = time.perf_counter()
@@ -373,7 +386,8 @@ class FeatureGANomalyFamily(Family):
             with modes_kept(self.features):
                 self.features.eval()
                 self._memory = PatchMemory(patch_memory(self.features, fitted, self.config.score.memory_size,
-                                                        self.config.train.seed, self.config.score.memory_sampling))
+                                                        self.config.train.seed, self.config.score.memory_sampling,
+                                                        self.config.score.memory_lighting))
         if self._memory is not None:
             self._memory.to(self.features.mean.device)
         scoring = FeatureGANomalyScoring(self.features, self.generator, self._memory)
