@@ -22,7 +22,7 @@ from .strict import FrozenStrict
 
 CARD_KEY = "qinspector.card"
 MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
-CARD_FORMAT_VERSION = 8  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; 8: input.frame_level; older cards still load
+CARD_FORMAT_VERSION = 9  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; 8: input.frame_level; 9: score.map_in_score_units; older cards still load
 MIN_TILE_SCALE = 0.25
 
 
@@ -133,6 +133,9 @@ class ScoreDefinition(FrozenStrict):
     weights: dict[str, float]
     scales: dict[str, float]
     map_output: str | None = "anomaly_map"
+    # the map sums the score's components as the score does (weight / scale), so its values read
+    # against the threshold; otherwise it is in the model's own unit (cards before format 9)
+    map_in_score_units: bool = False
     description: str = ""
 
     @model_validator(mode="after")
@@ -213,7 +216,7 @@ class Lineage(FrozenStrict):
 
 
 class ModelCard(FrozenStrict):
-    format_version: Literal[1, 2, 3, 4, 5, 6, 7, 8] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4, 5, 6, 7, 8, 9] = CARD_FORMAT_VERSION
     name: str
     # the training family that made the graph (training.models.registry); the runtime only shows it
     family: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]

@@ -9,9 +9,12 @@ from .card import ModelCard
 
 
 def heatmap_reference(card: ModelCard, threshold: float) -> float:
-    """The map value drawn as full red. When the score is the map's maximum, that is the threshold in
-    map units, so colour means the same on every frame; otherwise the calibration's typical maximum."""
+    """The map value drawn as full red. When the map is in the score's unit (or the score is the map's
+    maximum), that is the threshold in map units, so colour means the same on every frame; otherwise
+    the calibration's typical maximum."""
     score = card.score
+    if score.map_output and score.map_in_score_units:
+        return threshold
     if score.map_output and set(score.weights) == {"residual_max"}:
         return threshold * score.scales["residual_max"] / score.weights["residual_max"]
     return score.scales.get("residual_max", 1.0)
@@ -47,7 +50,7 @@ BAR_HEIGHT = 14
 
 def reference_label(card: ModelCard) -> str:
     """What full red means, in words, for the colour bar (see heatmap_reference)."""
-    if card.score.map_output and set(card.score.weights) == {"residual_max"}:
+    if card.score.map_output and (card.score.map_in_score_units or set(card.score.weights) == {"residual_max"}):
         return "red = the threshold's level"
     return "red = the typical maximum on good parts"
 

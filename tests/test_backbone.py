@@ -40,6 +40,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from inspector.errors import ConfigError  # noqa: E402
+from inspector.overlay import heatmap_reference  # noqa: E402
 from inspector.scorer import Scorer  # noqa: E402
 from training.cli import default_config  # noqa: E402
 from training.config import validate_train_config  # noqa: E402
@@ -191,6 +192,10 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     outputs = scorer.run(scorer.prepare(frame).tiles)
     assert set(outputs) >= {"patch_knn", "patch_residual", "anomaly_map"}
     assert outputs["anomaly_map"].shape == (1, 1, 64, 64)  # the heatmap is in input pixels, not patches
+    # the heatmap sums the components as the score does, so red on evidence pictures means the threshold
+    [scored] = scorer.score_images([frame])
+    assert card.score.map_in_score_units and heatmap_reference(card, scorer.threshold) == scorer.threshold
+    assert 0.4 * scored.raw <= float(scored.heatmap.max()) <= scored.raw * (1 + 1e-4)
     assert result.metrics["image_auroc"] >= 0.75  # specks, scratches and stains on a texture it learned
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert "features" in checkpoint and float(checkpoint["features"]["std"].min()) > 0  # resume keeps the statistics

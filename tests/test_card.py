@@ -87,8 +87,16 @@ def test_format_1_and_2_cards_from_earlier_releases_still_load(tiny_piped_run, t
     _rewrite_card(tiny_piped_run.model_path, tmp_path / "seven.onnx", format_7)
     card = Scorer(tmp_path / "seven.onnx").card
     assert card.format_version == 7 and card.input.frame_level is None  # frames scored as they come, as then
+
+    def format_8(d):
+        d["format_version"] = 8
+        del d["score"]["map_in_score_units"]  # added in format 9
+
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "eight.onnx", format_8)
+    card = Scorer(tmp_path / "eight.onnx").card
+    assert card.format_version == 8 and not card.score.map_in_score_units  # the map in its own unit, as then
     new = tiny_piped_run.card
-    assert new.format_version == 8 and new.input.frame_level is not None and new.export.precision == "float32" and new.calibration.confidence == 0.9 and new.calibration.folds is None
+    assert new.format_version == 9 and new.input.frame_level is not None and new.export.precision == "float32" and new.calibration.confidence == 0.9 and new.calibration.folds is None
     assert new.lineage is None  # trained from scratch
     assert 0 <= new.calibration.synthetic_recall <= 1
 

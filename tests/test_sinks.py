@@ -40,6 +40,7 @@ class _Card:
 
     class score:  # noqa: N801 - a stand-in with the fields the overlay reads
         map_output = "anomaly_map"
+        map_in_score_units = False
         weights = {"residual_max": 1.0}
         scales = {"residual_max": 1.0}
 

@@ -208,6 +208,9 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
                                         "anomaly_map = locally averaged "
                                         f"{config.score.residual} residual (kernel {config.score.pool_kernel})"
                                         + memory_description(scoring, "tile" if spec.resize == "tile" else "image"))
+    if hasattr(scoring, "use_score_units"):  # a heatmap that sums the score's components reads against the threshold
+        scoring.use_score_units(score)
+        score = score.model_copy(update={"map_in_score_units": True})
     normal_scores = per_frame_max(combine_score(outputs, score), owner)
     validation = None
     if config.calibration.method == "f1_optimal":

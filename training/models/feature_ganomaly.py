@@ -15,8 +15,10 @@ Score components (the exported graph outputs each; the card's weights combine th
                   a greedy coreset as in PatchCore, training.models.coreset, drawn from the frames as
                   they are and brightened by score.memory_lighting): the largest distance of a patch to
                   its nearest memory patch
-  anomaly_map     both patch maps, each divided by its median frame maximum on the fitted frames,
-                  summed and upsampled to the input size (the heatmap)
+  anomaly_map     the heatmap at input size: in the exported model, the score's own sum of the
+                  patch maps (each times its weight over its scale, `use_score_units`), so its
+                  value at a place reads against the threshold; while training, each map over its
+                  median frame maximum on the fitted frames
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+
+from inspector.card import ScoreDefinition
 
 from ..backbone import FEATURE_DIM, StageFeatures
 from ..family import Family, Phase
@@ -215,18 +219,25 @@ class FeatureGANomalyScoring(nn.Module):
     """Exportable scorer: images in; patch_residual, patch_knn (with a memory) and anomaly_map out."""
 
     def __init__(self, features: PretrainedFeatures, generator: FeatureGenerator, memory: PatchMemory | None,
-                 map_scales: dict[str, float] | None = None, frozen_cache: FrozenOutputs | None = None):
+                 map_factors: dict[str, float] | None = None, frozen_cache: FrozenOutputs | None = None):
+        """`map_factors`: what each patch map is multiplied by before the heatmap's sum (a map not
+        named is left out); default: each map as it is."""
         super().__init__()
         self.features, self.generator, self.memory = features, generator, memory
-        scales = map_scales or {}
-        self.residual_scale = float(scales.get("patch_residual", 1.0))
-        self.knn_scale = float(scales.get("patch_knn", 1.0))
+        names = ("patch_residual",) + (() if memory is None else ("patch_knn",))
+        self.map_factors = {name: 1.0 for name in names} if map_factors is None else dict(map_factors)
         self.frozen_cache = frozen_cache  # while training only: an exported scorer computes everything
 
     def exportable(self) -> "FeatureGANomalyScoring":
         """The same scorer without the training-time cache: what is exported and counted (FLOPs)."""
-        return FeatureGANomalyScoring(self.features, self.generator, self.memory,
-                                      {"patch_residual": self.residual_scale, "patch_knn": self.knn_scale})
+        return FeatureGANomalyScoring(self.features, self.generator, self.memory, self.map_factors)
+
+    def use_score_units(self, score: ScoreDefinition) -> None:
+        """The heatmap from now on sums the score's components as the score does (weight / scale),
+        so where it reaches the threshold a patch alone would alarm; a component outside the score is
+        left out of it. (A frame's score, the sum of each map's maximum, is at least the heatmap's
+        maximum: equal when both maxima fall on one patch.)"""
+        self.map_factors = {name: score.weights[name] / score.scales[name] for name in score.weights}
 
     def frozen_maps(self, image: torch.Tensor) -> Outputs:
         """What no training step changes: the standardised features and the memory distances."""
@@ -246,9 +257,7 @@ class FeatureGANomalyScoring(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self.patch_maps(image)
         outputs = {name: value.flatten(1).amax(dim=1) for name, value in maps.items()}
-        combined = maps["patch_residual"] / self.residual_scale
-        if "patch_knn" in maps:
-            combined = combined + maps["patch_knn"] / self.knn_scale
+        combined = sum(maps[name] * factor for name, factor in self.map_factors.items())
         outputs["anomaly_map"] = nn.functional.interpolate(combined, size=image.shape[-2:], mode="bilinear",
                                                            align_corners=False)
         return outputs
@@ -399,6 +408,5 @@ class FeatureGANomalyFamily(Family):
                 scoring.eval()
                 sample = fitted[np.sort(np.random.default_rng(self.config.train.seed).permutation(len(fitted))[:32])]
                 scales = median_frame_maxima(scoring, sample)
-            scoring.residual_scale = scales["patch_residual"]
-            scoring.knn_scale = scales.get("patch_knn", 1.0)
+            scoring.map_factors = {name: 1.0 / scale for name, scale in scales.items()}
         return scoring
