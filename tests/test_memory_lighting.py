@@ -1,6 +1,7 @@
-"""A brighter lamp is not a defect: the backbone's patch memory has seen the normal frames brightened
-(clipped at white, as a camera clips), so a normal frame 30% brighter stays as near to it as normal
-frames are. Frame standardising alone cannot do this: clipped highlights are a different picture."""
+"""A brighter lamp is not a defect: with a pretrained backbone, training draws and the patch memory
+include the normal frames brightened (clipped at white, as a camera clips), so a normal frame 30%
+brighter stays as near to the memory as normal frames are. Frame standardising alone cannot do
+this: clipped highlights are a different picture."""
 
 from __future__ import annotations
 
@@ -30,10 +31,9 @@ def typical_frame_score(features, memory, frames: torch.Tensor) -> float:
 
 def test_a_normal_frame_under_a_brighter_lamp_stays_near_a_memory_that_saw_brightened_frames():
     from training.backbone import StageFeatures
-    from training.config import ScoreConfig
-    from training.models.feature_ganomaly import PretrainedFeatures, brightened, patch_memory
+    from training.items import brightened
+    from training.models.feature_ganomaly import PretrainedFeatures, patch_memory
 
-    assert ScoreConfig().memory_lighting == 0.3
     features = PretrainedFeatures(StageFeatures(), "bgr").eval()
     fitted, held_out = bright_surfaces(24, seed=0), torch.from_numpy(bright_surfaces(6, seed=1))
     clipped = float((brightened(held_out, 1.3) >= 1).float().mean())
@@ -60,3 +60,38 @@ def test_without_lighting_the_memory_is_drawn_as_before():
     features = PretrainedFeatures(StageFeatures(), "bgr").eval()
     frames = bright_surfaces(6, seed=2)
     assert torch.equal(patch_memory(features, frames, 64, seed=0), patch_memory(features, frames, 64, seed=0, lighting=0.0))
+
+
+def test_lighting_is_on_by_default_with_a_backbone_and_off_for_from_scratch_models(tmp_path):
+    from training.config import validate_train_config
+
+    backbone = {"name": "b", "data": {"path": str(tmp_path)}, "input": {"resize": "stretch"},
+                "model": {"backbone": "efficientnet_lite0"}}
+    assert validate_train_config(backbone, "test").train.augment.lighting == 0.3
+    assert validate_train_config({"name": "s", "data": {"path": str(tmp_path)}}, "test").train.augment.lighting == 0.0
+    stated = {**backbone, "train": {"augment": {"lighting": 0.0}}}
+    assert validate_train_config(stated, "test").train.augment.lighting == 0.0
+
+
+def test_with_lighting_about_half_the_training_draws_are_brightened_and_clipped_at_white():
+    from inspector.card import ImageInput
+    from training.config import AugmentConfig
+    from training.items import augment, brightened
+
+    frames = torch.linspace(-1, 0.8, 64 * 3 * 32 * 32).view(64, 3, 32, 32)
+    still = AugmentConfig(hflip=False, vflip=False, rot90=False, lighting=0.3)
+    drawn = augment(frames, still, torch.Generator().manual_seed(0), ImageInput(height=32, width=32, channels=3, color_order="rgb"))
+    lit = [bool(torch.equal(d, b)) for d, b in zip(drawn, brightened(frames, 1.3))]
+    same = [bool(torch.equal(d, f)) for d, f in zip(drawn, frames)]
+    assert all(a != b for a, b in zip(lit, same)) and 20 <= sum(lit) <= 44
+    assert float(drawn.max()) == 1.0 and float(brightened(frames, 1.3).max()) == 1.0  # white stays white
+
+
+def test_without_lighting_training_draws_are_what_they_were():
+    from training.config import AugmentConfig
+    from training.items import augment
+
+    frames = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain = augment(frames, AugmentConfig(), torch.Generator().manual_seed(0))
+    off = augment(frames, AugmentConfig(lighting=0.0), torch.Generator().manual_seed(0))
+    assert torch.equal(plain, off)

@@ -180,11 +180,18 @@ class LossWeights(Strict):
 
 
 class AugmentConfig(Strict):
-    """On by default (textures and loose parts have no fixed pose); switch off for parts that do."""
+    """On by default (textures and loose parts have no fixed pose); switch off for parts that do.
+
+    `lighting`: a lamp up to this much brighter is normal. Half of the training draws are brightened
+    by 1 + lighting (pixel values times it, clipped at white as a camera clips), and a patch memory
+    (patch_knn) also keeps the fitted frames brightened so. Frame standardising undoes a gain that
+    clips nothing (darker frames need no copy); clipped highlights it cannot undo. Unset: 0.3 with a
+    pretrained backbone, 0 (off) for from-scratch models, whose rows were measured without it."""
 
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
+    lighting: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
 class TrainLoopConfig(Strict):
@@ -226,11 +233,6 @@ class ScoreConfig(Strict):
     # random pool of 8 x memory_size patches, so rare normal patches stay covered (PatchCore;
     # training.models.coreset); random: a seeded random sample (the rows measured before 2026-12-05)
     memory_sampling: Literal["coreset", "random"] = "coreset"
-    # patch_knn: the memory's pool also draws from every fitted frame made this much brighter (pixel
-    # values x (1 + memory_lighting), clipped at white), so a lamp that brightens the line within that
-    # range does not look like a defect; darker needs no copy (see training.models.feature_ganomaly.
-    # brightened). 0: the frames as they are (the rows measured before 2026-12-05 03:00)
-    memory_lighting: Annotated[float, Field(ge=0, le=1)] = 0.3
     # latent_lof: neighbours of the local outlier factor (20 as in Breunig et al. and scikit-learn)
     lof_neighbors: Annotated[int, Field(ge=1, le=1024)] = 20
     # how the components are put in one unit before the weighted sum, on held-out normal data
@@ -314,6 +316,8 @@ class TrainConfig(Strict):
             self.score.choice = "fixed" if "weights" in self.score.model_fields_set else "self_check"
         if self.score.fusion is None:
             self.score.fusion = "spread" if self.model.backbone != "none" else "median"
+        if self.train.augment.lighting is None:
+            self.train.augment.lighting = 0.3 if self.model.backbone != "none" else 0.0
         if self.model.backbone != "none":
             self._check_backbone()
             return self._common_checks()

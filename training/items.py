@@ -44,8 +44,25 @@ def random_crops(items: list[torch.Tensor], height: int, width: int, generator: 
     return torch.stack(crops)
 
 
-def augment(batch: torch.Tensor, options: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random flips / quarter turns, per item. Only label-preserving for parts without a fixed pose."""
+def brightened(frames: torch.Tensor, gain: float, mean: float | torch.Tensor = 0.5,
+               std: float | torch.Tensor = 0.5) -> torch.Tensor:
+    """Model-space frames (pixels in [0, 1] as x * std + mean) with every pixel value times `gain`,
+    clipped at white as a camera clips. Frame standardising undoes a gain that clips nothing; a
+    brighter frame's flattened highlights it cannot undo, so a model must have seen them to leave a
+    brighter lamp unflagged (AugmentConfig.lighting)."""
+    return ((frames * std + mean) * gain).clamp(0, 1).sub(mean).div(std)
+
+
+def augment(batch: torch.Tensor, options: AugmentConfig, generator: torch.Generator,
+            spec: ImageInput | None = None) -> torch.Tensor:
+    """Random flips / quarter turns, per item (only label-preserving for parts without a fixed pose);
+    with options.lighting, half of the items brightened by 1 + lighting (`spec`: the model space's
+    pixel mean and std; default 0.5 and 0.5)."""
+    if options.lighting:
+        mean, std = (0.5, 0.5) if spec is None else (torch.tensor(spec.mean).view(-1, 1, 1),
+                                                     torch.tensor(spec.std).view(-1, 1, 1))
+        lit = torch.rand(len(batch), generator=generator) < 0.5  # drawn only with lighting: other runs keep their draws
+        batch = torch.where(lit.view(-1, 1, 1, 1), brightened(batch, 1.0 + options.lighting, mean, std), batch)
     if not (options.hflip or options.vflip or options.rot90):
         return batch
     out = []
@@ -77,7 +94,7 @@ class ImageItems:
 
     def batch(self, picked: list[torch.Tensor], sampler: torch.Generator) -> torch.Tensor:
         crops = random_crops(picked, self.spec.height, self.spec.width, sampler)
-        return augment(crops, self.options, sampler)
+        return augment(crops, self.options, sampler, self.spec)
 
     def shown(self, picked: list[torch.Tensor], seed: int) -> torch.Tensor:
         """The fixed batch the grids show: seeded crops, no augmentation."""

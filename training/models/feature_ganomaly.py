@@ -13,8 +13,8 @@ Score components (the exported graph outputs each; the card's weights combine th
                   standardised features over the frame's patches
   patch_knn       a memory of normal patch features (score.memory_size of the fitted frames' patches,
                   a greedy coreset as in PatchCore, training.models.coreset, drawn from the frames as
-                  they are and brightened by score.memory_lighting): the largest distance of a patch to
-                  its nearest memory patch
+                  they are and brightened by train.augment.lighting): the largest distance of a patch
+                  to its nearest memory patch
   anomaly_map     the heatmap at input size: in the exported model, the score's own sum of the
                   patch maps (each times its weight over its scale, `use_score_units`), so its
                   value at a place reads against the threshold; while training, each map over its
@@ -35,6 +35,7 @@ from inspector.card import ScoreDefinition
 
 from ..backbone import FEATURE_DIM, StageFeatures
 from ..family import Family, Phase
+from ..items import brightened
 from ..torch_scoring import modes_kept
 from .blocks import dcgan_init, local_mean
 from .coreset import greedy_coreset
@@ -263,20 +264,12 @@ class FeatureGANomalyScoring(nn.Module):
         return outputs
 
 
-def brightened(frames: torch.Tensor, gain: float) -> torch.Tensor:
-    """Model-space frames (pixels in [0, 1] as x * 0.5 + 0.5) with every pixel value times `gain`,
-    clipped at white as a camera clips. Frame standardising undoes a gain that clips nothing, so a
-    darker copy shows the backbone the same picture; a brighter one flattens the highlights, which no
-    rescaling undoes: that is what a memory must have seen to leave a brighter lamp unflagged."""
-    return ((frames * 0.5 + 0.5) * gain).clamp(0, 1) * 2 - 1
-
-
 def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, seed: int, sampling: str = "coreset",
                  lighting: float = 0.0, batch_size: int = 8) -> torch.Tensor:
     """`size` normal patch features from the frames: a greedy coreset of a random pool of
     CORESET_POOL x size patches (about evenly per frame), or with `sampling` "random" a random sample
     of that size; seeded. With `lighting` > 0 each frame also enters brightened by 1 + lighting
-    (score.memory_lighting), sharing the pool with the frames as they are."""
+    (train.augment.lighting), sharing the pool with the frames as they are."""
     rng = np.random.default_rng(seed)
     pool = size * CORESET_POOL if sampling == "coreset" else size
     gains = (1.0, 1.0 + lighting) if lighting > 0 else (1.0,)
@@ -396,7 +389,7 @@ class FeatureGANomalyFamily(Family):
                 self.features.eval()
                 self._memory = PatchMemory(patch_memory(self.features, fitted, self.config.score.memory_size,
                                                         self.config.train.seed, self.config.score.memory_sampling,
-                                                        self.config.score.memory_lighting))
+                                                        self.config.train.augment.lighting))
         if self._memory is not None:
             self._memory.to(self.features.mean.device)
         scoring = FeatureGANomalyScoring(self.features, self.generator, self._memory)
