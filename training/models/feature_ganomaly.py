@@ -15,10 +15,9 @@ Score components (the exported graph outputs each; the card's weights combine th
                   a greedy coreset as in PatchCore, training.models.coreset, drawn from the frames as
                   they are and brightened by train.augment.lighting): the largest distance of a patch
                   to its nearest memory patch
-  anomaly_map     the heatmap at input size: in the exported model, the score's own sum of the
-                  patch maps (each times its weight over its scale, `use_score_units`), so its
-                  value at a place reads against the threshold; while training, each map over its
-                  median frame maximum on the fitted frames
+  anomaly_map     the heatmap at input size: the score's own sum of the patch maps (each times its
+                  weight over its scale, set by `use_score_units` once the calibration has the
+                  scales), so its value at a place reads against the threshold
 """
 
 from __future__ import annotations
@@ -294,17 +293,6 @@ def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, se
     return patches[torch.from_numpy(rng.permutation(len(patches))[:size])]
 
 
-def median_frame_maxima(scoring: FeatureGANomalyScoring, frames: np.ndarray, batch_size: int = 8) -> dict[str, float]:
-    """Each patch map's median frame maximum over `frames`: the heatmap's per-map unit."""
-    maxima: dict[str, list[torch.Tensor]] = {}
-    with torch.no_grad():
-        for start in range(0, len(frames), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch_size], dtype=np.float32))
-            for name, value in scoring.patch_maps(batch).items():
-                maxima.setdefault(name, []).append(value.flatten(1).amax(dim=1))
-    return {name: max(float(torch.cat(values).median()), 1e-12) for name, values in maxima.items()}
-
-
 class FeatureGANomalyFamily(Family):
     """GANomaly's training step on standardised pretrained features (see the module docstring)."""
 
@@ -396,10 +384,4 @@ class FeatureGANomalyFamily(Family):
         if self._held_out_maps is None and self._training_features is not None:  # the first selection round
             self._held_out_maps = FrozenOutputs(scoring.frozen_maps, cache_limit(HELD_OUT_CACHE_BYTES))
         scoring.frozen_cache = self._held_out_maps
-        if fitted is not None:
-            with modes_kept(self.features, self.generator):
-                scoring.eval()
-                sample = fitted[np.sort(np.random.default_rng(self.config.train.seed).permutation(len(fitted))[:32])]
-                scales = median_frame_maxima(scoring, sample)
-            scoring.map_factors = {name: 1.0 / scale for name, scale in scales.items()}
         return scoring
