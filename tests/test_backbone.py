@@ -195,6 +195,7 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     # the heatmap sums the components as the score does, so red on evidence pictures means the threshold
     [scored] = scorer.score_images([frame])
     assert card.score.map_in_score_units and heatmap_reference(card, scorer.threshold) == scorer.threshold
+    assert "anomaly_map = the same weighted sum of the components' patch maps" in card.score.description
     assert 0.4 * scored.raw <= float(scored.heatmap.max()) <= scored.raw * (1 + 1e-4)
     assert result.metrics["image_auroc"] >= 0.75  # specks, scratches and stains on a texture it learned
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)

@@ -200,17 +200,18 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     spec = config.input.to_spec()
     held_out, owner = model_inputs(held_out_frames, spec)
     outputs = run_scoring(scoring, held_out, keep_maps=False)
+    score_units = hasattr(scoring, "use_score_units")  # a heatmap that sums the score's components reads against the threshold
+    heatmap = ("the same weighted sum of the components' patch maps, at input size" if score_units else
+               f"locally averaged {config.score.residual} residual (kernel {config.score.pool_kernel})")
     score = ScoreDefinition(weights=dict(config.score.weights),
                             scales=component_scales(outputs, list(config.score.weights), config.score.fusion),
-                            map_output="anomaly_map",
+                            map_output="anomaly_map", map_in_score_units=score_units,
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
                                         f"{scale_description(config.score.fusion)} on held-out normal images; "
-                                        "anomaly_map = locally averaged "
-                                        f"{config.score.residual} residual (kernel {config.score.pool_kernel})"
+                                        f"anomaly_map = {heatmap}"
                                         + memory_description(scoring, "tile" if spec.resize == "tile" else "image"))
-    if hasattr(scoring, "use_score_units"):  # a heatmap that sums the score's components reads against the threshold
+    if score_units:
         scoring.use_score_units(score)
-        score = score.model_copy(update={"map_in_score_units": True})
     normal_scores = per_frame_max(combine_score(outputs, score), owner)
     validation = None
     if config.calibration.method == "f1_optimal":
