@@ -13,10 +13,20 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and not handed out before by this process: two binds to port 0 in a
+    row may get the same port, and a daemon given it for metrics and for its review page then fails
+    to listen on the second."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
