@@ -62,6 +62,26 @@ def test_without_lighting_the_memory_is_drawn_as_before():
     assert torch.equal(patch_memory(features, frames, 64, seed=0), patch_memory(features, frames, 64, seed=0, lighting=0.0))
 
 
+def test_the_brightened_copies_come_on_top_of_the_pool_drawn_from_the_frames_as_they_are(caplog):
+    """With lighting the coreset chooses from twice the patches: the frames as they are keep their
+    whole share of the pool (sharing it halved them, and rare normal patches went uncovered)."""
+    import logging
+
+    from training.backbone import StageFeatures
+    from training.models.feature_ganomaly import PretrainedFeatures, patch_memory
+
+    features = PretrainedFeatures(StageFeatures(), "bgr").eval()
+    frames = bright_surfaces(4, seed=3)  # 64 patches each: a pool of 8 x 16 = 128 takes 32 per frame and gain
+    pools = []
+    for lighting in (0.0, 0.3):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="training.models.feature_ganomaly"):
+            patch_memory(features, frames, 16, seed=0, lighting=lighting)
+        [line] = [r.getMessage() for r in caplog.records if "coreset of" in r.getMessage()]
+        pools.append(int(line.split(" from ")[1].split()[0]))
+    assert pools == [128, 256]
+
+
 def test_lighting_is_on_by_default_with_a_backbone_and_off_for_from_scratch_models(tmp_path):
     from training.config import validate_train_config
 

@@ -268,11 +268,12 @@ def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, se
     """`size` normal patch features from the frames: a greedy coreset of a random pool of
     CORESET_POOL x size patches (about evenly per frame), or with `sampling` "random" a random sample
     of that size; seeded. With `lighting` > 0 each frame also enters brightened by 1 + lighting
-    (train.augment.lighting), sharing the pool with the frames as they are."""
+    (train.augment.lighting), on top of that pool: the frames as they are keep their whole share
+    (sharing it halved their patches, and patch_knn alone fell on screws, 0.905 -> 0.866)."""
     rng = np.random.default_rng(seed)
     pool = size * CORESET_POOL if sampling == "coreset" else size
     gains = (1.0, 1.0 + lighting) if lighting > 0 else (1.0,)
-    per_frame = -(-pool // (len(frames) * len(gains)))
+    per_frame = -(-pool // len(frames))  # of each gain
     kept = []
     device = features.mean.device
     with torch.no_grad():
