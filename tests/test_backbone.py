@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -185,7 +187,12 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     data = write_dataset(tmp_path / "data", n_train=40, n_test_good=12, n_test_defect=4, size=64)
     result = fit(validate_train_config(backbone_config(data), "test"), tmp_path / "run", progress=False)
     card = result.card
-    assert card.score.weights == {"patch_knn": 1.0, "patch_residual": 1.0}
+    # both components stay, each weighted by its own self-check (training.score_choice), recorded with
+    # the exported score's self-check
+    choice = json.loads((tmp_path / "run" / "selection.json").read_text())["score_choice"]
+    assert card.score.weights == choice["chosen"] and set(card.score.weights) == {"patch_knn", "patch_residual"}
+    assert sum(card.score.weights.values()) == pytest.approx(2.0, abs=1e-3) and min(card.score.weights.values()) > 0
+    assert 0.5 < choice["chosen_value"] <= 1.0
     assert card.export.parity_max_abs_diff <= card.export.parity_tolerance
     scorer = Scorer(result.model_path)
     frame = cv2.imread(str(next((data / "test" / "speck").iterdir())))

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 
 from training.config import validate_train_config
-from training.score_choice import decide
+import numpy as np
+import pytest
+
+from training.score_choice import decide, weigh_by_separation
 
 from .conftest import tiny_config
 
@@ -36,6 +39,65 @@ def test_a_memory_component_is_never_the_whole_score_however_well_it_checks():
 
 def test_nothing_self_checked_keeps_the_configured_score():
     assert decide({"residual_max": 1.0}, 0.7, 0.03, {}) == {"residual_max": 1.0}
+
+
+BOTH = {"patch_knn": 1.0, "patch_residual": 1.0}
+
+
+def test_spread_units_weigh_each_component_by_the_separation_its_self_check_shows():
+    weights = weigh_by_separation(BOTH, {"patch_knn": 0.95, "patch_residual": 0.70}, 48, 192)
+    assert weights["patch_knn"] > 2 * weights["patch_residual"] > 0
+    assert sum(weights.values()) == pytest.approx(2.0, abs=1e-3)  # the configured total
+    # equal self-checks: the equal sum, as configured
+    assert weigh_by_separation(BOTH, {"patch_knn": 0.8, "patch_residual": 0.8}, 48, 192) == BOTH
+    # perfect on both: finite and equal
+    assert weigh_by_separation(BOTH, {"patch_knn": 1.0, "patch_residual": 1.0}, 48, 192) == BOTH
+
+
+def test_a_component_at_chance_keeps_a_small_weight_so_the_gan_residual_stays_in_the_score():
+    at_chance = weigh_by_separation(BOTH, {"patch_knn": 0.82, "patch_residual": 0.48}, 48, 192)
+    below = weigh_by_separation(BOTH, {"patch_knn": 0.82, "patch_residual": 0.30}, 48, 192)
+    assert 0 < at_chance["patch_residual"] == below["patch_residual"] < 0.3 * at_chance["patch_knn"]
+    # fewer held-out images resolve less: the floor (chance + one standard error) is higher
+    assert weigh_by_separation(BOTH, {"patch_knn": 0.82, "patch_residual": 0.48}, 8, 32)["patch_residual"] > \
+        at_chance["patch_residual"]
+
+
+def test_weighing_a_chosen_score_again_does_not_compound():
+    """A fine-tuning run starts from the parent's chosen weights: the configured weights name the
+    components and their total; the self-checks alone set the ratio."""
+    checks = {"patch_knn": 0.95, "patch_residual": 0.70}
+    once = weigh_by_separation(BOTH, checks, 48, 192)
+    assert weigh_by_separation(once, checks, 48, 192) == pytest.approx(once, abs=1e-3)
+    assert weigh_by_separation({"patch_knn": 1.0}, checks, 48, 192) == {"patch_knn": 1.0}  # one component: as given
+    assert weigh_by_separation(BOTH, {"patch_knn": 0.9}, 48, 192) == BOTH  # a component without a check: as given
+
+
+def test_the_separation_weighted_sum_separates_better_than_the_equal_sum():
+    """Two components in spread units, one that sees the defects well and one that barely does
+    (independent noise): the weights taken from their AUROCs alone beat the equal sum on fresh draws."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+
+    def draw(n, shift):
+        return rng.normal(0, 1, (n, 2)) + shift
+
+    shift = np.array([2.0, 0.3])
+    normal, defective = draw(200, 0), draw(200, shift)
+    labels = np.r_[np.zeros(200), np.ones(200)]
+    alone = {name: roc_auc_score(labels, np.r_[normal[:, i], defective[:, i]])
+             for i, name in enumerate(["patch_knn", "patch_residual"])}
+    weights = weigh_by_separation(BOTH, alone, 200, 200)
+    fresh_normal, fresh_defective = draw(5000, 0), draw(5000, shift)
+    fresh = np.r_[np.zeros(5000), np.ones(5000)]
+
+    def auroc(w):
+        return roc_auc_score(fresh, np.r_[fresh_normal @ w, fresh_defective @ w])
+
+    weighted = auroc(np.array([weights["patch_knn"], weights["patch_residual"]]))
+    equal = auroc(np.array([1.0, 1.0]))
+    assert weighted > equal + 0.02 and weighted >= auroc(np.array([1.0, 0.0]))
 
 
 def test_the_score_is_chosen_only_when_the_config_leaves_it_to_the_recipe(tmp_path):

@@ -14,7 +14,7 @@ from inspector.errors import ConfigError, InspectorError
 
 from .config import TrainConfig, apply_overrides, load_train_config, validate_train_config
 from .data import list_images, training_image_paths
-from .score_choice import exported_self_check
+from .score_choice import describe, exported_self_check
 from .selection import WEAK_SEPARATION
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,11 @@ def train(args) -> int:
               f"{length['stopped_by']} (at most {length['max_blocks']} blocks; train.budget_s sets the time)")
     checked = exported_self_check(selection)
     choice = selection.get("score_choice")
-    if choice and choice["chosen"] != choice["configured"]:
+    if choice and choice["chosen"] != choice["configured"] and set(choice["chosen"]) == set(choice["configured"]):
+        alone = ", ".join(f"{name} {choice['candidates'][name]:.2f}" for name in choice["chosen"])
+        print(f"score: {describe(choice['chosen'])}: each component weighted by how well it alone separates synthetic "
+              f"defects ({alone}; selection.json score_choice; score.weights fixes the score)")
+    elif choice and choice["chosen"] != choice["configured"]:
         print(f"score: {'+'.join(choice['chosen'])} (self-check {checked:.2f}) instead of {'+'.join(choice['configured'])} "
               f"({choice['configured_value']:.2f} +- {choice['standard_error']:.2f}): clearly better on the "
               "synthetic defects (selection.json score_choice; score.weights fixes the score)")

@@ -241,7 +241,8 @@ class ScoreConfig(Strict):
     # median otherwise
     fusion: Literal["median", "spread"] | None = None
     # self_check: after training, a score component alone replaces the weights when its synthetic-defect
-    # self-check is clearly better (training.score_choice); fixed: the weights as given. Unset, it is
+    # self-check is clearly better, or with spread fusion each component is weighted by the separation
+    # its self-check shows (training.score_choice); fixed: the weights as given. Unset, it is
     # fixed when the config states weights (the user's score) and self_check when it leaves them to the recipe.
     choice: Literal["self_check", "fixed"] | None = None
 

@@ -37,8 +37,8 @@ from .frame_scores import component_scales, frame_outputs, model_inputs, per_fra
 from .items import Items, items_of
 from .quantize import export_int8
 from .run_folder import RunFolder
-from .score_choice import choose_score
-from .selection import synthetic_recall
+from .score_choice import choose_score, record_chosen_value
+from .selection import held_out_sample, synthetic_check
 from .torch_scoring import run_scoring
 
 log = logging.getLogger(__name__)
@@ -221,8 +221,10 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     normal_scores = normal_scores_for_threshold(config, normal_scores, all_normal, trained, run, progress)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)), confidence=config.calibration.confidence)
-    recall = synthetic_recall(scoring, held_out_frames[:config.selection.max_items], spec, score,
-                              calibration.threshold, config.train.seed)
+    recall, self_check = synthetic_check(scoring, held_out_sample(held_out_frames, config.selection.max_items,
+                                                                  config.train.seed),
+                                         spec, score, calibration.threshold, config.train.seed)
+    record_chosen_value(run, self_check)
     calibration = calibration.model_copy(update={"synthetic_recall": recall, **calibration_folds(config)})
     card = _card(config, spec, score, calibration, trained)
     if lineage is not None:

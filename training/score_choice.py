@@ -4,32 +4,52 @@ Candidates: the configured score and every score component alone, each self-chec
 exported weights by checkpoint selection (the synthetic-defect AUROC on held-out normal images:
 selection.json `selected_value` and `selected_components`; never test/).
 
-Rule: the configured score stays unless one component alone beats its self-check by more than the
-configured score's standard error: the one-standard-error rule that also picks the checkpoint
-(training.selection). A difference within the noise of a few dozen held-out images is no reason to
-move; a clear one is. (The rule follows the checkpoint rule, not the suite's test numbers, which
-would favour taking the best self-check outright: see RESULTS.) A memory component (nearest normal
-code or patch) is never chosen alone: the model is a GAN, and its score keeps one of the GAN's
-residuals, a memory only beside it. The choice is made only when the config leaves the score to the
-recipe (`score.choice: self_check`, the default when `score.weights` is not given); a stated score is
-the user's. The decision, every candidate's value and the rule go into selection.json
-(`score_choice`), and the run's config.json records the score the model was exported with, so a
-fine-tuning run starts from it.
+Rule for scores in median units (`score.fusion: median`, the from-scratch models): the configured
+score stays unless one component alone beats its self-check by more than the configured score's
+standard error: the one-standard-error rule that also picks the checkpoint (training.selection). A
+difference within the noise of a few dozen held-out images is no reason to move; a clear one is.
+(The rule follows the checkpoint rule, not the suite's test numbers, which would favour taking the
+best self-check outright: see RESULTS.) A memory component (nearest normal code or patch) is never
+chosen alone: the model is a GAN, and its score keeps one of the GAN's residuals, a memory only
+beside it.
+
+Rule for scores in spread units (`score.fusion: spread`, the pretrained-backbone models): the
+configured components stay and each is weighted by the separation its own self-check shows,
+d' = sqrt(2) * Phi^-1(AUROC) (the equal-variance binormal model, where AUROC = Phi(d'/sqrt 2)).
+Each component is already divided by its spread on normal frames, and for independent components
+so scaled the sum weighted by d' is the one that separates best (Fisher's linear discriminant); an
+equal-weight sum lets a component that barely sees the synthetic defects add its noise to one that
+sees them well. The AUROC is bounded below by chance plus one standard error (a component at chance
+keeps the smallest weight the self-check can tell from none, so the GAN's residual stays in the
+score) and above by one swapped pair short of perfect (where d' would be infinite). The weights are
+the d' rescaled to the configured weights' total: equal self-checks give equal weights, and a
+fine-tuning run that starts from a chosen score weighs its components afresh instead of compounding.
+
+The choice is made only when the config leaves the score to the recipe (`score.choice: self_check`,
+the default when `score.weights` is not given); a stated score is the user's. The decision, every
+candidate's value and the rule go into selection.json (`score_choice`; after export also the chosen
+score's own self-check, `chosen_value`), and the run's config.json records the score the model was
+exported with, so a fine-tuning run starts from it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+from statistics import NormalDist
 
 from .config import TrainConfig
 from .run_folder import RunFolder
+from .selection import SYNTHETIC_COPIES, auroc_standard_error
 
 log = logging.getLogger(__name__)
 
 MEMORY_COMPONENTS = frozenset({"latent_knn", "latent_lof", "patch_knn"})  # never the whole score
 RULE = ("the configured score unless one component alone beats its self-check by more than the configured "
         "score's standard error; a memory component (latent_knn, latent_lof, patch_knn) is never the whole score")
+SPREAD_RULE = ("the configured components, each weighted by d' = sqrt(2) * Phi^-1(its self-check AUROC), the AUROC "
+               "bounded to [chance + one standard error, one swapped pair short of 1]; rescaled to the configured total")
 
 
 def decide(configured: dict[str, float], configured_value: float, standard_error: float,
@@ -44,13 +64,53 @@ def decide(configured: dict[str, float], configured_value: float, standard_error
     return dict(configured)
 
 
+def separation(auroc: float, n_normal: int, n_defective: int) -> float:
+    """d' of a self-check AUROC on n_normal normal and n_defective synthetic-defect frames, the AUROC
+    bounded to [0.5 + its standard error at chance, 1 - 1 / (n_normal * n_defective)]."""
+    low = 0.5 + auroc_standard_error(0.5, n_normal, n_defective)
+    high = 1.0 - 1.0 / (n_normal * n_defective)
+    return math.sqrt(2.0) * NormalDist().inv_cdf(min(max(auroc, low), high))
+
+
+def weigh_by_separation(configured: dict[str, float], components: dict[str, float], n_normal: int,
+                        n_defective: int) -> dict[str, float]:
+    """The components of `configured`, each weighted by its d' (see `separation`) rescaled to the
+    configured total; `configured` itself when a component has no self-check."""
+    if len(configured) < 2 or any(name not in components for name in configured):
+        return dict(configured)
+    raw = {name: separation(components[name], n_normal, n_defective) for name in configured}
+    factor = sum(configured.values()) / sum(raw.values())
+    return {name: round(value * factor, 4) for name, value in raw.items()}
+
+
 def exported_self_check(selection: dict) -> float | None:
-    """The self-check of the score a run exported, from its selection.json record: the chosen
-    component's when the choice replaced the configured score, else the configured score's."""
+    """The self-check of the score a run exported, from its selection.json record: the chosen score's
+    own (`chosen_value`, measured at export) when recorded, else the chosen component's when the choice
+    replaced the configured score, else the configured score's."""
     choice = selection.get("score_choice")
+    if choice and choice.get("chosen_value") is not None:
+        return choice["chosen_value"]
     if choice and choice["chosen"] != choice["configured"]:
         return choice["candidates"]["+".join(choice["chosen"])]
     return selection.get("selected_value")
+
+
+def record_chosen_value(run: RunFolder, value: float | None) -> None:
+    """Add the exported score's own self-check to the run's score_choice record (when there is one)."""
+    if value is None or not run.selection.exists():
+        return
+    record = json.loads(run.selection.read_text())
+    if "score_choice" not in record:
+        return
+    record["score_choice"]["chosen_value"] = value
+    run.selection.write_text(json.dumps(record, indent=2))
+
+
+def describe(weights: dict[str, float]) -> str:
+    """A score's components as a line shows them: names alone when every weight is 1."""
+    if all(w == 1.0 for w in weights.values()):
+        return "+".join(weights)
+    return " + ".join(f"{w:g} x {name}" for name, w in weights.items())
 
 
 def choose_score(config: TrainConfig, run: RunFolder) -> TrainConfig:
@@ -65,14 +125,19 @@ def choose_score(config: TrainConfig, run: RunFolder) -> TrainConfig:
         return config
     value, error = float(record["selected_value"]), float(selected[-1].get("standard_error", 0.0))
     configured = dict(config.score.weights)
-    weights = decide(configured, value, error, components)
-    record["score_choice"] = {"rule": RULE, "configured": configured, "configured_value": value,
+    if config.score.fusion == "spread":
+        n_normal = int(record["held_out_items"])
+        weights = weigh_by_separation(configured, components, n_normal, SYNTHETIC_COPIES * n_normal)
+        rule = SPREAD_RULE
+    else:
+        weights, rule = decide(configured, value, error, components), RULE
+    record["score_choice"] = {"rule": rule, "configured": configured, "configured_value": value,
                               "standard_error": error, "candidates": components, "chosen": weights}
     run.selection.write_text(json.dumps(record, indent=2))
     if weights == configured:
         return config
-    log.info("score: %s (self-check %.3f) instead of %s (%.3f +- %.3f)", "+".join(weights),
-             components[next(iter(weights))], "+".join(configured), value, error)
+    log.info("score: %s (self-checks %s) instead of %s (%.3f +- %.3f)", describe(weights),
+             ", ".join(f"{components[name]:.3f}" for name in weights), describe(configured), value, error)
     chosen = config.model_copy(update={"score": config.score.model_copy(update={"weights": weights})})
     run.config.write_text(chosen.model_dump_json(indent=2))
     return chosen

@@ -83,17 +83,35 @@ def synthetic_copies(frames: np.ndarray, spec, seed: int) -> np.ndarray:
                              seed).astype(np.float32)
 
 
-def synthetic_recall(scoring: nn.Module, frames: np.ndarray, spec, score: ScoreDefinition, threshold: float,
-                     seed: int) -> float | None:
-    """Share of synthetic-defect copies of held-out normal frames that score at or above the threshold:
-    a label-free estimate of what the calibrated threshold leaves of recall (real defects differ from
-    these patches, so it is a guide, not a promise). None for frames of different sizes."""
+def held_out_sample(frames: np.ndarray, max_items: int, seed: int) -> np.ndarray:
+    """The held-out frames a self-check uses: a seeded subsample of at most `max_items`, in order (the
+    same for every selection round and for the exported score's check)."""
+    keep = np.random.default_rng(seed).permutation(len(frames))[:max_items]
+    return frames[np.sort(keep)]
+
+
+def synthetic_check(scoring: nn.Module, frames: np.ndarray, spec, score: ScoreDefinition, threshold: float,
+                    seed: int) -> tuple[float | None, float | None]:
+    """The exported score on held-out normal frames and their synthetic-defect copies: the share of
+    copies at or above the threshold (a label-free estimate of what the calibrated threshold leaves of
+    recall; real defects differ from these patches, so it is a guide, not a promise) and the AUROC of
+    the separation (the self-check of that very score). (None, None) for frames of different sizes."""
+    from sklearn.metrics import roc_auc_score
+
     if frames.dtype == object or not len(frames):
-        return None
+        return None, None
     normal, normal_owner = frame_outputs(scoring, frames, spec)
     outputs, owner = copy_outputs(scoring, frames, normal, normal_owner, synthetic_copies(frames, spec, seed), spec)
-    scores = np.nan_to_num(per_frame_max(combine_score(outputs, score), owner), nan=np.inf)
-    return float(np.mean(scores >= threshold))
+    defective = np.nan_to_num(per_frame_max(combine_score(outputs, score), owner), nan=np.inf)
+    clean = np.nan_to_num(per_frame_max(combine_score(normal, score), normal_owner), nan=np.inf)
+    auroc = float(roc_auc_score(np.r_[np.zeros(len(clean)), np.ones(len(defective))], np.r_[clean, defective]))
+    return float(np.mean(defective >= threshold)), auroc
+
+
+def synthetic_recall(scoring: nn.Module, frames: np.ndarray, spec, score: ScoreDefinition, threshold: float,
+                     seed: int) -> float | None:
+    """The first half of synthetic_check: the share of synthetic-defect copies the threshold flags."""
+    return synthetic_check(scoring, frames, spec, score, threshold, seed)[0]
 
 
 class CheckpointSelector:
@@ -132,8 +150,7 @@ class CheckpointSelector:
         self.last_components: dict[str, float] = {}  # the latest round's self-check of each score component alone
         if self.criterion == "last":
             return
-        keep = np.random.default_rng(seed).permutation(len(validation))[:settings.max_items]
-        self.normal = np.ascontiguousarray(validation[np.sort(keep)], dtype=np.float32)
+        self.normal = np.ascontiguousarray(held_out_sample(validation, settings.max_items, seed), dtype=np.float32)
         if self.criterion == "synthetic_auroc":
             self.defective = synthetic_copies(self.normal, self.spec, seed)
 
