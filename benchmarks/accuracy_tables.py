@@ -97,6 +97,14 @@ def exported_check(row: dict) -> float | None:
     return exported_self_check(row.get("selection") or {})
 
 
+def score_cell(row: dict) -> str:
+    """The row's score, with the weights the recipe chose when they are not all 1 (training.score_choice)."""
+    chosen = ((row.get("selection") or {}).get("score_choice") or {}).get("chosen") or {}
+    if chosen and set(chosen) == set((row.get("score") or "").split("+")) and any(w != 1.0 for w in chosen.values()):
+        return " + ".join(f"{w:.2f} {name}" for name, w in sorted(chosen.items()))
+    return row.get("score") or "–"
+
+
 def suite_table(rows: list[dict]) -> list[str]:
     """The harder suite per variant: every set, then the mean and the worst set of each variant."""
     lines = ["Surfaces unlike PIPED, trained with no config (as `inspector train --data DIR`). Self-check: the "
@@ -112,7 +120,7 @@ def suite_table(rows: list[dict]) -> list[str]:
         for r in rs:
             check = exported_check(r)
             dark, bright = (r.get("far_brightness") or {}).get("0.7"), (r.get("far_brightness") or {}).get("1.3")
-            lines.append(f"| {r['set']} | {variant} | {r.get('score') or '–'} | {fmt(r['image_auroc'])} | "
+            lines.append(f"| {r['set']} | {variant} | {score_cell(r)} | {fmt(r['image_auroc'])} | "
                          f"{fmt(r['pixel_auroc'])} | "
                          f"{fmt(r['f1'])} | {fmt(r['false_alarm_rate'])} | {fmt(dark)} | {fmt(bright)} | {fmt(check)} | "
                          f"{fmt(r['components'].get('patch_residual'))} | {fmt(r['components'].get('patch_knn'))} | "
