@@ -243,6 +243,7 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
             if config.data.kind == "mvtec":  # a tiled config's set: whole frames, the backbone's score
                 adapted = {f"input.{key}": value for key, value in infer_input(config.data.resolved_path, True).items()}
                 adapted["score.weights"] = {name: 1.0 for name in sorted(BACKBONE_COMPONENTS)}  # a set: sorted, so rows name it alike
+                adapted["score.choice"] = "self_check"  # weighted as a backbone run whose config leaves the score gets it
             config = load_train_config(config_path, {**overrides, **adapted})
     if variant == "knn_reference":
         if config.data.kind != "mvtec":  # image folders only (not MNIST arrays, not tables)
