@@ -126,8 +126,9 @@ def choose_score(config: TrainConfig, run: RunFolder) -> TrainConfig:
     value, error = float(record["selected_value"]), float(selected[-1].get("standard_error", 0.0))
     configured = dict(config.score.weights)
     if config.score.fusion == "spread":
-        n_normal = int(record["held_out_items"])
-        weights = weigh_by_separation(configured, components, n_normal, SYNTHETIC_COPIES * n_normal)
+        n_normal = int(record.get("held_out_items") or 0)  # a record without it: the weights stay as configured
+        weights = (weigh_by_separation(configured, components, n_normal, SYNTHETIC_COPIES * n_normal) if n_normal
+                   else dict(configured))
         rule = SPREAD_RULE
     else:
         weights, rule = decide(configured, value, error, components), RULE
