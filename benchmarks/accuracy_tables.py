@@ -38,7 +38,7 @@ def image_table(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["components"]
-        lines.append(f"| {r['set']} | {variant_label(r)} | {r['input']} | {r['mflops_per_frame']:.0f} | {r['score']} | "
+        lines.append(f"| {r['set']} | {variant_label(r)} | {r['input']} | {r['mflops_per_frame']:.0f} | {score_cell(r)} | "
                      f"{fmt(r['image_auroc'])} | {fmt(r['average_precision'])} | {fmt(r['f1'])} | "
                      f"{fmt(r['false_alarm_rate'])} | {fmt(r['pixel_auroc'])} | {fmt(c.get('latent_distance'))} | "
                      f"{fmt(c.get('latent_knn'))} | {fmt(c.get('latent_lof'))} | {fmt(c.get('residual_mean'))} | "
