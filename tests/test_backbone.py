@@ -73,6 +73,12 @@ def test_a_backbone_config_that_cannot_work_is_one_clear_sentence(tmp_path, chan
         validate_train_config({**backbone_config(tmp_path), **change}, "test")
 
 
+def test_a_backbone_component_without_the_backbone_says_which_setting_scores_it(tmp_path):
+    with pytest.raises(ConfigError, match="patch_knn is scored on pretrained features: set model.backbone"):
+        validate_train_config({"name": "x", "data": {"path": str(tmp_path)}, "score": {"weights": {"patch_knn": 1.0}}},
+                              "test")
+
+
 def test_inspector_train_data_with_a_backbone_sees_whole_frames_at_their_own_size(tmp_path):
     good = tmp_path / "train" / "good"
     good.mkdir(parents=True)

@@ -323,6 +323,9 @@ class TrainConfig(Strict):
             self._check_backbone()
             return self._common_checks()
         for name in self.score.weights:
+            if name in BACKBONE_COMPONENTS:
+                raise ValueError(f"score.weights: {name} is scored on pretrained features: set model.backbone: "
+                                 "efficientnet_lite0 (with model.backbone: none it does not exist)")
             if name not in FAMILIES[family].components:
                 others = [f for f, entry in FAMILIES.items() if name in entry.components]
                 raise ValueError(f"score.weights: {name} is not a score of model.family {family} (it scores "
