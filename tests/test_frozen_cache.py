@@ -56,6 +56,24 @@ def test_beyond_the_byte_limit_outputs_are_computed_and_not_kept():
     torch.testing.assert_close(out["doubled"], batch * 2, rtol=0, atol=0)
 
 
+def test_the_cache_counts_the_seconds_spent_on_outputs_it_keeps_and_only_those():
+    """What a later call will not repeat: the selection rounds' time estimate leaves it out."""
+    import time
+
+    def slow_double(batch):
+        time.sleep(0.01 * len(batch))
+        return {"doubled": batch * 2}
+
+    per_item = 16 * 4
+    cache = FrozenOutputs(slow_double, max_bytes=2 * per_item)
+    batch = torch.rand(3, 1, 4, 4)
+    cache(batch)
+    first = cache.kept_seconds
+    assert 0.02 <= first < 0.03 + 0.02  # two of the three items were kept: their share of the 30 ms
+    cache(batch)
+    assert cache.kept_seconds == first  # nothing new kept: the third item, recomputed, does not count
+
+
 def test_a_scorer_with_the_cache_gives_what_it_gives_without_and_runs_the_backbone_once_per_frame():
     features = PretrainedFeatures(StageFeatures(), "rgb").eval()
     generator = FeatureGenerator(width=16, latent=8).eval()

@@ -141,6 +141,7 @@ class CheckpointSelector:
         self.fusion = fusion
         self.judged_by = tuple(c for c in judged_by if c in self.weights)
         self.last_judged: tuple[float, float] | None = None  # the latest round's (value, error) of judged_by
+        self.last_one_time = 0.0  # the latest round's seconds spent on frozen outputs kept for later rounds
         self.spec = spec
         self.history: list[dict] = []
         self.best_value = -np.inf  # best_*: the chosen evaluation; top_*: the highest value and its error
@@ -165,13 +166,17 @@ class CheckpointSelector:
 
     @property
     def round_seconds(self) -> float:
-        """What one more selection round may cost: the longest round after the first (the first alone
-        while there is no other; 0 before it). The first round also does one-time work that later
-        rounds and the calibration reuse: a memory of normal patches drawn, a frozen backbone's
-        outputs for the held-out frames computed (training.models.frozen_cache; about 50 of 51 s
-        on elpv_mono's 300 px frames, later rounds under 1 s)."""
+        """What one more selection round may cost: the longest round after the first; while there is
+        no other, the first without its one-time work (0 before it). The first round computes a
+        frozen backbone's outputs for the held-out frames and their synthetic copies once, and later
+        rounds and the calibration reuse them (training.models.frozen_cache; about 50 of 51 s on
+        elpv_mono's 300 px frames, later rounds under 1 s). Counted whole, that work made the time
+        kept for the last round and the calibration twice the first round: on deeppcb's 512 px
+        frames 2 x 227 s of a 584 s budget, and training stopped after 30 steps."""
         seconds = [e.get("seconds", 0.0) for e in self.history]
-        return max(seconds[1:] or seconds or [0.0])
+        if len(seconds) == 1:
+            return max(0.0, seconds[0] - self.history[0].get("one_time_seconds", 0.0))
+        return max(seconds[1:] or [0.0])
 
     def improved_since(self, evaluations: int) -> bool:
         """Whether an evaluation after the first `evaluations` of the history set a new best value (of
@@ -190,6 +195,8 @@ class CheckpointSelector:
 
         with modes_kept(*self.modules.values()):
             scoring = self.make_scoring()
+            cache = getattr(scoring, "frozen_cache", None)  # frozen outputs kept for later rounds: one-time work
+            kept_before = getattr(cache, "kept_seconds", 0.0)
             normal, owner = frame_outputs(scoring, self.normal, self.spec)
             if self.criterion == "validation_loss":
                 errors = np.asarray(normal["residual_mean"], dtype=np.float64)
@@ -205,6 +212,7 @@ class CheckpointSelector:
                 auroc = float(roc_auc_score(labels, np.nan_to_num(np.r_[normal_scores, defective_scores], nan=np.inf)))
                 return auroc, auroc_standard_error(auroc, len(normal_scores), len(defective_scores))
 
+            self.last_one_time = getattr(cache, "kept_seconds", 0.0) - kept_before
             if self.judged_by:
                 self.last_judged = separation({c: self.weights[c] for c in self.judged_by})
             self.last_components = {  # each score component alone, for the record: the candidates a score is chosen from
@@ -216,10 +224,11 @@ class CheckpointSelector:
 
     def evaluate(self, epoch: int, step: int) -> float:
         started = time.perf_counter()
-        self.last_components, self.last_judged = {}, None
+        self.last_components, self.last_judged, self.last_one_time = {}, None, 0.0
         value, error = self.measure_with_error()
         entry = {"epoch": epoch, "step": step, "value": value, "standard_error": error,
                  "seconds": round(time.perf_counter() - started, 3),
+                 **({"one_time_seconds": round(self.last_one_time, 3)} if self.last_one_time else {}),
                  **({"components": self.last_components} if self.last_components else {})}
         if self.last_judged is not None:
             entry["judged_value"], entry["judged_error"] = self.last_judged

@@ -18,6 +18,7 @@ held-out frames' cache lives on through the calibration, which scores those fram
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -63,6 +64,7 @@ class FrozenOutputs:
         self.kept: dict[bytes, Outputs] = {}
         self.bytes = 0
         self.hits = self.misses = 0
+        self.kept_seconds = 0.0  # spent computing the outputs now kept: work a later call does not repeat
 
     def __call__(self, batch: torch.Tensor) -> Outputs:
         keys = [item_key(item) for item in batch]
@@ -71,8 +73,10 @@ class FrozenOutputs:
         self.misses += len(missing)
         fresh: dict[bytes, Outputs] = {}
         if missing:
+            started = time.perf_counter()
             with torch.no_grad():
                 computed = self.compute(batch[missing])
+            per_item = (time.perf_counter() - started) / len(missing)
             for row, i in enumerate(missing):
                 outputs = {name: value[row].detach().cpu().clone() for name, value in computed.items()}
                 fresh[keys[i]] = outputs
@@ -80,5 +84,6 @@ class FrozenOutputs:
                 if self.bytes + size <= self.max_bytes:
                     self.kept[keys[i]] = outputs
                     self.bytes += size
+                    self.kept_seconds += per_item
         rows = [self.kept.get(key) or fresh[key] for key in keys]
         return {name: torch.stack([row[name] for row in rows]).to(batch.device) for name in rows[0]}
