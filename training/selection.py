@@ -141,7 +141,7 @@ class CheckpointSelector:
         self.fusion = fusion
         self.judged_by = tuple(c for c in judged_by if c in self.weights)
         self.last_judged: tuple[float, float] | None = None  # the latest round's (value, error) of judged_by
-        self.last_one_time = 0.0  # the latest round's seconds spent on frozen outputs kept for later rounds
+        self.last_one_time = 0.0  # the latest round's seconds of work later rounds reuse (memory, kept outputs)
         self.spec = spec
         self.history: list[dict] = []
         self.best_value = -np.inf  # best_*: the chosen evaluation; top_*: the highest value and its error
@@ -167,9 +167,9 @@ class CheckpointSelector:
     @property
     def round_seconds(self) -> float:
         """What one more selection round may cost: the longest round after the first; while there is
-        no other, the first without its one-time work (0 before it). The first round computes a
-        frozen backbone's outputs for the held-out frames and their synthetic copies once, and later
-        rounds and the calibration reuse them (training.models.frozen_cache; about 50 of 51 s on
+        no other, the first without its one-time work (0 before it). The first round draws a
+        backbone model's patch memory and computes the frozen outputs for the held-out frames and
+        their synthetic copies once, and later rounds and the calibration reuse them (training.models.frozen_cache; about 50 of 51 s on
         elpv_mono's 300 px frames, later rounds under 1 s). Counted whole, that work made the time
         kept for the last round and the calibration twice the first round: on deeppcb's 512 px
         frames 2 x 227 s of a 584 s budget, and training stopped after 30 steps."""
@@ -195,8 +195,9 @@ class CheckpointSelector:
 
         with modes_kept(*self.modules.values()):
             scoring = self.make_scoring()
-            cache = getattr(scoring, "frozen_cache", None)  # frozen outputs kept for later rounds: one-time work
-            kept_before = getattr(cache, "kept_seconds", 0.0)
+            # one-time work: a memory drawn for this and later rounds, frozen outputs kept for them
+            cache = getattr(scoring, "frozen_cache", None)
+            kept_before = getattr(cache, "kept_seconds", 0.0) - getattr(scoring, "memory_build_seconds", 0.0)
             normal, owner = frame_outputs(scoring, self.normal, self.spec)
             if self.criterion == "validation_loss":
                 errors = np.asarray(normal["residual_mean"], dtype=np.float64)

@@ -227,6 +227,7 @@ class FeatureGANomalyScoring(nn.Module):
         names = ("patch_residual",) + (() if memory is None else ("patch_knn",))
         self.map_factors = {name: 1.0 for name in names} if map_factors is None else dict(map_factors)
         self.frozen_cache = frozen_cache  # while training only: an exported scorer computes everything
+        self.memory_build_seconds = 0.0  # spent drawing the memory for this scorer (0 when it was reused)
 
     def exportable(self) -> "FeatureGANomalyScoring":
         """The same scorer without the training-time cache: what is exported and counted (FLOPs)."""
@@ -371,9 +372,11 @@ class FeatureGANomalyFamily(Family):
 
     def scoring(self, fitted: np.ndarray | None) -> nn.Module:
         self.features.to(next(self.generator.parameters()).device)
+        started, built = time.perf_counter(), False
         if "patch_knn" in self.config.score.weights and self._memory is None:
             if fitted is None:
                 raise ValueError("score component patch_knn needs the fitted frames for its memory of normal patches")
+            built = True
             with modes_kept(self.features):
                 self.features.eval()
                 self._memory = PatchMemory(patch_memory(self.features, fitted, self.config.score.memory_size,
@@ -382,6 +385,7 @@ class FeatureGANomalyFamily(Family):
         if self._memory is not None:
             self._memory.to(self.features.mean.device)
         scoring = FeatureGANomalyScoring(self.features, self.generator, self._memory)
+        scoring.memory_build_seconds = time.perf_counter() - started if built else 0.0  # one-time work (selection)
         if self._held_out_maps is None and self._training_features is not None:  # the first selection round
             self._held_out_maps = FrozenOutputs(scoring.frozen_maps, cache_limit(HELD_OUT_CACHE_BYTES))
         scoring.frozen_cache = self._held_out_maps
