@@ -169,10 +169,11 @@ class CheckpointSelector:
         """What one more selection round may cost: the longest round after the first; while there is
         no other, the first without its one-time work (0 before it). The first round draws a
         backbone model's patch memory and computes the frozen outputs for the held-out frames and
-        their synthetic copies once, and later rounds and the calibration reuse them (training.models.frozen_cache; about 50 of 51 s on
-        elpv_mono's 300 px frames, later rounds under 1 s). Counted whole, that work made the time
-        kept for the last round and the calibration twice the first round: on deeppcb's 512 px
-        frames 2 x 227 s of a 584 s budget, and training stopped after 30 steps."""
+        their synthetic copies once, and later rounds and the calibration reuse them
+        (training.models.frozen_cache; about 50 of 51 s on elpv_mono's 300 px frames, later rounds
+        under 1 s). Counted whole, that work made the time kept for the last round and the
+        calibration twice the first round: on deeppcb's 512 px frames 2 x 227 s of a 584 s budget,
+        and training stopped after 30 steps."""
         seconds = [e.get("seconds", 0.0) for e in self.history]
         if len(seconds) == 1:
             return max(0.0, seconds[0] - self.history[0].get("one_time_seconds", 0.0))
@@ -197,7 +198,8 @@ class CheckpointSelector:
             scoring = self.make_scoring()
             # one-time work: a memory drawn for this and later rounds, frozen outputs kept for them
             cache = getattr(scoring, "frozen_cache", None)
-            kept_before = getattr(cache, "kept_seconds", 0.0) - getattr(scoring, "memory_build_seconds", 0.0)
+            memory_seconds = getattr(scoring, "memory_build_seconds", 0.0)
+            kept_before = getattr(cache, "kept_seconds", 0.0)
             normal, owner = frame_outputs(scoring, self.normal, self.spec)
             if self.criterion == "validation_loss":
                 errors = np.asarray(normal["residual_mean"], dtype=np.float64)
@@ -213,7 +215,7 @@ class CheckpointSelector:
                 auroc = float(roc_auc_score(labels, np.nan_to_num(np.r_[normal_scores, defective_scores], nan=np.inf)))
                 return auroc, auroc_standard_error(auroc, len(normal_scores), len(defective_scores))
 
-            self.last_one_time = getattr(cache, "kept_seconds", 0.0) - kept_before
+            self.last_one_time = memory_seconds + getattr(cache, "kept_seconds", 0.0) - kept_before
             if self.judged_by:
                 self.last_judged = separation({c: self.weights[c] for c in self.judged_by})
             self.last_components = {  # each score component alone, for the record: the candidates a score is chosen from
