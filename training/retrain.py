@@ -35,7 +35,7 @@ from .fit import calibrate_and_export, train_family
 from .export import replace_card
 from .recalibrate import good_image_paths, model_of
 from .run_folder import RunFolder
-from .selection import held_out_sample, synthetic_recall
+from .selection import held_out_sample, synthetic_check
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ def keep_confirmed_defects(run: RunFolder, card: ModelCard, scoring, held_out: n
         replace_card(run.model, counted)
         return counted
     threshold = float(catchable.min())
-    recall = (synthetic_recall(scoring, held_out_sample(held_out, max_items, seed), card.input, card.score, threshold, seed)
-              if scoring else None)
+    recall = (synthetic_check(scoring, held_out_sample(held_out, max_items, seed), card.input, card.score, threshold,
+                              seed)[0] if scoring else None)
     updated = card.with_updates(
         calibration=calibration.model_copy(update={"threshold": threshold, "method": "quantile_and_reviews",
                                                    "synthetic_recall": recall}),

@@ -108,12 +108,6 @@ def synthetic_check(scoring: nn.Module, frames: np.ndarray, spec, score: ScoreDe
     return float(np.mean(defective >= threshold)), auroc
 
 
-def synthetic_recall(scoring: nn.Module, frames: np.ndarray, spec, score: ScoreDefinition, threshold: float,
-                     seed: int) -> float | None:
-    """The first half of synthetic_check: the share of synthetic-defect copies the threshold flags."""
-    return synthetic_check(scoring, frames, spec, score, threshold, seed)[0]
-
-
 class CheckpointSelector:
     """Evaluates the run's weights at planned epoch ends and remembers the best.
 
