@@ -372,20 +372,21 @@ class FeatureGANomalyFamily(Family):
 
     def scoring(self, fitted: np.ndarray | None) -> nn.Module:
         self.features.to(next(self.generator.parameters()).device)
-        started, built = time.perf_counter(), False
+        build_seconds = 0.0  # one-time work for the selection rounds: 0 when the memory is reused
         if "patch_knn" in self.config.score.weights and self._memory is None:
             if fitted is None:
                 raise ValueError("score component patch_knn needs the fitted frames for its memory of normal patches")
-            built = True
+            started = time.perf_counter()
             with modes_kept(self.features):
                 self.features.eval()
                 self._memory = PatchMemory(patch_memory(self.features, fitted, self.config.score.memory_size,
                                                         self.config.train.seed, self.config.score.memory_sampling,
                                                         self.config.train.augment.lighting))
+            build_seconds = time.perf_counter() - started
         if self._memory is not None:
             self._memory.to(self.features.mean.device)
         scoring = FeatureGANomalyScoring(self.features, self.generator, self._memory)
-        scoring.memory_build_seconds = time.perf_counter() - started if built else 0.0  # one-time work (selection)
+        scoring.memory_build_seconds = build_seconds
         if self._held_out_maps is None and self._training_features is not None:  # the first selection round
             self._held_out_maps = FrozenOutputs(scoring.frozen_maps, cache_limit(HELD_OUT_CACHE_BYTES))
         scoring.frozen_cache = self._held_out_maps
