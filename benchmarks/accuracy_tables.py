@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.score_choice import exported_self_check
+from training.score_choice import describe, exported_self_check
 
 COMPONENTS = ("latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual",
               "patch_residual", "patch_knn")
@@ -101,7 +101,7 @@ def score_cell(row: dict) -> str:
     """The row's score, with the weights the recipe chose when they are not all 1 (training.score_choice)."""
     chosen = ((row.get("selection") or {}).get("score_choice") or {}).get("chosen") or {}
     if chosen and set(chosen) == set((row.get("score") or "").split("+")) and any(w != 1.0 for w in chosen.values()):
-        return " + ".join(f"{w:.2f} {name}" for name, w in sorted(chosen.items()))
+        return describe(dict(sorted(chosen.items())), digits=2)
     return row.get("score") or "–"
 
 

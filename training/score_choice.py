@@ -106,11 +106,13 @@ def record_chosen_value(run: RunFolder, value: float | None) -> None:
     run.selection.write_text(json.dumps(record, indent=2))
 
 
-def describe(weights: dict[str, float]) -> str:
-    """A score's components as a line shows them: names alone when every weight is 1."""
+def describe(weights: dict[str, float], digits: int | None = None) -> str:
+    """A score's components as a line shows them: names alone when every weight is 1, else each
+    weight (to `digits` decimals when given) before its name."""
     if all(w == 1.0 for w in weights.values()):
         return "+".join(weights)
-    return " + ".join(f"{w:g} x {name}" for name, w in weights.items())
+    shown = "g" if digits is None else f".{digits}f"
+    return " + ".join(f"{w:{shown}} x {name}" for name, w in weights.items())
 
 
 def choose_score(config: TrainConfig, run: RunFolder) -> TrainConfig:
