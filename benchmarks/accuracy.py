@@ -9,10 +9,15 @@ Sets: the 8 PIPED classes, mvtec_screw, the MNIST one-class protocol (10 digits)
 (`suite`: kolektor_sdd, tire, glass_fibre, elpv_poly, elpv_mono, deeppcb, trained with no config, as
 `inspector train --data DIR` does), and the traffic tables nsl_kdd (KDDTest+, KDDTest-21) and
 unsw_nb15. Variants:
-  default      the shipped config of each set (configs/*.yaml)
+  default      the shipped config of each set (configs/*.yaml); a suite set's defaults are those of
+               `inspector train --data`: the pretrained backbone, as the variant backbone
+  from_scratch the suite's defaults with model.backbone: none (GANomaly on pixels in 64 px tiles,
+               the suite's default rows until the default became the backbone; relabelled so)
   autoencoder  plain convolutional autoencoder, same geometry and budget, mean reconstruction error
   classic      GANomaly as published: whole frame resized to 128 (MNIST: 32), no augmentation,
                latent-distance score (images only)
+  backbone     GANomaly on EfficientNet-Lite0 features (model.backbone: efficientnet_lite0); a
+               shipped config's set gets whole frames and the backbone's score
   anogan       the AnoGAN family (f-AnoGAN: WGAN-GP, then an izi_f encoder), same input geometry as
                the set's config and its `anogan:` settings, score (1 - lambda) * pixel residual +
                lambda * critic-feature residual (MNIST: the config's latent_lof; see
@@ -94,6 +99,8 @@ def variant_overrides(variant: str, set_name: str) -> dict:
                 "selection.criterion": "validation_loss" if table else "synthetic_auroc"}
     if variant == "backbone":  # GANomaly on pretrained features; whole frames for the suite's default geometry
         return {"model.backbone": "efficientnet_lite0"}
+    if variant == "from_scratch":  # GANomaly on pixels, tiled (model.backbone: none; a suite set's default until 2026-12-05)
+        return {"model.backbone": "none"}
     if variant == "classic":
         size = 32 if set_name.startswith("mnist") else 128
         return {"input.height": size, "input.width": size, "input.resize": "stretch",

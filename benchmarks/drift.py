@@ -3,8 +3,8 @@
     python -m benchmarks.drift                 # every image dev set, about 10 minutes on 2 cores
     python -m benchmarks.drift --sets kolektor_sdd,tire
 
-Per set: a model trained the way `inspector train --data SET` trains it (the default recipe, last
-weights exported to save the selection passes), then the exported file scores test/good. A healthy
+Per set: the from-scratch model (model.backbone: none; what `inspector train --data SET` trained when
+these rows were measured, last weights exported to save the selection passes), then the exported file scores test/good. A healthy
 line is simulated by drawing parts from those scores with replacement: the first `window` normal
 verdicts form the baseline, then 10,000 more parts stream by in batches of 16, and every reading of
 the gauge is kept (p50, p99, max). The drift check rescores the same good images 20% darker, as a

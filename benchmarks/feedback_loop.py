@@ -1,6 +1,7 @@
 """The operator's loop on real data: the lamp changed, good parts alarm, the operator reviews, the model is retrained.
 
-Per set (no config: the default recipe `inspector train --data` uses):
+Per set (no config: the from-scratch model, model.backbone: none, the recipe `inspector train --data`
+used by default when these rows were measured):
   1. a quarter of train/good (seeded) is set aside as "the new normal"; the base model trains on the rest;
   2. the line's lighting drifts (DRIFTS, every frame, clipped: the lamp moved to one side, so light falls
      off across the frame; or a flatter light, less contrast about the frame's mean); the set-aside images
@@ -176,7 +177,7 @@ def measure(scorer: Scorer, sets: dict[str, list[np.ndarray]], confirmed: list[n
 
 
 def base_model(name: str, work: Path) -> tuple[Path, list[Path], float]:
-    """The default recipe on train/good minus the set-aside quarter; (model, set-aside images, seconds)."""
+    """The from-scratch recipe on train/good minus the set-aside quarter; (model, set-aside images, seconds)."""
     from training.cli import default_config
     from training.fit import fit
 
@@ -186,7 +187,8 @@ def base_model(name: str, work: Path) -> tuple[Path, list[Path], float]:
     for path in base_train:
         (data / path.name).symlink_to(path.resolve())
     started = time.perf_counter()
-    fitted = fit(default_config(str(work / "data")), work / "run", progress=False, evaluate_test=False)
+    fitted = fit(default_config(str(work / "data"), {"model.backbone": "none"}), work / "run", progress=False,
+                 evaluate_test=False)
     return fitted.model_path, aside, time.perf_counter() - started
 
 

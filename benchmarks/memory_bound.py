@@ -4,7 +4,7 @@
     python -m benchmarks.memory_bound --minutes 1      # a quick check
 
 One `inspector run` process with the shipped defaults (queue.size 256, queue.max_bytes 256 MiB,
-2 workers) and the default recipe's model (64 px tiles, half overlap; trained on the demo's
+2 workers) and the from-scratch tiled model (64 px tiles, half overlap; trained on the demo's
 synthetic parts) takes two sources at once: a 3840x2160 camera at 25 frames/s (a looping MJPEG file
 paced in real time, drop_oldest as for a live camera) and a folder with 10,000 queued images.
 Every 5 s the script records the daemon's RSS from /proc. The bound the README states is

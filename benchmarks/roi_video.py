@@ -1,7 +1,7 @@
 """A 1920x1080 MJPEG video through the daemon, whole frames against a 640x480 region of interest (issue 20).
 
-The model is the default recipe's for a PIPED class (`inspector train --data`, a few steps: speed
-does not depend on the weights). Every video frame shows one of the class's training photos, resized
+The model is the from-scratch tiled one `inspector train --data --frame-rate` trains for a PIPED
+class (model.backbone: none, as every tile plan; a few steps: speed does not depend on the weights). Every video frame shows one of the class's training photos, resized
 to 640x480, at the region's place on a noisy conveyor. The daemon runs the video as fast as it can
 (`realtime: false`) with the shipped batching, journaling every verdict; frames/s = frames journaled
 / wall time. Next to it, the frames/s the model alone allows for that many tiles per frame (model
@@ -54,7 +54,7 @@ def run(args) -> str:
     if not data.is_dir():
         raise SystemExit(f"{data}: not found (set QI_DATA)")
     work = Path(tempfile.mkdtemp(prefix="qi_roi_"))
-    config = default_config(str(data), {"train.steps": 2, "selection.criterion": "last"})
+    config = default_config(str(data), {"train.steps": 2, "selection.criterion": "last"}, tiles=True)
     model = fit(config, work / "run", progress=False, evaluate_test=False).model_path
     planned = with_frame_plan(config, args.frame_rate, f"{FRAME[1]}x{FRAME[0]}",  # prints the plan and its trade
                               f"{ROI.width}x{ROI.height}")
