@@ -139,12 +139,6 @@ def load_test_images(config):
     return load_test(config.data.resolved_path, spec)
 
 
-def scored_memory(scoring):
-    """The memory of normal codes (latent_knn, latent_lof) of an exported scoring module, or None
-    when it scores neither."""
-    return getattr(scoring, "nearest_code", None)
-
-
 def component_aurocs(config, result) -> dict[str, float]:
     """AUROC of every score component on test/ with the trained model (torch), frame = worst tile."""
     spec = config.input.to_spec()
@@ -153,7 +147,7 @@ def component_aurocs(config, result) -> dict[str, float]:
         scoring = result.scoring
     else:
         scoring = GANomalyScoring(result.generator, config.score.pool_kernel, config.score.residual, with_latent=True,
-                                  nearest_code=scored_memory(result.scoring), with_structure=True)
+                                  nearest_code=result.scoring.nearest_code, with_structure=True)
     outputs, owner = frame_outputs(scoring, test.tensors, spec)
     return {name: float(roc_auc_score(test.labels, per_frame_max(outputs[name].reshape(-1), owner)))
             for name in (*COMPONENTS, "structure_max") if name in outputs}  # structure_max: suite rows only
@@ -215,7 +209,7 @@ def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) ->
     _, normal, tests = load_tabular(config)
     scorer = Scorer(result.model_path)
     components = (result.scoring if config.model.family == "anogan"  # every component, latent_knn / latent_lof when scored
-                  else TabularScoring(result.generator, with_latent=True, nearest_code=scored_memory(result.scoring)).eval())
+                  else TabularScoring(result.generator, with_latent=True, nearest_code=result.scoring.nearest_code).eval())
     rows = []
     for test_name, m in result.metrics.items():
         started = time.perf_counter()

@@ -12,12 +12,13 @@ from inspector.scorer import Scorer
 from training.config import validate_train_config
 from training.family import Family, Grid, Phase
 from training.fit import fit
+from training.models.scoring_module import ScoringModule
 from training.models import registry
 
 from .conftest import tiny_config
 
 
-class PixelMeanScoring(nn.Module):
+class PixelMeanScoring(ScoringModule):
     """Scores a frame by its squared distance from the learned mean frame."""
 
     def __init__(self, mean: nn.Parameter):
@@ -64,7 +65,7 @@ class MeanFrameFamily(Family):
     def grids(self, phase, shown, epoch, total) -> dict[str, Grid]:
         return {"mean": Grid(self.holder.mean.detach().expand(len(shown), -1, -1, -1), f"epoch {epoch}: the mean frame")}
 
-    def scoring(self, fitted: np.ndarray | None) -> nn.Module:
+    def scoring(self, fitted: np.ndarray | None) -> ScoringModule:
         return PixelMeanScoring(self.holder.mean)
 
 

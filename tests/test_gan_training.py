@@ -24,6 +24,7 @@ from training.family import clip_gradients
 from training.fit import fit
 from training.items import random_crops
 from training.models.losses import smoothing_floor
+from training.models.scoring_module import ScoringModule
 from training.run_folder import CHECKPOINT, LOSSES, SELECTION_LOG
 from training.frame_scores import copy_outputs, frame_outputs
 from training.selection import CheckpointSelector, synthetic_copies, synthetic_defects
@@ -224,7 +225,7 @@ def test_checkpoint_selection_never_reads_test(class_with_sealed_test, tmp_path,
     assert touched == []
 
 
-class ConstantScore(nn.Module):
+class ConstantScore(ScoringModule):
     """A scorer that cannot tell anything apart: every item gets the same score."""
 
     def forward(self, image):

@@ -22,6 +22,7 @@ from .config import TrainConfig
 from .items import Items
 from .models.memory import NearestCode, latent_memory
 from .models.registry import BACKBONE_FAMILY, FAMILIES
+from .models.scoring_module import ScoringModule
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,9 @@ class Family(ABC):
         """After a phase's last step (e.g. a checkpoint of that phase's weights)."""
 
     @abstractmethod
-    def scoring(self, fitted: np.ndarray | None) -> nn.Module:
-        """The exportable scoring module over the current weights; memory components keep codes of `fitted`."""
+    def scoring(self, fitted: np.ndarray | None) -> ScoringModule:
+        """The exportable scoring module over the current weights (training.models.scoring_module: what
+        training asks of it besides its outputs); memory components keep codes of `fitted`."""
 
     def nearest_code(self, encoder: nn.Module, fitted: np.ndarray | None) -> NearestCode | None:
         """The memory of normal codes (`encoder`'s codes of a subset of the fitted items) when the score

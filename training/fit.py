@@ -116,14 +116,8 @@ def _card(config: TrainConfig, spec, score: ScoreDefinition, calibration, traine
     )
 
 
-def exportable(scoring):
-    """The scorer to export, count and hand back: one that keeps training-time caches of frozen outputs
-    (training.models.frozen_cache) gives a copy without them."""
-    return scoring.exportable() if hasattr(scoring, "exportable") else scoring
-
-
 def _export(config: TrainConfig, scoring, card: ModelCard, held_out: np.ndarray, run: RunFolder) -> ModelCard:
-    scoring = exportable(scoring)
+    scoring = scoring.exportable()
     flops = count_flops(scoring, torch.from_numpy(held_out[:1]))
     model_path = run.model
     card = export_with_parity(scoring, card, held_out[:PARITY_ITEMS], model_path, config.export.opset,
@@ -179,7 +173,7 @@ def calibration_folds(config: TrainConfig) -> dict:
 
 
 def memory_description(scoring, item: str) -> str:
-    nearest = getattr(scoring, "nearest_code", None)
+    nearest = scoring.nearest_code
     if nearest is None:
         return ""
     text = (f"; latent_knn = root mean squared difference between the {item}'s code and the nearest of "
@@ -195,12 +189,11 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     from the held-out normal frames (or cross-fitted over `all_normal`), the synthetic self-check, then
     model.onnx with its card."""
     config = choose_score(config, run)
-    if hasattr(scoring, "with_structure"):  # a candidate that was not chosen is not exported (its cost per frame)
-        scoring.with_structure = "structure_max" in config.score.weights
+    scoring.keep_structure("structure_max" in config.score.weights)  # a candidate not chosen is not exported
     spec = config.input.to_spec()
     held_out, owner = model_inputs(held_out_frames, spec)
     outputs = run_scoring(scoring, held_out, keep_maps=False)
-    score_units = hasattr(scoring, "use_score_units")  # a heatmap that sums the score's components reads against the threshold
+    score_units = scoring.map_in_score_units  # a heatmap that sums the score's components reads against the threshold
     heatmap = ("the same weighted sum of the components' patch maps, at input size" if score_units else
                f"locally averaged {config.score.residual} residual (kernel {config.score.pool_kernel})")
     score = ScoreDefinition(weights=dict(config.score.weights),
@@ -276,7 +269,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         metrics["flops_per_item"] = card.export.flops_per_item
         card = card.with_updates(evaluation={k: metrics[k] for k in EVALUATION_SUMMARY_KEYS if k in metrics})
         replace_card(model_path, card)
-    return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator, exportable(scoring))
+    return FitResult(model_path, card, metrics, time.perf_counter() - started, trained.generator, scoring.exportable())
 
 
 def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,

@@ -191,9 +191,8 @@ class CheckpointSelector:
         with modes_kept(*self.modules.values()):
             scoring = self.make_scoring()
             # one-time work: a memory drawn for this and later rounds, frozen outputs kept for them
-            cache = getattr(scoring, "frozen_cache", None)
-            memory_seconds = getattr(scoring, "memory_build_seconds", 0.0)
-            kept_before = getattr(cache, "kept_seconds", 0.0)
+            cache = scoring.frozen_cache
+            kept_before = 0.0 if cache is None else cache.kept_seconds
             normal, owner = frame_outputs(scoring, self.normal, self.spec)
             if self.criterion == "validation_loss":
                 errors = np.asarray(normal["residual_mean"], dtype=np.float64)
@@ -209,7 +208,8 @@ class CheckpointSelector:
                 auroc = float(roc_auc_score(labels, np.nan_to_num(np.r_[normal_scores, defective_scores], nan=np.inf)))
                 return auroc, auroc_standard_error(auroc, len(normal_scores), len(defective_scores))
 
-            self.last_one_time = memory_seconds + getattr(cache, "kept_seconds", 0.0) - kept_before
+            kept = 0.0 if cache is None else cache.kept_seconds - kept_before
+            self.last_one_time = scoring.memory_build_seconds + kept
             if self.judged_by:
                 self.last_judged = separation({c: self.weights[c] for c in self.judged_by})
             self.last_components = {  # each score component alone, for the record: the candidates a score is chosen from

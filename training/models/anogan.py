@@ -24,6 +24,7 @@ from torch import nn
 from .blocks import Decoder, Encoder, dcgan_init, local_mean
 from .ganomaly import GANomalyShape, residual_map
 from .memory import NearestCode
+from .scoring_module import ScoringModule
 from .tabular import TabularDiscriminator, mlp
 
 
@@ -103,7 +104,7 @@ class TabularAnoGAN(nn.Module):
         return {"latent": z, "reconstruction": self.generator(z)}
 
 
-class AnoGANScoring(nn.Module):
+class AnoGANScoring(ScoringModule):
     """Exportable single-pass scorer: encoder -> generator -> critic features -> components and map."""
 
     def __init__(self, model: AnoGAN, critic: Critic, pool_kernel: int = 9, residual: str = "l2",
@@ -134,7 +135,7 @@ class AnoGANScoring(nn.Module):
         return with_memory_components(outputs, self.nearest_code, code)
 
 
-class TabularAnoGANScoring(nn.Module):
+class TabularAnoGANScoring(ScoringModule):
     """Exportable single-pass scorer for feature windows: the same components, no map."""
 
     def __init__(self, model: TabularAnoGAN, critic: TabularCritic, nearest_code: NearestCode | None = None):

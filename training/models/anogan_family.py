@@ -28,6 +28,7 @@ from ..items import ImageShape, TableShape
 from .anogan import AnoGAN, AnoGANScoring, Critic, LatentCode, TabularAnoGAN, TabularAnoGANScoring, TabularCritic
 from .ganomaly import GANomalyShape
 from .losses import gradient_penalty, izi_f_loss, wasserstein_critic_loss
+from .scoring_module import ScoringModule
 
 
 def build_anogan(shape: ImageShape | TableShape, base_width: int, latent_dim: int,
@@ -40,7 +41,7 @@ def build_anogan(shape: ImageShape | TableShape, base_width: int, latent_dim: in
     return AnoGAN(geometry), Critic(geometry, spectral_norm=spectral_norm)
 
 
-def anogan_scoring(config, shape, model: nn.Module, critic: nn.Module, nearest_code=None) -> nn.Module:
+def anogan_scoring(config, shape, model: nn.Module, critic: nn.Module, nearest_code=None) -> ScoringModule:
     if isinstance(shape, TableShape):
         return TabularAnoGANScoring(model, critic, nearest_code)
     return AnoGANScoring(model, critic, config.score.pool_kernel, config.score.residual, nearest_code)
@@ -158,6 +159,6 @@ class AnoGANFamily(Family):
             atomic_torch_save({"model": self.model_.state_dict(), "critic": self.critic.state_dict(), "phase": "gan"},
                               run.gan_phase_checkpoint)
 
-    def scoring(self, fitted: np.ndarray | None) -> nn.Module:
+    def scoring(self, fitted: np.ndarray | None) -> ScoringModule:
         return anogan_scoring(self.config, self.shape, self.model_, self.critic,
                               self.nearest_code(LatentCode(self.model_), fitted))

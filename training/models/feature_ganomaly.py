@@ -40,6 +40,7 @@ from .blocks import dcgan_init, local_mean
 from .coreset import greedy_coreset
 from .frozen_cache import FrozenOutputs, Outputs, cache_limit
 from .ganomaly_family import ganomaly_optimizers, ganomaly_step
+from .scoring_module import ScoringModule
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +216,10 @@ class PatchMemory(nn.Module):
         return distance.view(n, 1, h, w)
 
 
-class FeatureGANomalyScoring(nn.Module):
+class FeatureGANomalyScoring(ScoringModule):
     """Exportable scorer: images in; patch_residual, patch_knn (with a memory) and anomaly_map out."""
+
+    map_in_score_units = True
 
     def __init__(self, features: PretrainedFeatures, generator: FeatureGenerator, memory: PatchMemory | None,
                  map_factors: dict[str, float] | None = None, frozen_cache: FrozenOutputs | None = None):
@@ -227,7 +230,6 @@ class FeatureGANomalyScoring(nn.Module):
         names = ("patch_residual",) + (() if memory is None else ("patch_knn",))
         self.map_factors = {name: 1.0 for name in names} if map_factors is None else dict(map_factors)
         self.frozen_cache = frozen_cache  # while training only: an exported scorer computes everything
-        self.memory_build_seconds = 0.0  # spent drawing the memory for this scorer (0 when it was reused)
 
     def exportable(self) -> "FeatureGANomalyScoring":
         """The same scorer without the training-time cache: what is exported and counted (FLOPs)."""
@@ -370,7 +372,7 @@ class FeatureGANomalyFamily(Family):
                      cache.hits + cache.misses, cache.bytes / 1e6)
         self._training_features = None
 
-    def scoring(self, fitted: np.ndarray | None) -> nn.Module:
+    def scoring(self, fitted: np.ndarray | None) -> ScoringModule:
         self.features.to(next(self.generator.parameters()).device)
         build_seconds = 0.0  # one-time work for the selection rounds: 0 when the memory is reused
         if "patch_knn" in self.config.score.weights and self._memory is None:

@@ -11,7 +11,7 @@ up to a byte limit; beyond it they are computed and not kept. Exact: a frozen ne
 gives an item the same output whatever batch it came in (up to float summation order).
 
 Never part of an exported model: the family drops the training draws' cache when training ends, and
-what is exported (and counted in FLOPs) is the scorer's cache-free copy (training.fit.exportable); the
+what is exported (and counted in FLOPs) is the scorer's cache-free copy (ScoringModule.exportable); the
 held-out frames' cache lives on through the calibration, which scores those frames again.
 """
 

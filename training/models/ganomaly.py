@@ -27,6 +27,7 @@ from torch import nn
 
 from .blocks import Decoder, Encoder, dcgan_init, local_mean
 from .memory import NearestCode
+from .scoring_module import ScoringModule
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def structure_map(x: torch.Tensor, reconstruction: torch.Tensor, box: BoxMean | 
     return ((1 - ssim) / 2).mean(dim=1, keepdim=True)
 
 
-class GANomalyScoring(nn.Module):
+class GANomalyScoring(ScoringModule):
     """Exportable scorer: image batch in, named score components and the anomaly map out."""
 
     def __init__(self, generator: GANomaly, pool_kernel: int = 9, residual: str = "l2", with_latent: bool = True,
@@ -128,6 +129,9 @@ class GANomalyScoring(nn.Module):
         self.with_structure = with_structure  # structure_max: a few more pooled maps; only when scored or a candidate
         shape = generator.shape
         self.box = BoxMean(5 * shape.channels, shape.height, shape.width)
+
+    def keep_structure(self, kept: bool) -> None:
+        self.with_structure = kept
 
     @property
     def flops_per_item(self) -> int:

@@ -22,6 +22,7 @@ from ..items import ImageShape, TableShape
 from .blocks import dcgan_init
 from .ganomaly import GANomaly, GANomalyDiscriminator, GANomalyScoring, GANomalyShape
 from .losses import contextual_loss, discriminator_loss, encoder_loss, feature_matching_loss, smoothing_floor
+from .scoring_module import ScoringModule
 from .tabular import TabularDiscriminator, TabularGANomaly, TabularScoring
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def build_discriminator(shape: ImageShape | TableShape, base_width: int, latent_
                                  spectral_norm)
 
 
-def generator_scoring(config, shape, generator: nn.Module, nearest_code) -> nn.Module:
+def generator_scoring(config, shape, generator: nn.Module, nearest_code) -> ScoringModule:
     """The exportable scorer over an encoder-decoder-encoder generator, with the configured components."""
     with_latent = "latent_distance" in config.score.weights
     if isinstance(shape, TableShape):
@@ -124,7 +125,7 @@ class GeneratorFamily(Family):
         return {"reconstructions": Grid(shown, f"epoch {epoch} of {total}: real items over their reconstructions",
                                         reconstructions)}
 
-    def scoring(self, fitted: np.ndarray | None) -> nn.Module:
+    def scoring(self, fitted: np.ndarray | None) -> ScoringModule:
         return generator_scoring(self.config, self.shape, self.generator,
                                  self.nearest_code(self.generator.encoder, fitted))
 

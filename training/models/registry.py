@@ -1,7 +1,8 @@
 """The model families by `model.family`, without importing them (a config validates without torch models).
 
-Adding a family: a module under training/models/ with a `training.family.Family` subclass, and one
-entry here naming it and the score components its scoring module outputs.
+Adding a family: a module under training/models/ with a `training.family.Family` subclass whose
+scorer is a `training.models.scoring_module.ScoringModule`, and one entry here naming it and the
+score components its scorer outputs.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .memory import NearestCode
+from .scoring_module import ScoringModule
 
 
 def mlp(sizes: list[int], final_activation: nn.Module | None = None) -> nn.Sequential:
@@ -56,7 +57,7 @@ class TabularDiscriminator(nn.Module):
         return {"features": features, "logit": self.classify(features)}
 
 
-class TabularScoring(nn.Module):
+class TabularScoring(ScoringModule):
     """Exportable scorer: feature windows in, named score components out (no heatmap).
     With a memory of normal codes (memory.NearestCode) it also outputs latent_knn (and latent_lof)."""
 
