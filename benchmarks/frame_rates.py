@@ -52,13 +52,15 @@ def default_model(data: Path, work: Path) -> Path:
     return fit(config, work, progress=False, evaluate_test=False).model_path
 
 
-def run(args) -> str:
+def measured_rows(model_of, args) -> list[tuple]:
+    """Per dev set: the model `model_of(data, work)` exports, its inputs/s and the cost of a frame at the
+    set's native size and at SIZES, with the matmul roofline measured right after it."""
     rows = []
     for name, data in dev_sets():
         if not data.is_dir():
             print(f"{name}: not found at {data}, skipped", flush=True)
             continue
-        model = default_model(data, Path(tempfile.mkdtemp(prefix="qi_frames_")))
+        model = model_of(data, Path(tempfile.mkdtemp(prefix="qi_frames_")))
         scorer = Scorer(model, intra_op_threads=args.threads)
         rate = measure_inputs_per_second(scorer, seconds=args.seconds)
         native = read_image(list_images(data / "train" / "good")[0]).shape[:2]
@@ -66,23 +68,33 @@ def run(args) -> str:
         costs = [frame_cost(spec, *native, flops)] + [frame_cost(spec, h, w, flops) for h, w in SIZES]
         rows.append((name, spec, flops, rate, costs, matmul_gflops()))
         print(name, [c.describe(rate) for c in costs], f"roofline {rows[-1][-1]:.0f} GFLOP/s", flush=True)
-    lines = section_header(MARK_START, "Frame rates at the line's resolution", "benchmarks.frame_rates")
-    lines += ["", "The from-scratch tiled model per dev set (geometry as `inspector train --data DIR --set "
-              "model.backbone=none` chooses it), model "
-              f"inputs/s measured on batches of 32 with {args.threads or 'all'} onnxruntime threads; frames/s = inputs/s "
-              "/ tiles per frame. Native = the set's first training image. Roofline: a 1024x1024 float32 matrix "
-              "product (numpy's BLAS, all cores) measured right after each model.", "",
-              "| set | model input | MFLOPs / input | inputs/s | GFLOP/s (of matmul roofline) | native frame: tiles, "
-              "GFLOPs, frames/s | 1280x720: tiles, frames/s | 1920x1080: tiles, frames/s |",
-              "|---|---|---|---|---|---|---|---|"]
+    return rows
+
+
+def rate_table(rows: list[tuple]) -> list[str]:
+    lines = ["| set | model input | MFLOPs / input | inputs/s | GFLOP/s (of matmul roofline) | native frame: inputs, "
+             "GFLOPs, frames/s | 1280x720: inputs, frames/s | 1920x1080: inputs, frames/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, spec, flops, rate, (native, hd, full), roofline in rows:
         achieved = rate * flops / 1e9
-        geometry = f"{spec.height} px {'tiles, overlap ' + format(spec.tile_overlap, 'g') if spec.resize == 'tile' else spec.resize}"
+        geometry = (f"{spec.height} px tiles, overlap {spec.tile_overlap:g}" if spec.resize == "tile"
+                    else f"{spec.width}x{spec.height} {spec.resize}")
         lines.append(f"| {name} | {geometry} | {flops / 1e6:.1f} | {rate:,.0f} | {achieved:.0f} ({achieved / roofline:.0%} "
                      f"of {roofline:.0f}) | {native.width}x{native.height}: "
                      f"{native.inputs:,}, {native.flops / 1e9:.2f}, {rate / native.inputs:,.1f} | {hd.inputs:,}, "
                      f"{rate / hd.inputs:,.2f} | {full.inputs:,}, {rate / full.inputs:,.2f} |")
-    return "\n".join(lines + ["", MARK_END])
+    return lines
+
+
+def run(args) -> str:
+    rows = measured_rows(default_model, args)
+    lines = section_header(MARK_START, "Frame rates at the line's resolution", "benchmarks.frame_rates")
+    lines += ["", "The from-scratch tiled model per dev set (geometry as `inspector train --data DIR --set "
+              "model.backbone=none` chooses it), model "
+              f"inputs/s measured on batches of 32 with {args.threads or 'all'} onnxruntime threads; frames/s = inputs/s "
+              "/ tiles per frame (the inputs columns). Native = the set's first training image. Roofline: a 1024x1024 "
+              "float32 matrix product (numpy's BLAS, all cores) measured right after each model.", ""]
+    return "\n".join(lines + rate_table(rows) + ["", MARK_END])
 
 
 def add_arguments(parser) -> None:
