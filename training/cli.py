@@ -141,24 +141,35 @@ def _resolve_config(args) -> TrainConfig:
     return default_config(args.data, overrides, tiles=getattr(args, "frame_rate", None) is not None)
 
 
+def stated(overrides: dict, field: str):
+    """The value the command line gave `field` ("section.key"), as `--set section.key=...` or inside
+    `--set section={key: ...}`; None where it gave none."""
+    section, _, key = field.partition(".")
+    if field in overrides:
+        return overrides[field]
+    nested = overrides.get(section)
+    return nested.get(key) if isinstance(nested, dict) else None
+
+
 def default_backbone(overrides: dict, tiles: bool = False) -> str:
     """The model.backbone `inspector train --data` uses where the command line does not say.
 
     The pretrained backbone (RESULTS, "The harder suite": it carries to surfaces no one tuned for,
-    where the from-scratch GAN falls to chance on some) unless something asked for goes only with the
-    from-scratch model: another family, tiles (`input.resize: tile`, or `tiles`: a --frame-rate tile
-    plan), a score component only it has (`score.weights`), or no weights package installed (said in one line; `model.backbone: none` states it)."""
-    if "model.backbone" in overrides:
-        return overrides["model.backbone"]
-    stated_score = set(overrides.get("score.weights") or {})
-    if (tiles or overrides.get("model.family", "ganomaly") != "ganomaly" or overrides.get("input.resize") == "tile"
-            or stated_score - BACKBONE_COMPONENTS):
+    where the from-scratch GAN falls to chance on some) unless something asked for goes only with
+    the from-scratch model: another family, tiles (`input.resize: tile`, or `tiles`: a --frame-rate
+    tile plan), a score component only it has (`score.weights`); or the backbone's packages are not
+    installed (said in one line; `model.backbone: none` states it)."""
+    if stated(overrides, "model.backbone") is not None:
+        return stated(overrides, "model.backbone")
+    score = set(stated(overrides, "score.weights") or {})
+    if (tiles or (stated(overrides, "model.family") or "ganomaly") != "ganomaly"
+            or stated(overrides, "input.resize") == "tile" or score - BACKBONE_COMPONENTS):
         return "none"
     if not all(importlib.util.find_spec(package) for package in BACKBONE_PACKAGES):
         from .backbone import INSTALL_HINT
 
-        log.warning("the pretrained backbone's weights package is not installed: training the from-scratch model "
-                    "(%s)", INSTALL_HINT)
+        log.warning("the pretrained backbone's packages are not installed: training the from-scratch model (%s)",
+                    INSTALL_HINT)
         return "none"
     return BACKBONE
 
