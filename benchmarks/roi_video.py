@@ -1,8 +1,9 @@
 """A 1920x1080 MJPEG video through the daemon, whole frames against a 640x480 region of interest (issue 20).
 
 The model is the from-scratch tiled one `inspector train --data --frame-rate` trains for a PIPED
-class (model.backbone: none, as every tile plan; a few steps: speed does not depend on the weights). Every video frame shows one of the class's training photos, resized
-to 640x480, at the region's place on a noisy conveyor. The daemon runs the video as fast as it can
+class (model.backbone: none, as every tile plan; a few steps: speed does not depend on the
+weights). Every video frame shows one of the class's training photos, resized to 640x480, at the
+region's place on a noisy conveyor. The daemon runs the video as fast as it can
 (`realtime: false`) with the shipped batching, journaling every verdict; frames/s = frames journaled
 / wall time. Next to it, the frames/s the model alone allows for that many tiles per frame (model
 inputs/s measured just before, as `inspector run --check` does), so the ratio shows what decoding,
