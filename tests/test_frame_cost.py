@@ -132,3 +132,20 @@ def test_plans_are_timed_with_the_exposure_step_that_trained_cards_carry(piped_c
         assert pipeline_rate_meter(config, folder, (96, 128))(config.input.to_spec()) > 0
         (plan,) = folder.glob("plan_*.onnx")
         assert (Scorer(plan).card.input.frame_level is not None) == standardise
+
+
+def test_the_speed_is_measured_in_runs_the_daemon_would_make_so_large_frames_do_not_exhaust_memory(piped_class, tmp_path):
+    from inspector.frame_cost import measure_inputs_per_second
+    from inspector.scorer import Scorer, inputs_per_run
+    from training.config import validate_train_config
+    from training.fit import fit
+
+    from .conftest import tiny_config
+
+    config = validate_train_config(tiny_config(piped_class, **{"input.height": 256, "input.width": 256}), "tiny")
+    scorer = Scorer(fit(config, tmp_path / "run", progress=False, evaluate_test=False).model_path)
+    runs = []
+    score_tensor = scorer.score_tensor
+    scorer.score_tensor = lambda batch: runs.append(len(batch)) or score_tensor(batch)  # what each run is given
+    assert measure_inputs_per_second(scorer, batch=32, seconds=0.1) > 0
+    assert inputs_per_run((3, 256, 256), 32) == 4 and set(runs) == {4}  # 32 frames of 256 px: 8 runs of 4, as scored
