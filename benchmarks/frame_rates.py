@@ -86,15 +86,21 @@ def rate_table(rows: list[tuple]) -> list[str]:
     return lines
 
 
+def rate_section(args, model_of, markers: tuple[str, str], title: str, module: str, model: str) -> str:
+    """The section of one kind of model: `model` says which and what an input of it is."""
+    rows = measured_rows(model_of, args)
+    lines = section_header(markers[0], title, module)
+    lines += ["", f"{model}; model inputs/s measured on batches of 32 with {args.threads or 'all'} onnxruntime threads. "
+              "Native = the set's first training image. Roofline: a 1024x1024 float32 matrix product (numpy's BLAS, "
+              "all cores) measured right after each model.", ""]
+    return "\n".join(lines + rate_table(rows) + ["", markers[1]])
+
+
 def run(args) -> str:
-    rows = measured_rows(default_model, args)
-    lines = section_header(MARK_START, "Frame rates at the line's resolution", "benchmarks.frame_rates")
-    lines += ["", "The from-scratch tiled model per dev set (geometry as `inspector train --data DIR --set "
-              "model.backbone=none` chooses it), model "
-              f"inputs/s measured on batches of 32 with {args.threads or 'all'} onnxruntime threads; frames/s = inputs/s "
-              "/ tiles per frame (the inputs columns). Native = the set's first training image. Roofline: a 1024x1024 "
-              "float32 matrix product (numpy's BLAS, all cores) measured right after each model.", ""]
-    return "\n".join(lines + rate_table(rows) + ["", MARK_END])
+    return rate_section(args, default_model, (MARK_START, MARK_END), "Frame rates at the line's resolution",
+                        "benchmarks.frame_rates", "The from-scratch tiled model per dev set (geometry as `inspector "
+                        "train --data DIR --set model.backbone=none` chooses it); frames/s = inputs/s / tiles per "
+                        "frame (the inputs columns)")
 
 
 def add_arguments(parser) -> None:

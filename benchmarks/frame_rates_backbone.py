@@ -16,8 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks.frame_rates import add_arguments, measured_rows, rate_table
-from benchmarks.results import section_header, section_main
+from benchmarks.frame_rates import add_arguments, rate_section
+from benchmarks.results import section_main
 
 MARK_START, MARK_END = "<!-- frame-rates-backbone:start -->", "<!-- frame-rates-backbone:end -->"
 
@@ -31,15 +31,11 @@ def default_model(data: Path, work: Path) -> Path:
 
 
 def run(args) -> str:
-    rows = measured_rows(default_model, args)
-    lines = section_header(MARK_START, "Frame rates of the default recipe (pretrained backbone)",
-                           "benchmarks.frame_rates_backbone")
-    lines += ["", "The model `inspector train --data DIR` trains by default (model.backbone: efficientnet_lite0: "
-              "whole frames at the training images' size, at most 512 px on the long side; MFLOPs include the patch "
-              f"memory's search), model inputs/s measured on batches of 32 with {args.threads or 'all'} onnxruntime "
-              "threads; a frame of any size is one input. Native = the set's first training image. Roofline: a "
-              "1024x1024 float32 matrix product (numpy's BLAS, all cores) measured right after each model.", ""]
-    return "\n".join(lines + rate_table(rows) + ["", MARK_END])
+    return rate_section(args, default_model, (MARK_START, MARK_END), "Frame rates of the default recipe (pretrained "
+                        "backbone)", "benchmarks.frame_rates_backbone", "The model `inspector train --data DIR` trains "
+                        "by default (model.backbone: efficientnet_lite0: whole frames at the training images' size, at "
+                        "most 512 px on the long side; MFLOPs include the patch memory's search); a frame of any size "
+                        "is one input")
 
 
 if __name__ == "__main__":
