@@ -125,6 +125,8 @@ def test_the_readme_path_from_photos_to_a_running_line(tmp_path):
     assert "only" not in trained.stderr  # 40 photos: no small-set warning
     assert "self-check: this threshold flags" in trained.stdout
     assert "frames/s on this machine" in trained.stdout  # the cost of a frame, said before the line runs
+    trained_config = json.loads((tmp_path / "runs" / "my_parts" / "config.json").read_text())
+    assert trained_config["model"]["backbone"] == "efficientnet_lite0"  # the default: pretrained features
 
     new = photos(tmp_path / "new_photos", 2)
     for k, path in enumerate(sorted(new.iterdir())):
