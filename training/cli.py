@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
@@ -141,16 +142,6 @@ def _resolve_config(args) -> TrainConfig:
     return default_config(args.data, overrides, tiles=getattr(args, "frame_rate", None) is not None)
 
 
-def stated(overrides: dict, field: str):
-    """The value the command line gave `field` ("section.key"), as `--set section.key=...` or inside
-    `--set section={key: ...}`; None where it gave none."""
-    section, _, key = field.partition(".")
-    if field in overrides:
-        return overrides[field]
-    nested = overrides.get(section)
-    return nested.get(key) if isinstance(nested, dict) else None
-
-
 def default_backbone(overrides: dict, tiles: bool = False) -> str:
     """The model.backbone `inspector train --data` uses where the command line does not say.
 
@@ -158,12 +149,14 @@ def default_backbone(overrides: dict, tiles: bool = False) -> str:
     where the from-scratch GAN falls to chance on some) unless something asked for goes only with
     the from-scratch model: another family, tiles (`input.resize: tile`, or `tiles`: a --frame-rate
     tile plan), a score component only it has (`score.weights`); or the backbone's packages are not
-    installed (said in one line; `model.backbone: none` states it)."""
-    if stated(overrides, "model.backbone") is not None:
-        return stated(overrides, "model.backbone")
-    score = set(stated(overrides, "score.weights") or {})
-    if (tiles or (stated(overrides, "model.family") or "ganomaly") != "ganomaly"
-            or stated(overrides, "input.resize") == "tile" or score - BACKBONE_COMPONENTS):
+    installed (said in one line; `model.backbone: none` states it). The overrides are read as the
+    config will be built from them (`--set model.family=...` or `--set model={family: ...}`)."""
+    asked = apply_overrides({}, copy.deepcopy(overrides))
+    model, score = asked.get("model") or {}, asked.get("score") or {}
+    if model.get("backbone") is not None:
+        return model["backbone"]
+    if (tiles or model.get("family", "ganomaly") != "ganomaly" or (asked.get("input") or {}).get("resize") == "tile"
+            or set(score.get("weights") or {}) - BACKBONE_COMPONENTS):
         return "none"
     if not all(importlib.util.find_spec(package) for package in BACKBONE_PACKAGES):
         from .backbone import INSTALL_HINT
