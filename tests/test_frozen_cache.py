@@ -60,16 +60,24 @@ def test_the_cache_counts_the_seconds_spent_on_outputs_it_keeps_and_only_those()
     """What a later call will not repeat: the selection rounds' time estimate leaves it out."""
     import time
 
+    inside = []
+
     def slow_double(batch):
+        started = time.perf_counter()
         time.sleep(0.01 * len(batch))
+        inside.append(time.perf_counter() - started)
         return {"doubled": batch * 2}
 
     per_item = 16 * 4
     cache = FrozenOutputs(slow_double, max_bytes=2 * per_item)
     batch = torch.rand(3, 1, 4, 4)
+    started = time.perf_counter()
     cache(batch)
+    around = time.perf_counter() - started
     first = cache.kept_seconds
-    assert 0.02 <= first < 0.03 + 0.02  # two of the three items were kept: their share of the 30 ms
+    # two of the three items were kept: their share of the computing time, bounded by the time
+    # measured inside the computation and around the whole call (no bound a loaded machine breaks)
+    assert 2 / 3 * inside[0] <= first <= 2 / 3 * around
     cache(batch)
     assert cache.kept_seconds == first  # nothing new kept: the third item, recomputed, does not count
 
