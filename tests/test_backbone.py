@@ -63,6 +63,24 @@ def test_a_backbone_model_scores_the_gan_residual_and_the_patch_memory_by_defaul
     assert config.score.weights == {"patch_knn": 1.0, "patch_residual": 1.0}
 
 
+@pytest.mark.parametrize("model, levelled", [
+    ({"backbone": "efficientnet_lite0"}, False),  # the graph standardises each frame: no step before it
+    ({"backbone": "efficientnet_lite0", "standardise_frames": False}, True),  # brightness inspected: the level only
+    ({"backbone": "none"}, True),  # pixels: the level is the from-scratch model's only exposure correction
+])
+def test_frames_are_levelled_before_the_model_unless_the_backbone_standardises_them_itself(tmp_path, model, levelled):
+    """The level step misjudges a brighter lamp's gain where highlights clip (training.frame_level);
+    a backbone that standardises each frame needs no such step in front of it."""
+    from training.frame_level import with_frame_level
+
+    data = write_dataset(tmp_path / "data", n_train=4, n_test_good=1, n_test_defect=1, size=64)
+    raw = backbone_config(data)
+    config = validate_train_config({**raw, "model": {**raw["model"], **model}}, "test")
+    assert config.input.standardise_frames  # the input's default, untouched
+    spec = with_frame_level(config).input.to_spec()
+    assert (spec.frame_level is not None) == levelled
+
+
 @pytest.mark.parametrize("change, refused", [
     ({"input": {"height": 64, "width": 64, "resize": "tile"}}, "sees whole frames"),
     ({"model": {"backbone": "efficientnet_lite0", "family": "anogan"}}, "trains the ganomaly family"),
@@ -243,6 +261,7 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     assert sum(card.score.weights.values()) == pytest.approx(2.0, abs=1e-3) and min(card.score.weights.values()) > 0
     assert 0.5 < choice["chosen_value"] <= 1.0
     assert card.export.parity_max_abs_diff <= card.export.parity_tolerance
+    assert card.input.frame_level is None  # frames reach the graph as they come: it standardises each itself
     scorer = Scorer(result.model_path)
     frame = cv2.imread(str(next((data / "test" / "speck").iterdir())))
     outputs = scorer.run(scorer.prepare(frame).tiles)
