@@ -22,7 +22,7 @@ from .strict import FrozenStrict
 
 CARD_KEY = "qinspector.card"
 MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
-CARD_FORMAT_VERSION = 9  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; 8: input.frame_level; 9: score.map_in_score_units; older cards still load
+CARD_FORMAT_VERSION = 10  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; 8: input.frame_level; 9: score.map_in_score_units; 10: export.photo_height/width; older cards still load
 MIN_TILE_SCALE = 0.25
 
 
@@ -194,6 +194,11 @@ class ExportInfo(FrozenStrict):
     inputs_per_frame: int | None = None
     frames_per_s: float | None = None
     measured_on: str | None = None
+    # a whole-frame model (stretch, center_crop): the size of the photos it was trained on, before they
+    # were resized to the input; a camera of other proportions shows a stretching model parts squeezed
+    # (inspector.frame_cost.proportion_warning). None: unknown (a card before format 10, a tiled model)
+    photo_height: int | None = None
+    photo_width: int | None = None
     # int8: the graph's convolutions are quantized; parity against the float32 graph it came from, on
     # held-out normal images and their synthetic-defect copies: score rank correlation, and the change
     # of the synthetic-defect AUROC (int8 - float32)
@@ -216,7 +221,7 @@ class Lineage(FrozenStrict):
 
 
 class ModelCard(FrozenStrict):
-    format_version: Literal[1, 2, 3, 4, 5, 6, 7, 8, 9] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10] = CARD_FORMAT_VERSION
     name: str
     # the training family that made the graph (training.models.registry); the runtime only shows it
     family: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]

@@ -209,7 +209,7 @@ def _frame_costs(scorer, sizes: dict[str, tuple[int, int, bool, tuple]], config)
     has some), the frames/s the model alone allows on this machine, and the frames/s the daemon's
     pipeline reaches with this config's batching (measured: inspector.line_rate)."""
     from .card import ImageInput
-    from .frame_cost import frame_cost, measure_inputs_per_second, regions_cost
+    from .frame_cost import frame_cost, measure_inputs_per_second, proportion_warning, regions_cost
     from .line_rate import line_frames_per_second
 
     spec = scorer.card.input
@@ -226,6 +226,11 @@ def _frame_costs(scorer, sizes: dict[str, tuple[int, int, bool, tuple]], config)
                                            max_batch=batching.max_batch)
         lines.append(f"{name}: {cost.describe(rate)}; through the daemon's pipeline here {line_rate:,.1f} frames/s "
                      f"({width}x{height} JPEG frames decoded, {batching.workers} worker(s), journaled)")
+        scored = [(r.height, r.width, f" (region {r.describe()})") for r in regions] or [(height, width, "")]
+        for scored_height, scored_width, where in scored:
+            warning = proportion_warning(scorer.card, scored_height, scored_width)
+            if warning:
+                lines.append(f"{name}{where}: warning: {warning}")
     return lines
 
 

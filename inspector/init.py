@@ -130,10 +130,13 @@ def run(args) -> int:
     args.out.write_text(text)
     print(f"wrote {args.out}: model {card.name} loads, {checked}.")
     if size is not None:
-        from .frame_cost import frame_cost, measure_inputs_per_second
+        from .frame_cost import frame_cost, measure_inputs_per_second, proportion_warning
 
         cost = frame_cost(card.input, *size, card.export.flops_per_item if card.export else None)
         print(f"cost: {cost.describe(measure_inputs_per_second(scorer))}")
+        warning = proportion_warning(card, *size)
+        if warning:
+            print(f"warning: {warning}")
     page = f", review page on http://127.0.0.1:{args.review_port}/" if args.review_port else ""
     print(f"next: inspector run -c {args.out}   (metrics on http://127.0.0.1:{args.port}/metrics{page})")
     return 0

@@ -47,6 +47,32 @@ def test_the_card_records_a_training_size_frames_cost_and_the_frames_per_second_
     assert export.frames_per_s > 0 and export.measured_on
 
 
+def whole_frame_card(card, resize: str, photo: tuple[int, int] | None):
+    """`card` as a whole-frame model's trained on photos of (height, width) `photo` (None: not recorded)."""
+    spec = card.input.model_copy(update={"resize": resize, "height": 96, "width": 128})
+    height, width = photo or (None, None)
+    return card.with_updates(input=spec, export=card.export.model_copy(update={"photo_height": height,
+                                                                               "photo_width": width}))
+
+
+def test_a_camera_of_other_proportions_than_the_training_photos_is_warned_about_for_whole_frame_models(
+        tiny_piped_run, tiny_tiled_run):
+    from inspector.frame_cost import proportion_warning
+
+    stretched = whole_frame_card(tiny_piped_run.card, "stretch", (480, 640))  # 4:3 photos
+    assert proportion_warning(stretched, 1080, 1920) == (
+        "1920x1080 frames are 1.33x wider in proportion than the 640x480 training photos: each is stretched to the "
+        "model's 128x96 input, so parts look 1.33x narrower to the model than in training; set a region of "
+        "interest of the photos' proportions around the part (sources: roi), or train on this camera's frames")
+    assert "parts look 1.33x wider" in proportion_warning(stretched, 1080, 1080)  # a square view of 4:3 parts
+    assert proportion_warning(stretched, 720, 960) is None  # the photos' proportions at another resolution
+    assert proportion_warning(stretched, 1000, 1400) is None  # within 10%
+    cropped = whole_frame_card(tiny_piped_run.card, "center_crop", (480, 640))
+    assert proportion_warning(cropped, 1080, 1920) is None  # a centre crop keeps the parts' proportions
+    assert proportion_warning(tiny_tiled_run.card, 1080, 1920) is None  # so do tiles
+    assert proportion_warning(whole_frame_card(tiny_piped_run.card, "stretch", None), 1080, 1920) is None  # unknown
+
+
 # Tile plans: a frame scaled before tiling, and the plan chosen for a line's frame rate
 
 import numpy as np  # noqa: E402

@@ -148,6 +148,16 @@ def test_the_readme_path_from_photos_to_a_running_line(tmp_path):
     assert init.returncode == 0, init.stderr
     assert "delivered a" in init.stdout and "frame" in init.stdout and "review page on http://127.0.0.1:" in init.stdout
     assert "frames/s on this machine" in init.stdout  # what a frame of this camera costs, before the line runs
+    assert "warning" not in init.stdout  # the camera's 4:3 frames have the photos' proportions
+    wide = tmp_path / "wide.avi"
+    writer = cv2.VideoWriter(str(wide), cv2.VideoWriter_fourcc(*"FFV1"), 25.0, (128, 64))
+    for _ in range(3):
+        writer.write(np.full((64, 128, 3), 120, np.uint8))
+    writer.release()
+    other = inspector("init", "runs/my_parts/model.onnx", "--video", "wide.avi", "--out", "wide.yaml", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert ("warning: 128x64 frames are 1.50x wider in proportion than the 128x96 training photos: each is stretched "
+            "to the model's 128x96 input, so parts look 1.50x narrower") in other.stdout
     ran = inspector("run", "-c", "line.yaml", "--exit-when-done", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     journal = (tmp_path / "journal" / "decisions.jsonl").read_text().splitlines()

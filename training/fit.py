@@ -27,7 +27,7 @@ from inspector.scorer import Scorer, combine_score
 
 from .calibrate import calibrate
 from .config import TrainConfig, expand_data_path
-from .data import LoadedImages, load_test, load_train_good, mnist_one_class, split_holdout
+from .data import LoadedImages, load_test, load_train_good, mnist_one_class, split_holdout, training_photo_size
 from .driver import train
 from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
@@ -225,17 +225,22 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     card = _export(config, scoring, card, held_out, run)
     if config.export.precision == "int8":
         card = export_int8(config, run, card, held_out_frames, config.selection.max_items)
-    return with_frame_cost(card, run, held_out_frames[0].shape[-2:])
+    photo = training_photo_size(config.data.resolved_path) if config.data.kind == "mvtec" and spec.resize != "tile" else None
+    return with_frame_cost(card, run, held_out_frames[0].shape[-2:], photo)
 
 
-def with_frame_cost(card: ModelCard, run: RunFolder, frame_size: tuple[int, int]) -> ModelCard:
-    """Record what a training-size frame costs and the frames/s the exported model reaches here."""
+def with_frame_cost(card: ModelCard, run: RunFolder, frame_size: tuple[int, int],
+                    photo_size: tuple[int, int] | None = None) -> ModelCard:
+    """Record what a training-size frame costs and the frames/s the exported model reaches here, and
+    for a whole-frame model the training photos' own size (`photo_size`)."""
     height, width = (int(v) for v in frame_size)
     cost = frame_cost(card.input, height, width, card.export.flops_per_item)
     rate = measure_inputs_per_second(Scorer(run.model))
+    photo_height, photo_width = photo_size or (None, None)
     export = card.export.model_copy(update={
         "frame_height": height, "frame_width": width, "inputs_per_frame": cost.inputs,
-        "frames_per_s": round(rate / cost.inputs, 3), "measured_on": f"{platform.node()}, {os.cpu_count()} CPUs"})
+        "frames_per_s": round(rate / cost.inputs, 3), "measured_on": f"{platform.node()}, {os.cpu_count()} CPUs",
+        "photo_height": photo_height, "photo_width": photo_width})
     card = card.with_updates(export=export)
     replace_card(run.model, card)
     log.info("cost: %s", cost.describe(rate))
