@@ -39,6 +39,22 @@ def test_check_states_each_cameras_frame_cost_and_the_frames_per_second_to_expec
                         r"frames/s \(64x48 JPEG frames decoded, 1 worker\(s\), journaled\)", line), line
 
 
+def test_check_warns_about_each_region_of_other_proportions_than_the_training_photos(tiny_piped_run, tmp_path):
+    """tiny_piped_run stretches square 128x128 photos: a square region passes, a 3:1 strip is warned about."""
+    video = tmp_path / "line.avi"
+    write_video(video, 3)  # 64x48 frames
+    config = tmp_path / "line.yaml"
+    config.write_text(f"model: {{path: {tiny_piped_run.model_path}}}\n"
+                      f"sources:\n  - {{name: gate, kind: camera, uri: {video}, roi: [{{x: 0, y: 0, width: 40, "
+                      f"height: 40}}, {{x: 0, y: 10, width: 60, height: 20}}]}}\nmetrics: {{port: 0}}\n")
+    result = subprocess.run([sys.executable, "-m", "inspector.cli", "run", "-c", str(config), "--check"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("gate (region 60x20 at (0, 10)): warning: 60x20 frames are "
+                                                         "3.00x wider in proportion than the 128x128 training photos")
+
+
 def test_the_card_records_a_training_size_frames_cost_and_the_frames_per_second_measured(tiny_tiled_run):
     export = tiny_tiled_run.card.export
     frame = (export.frame_height, export.frame_width)

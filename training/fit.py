@@ -225,7 +225,8 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     card = _export(config, scoring, card, held_out, run)
     if config.export.precision == "int8":
         card = export_int8(config, run, card, held_out_frames, config.selection.max_items)
-    photo = training_photo_size(config.data.resolved_path) if config.data.kind == "mvtec" and spec.resize != "tile" else None
+    whole_photos = config.data.kind == "mvtec" and spec.resize != "tile"  # proportions matter (stretch, crop)
+    photo = training_photo_size(config.data.resolved_path) if whole_photos else None
     return with_frame_cost(card, run, held_out_frames[0].shape[-2:], photo)
 
 
