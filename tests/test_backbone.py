@@ -47,7 +47,7 @@ from inspector.scorer import Scorer  # noqa: E402
 from training.cli import default_config  # noqa: E402
 from training.config import validate_train_config  # noqa: E402
 from training.fit import fit  # noqa: E402
-from training.models.feature_ganomaly import PatchMemory  # noqa: E402
+from training.models.feature_ganomaly import DISTANCE_FLOOR, PatchMemory  # noqa: E402
 from training.synthetic import write_dataset  # noqa: E402
 
 
@@ -158,9 +158,22 @@ def test_the_patch_memory_distance_is_the_nearest_neighbour_distance_in_chunks()
     features = torch.randn(2, FEATURE_DIM, 3, 5, generator=generator)
     found = PatchMemory(memory)(features)
     flat = features.permute(0, 2, 3, 1).reshape(-1, FEATURE_DIM)
-    expected = torch.cdist(flat, memory).amin(dim=1).view(2, 1, 3, 5)
+    expected = (torch.cdist(flat, memory).amin(dim=1).pow(2) + DISTANCE_FLOOR ** 2).sqrt().view(2, 1, 3, 5)
     torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-3)
-    assert float(PatchMemory(memory)(memory[:4].view(1, 4, FEATURE_DIM).permute(0, 2, 1).unsqueeze(-1)).max()) < 1e-2
+    repeats = PatchMemory(memory)(memory[:4].view(1, 4, FEATURE_DIM).permute(0, 2, 1).unsqueeze(-1))
+    assert float(repeats.max()) == pytest.approx(DISTANCE_FLOOR, abs=1e-3)  # a repeated patch: the floor
+
+
+def test_float_noise_around_a_repeated_patch_barely_moves_its_memory_distance():
+    """A photo held out beside its own duplicate: torch and onnxruntime compute its features with
+    float noise of about 5e-4 per channel, and without a floor that noise was the whole distance
+    (0.006 against 0.013 on a PIPED photo: the export's parity check refused the model)."""
+    generator = torch.Generator().manual_seed(0)
+    memory = 3.0 * torch.randn(500, FEATURE_DIM, generator=generator)
+    repeated = memory[7] + 5e-4 * torch.randn(2, FEATURE_DIM, generator=generator)  # as two runtimes see it
+    distances = PatchMemory(memory)(repeated.view(2, FEATURE_DIM, 1, 1)).flatten()
+    assert abs(float(distances[0] - distances[1])) < 1e-4
+    assert float(distances.max()) == pytest.approx(DISTANCE_FLOOR, abs=1e-3)
 
 
 def test_the_patch_memory_distance_stays_exact_in_onnx_where_patches_repeat():
@@ -186,6 +199,7 @@ def test_the_patch_memory_distance_stays_exact_in_onnx_where_patches_repeat():
     features = features.permute(0, 3, 1, 2).contiguous()
     exact = torch.cdist(features.permute(0, 2, 3, 1).reshape(-1, FEATURE_DIM), memory,
                         compute_mode="donot_use_mm_for_euclid_dist").amin(dim=1).view(2, 1, 6, 7)
+    exact = (exact.pow(2) + DISTANCE_FLOOR ** 2).sqrt()
     module = Maxima(memory).eval()
     with torch.no_grad():
         torch.testing.assert_close(module(features)["distance"], exact, rtol=0, atol=1e-3)

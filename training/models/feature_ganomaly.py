@@ -47,6 +47,13 @@ log = logging.getLogger(__name__)
 RESIDUAL_KERNEL = 3  # patches: 24x24 pixels of context around each 8x8 patch
 CORESET_POOL = 8  # patches drawn at random per memory patch kept, before the coreset: its selection time grows with it
 MEMORY_CHUNK = 1024  # memory patches compared at once: bounds the (patches x chunk) distance matrix
+# a patch's memory distance is sqrt(d^2 + floor^2): the square root is ill-conditioned at zero, where
+# a patch repeats a memory patch (a photo taken twice, a small set whose memory holds nearly every
+# patch). There the features' float noise between torch and onnxruntime (about 5e-4 per channel)
+# was the whole distance, 0.006 against 0.013 on a PIPED photo held out beside its duplicate, and
+# the export's parity check refused the model. With the floor that noise moves the distance by
+# under 1e-3; a normal patch's distance (several units) moves by under 1e-3 too
+DISTANCE_FLOOR = 0.1
 STATISTICS_FRAMES = 64  # fitted frames whose features set the per-channel standardisation
 # bytes of frozen outputs kept while training (training.models.frozen_cache): the training frames'
 # feature maps under their flips and turns (elpv_mono: 240 frames x 8 x 0.7 MB), and the feature and
@@ -185,7 +192,8 @@ class PatchMemory(nn.Module):
     found by |m|^2 - 2 f.m in chunks of the memory (one matrix product each, so the exported graph never
     holds a (patches x memory) matrix at once); its distance is then taken directly, because the
     expanded form cancels badly near zero: for patches that repeat memory patches beside feature norms
-    in the hundreds it was 0.4 off (a test), where the latent memory already measured directly."""
+    in the hundreds it was 0.4 off (a test), where the latent memory already measured directly. The
+    distance has a floor (DISTANCE_FLOOR) that keeps it well-conditioned where it nears zero."""
 
     def __init__(self, memory: torch.Tensor):
         super().__init__()
@@ -212,7 +220,7 @@ class PatchMemory(nn.Module):
             else:
                 closer = value < best
                 best, nearest = torch.where(closer, value, best), torch.where(closer, index + start, nearest)
-        distance = (flat - self.memory[nearest]).pow(2).sum(dim=1).sqrt()
+        distance = ((flat - self.memory[nearest]).pow(2).sum(dim=1) + DISTANCE_FLOOR ** 2).sqrt()
         return distance.view(n, 1, h, w)
 
 
