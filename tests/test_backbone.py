@@ -166,8 +166,8 @@ def test_the_patch_memory_distance_is_the_nearest_neighbour_distance_in_chunks()
 
 def test_float_noise_around_a_repeated_patch_barely_moves_its_memory_distance():
     """A photo held out beside its own duplicate: torch and onnxruntime compute its features with
-    float noise of about 5e-4 per channel, and without a floor that noise was the whole distance
-    (0.006 against 0.013 on a PIPED photo: the export's parity check refused the model)."""
+    float noise (simulated here as 5e-4 per channel), and without a floor that noise was the whole
+    distance (0.006 against 0.013 on a PIPED photo: the export's parity check refused the model)."""
     generator = torch.Generator().manual_seed(0)
     memory = 3.0 * torch.randn(500, FEATURE_DIM, generator=generator)
     repeated = memory[7] + 5e-4 * torch.randn(2, FEATURE_DIM, generator=generator)  # as two runtimes see it

@@ -49,10 +49,10 @@ CORESET_POOL = 8  # patches drawn at random per memory patch kept, before the co
 MEMORY_CHUNK = 1024  # memory patches compared at once: bounds the (patches x chunk) distance matrix
 # a patch's memory distance is sqrt(d^2 + floor^2): the square root is ill-conditioned at zero, where
 # a patch repeats a memory patch (a photo taken twice, a small set whose memory holds nearly every
-# patch). There the features' float noise between torch and onnxruntime (about 5e-4 per channel)
-# was the whole distance, 0.006 against 0.013 on a PIPED photo held out beside its duplicate, and
-# the export's parity check refused the model. With the floor that noise moves the distance by
-# under 1e-3; a normal patch's distance (several units) moves by under 1e-3 too
+# patch). There the float noise between torch's and onnxruntime's features was the whole distance,
+# 0.006 against 0.013 on a PIPED photo held out beside its pixel-exact duplicate, and the export's
+# parity check refused the model; with the floor, 0.1002 against 0.1008. A distance of 5 moves by
+# 0.001, one of 15 (a normal frame's largest, there) by 0.0003
 DISTANCE_FLOOR = 0.1
 STATISTICS_FRAMES = 64  # fitted frames whose features set the per-channel standardisation
 # bytes of frozen outputs kept while training (training.models.frozen_cache): the training frames'
