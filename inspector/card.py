@@ -49,7 +49,8 @@ class ImageInput(FrozenStrict):
     # the normal training frames' typical pixel mean (0-1 units, the median over frames): each frame
     # is first brightened or darkened to it (its own mean of unsaturated pixels, all channels), so an
     # exposure change (lamp, shutter, aperture: a gain on every pixel) is undone before the model sees
-    # the frame. None (cards before format 8): frames as they come.
+    # the frame. None: frames as they come (cards before format 8; pretrained-backbone models, whose
+    # graph standardises each frame itself, training.frame_level).
     frame_level: Annotated[float, Field(gt=0, le=1)] | None = None
 
     @model_validator(mode="after")
