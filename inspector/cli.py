@@ -226,9 +226,10 @@ def _frame_costs(scorer, sizes: dict[str, tuple[int, int, bool, tuple]], config)
                                            max_batch=batching.max_batch)
         lines.append(f"{name}: {cost.describe(rate)}; through the daemon's pipeline here {line_rate:,.1f} frames/s "
                      f"({width}x{height} JPEG frames decoded, {batching.workers} worker(s), journaled)")
-        scored = [(r.height, r.width, f" (region {r.describe()})") for r in regions] or [(height, width, "")]
-        for scored_height, scored_width, where in scored:
-            warning = proportion_warning(scorer.card, scored_height, scored_width)
+        scored = [(r.height, r.width, (r.x, r.y), f" (region {r.describe()})") for r in regions] or [
+            (height, width, (0, 0), "")]
+        for scored_height, scored_width, origin, where in scored:
+            warning = proportion_warning(scorer.card, scored_height, scored_width, origin)
             if warning:
                 lines.append(f"{name}{where}: warning: {warning}")
     return lines

@@ -56,24 +56,29 @@ def regions_cost(spec: ImageInput, height: int, width: int, regions, flops_per_i
 PROPORTION_TOLERANCE = 1.1  # frames up to 10% wider or narrower than the training photos: no warning
 
 
-def proportion_warning(card, height: int, width: int) -> str | None:
+def proportion_warning(card, height: int, width: int, origin: tuple[int, int] = (0, 0)) -> str | None:
     """One line when a stretching model (`resize: stretch`: every frame resized to the input) would see
     height x width frames in other proportions than its training photos (the card's
-    export.photo_height/width): the parts come out squeezed as they never were in training. None for
-    tiled or centre-cropped models (parts keep their proportions), matching proportions, or a card
-    that does not know the photos' size."""
+    export.photo_height/width): the parts come out squeezed as they never were in training. It names
+    the centred region of the photos' proportions (`origin`: where the scored box starts in the frame,
+    for a region of interest). None for tiled or centre-cropped models (parts keep their
+    proportions), matching proportions, or a card that does not know the photos' size."""
     spec, export = card.input, card.export
     if not isinstance(spec, ImageInput) or spec.resize != "stretch" or export is None or not export.photo_width:
         return None
-    ratio = (width / height) / (export.photo_width / export.photo_height)
+    photo_aspect = export.photo_width / export.photo_height
+    ratio = (width / height) / photo_aspect
     factor = max(ratio, 1 / ratio)
     if factor <= PROPORTION_TOLERANCE:
         return None
+    region_w, region_h = (round(height * photo_aspect), height) if ratio > 1 else (width, round(width / photo_aspect))
+    x, y = origin[0] + (width - region_w) // 2, origin[1] + (height - region_h) // 2
     return (f"{width}x{height} frames are {factor:.2f}x {'wider' if ratio > 1 else 'narrower'} in proportion than the "
             f"{export.photo_width}x{export.photo_height} training photos: each is stretched to the model's "
             f"{spec.width}x{spec.height} input, so parts look {factor:.2f}x {'narrower' if ratio > 1 else 'wider'} to "
             f"the model than in training; set a region of interest of the photos' proportions around the part "
-            f"(sources: roi), or train on this camera's frames")
+            f"(the centred one: roi: [{{x: {x}, y: {y}, width: {region_w}, height: {region_h}}}]), or train on this "
+            f"camera's frames")
 
 
 def inputs_per_second(run, probe: np.ndarray, seconds: float = 1.0) -> float:

@@ -53,6 +53,7 @@ def test_check_warns_about_each_region_of_other_proportions_than_the_training_ph
     warnings = [line for line in result.stdout.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith("gate (region 60x20 at (0, 10)): warning: 60x20 frames are "
                                                          "3.00x wider in proportion than the 128x128 training photos")
+    assert "(the centred one: roi: [{x: 20, y: 10, width: 20, height: 20}])" in warnings[0]  # inside the region
 
 
 def test_the_card_records_a_training_size_frames_cost_and_the_frames_per_second_measured(tiny_tiled_run):
@@ -79,8 +80,11 @@ def test_a_camera_of_other_proportions_than_the_training_photos_is_warned_about_
     assert proportion_warning(stretched, 1080, 1920) == (
         "1920x1080 frames are 1.33x wider in proportion than the 640x480 training photos: each is stretched to the "
         "model's 128x96 input, so parts look 1.33x narrower to the model than in training; set a region of "
-        "interest of the photos' proportions around the part (sources: roi), or train on this camera's frames")
-    assert "parts look 1.33x wider" in proportion_warning(stretched, 1080, 1080)  # a square view of 4:3 parts
+        "interest of the photos' proportions around the part (the centred one: roi: [{x: 240, y: 0, width: 1440, "
+        "height: 1080}]), or train on this camera's frames")
+    square = proportion_warning(stretched, 1080, 1080)  # a square view of 4:3 parts
+    assert "parts look 1.33x wider" in square and "roi: [{x: 0, y: 135, width: 1080, height: 810}]" in square
+    assert "roi: [{x: 10, y: 145, width: 1080, height: 810}]" in proportion_warning(stretched, 1080, 1080, (10, 10))
     assert proportion_warning(stretched, 720, 960) is None  # the photos' proportions at another resolution
     assert proportion_warning(stretched, 1000, 1400) is None  # within 10%
     cropped = whole_frame_card(tiny_piped_run.card, "center_crop", (480, 640))
