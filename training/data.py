@@ -129,13 +129,14 @@ def training_image_paths(root: Path) -> list[Path]:
                             f"optionally test/good and test/<defect>/ for evaluation")
 
 
-def training_photo_size(root: Path) -> tuple[int, int] | None:
-    """(height, width) of the first decodable photo of <root>/train/good as stored (None when none is):
+def first_training_image(root: Path) -> np.ndarray | None:
+    """The first decodable image of <root>/train/good as stored (None when there is none): a corrupt
+    file is skipped here as training skips it. Its size is what the default geometry follows, and
     the proportions a whole-frame model learned parts in."""
     for path in list_images(Path(root) / "train" / "good"):
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is not None:
-            return int(image.shape[0]), int(image.shape[1])
+            return image
     return None
 
 

@@ -27,7 +27,7 @@ from inspector.scorer import Scorer, combine_score
 
 from .calibrate import calibrate
 from .config import TrainConfig, expand_data_path
-from .data import LoadedImages, load_test, load_train_good, mnist_one_class, split_holdout, training_photo_size
+from .data import LoadedImages, first_training_image, load_test, load_train_good, mnist_one_class, split_holdout
 from .driver import train
 from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
@@ -226,8 +226,8 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     if config.export.precision == "int8":
         card = export_int8(config, run, card, held_out_frames, config.selection.max_items)
     whole_photos = config.data.kind == "mvtec" and spec.resize != "tile"  # proportions matter (stretch, crop)
-    photo = training_photo_size(config.data.resolved_path) if whole_photos else None
-    return with_frame_cost(card, run, held_out_frames[0].shape[-2:], photo)
+    first = first_training_image(config.data.resolved_path) if whole_photos else None
+    return with_frame_cost(card, run, held_out_frames[0].shape[-2:], None if first is None else first.shape[:2])
 
 
 def with_frame_cost(card: ModelCard, run: RunFolder, frame_size: tuple[int, int],
