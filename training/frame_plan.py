@@ -62,6 +62,7 @@ def pipeline_rate_meter(config, folder: Path, camera: tuple[int, int],
 
     from .export import save_atomic, timing_card, to_onnx_model, write_card
     from .family import family_for
+    from .frame_level import levels_frames
     from .items import ImageShape, items_of
 
     spec = config.input.to_spec()
@@ -72,7 +73,7 @@ def pipeline_rate_meter(config, folder: Path, camera: tuple[int, int],
     weights = dict(config.score.weights)
 
     def rate(plan: ImageInput) -> float:
-        if config.input.standardise_frames:  # the trained card will carry a level: time measuring each frame's
+        if levels_frames(config):  # the trained card will carry a level: time measuring each frame's
             plan = plan.model_copy(update={"frame_level": 0.5})  # exposure too (any level costs the same)
         write_card(graph, timing_card("plan", config.model.family, plan, weights, "anomaly_map"))
         path = folder / f"plan_{plan.tile_scale:g}_{plan.tile_overlap:g}.onnx"
