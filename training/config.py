@@ -182,7 +182,12 @@ class LossWeights(Strict):
 
 
 class AugmentConfig(Strict):
-    """On by default (textures and loose parts have no fixed pose); switch off for parts that do.
+    """Flips and quarter turns: unset, on for from-scratch models (textures and loose parts have no
+    fixed pose; their rows were measured so) and off with a pretrained backbone. A camera on a line
+    sees parts in one pose under one lamp: a flipped or turned photo casts its shading from the
+    other side, which no part on the line shows, and a model taught that such frames are normal
+    accepts defects that look like them. State them for parts that really lie in any pose under
+    diffuse light.
 
     `lighting`: a lamp up to this much brighter is normal. Half of the training draws are brightened
     by 1 + lighting (pixel values times it, clipped at white as a camera clips), and a patch memory
@@ -190,7 +195,7 @@ class AugmentConfig(Strict):
     clips nothing (darker frames need no copy); clipped highlights it cannot undo. Unset: 0.3 with a
     pretrained backbone, 0 (off) for from-scratch models, whose rows were measured without it."""
 
-    hflip: bool = True
+    hflip: bool = True  # unset values are replaced in TrainConfig (see above); True keeps AugmentConfig() usable alone
     vflip: bool = True
     rot90: bool = True
     lighting: Annotated[float, Field(ge=0, le=1)] | None = None
@@ -321,6 +326,9 @@ class TrainConfig(Strict):
             self.score.fusion = "spread" if self.model.backbone != "none" else "median"
         if self.train.augment.lighting is None:
             self.train.augment.lighting = 0.3 if self.model.backbone != "none" else 0.0
+        if self.model.backbone != "none":  # flips and turns a config leaves unset: off (AugmentConfig)
+            for name in {"hflip", "vflip", "rot90"} - self.train.augment.model_fields_set:
+                setattr(self.train.augment, name, False)
         if self.model.backbone != "none":
             self._check_backbone()
             return self._common_checks()
