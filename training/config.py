@@ -195,7 +195,7 @@ class AugmentConfig(Strict):
     clips nothing (darker frames need no copy); clipped highlights it cannot undo. Unset: 0.3 with a
     pretrained backbone, 0 (off) for from-scratch models, whose rows were measured without it."""
 
-    hflip: bool = True  # unset values are replaced in TrainConfig (see above); True keeps AugmentConfig() usable alone
+    hflip: bool = True  # the from-scratch default; TrainConfig turns the unset ones off with a backbone
     vflip: bool = True
     rot90: bool = True
     lighting: Annotated[float, Field(ge=0, le=1)] | None = None
@@ -326,10 +326,9 @@ class TrainConfig(Strict):
             self.score.fusion = "spread" if self.model.backbone != "none" else "median"
         if self.train.augment.lighting is None:
             self.train.augment.lighting = 0.3 if self.model.backbone != "none" else 0.0
-        if self.model.backbone != "none":  # flips and turns a config leaves unset: off (AugmentConfig)
-            for name in {"hflip", "vflip", "rot90"} - self.train.augment.model_fields_set:
-                setattr(self.train.augment, name, False)
         if self.model.backbone != "none":
+            for name in {"hflip", "vflip", "rot90"} - self.train.augment.model_fields_set:
+                setattr(self.train.augment, name, False)  # unset: the photographed pose (AugmentConfig)
             self._check_backbone()
             return self._common_checks()
         for name in self.score.weights:
