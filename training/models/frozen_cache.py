@@ -4,11 +4,12 @@ A pretrained backbone (and a patch memory's nearest-neighbour search, whose memo
 drawn) never changes while the GAN on its features trains, yet every training step and every
 selection round ran it again: on 2 cores that was about 90% of a backbone run (elpv_mono's 300 px
 frames: about 1.4 s of a 1.5 s step, 40-50 s a selection round), and the 10-minute budget ended
-training after 43-156 steps. The inputs recur: training draws whole frames under flips and quarter
-turns (at most 8 versions of each) and every selection round scores the same held-out frames and
-synthetic copies. So each input item is keyed by a digest of its bytes and its outputs are kept,
-up to a byte limit; beyond it they are computed and not kept. Exact: a frozen network in eval mode
-gives an item the same output whatever batch it came in (up to float summation order).
+training after 43-156 steps. The inputs recur: training draws the same whole frames every epoch
+(as photographed or brightened, and under the flips and quarter turns a config states: at most 16
+versions of each) and every selection round scores the same held-out frames and synthetic copies.
+So each input item is keyed by a digest of its bytes and its outputs are kept, up to a byte limit;
+beyond it they are computed and not kept. Exact: a frozen network in eval mode gives an item the
+same output whatever batch it came in (up to float summation order).
 
 Never part of an exported model: the family drops the training draws' cache when training ends, and
 what is exported (and counted in FLOPs) is the scorer's cache-free copy (ScoringModule.exportable); the
