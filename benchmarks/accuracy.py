@@ -272,6 +272,7 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         tiles = len(tiles_from_frame(frame_tensor(read_image(first), spec), spec)[0])
     row = {
         "set": name, "variant": variant, "score": "+".join(card.score.weights),  # the recipe may choose it
+        "map_top_share": config.score.map_top_share if card.score.pooled_output else None,
         "image_auroc": m.get("image_auroc"), "average_precision": m.get("average_precision"),
         "f1": m["f1"], "false_alarm_rate": m["false_alarm_rate"], "pixel_auroc": m.get("pixel_auroc"),
         "train_seconds": card.training.train_seconds, "wall_seconds": round(wall, 1),

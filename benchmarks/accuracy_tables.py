@@ -100,9 +100,11 @@ def exported_check(row: dict) -> float | None:
 def score_cell(row: dict) -> str:
     """The row's score, with the weights the recipe chose when they are not all 1 (training.score_choice)."""
     chosen = ((row.get("selection") or {}).get("score_choice") or {}).get("chosen") or {}
+    cell = row.get("score") or "–"
     if chosen and set(chosen) == set((row.get("score") or "").split("+")) and any(w != 1.0 for w in chosen.values()):
-        return describe(dict(sorted(chosen.items())), digits=2)
-    return row.get("score") or "–"
+        cell = describe(dict(sorted(chosen.items())), digits=2)
+    share = row.get("map_top_share")
+    return f"top {share:.0%} of map ({cell})" if share else cell
 
 
 def suite_table(rows: list[dict]) -> list[str]:

@@ -22,7 +22,7 @@ from .strict import FrozenStrict
 
 CARD_KEY = "qinspector.card"
 MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
-CARD_FORMAT_VERSION = 10  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; 8: input.frame_level; 9: score.map_in_score_units; 10: export.photo_height/width; older cards still load
+CARD_FORMAT_VERSION = 11  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; 8: input.frame_level; 9: score.map_in_score_units; 10: export.photo_height/width; 11: score.pooled_output; older cards still load
 MIN_TILE_SCALE = 0.25
 
 
@@ -137,6 +137,10 @@ class ScoreDefinition(FrozenStrict):
     # the map sums the score's components as the score does (weight / scale), so its values read
     # against the threshold; otherwise it is in the model's own unit (cards before format 9)
     map_in_score_units: bool = False
+    # when set, an item's score is this graph output instead of the weighted sum of the components'
+    # maxima: the mean of the highest share of the map in score units (the graph computes it with the
+    # weights and scales above), so one stray patch in a component counts less than a defect's area
+    pooled_output: str | None = None
     description: str = ""
 
     @model_validator(mode="after")
@@ -146,6 +150,8 @@ class ScoreDefinition(FrozenStrict):
         missing = set(self.weights) - set(self.scales)
         if missing:
             raise ValueError(f"no scale for component(s) {sorted(missing)}")
+        if self.pooled_output is not None and not self.map_in_score_units:
+            raise ValueError("pooled_output pools the map in score units: map_in_score_units must be true")
         # a zero, negative, infinite or NaN weight or scale passes the card and silences the line
         for kind, values in (("weights", self.weights), ("scales", self.scales)):
             bad = {k: v for k, v in values.items() if not (math.isfinite(v) and v > 0)}
@@ -222,7 +228,7 @@ class Lineage(FrozenStrict):
 
 
 class ModelCard(FrozenStrict):
-    format_version: Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] = CARD_FORMAT_VERSION
     name: str
     # the training family that made the graph (training.models.registry); the runtime only shows it
     family: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
@@ -290,7 +296,8 @@ def check_card_matches_graph(
             f"{source}: the model card says input {what} = {tuple(expected)} but the graph takes "
             f"{tuple(input_shape)}"
         )
-    needed = set(card.score.weights) | ({card.score.map_output} if card.score.map_output else set())
+    needed = (set(card.score.weights) | ({card.score.map_output} if card.score.map_output else set())
+              | ({card.score.pooled_output} if card.score.pooled_output else set()))
     missing = sorted(needed - set(output_names))
     if missing:
         raise ModelCardError(

@@ -118,7 +118,10 @@ def inputs_per_run(shape: tuple[int, ...], max_batch: int) -> int:
 
 
 def combine_score(outputs: dict[str, np.ndarray], definition: ScoreDefinition) -> np.ndarray:
-    """score = sum_i weight_i * component_i / scale_i; shared by the inspector and training."""
+    """score = sum_i weight_i * component_i / scale_i, or the pooled map output where the card names
+    one; shared by the inspector and training."""
+    if definition.pooled_output is not None:
+        return np.asarray(outputs[definition.pooled_output], dtype=np.float64).reshape(-1)
     total = None
     for name, weight in definition.weights.items():
         term = np.asarray(outputs[name], dtype=np.float64).reshape(-1) * (weight / definition.scales[name])
@@ -167,6 +170,8 @@ class Scorer:
         wanted = set(self.card.score.weights)
         if self.card.score.map_output:
             wanted.add(self.card.score.map_output)
+        if self.card.score.pooled_output:
+            wanted.add(self.card.score.pooled_output)
         self._wanted = sorted(wanted)  # only the outputs the score and the heatmap need
 
     @property

@@ -103,9 +103,16 @@ def test_format_1_and_2_cards_from_earlier_releases_still_load(tiny_piped_run, t
     _rewrite_card(tiny_piped_run.model_path, tmp_path / "nine.onnx", format_9)
     card = Scorer(tmp_path / "nine.onnx").card
     assert card.format_version == 9 and card.export.photo_width is None  # proportions unknown: no warning, as then
+    def format_10(d):
+        d["format_version"] = 10
+        del d["score"]["pooled_output"]  # added in format 11
+
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "ten.onnx", format_10)
+    card = Scorer(tmp_path / "ten.onnx").card
+    assert card.format_version == 10 and card.score.pooled_output is None  # the weighted sum of maxima, as then
     new = tiny_piped_run.card
     assert (new.export.photo_height, new.export.photo_width) == (128, 128)  # the training photos as stored
-    assert new.format_version == 10 and new.input.frame_level is not None and new.export.precision == "float32" and new.calibration.confidence == 0.9 and new.calibration.folds is None
+    assert new.format_version == 11 and new.input.frame_level is not None and new.export.precision == "float32" and new.calibration.confidence == 0.9 and new.calibration.folds is None
     assert new.lineage is None  # trained from scratch
     assert 0 <= new.calibration.synthetic_recall <= 1
 

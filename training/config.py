@@ -252,6 +252,10 @@ class ScoreConfig(Strict):
     # its self-check shows (training.score_choice); fixed: the weights as given. Unset, it is
     # fixed when the config states weights (the user's score) and self_check when it leaves them to the recipe.
     choice: Literal["self_check", "fixed"] | None = None
+    # with a pretrained backbone: a frame's score is the mean of this highest share of its heatmap in
+    # score units (the weighted sum of the component maps), not the sum of each component's own
+    # maximum; 0 keeps that sum (the rows measured before 2026-12-05's evening)
+    map_top_share: Annotated[float, Field(ge=0, le=0.5)] = 0.01
 
     @field_validator("weights")
     @classmethod

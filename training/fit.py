@@ -183,6 +183,19 @@ def memory_description(scoring, item: str) -> str:
     return text
 
 
+def pooled_score(config: TrainConfig, scoring, score: ScoreDefinition) -> ScoreDefinition:
+    """The score as the mean of the highest score.map_top_share of the map in score units, where the
+    scorer can pool its map (a backbone model) and the share is not 0."""
+    share = config.score.map_top_share
+    # cross-fitted thresholds come from fold models scored as sums of maxima: the exported score keeps that unit
+    if share <= 0 or not hasattr(scoring, "pool_top") or config.calibration.cross_fitted:
+        return score
+    return score.model_copy(update={
+        "pooled_output": scoring.pool_top(share),
+        "description": f"{score.description}; an image's score is the mean of the highest {share:.1%} of "
+                       "anomaly_map (weights and scales as above), not the weighted sum of the maxima"})
+
+
 def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, held_out_frames: np.ndarray,
                          all_normal: np.ndarray, progress: bool, lineage: Lineage | None = None) -> ModelCard:
     """After training on images: the score (training.score_choice), component scales and threshold
@@ -205,6 +218,9 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
                                         + memory_description(scoring, "tile" if spec.resize == "tile" else "image"))
     if score_units:
         scoring.use_score_units(score)
+        score = pooled_score(config, scoring, score)
+        if score.pooled_output:  # its value exists in score units only
+            outputs = run_scoring(scoring, held_out, keep_maps=False)
     normal_scores = per_frame_max(combine_score(outputs, score), owner)
     validation = None
     if config.calibration.method == "f1_optimal":

@@ -18,6 +18,10 @@ Score components (the exported graph outputs each; the card's weights combine th
   anomaly_map     the heatmap at input size: the score's own sum of the patch maps (each times its
                   weight over its scale, set by `use_score_units` once the calibration has the
                   scales), so its value at a place reads against the threshold
+  anomaly_top     with score.map_top_share (after `pool_top`): the mean of that highest share of
+                  anomaly_map, the frame's score. A sum of each component's own maximum adds two
+                  noise peaks of a normal frame wherever they lie; a defect raises both maps at one
+                  place and over an area, which the top share of their sum keeps
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from .ganomaly_family import ganomaly_optimizers, ganomaly_step
 from .scoring_module import ScoringModule
 
 log = logging.getLogger(__name__)
+
+POOLED_OUTPUT = "anomaly_top"
 
 RESIDUAL_KERNEL = 3  # patches: 24x24 pixels of context around each 8x8 patch
 CORESET_POOL = 8  # patches drawn at random per memory patch kept, before the coreset: its selection time grows with it
@@ -240,10 +246,21 @@ class FeatureGANomalyScoring(ScoringModule):
         names = ("patch_residual",) + (() if memory is None else ("patch_knn",))
         self.map_factors = {name: 1.0 for name in names} if map_factors is None else dict(map_factors)
         self.frozen_cache = frozen_cache  # while training only: an exported scorer computes everything
+        self.top_share = 0.0  # > 0 after pool_top: anomaly_top is an output
 
     def exportable(self) -> "FeatureGANomalyScoring":
         """The same scorer without the training-time cache: what is exported and counted (FLOPs)."""
-        return FeatureGANomalyScoring(self.features, self.generator, self.memory, self.map_factors)
+        scoring = FeatureGANomalyScoring(self.features, self.generator, self.memory, self.map_factors)
+        scoring.top_share = self.top_share
+        return scoring
+
+    def pool_top(self, share: float) -> str:
+        """From now on also output the mean of the highest `share` of anomaly_map (in score units once
+        use_score_units ran); returns that output's name."""
+        if not 0 < share <= 1:
+            raise ValueError(f"the pooled share of the map must be in (0, 1], got {share}")
+        self.top_share = share
+        return POOLED_OUTPUT
 
     def use_score_units(self, score: ScoreDefinition) -> None:
         """The heatmap from now on sums the score's components as the score does (weight / scale),
@@ -273,6 +290,10 @@ class FeatureGANomalyScoring(ScoringModule):
         combined = sum(maps[name] * factor for name, factor in self.map_factors.items())
         outputs["anomaly_map"] = nn.functional.interpolate(combined, size=image.shape[-2:], mode="bilinear",
                                                            align_corners=False)
+        if self.top_share > 0:
+            values = outputs["anomaly_map"].flatten(1)
+            highest = max(1, round(self.top_share * int(values.shape[1])))  # a constant: the input size is fixed
+            outputs[POOLED_OUTPUT] = values.topk(highest, dim=1).values.mean(dim=1)
         return outputs
 
 
