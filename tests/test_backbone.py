@@ -299,6 +299,18 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     assert card.export.flops_per_item > count_flops(StageFeatures(), torch.rand(1, 3, 64, 64))
 
 
+def test_map_top_share_0_scores_a_backbone_frame_by_the_weighted_sum_of_each_components_maximum(tmp_path):
+    data = write_dataset(tmp_path / "data", n_train=24, n_test_good=4, n_test_defect=2, size=64)
+    config = validate_train_config(backbone_config(data, score={"map_top_share": 0}), "test")
+    result = fit(config, tmp_path / "run", progress=False, evaluate_test=False)
+    score = result.card.score
+    assert score.pooled_output is None
+    scorer = Scorer(result.model_path)
+    [scored] = scorer.score_images([cv2.imread(str(next((data / "test" / "speck").iterdir())))])
+    expected = sum(scored.components[name] * weight / score.scales[name] for name, weight in score.weights.items())
+    assert scored.raw == pytest.approx(expected, rel=1e-6) and float(scored.heatmap.max()) <= scored.raw * (1 + 1e-4)
+
+
 def test_with_frame_standardising_a_darker_or_brighter_line_shows_the_backbone_the_same_frame():
     from training.models.feature_ganomaly import PretrainedFeatures
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inspector.card import ScoreDefinition
+from inspector.scorer import combine_score
 from training.config import validate_train_config
 from training.frame_scores import component_scales
 
@@ -42,3 +44,15 @@ def test_the_backbone_sums_in_spread_units_and_the_pixel_model_in_medians_unless
     assert validate_train_config({"data": {"path": str(tmp_path)}}, "test").score.fusion == "median"
     stated = {**backbone, "score": {"fusion": "median"}}
     assert validate_train_config(stated, "test").score.fusion == "median"
+
+
+def test_a_pooled_score_is_the_pooled_map_output_itself_and_needs_a_map_in_score_units():
+    outputs = {"patch_knn": np.array([4.0, 8.0]), "patch_residual": np.array([2.0, 1.0]),
+               "anomaly_top": np.array([0.7, 1.9])}
+    summed = ScoreDefinition(weights={"patch_knn": 1.0, "patch_residual": 1.0},
+                             scales={"patch_knn": 2.0, "patch_residual": 1.0}, map_in_score_units=True)
+    np.testing.assert_allclose(combine_score(outputs, summed), [4.0, 5.0])  # the weighted sum of maxima
+    pooled = summed.model_copy(update={"pooled_output": "anomaly_top"})
+    np.testing.assert_allclose(combine_score(outputs, pooled), [0.7, 1.9])
+    with pytest.raises(ValueError, match="map_in_score_units"):
+        ScoreDefinition(weights={"residual_max": 1.0}, scales={"residual_max": 1.0}, pooled_output="anomaly_top")

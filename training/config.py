@@ -254,7 +254,7 @@ class ScoreConfig(Strict):
     choice: Literal["self_check", "fixed"] | None = None
     # with a pretrained backbone: a frame's score is the mean of this highest share of its heatmap in
     # score units (the weighted sum of the component maps), not the sum of each component's own
-    # maximum; 0 keeps that sum (the rows measured before 2026-12-05's evening)
+    # maximum; 0 keeps that sum (backbone cards before format 11 score so)
     map_top_share: Annotated[float, Field(ge=0, le=0.5)] = 0.01
 
     @field_validator("weights")

@@ -265,7 +265,8 @@ class FeatureGANomalyScoring(ScoringModule):
     def use_score_units(self, score: ScoreDefinition) -> None:
         """The heatmap from now on sums the score's components as the score does (weight / scale),
         so where it reaches the threshold a patch alone would alarm; a component outside the score is
-        left out of it. (A frame's score, the sum of each map's maximum, is at least the heatmap's
+        left out of it. (With `pool_top` a frame's score is the mean of the heatmap's highest share,
+        so at most its maximum; without, the sum of each map's maximum, at least the heatmap's
         maximum: equal when both maxima fall on one patch.)"""
         self.map_factors = {name: score.weights[name] / score.scales[name] for name in score.weights}
 
