@@ -143,6 +143,10 @@ class ScoreDefinition(FrozenStrict):
     pooled_output: str | None = None
     description: str = ""
 
+    def graph_outputs(self) -> set[str]:
+        """The graph outputs this score and its heatmap read."""
+        return set(self.weights) | {name for name in (self.map_output, self.pooled_output) if name}
+
     @model_validator(mode="after")
     def _consistent(self) -> "ScoreDefinition":
         if not self.weights:
@@ -296,9 +300,7 @@ def check_card_matches_graph(
             f"{source}: the model card says input {what} = {tuple(expected)} but the graph takes "
             f"{tuple(input_shape)}"
         )
-    needed = (set(card.score.weights) | ({card.score.map_output} if card.score.map_output else set())
-              | ({card.score.pooled_output} if card.score.pooled_output else set()))
-    missing = sorted(needed - set(output_names))
+    missing = sorted(card.score.graph_outputs() - set(output_names))
     if missing:
         raise ModelCardError(
             f"{source}: the model card scores output(s) {missing} that the graph does not have "

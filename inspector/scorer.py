@@ -167,12 +167,7 @@ class Scorer:
         if threshold is not None and not (threshold > 0 and np.isfinite(threshold)):
             raise ModelCardError(f"{self.path}: threshold override must be a positive number, got {threshold}")
         self.threshold = float(threshold) if threshold is not None else self.card.calibration.threshold
-        wanted = set(self.card.score.weights)
-        if self.card.score.map_output:
-            wanted.add(self.card.score.map_output)
-        if self.card.score.pooled_output:
-            wanted.add(self.card.score.pooled_output)
-        self._wanted = sorted(wanted)  # only the outputs the score and the heatmap need
+        self._wanted = sorted(self.card.score.graph_outputs())  # only the outputs the score and the heatmap need
 
     @property
     def model_version(self) -> str:
