@@ -36,7 +36,7 @@ from torch import nn
 
 from inspector.card import ScoreDefinition
 
-from ..backbone import FEATURE_DIM, StageFeatures
+from ..backbone import FEATURE_DIM, STRIDE, StageFeatures
 from ..family import Family, Phase
 from ..items import brightened
 from ..torch_scoring import modes_kept
@@ -150,6 +150,17 @@ def frame_moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, (variance * count / max(count - 1, 1)).sqrt()
 
 
+def backbone_size(height: int, width: int, min_side: int) -> tuple[int, int]:
+    """The size a height x width frame is shown to the backbone at: as it is, or where its shorter side
+    is below `min_side` (> 0) enlarged until that side reaches it, aspect kept, each side rounded to
+    a multiple of the backbone's stride (128 x 128 -> 224 x 224; 320 x 128 -> 560 x 224)."""
+    short = min(height, width)
+    if min_side <= 0 or short >= min_side:
+        return height, width
+    scale = min_side / short
+    return tuple(max(STRIDE, STRIDE * round(side * scale / STRIDE)) for side in (height, width))
+
+
 class PretrainedFeatures(nn.Module):
     """Model-space images (normalised with mean = std = 0.5, gray / RGB / BGR) -> standardised backbone
     features. The per-channel statistics are buffers set once from normal frames (`fit_statistics`).
@@ -158,11 +169,13 @@ class PretrainedFeatures(nn.Module):
     typical mean and contrast: a line whose lighting drifts brighter or darker (a global gain and
     offset) shows the backbone the same picture, so the score does not follow the lamp."""
 
-    def __init__(self, backbone: StageFeatures, color_order: str, standardise_frames: bool = True):
+    def __init__(self, backbone: StageFeatures, color_order: str, standardise_frames: bool = True,
+                 min_side: int = 0):
         super().__init__()
         self.backbone = backbone
         self.color_order = color_order
         self.standardise_frames = standardise_frames
+        self.min_side = min_side  # model.backbone_min_side: smaller frames are enlarged to it (backbone_size)
         self.register_buffer("mean", torch.zeros(1, FEATURE_DIM, 1, 1))
         self.register_buffer("std", torch.ones(1, FEATURE_DIM, 1, 1))
         self.register_buffer("frame_level", torch.tensor([0.5, 0.2]))  # normal frames' median pixel mean and std
@@ -180,7 +193,12 @@ class PretrainedFeatures(nn.Module):
         return rgb
 
     def raw(self, image: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.rgb(image))
+        rgb = self.rgb(image)
+        height, width = (int(v) for v in rgb.shape[-2:])  # constants in the graph: a model's input size is fixed
+        size = backbone_size(height, width, self.min_side)
+        if size != (height, width):
+            rgb = nn.functional.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+        return self.backbone(rgb)
 
     @torch.no_grad()
     def fit_statistics(self, frames: torch.Tensor) -> None:
@@ -338,8 +356,8 @@ class FeatureGANomalyFamily(Family):
         super().__init__(config, items, shape, device)
         width, latent = 4 * config.model.base_width, max(4, config.model.latent_dim // PATCH_LATENT_DIVISOR)
         backbone = StageFeatures(config.model.backbone_weights)
-        self.features = PretrainedFeatures(backbone, config.input.color_order,
-                                           config.model.standardise_frames).to(device)
+        self.features = PretrainedFeatures(backbone, config.input.color_order, config.model.standardise_frames,
+                                           config.model.backbone_min_side).to(device)
         self.generator = FeatureGenerator(width, latent).to(device)
         self.discriminator = FeatureDiscriminator(width, config.stability.spectral_norm).to(device)
         self._memory: PatchMemory | None = None  # frozen features: built once, reused by every selection round
