@@ -54,7 +54,7 @@ from training.synthetic import write_dataset  # noqa: E402
 def backbone_config(data, **sections) -> dict:
     return {"name": "features", "data": {"path": str(data)},
             "input": {"height": 64, "width": 64, "resize": "stretch"},
-            "model": {"backbone": "efficientnet_lite0", "base_width": 8, "latent_dim": 32, "backbone_min_side": 0},
+            "model": {"backbone": "efficientnet_lite0", "base_width": 8, "latent_dim": 32, "backbone_min_size": 0},
             "train": {"steps": 12, "batch_size": 8, "threads": 2}, **sections}  # tiny: 64 px frames stay 64 px
 
 
@@ -267,7 +267,7 @@ def test_the_feature_generator_reconstructs_each_patch_from_that_patch_alone():
 def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects(tmp_path):
     data = write_dataset(tmp_path / "data", n_train=40, n_test_good=12, n_test_defect=4, size=64)
     config = backbone_config(data)
-    config["model"]["backbone_min_side"] = 96  # the backbone sees the 64 px frames at 96 px, inside the graph
+    config["model"]["backbone_min_size"] = 96  # the backbone sees the 64 px frames at 96 px, inside the graph
     result = fit(validate_train_config(config, "test"), tmp_path / "run", progress=False)
     card = result.card
     # both components stay, each weighted by its own self-check (training.score_choice), recorded with
@@ -301,15 +301,15 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     assert card.export.flops_per_item > count_flops(StageFeatures(), torch.rand(1, 3, 64, 64))
 
 
-def test_a_frame_smaller_than_the_backbones_own_scale_is_enlarged_to_it_aspect_kept(tmp_path):
+def test_a_frame_with_fewer_pixels_than_the_backbones_own_images_is_enlarged_aspect_kept(tmp_path):
     from training.models.feature_ganomaly import PretrainedFeatures, backbone_size
 
     assert validate_train_config(backbone_config(tmp_path, model={"backbone": "efficientnet_lite0"}),
-                                 "test").model.backbone_min_side == 224  # the ImageNet weights' scale
+                                 "test").model.backbone_min_size == 224  # the ImageNet weights' 224 x 224
     assert backbone_size(128, 128, 224) == (224, 224)  # a PIPED crop
-    assert backbone_size(320, 128, 224) == (560, 224)  # a KolektorSDD strip: the shorter side decides
-    assert backbone_size(300, 300, 224) == (300, 300) and backbone_size(128, 128, 0) == (128, 128)
-    features = PretrainedFeatures(StageFeatures(), "rgb", min_side=224).eval()
+    assert backbone_size(320, 128, 224) == (352, 144)  # a KolektorSDD strip: about 224 x 224 pixels, its shape kept
+    assert backbone_size(320, 240, 224) == (320, 240) and backbone_size(128, 128, 0) == (128, 128)
+    features = PretrainedFeatures(StageFeatures(), "rgb", min_size=224).eval()
     with torch.no_grad():
         assert features(torch.zeros(1, 3, 128, 128)).shape == (1, FEATURE_DIM, 224 // STRIDE, 224 // STRIDE)
 

@@ -18,7 +18,7 @@ from .test_cli import error_line, inspector
 
 TINY = ["--steps", "2", "--no-progress", "--set", "input.height=32", "--set", "input.width=32",
         "--set", "input.resize=stretch", "--set", "model.base_width=8", "--set", "train.threads=1",
-        "--set", "model.backbone_min_side=0"]  # a tiny model: the backbone sees the 32 px frames as they are
+        "--set", "model.backbone_min_size=0"]  # a tiny model: the backbone sees the 32 px frames as they are
 
 
 def photos(folder: Path, n: int, suffix: str = ".jpg") -> Path:

@@ -113,11 +113,12 @@ class ModelConfig(Strict):
     # brightness is itself what must be inspected (with input.standardise_frames false too, or that
     # step still undoes a gain)
     standardise_frames: bool = True
-    # with a backbone: a frame whose shorter side is below this many pixels is enlarged (bilinear, aspect
-    # kept, inside the graph) until it reaches it before the backbone sees it. The ImageNet weights
-    # learnt objects at 224 px: on a 128 px frame a stage-3 patch covers 8x8 of the part's pixels, and
-    # a small defect is a fraction of one patch. 0: frames as they are
-    backbone_min_side: Annotated[int, Field(ge=0, le=1024)] = 224
+    # with a backbone: a frame with fewer pixels than a backbone_min_size x backbone_min_size square is
+    # enlarged (bilinear, aspect kept, inside the graph) until it has about as many before the backbone
+    # sees it. The ImageNet weights learnt objects in 224 x 224 images: on a 128 px frame a stage-3
+    # patch covers 8x8 of the part's pixels, and a small defect is a fraction of one patch. 0: frames
+    # as they are
+    backbone_min_size: Annotated[int, Field(ge=0, le=1024)] = 224
 
     @field_validator("family")
     @classmethod

@@ -27,6 +27,7 @@ Score components (the exported graph outputs each; the card's weights combine th
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable
 
@@ -150,14 +151,14 @@ def frame_moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, (variance * count / max(count - 1, 1)).sqrt()
 
 
-def backbone_size(height: int, width: int, min_side: int) -> tuple[int, int]:
-    """The size a height x width frame is shown to the backbone at: as it is, or where its shorter side
-    is below `min_side` (> 0) enlarged until that side reaches it, aspect kept, each side rounded to
-    a multiple of the backbone's stride (128 x 128 -> 224 x 224; 320 x 128 -> 560 x 224)."""
-    short = min(height, width)
-    if min_side <= 0 or short >= min_side:
+def backbone_size(height: int, width: int, min_size: int) -> tuple[int, int]:
+    """The size a height x width frame is shown to the backbone at: as it is, or where it has fewer
+    pixels than a `min_size` x `min_size` square (min_size > 0), enlarged until it has about as many,
+    aspect kept, each side rounded to a multiple of the backbone's stride (128 x 128 -> 224 x 224;
+    a 320 x 128 strip -> 352 x 144)."""
+    if min_size <= 0 or height * width >= min_size * min_size:
         return height, width
-    scale = min_side / short
+    scale = min_size / math.sqrt(height * width)
     return tuple(max(STRIDE, STRIDE * round(side * scale / STRIDE)) for side in (height, width))
 
 
@@ -170,12 +171,12 @@ class PretrainedFeatures(nn.Module):
     offset) shows the backbone the same picture, so the score does not follow the lamp."""
 
     def __init__(self, backbone: StageFeatures, color_order: str, standardise_frames: bool = True,
-                 min_side: int = 0):
+                 min_size: int = 0):
         super().__init__()
         self.backbone = backbone
         self.color_order = color_order
         self.standardise_frames = standardise_frames
-        self.min_side = min_side  # model.backbone_min_side: smaller frames are enlarged to it (backbone_size)
+        self.min_size = min_size  # model.backbone_min_size: smaller frames are enlarged (backbone_size)
         self.register_buffer("mean", torch.zeros(1, FEATURE_DIM, 1, 1))
         self.register_buffer("std", torch.ones(1, FEATURE_DIM, 1, 1))
         self.register_buffer("frame_level", torch.tensor([0.5, 0.2]))  # normal frames' median pixel mean and std
@@ -195,7 +196,7 @@ class PretrainedFeatures(nn.Module):
     def raw(self, image: torch.Tensor) -> torch.Tensor:
         rgb = self.rgb(image)
         height, width = (int(v) for v in rgb.shape[-2:])  # constants in the graph: a model's input size is fixed
-        size = backbone_size(height, width, self.min_side)
+        size = backbone_size(height, width, self.min_size)
         if size != (height, width):
             rgb = nn.functional.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
         return self.backbone(rgb)
@@ -357,7 +358,7 @@ class FeatureGANomalyFamily(Family):
         width, latent = 4 * config.model.base_width, max(4, config.model.latent_dim // PATCH_LATENT_DIVISOR)
         backbone = StageFeatures(config.model.backbone_weights)
         self.features = PretrainedFeatures(backbone, config.input.color_order, config.model.standardise_frames,
-                                           config.model.backbone_min_side).to(device)
+                                           config.model.backbone_min_size).to(device)
         self.generator = FeatureGenerator(width, latent).to(device)
         self.discriminator = FeatureDiscriminator(width, config.stability.spectral_norm).to(device)
         self._memory: PatchMemory | None = None  # frozen features: built once, reused by every selection round
