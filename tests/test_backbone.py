@@ -287,6 +287,7 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     [scored] = scorer.score_images([frame])
     assert card.score.map_in_score_units and heatmap_reference(card, scorer.threshold) == scorer.threshold
     assert "anomaly_map = the same weighted sum of the components' patch maps" in card.score.description
+    assert "the backbone sees each 64x64 frame enlarged to 96x96" in card.score.description
     # a frame's score is the mean of the heatmap's highest 1% (score.map_top_share): 41 of 64x64 values
     assert card.score.pooled_output == "anomaly_top" and "highest 1.0% of anomaly_map" in card.score.description
     highest = np.sort(scored.heatmap.ravel())[-41:]

@@ -215,7 +215,8 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
                                         f"{scale_description(config.score.fusion)} on held-out normal images; "
                                         f"anomaly_map = {heatmap}"
-                                        + memory_description(scoring, "tile" if spec.resize == "tile" else "image"))
+                                        + memory_description(scoring, "tile" if spec.resize == "tile" else "image")
+                                        + scoring.input_description(spec.height, spec.width))
     if score_units:
         scoring.use_score_units(score)
         score = pooled_score(config, scoring, score)

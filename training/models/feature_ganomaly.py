@@ -273,6 +273,13 @@ class FeatureGANomalyScoring(ScoringModule):
         scoring.top_share = self.top_share
         return scoring
 
+    def input_description(self, height: int, width: int) -> str:
+        shown = backbone_size(height, width, self.features.min_size)
+        if shown == (height, width):
+            return ""
+        return (f"; the backbone sees each {width}x{height} frame enlarged to {shown[1]}x{shown[0]} "
+                "(model.backbone_min_size)")
+
     def pool_top(self, share: float) -> str:
         """From now on also output the mean of the highest `share` of anomaly_map (in score units once
         use_score_units ran); returns that output's name."""

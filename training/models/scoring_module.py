@@ -27,6 +27,11 @@ class ScoringModule(nn.Module):
         """The scorer to export and count (FLOPs): this one, or a copy without training-time caches."""
         return self
 
+    def input_description(self, height: int, width: int) -> str:
+        """For the card's score description: what happens to a height x width input before the network
+        sees it, where anything does ("" here)."""
+        return ""
+
     def use_score_units(self, score) -> None:
         """Put the heatmap in the units of `score` (a ScoreDefinition), where map_in_score_units says it can."""
 
