@@ -83,6 +83,20 @@ def test_recalibration_refuses_to_overwrite_the_active_model_and_names_unreadabl
         recalibrate(parent, [good], out=tmp_path / "c.onnx")
 
 
+def test_a_backbone_run_from_before_the_enlargement_is_fine_tuned_seeing_frames_as_it_did(tmp_path):
+    import json
+
+    from training.retrain import parent_config
+
+    run = {"name": "old", "data": {"path": str(tmp_path)}, "input": {"resize": "stretch"},
+           "model": {"backbone": "efficientnet_lite0"}}  # a config.json written before model.backbone_min_size
+    (tmp_path / "config.json").write_text(json.dumps(run))
+    assert parent_config(tmp_path).model.backbone_min_size == 0
+    run["model"]["backbone_min_size"] = 224
+    (tmp_path / "config.json").write_text(json.dumps(run))
+    assert parent_config(tmp_path).model.backbone_min_size == 224
+
+
 def test_training_from_warm_start_weights_begins_exactly_at_them(parent, tmp_path):
     from training.driver import train
     from training.retrain import parent_config, parent_weights

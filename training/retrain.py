@@ -58,12 +58,19 @@ class Retrained:
 
 
 def parent_config(run: Path) -> TrainConfig:
+    """The parent run's config as it trained: a backbone run written before model.backbone_min_size
+    existed showed the backbone its frames as they were (0), not enlarged as a new run's default does,
+    and its weights and feature statistics fit that view."""
     path = run / "config.json"
     if not path.is_file():
         raise InspectorError(f"{run}: not a run folder (no config.json); give the folder `inspector train --out` wrote")
     import json
 
-    return validate_train_config(json.loads(path.read_text()), str(path))
+    raw = json.loads(path.read_text())
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("backbone", "none") != "none" and "backbone_min_size" not in model:
+        model["backbone_min_size"] = 0
+    return validate_train_config(raw, str(path))
 
 
 def parent_weights(run: Path) -> dict[str, dict]:

@@ -4,7 +4,8 @@ A from-scratch GAN on a few hundred photos learns pixels: brightness, borders an
 dominate its residual, not defects. Here the generator (encoder -> decoder -> encoder, as GANomaly)
 and the discriminator work on the frozen EfficientNet-Lite0 stage-3/4 feature map instead (one
 120-dimensional vector per 8x8 patch, training.backbone), standardised per channel with statistics
-of the normal training frames. Training is GANomaly's: adversarial feature matching + contextual
+of the normal training frames. A frame with fewer pixels than the backbone's 224 x 224 ImageNet
+images is enlarged to about that before it (model.backbone_min_size, `backbone_size`). Training is GANomaly's: adversarial feature matching + contextual
 reconstruction of the features + the encoder loss; the discriminator tells real feature maps from
 reconstructed ones.
 
