@@ -28,9 +28,9 @@ def _add_train(sub) -> None:
                        "losses.csv / losses.png, image grids in diagnostics/, selection.json.")
     p.add_argument("-c", "--config", type=Path, help="training YAML (see configs/); --data alone uses defaults")
     p.add_argument("--data", help="MVTec-layout folder (overrides data.path). Without --config: GANomaly on "
-                   "pretrained EfficientNet-Lite0 features of whole frames (at most 512 px; smaller than 224x224 enlarged "
-                   "for the backbone), or from scratch in 64 px "
-                   "tiles with --set model.backbone=none, another model.family or --frame-rate")
+                   "pretrained EfficientNet-Lite0 features of whole frames (at most 512 px; smaller than 224x224 "
+                   "enlarged for the backbone), or from scratch in 64 px tiles with --set model.backbone=none, another "
+                   "model.family or --frame-rate")
     p.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
     p.add_argument("--steps", type=int, help="train exactly this many steps (sets train.steps and train.max_blocks=1; "
                    "for anogan, the steps of each of its two phases). Without it the length adapts: blocks of "

@@ -5,9 +5,9 @@ dominate its residual, not defects. Here the generator (encoder -> decoder -> en
 and the discriminator work on the frozen EfficientNet-Lite0 stage-3/4 feature map instead (one
 120-dimensional vector per 8x8 patch, training.backbone), standardised per channel with statistics
 of the normal training frames. A frame with fewer pixels than the backbone's 224 x 224 ImageNet
-images is enlarged to about that before it (model.backbone_min_size, `backbone_size`). Training is GANomaly's: adversarial feature matching + contextual
-reconstruction of the features + the encoder loss; the discriminator tells real feature maps from
-reconstructed ones.
+images is enlarged to about that before it (model.backbone_min_size, `backbone_size`). Training is
+GANomaly's: adversarial feature matching + contextual reconstruction of the features + the encoder
+loss; the discriminator tells real feature maps from reconstructed ones.
 
 Score components (the exported graph outputs each; the card's weights combine them):
   patch_residual  the GAN's: the largest 3x3-averaged squared reconstruction error of the
