@@ -5,8 +5,9 @@ synthetic_auroc  the configured score must rank held-out normal frames below cop
                  frames carrying a synthetic defect (SYNTHETIC_COPIES per frame): half get a
                  cut-paste patch (a piece of the frame moved elsewhere, brightness shifted; Li et al.,
                  CutPaste, 2021), half a Gaussian-noise patch. Patches are 1/8 to 1/3 of the model
-                 input side, so they are local at tile scale. The criterion is the AUROC of that
-                 separation. Each round also records that AUROC for every score component alone
+                 input side, so they are local at tile scale. Feature windows (tables) get
+                 swapped or shifted features instead (training.table_defects). The criterion is the
+                 AUROC of that separation. Each round also records that AUROC for every score component alone
                  (`components`; `selected_components` at the exported weights): the candidates a
                  score could be chosen from, and what the benchmark compares with real defects.
                  Where part of the score is frozen (a pretrained backbone's patch memory), every
@@ -43,6 +44,7 @@ from inspector.scorer import combine_score
 from .config import SelectionConfig
 from .diagnostics import evenly_spaced
 from .frame_scores import component_scales, copy_outputs, frame_outputs, per_frame_max
+from .table_defects import synthetic_windows
 from .torch_scoring import modes_kept
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,10 @@ def synthetic_defects(frames: np.ndarray, patch_side: int, seed: int) -> np.ndar
 
 
 def synthetic_copies(frames: np.ndarray, spec, seed: int) -> np.ndarray:
-    """SYNTHETIC_COPIES defective copies of each model-space frame, patches sized to the model input."""
+    """SYNTHETIC_COPIES defective copies of each model-space frame, patches sized to the model input;
+    for feature windows (spec None) swapped or shifted features (training.table_defects)."""
+    if spec is None:
+        return synthetic_windows(frames, SYNTHETIC_COPIES, seed)
     return synthetic_defects(np.concatenate([frames] * SYNTHETIC_COPIES), min(spec.height, spec.width),
                              seed).astype(np.float32)
 
