@@ -215,23 +215,27 @@ def train(args) -> int:
         print(f"length: {length['steps']} steps in {length['blocks']} block(s) of {length['block_steps']}; ended by "
               f"{length['stopped_by']} (at most {length['max_blocks']} blocks; train.budget_s sets the time)")
     checked = exported_self_check(selection)
+    image = card.input.kind == "image"
+    real = "defects" if image else "attacks"
+    synthetic = "synthetic defects" if image else "synthetic anomalies (swapped or shifted features)"
+    held = "held-out good images" if image else "held-out normal windows"
     choice = selection.get("score_choice")
     if choice and choice["chosen"] != choice["configured"] and set(choice["chosen"]) == set(choice["configured"]):
         alone = ", ".join(f"{name} {choice['candidates'][name]:.2f}" for name in choice["chosen"])
-        print(f"score: {describe(choice['chosen'])}: each component weighted by how well it alone separates synthetic "
-              f"defects ({alone}; selection.json score_choice; score.weights fixes the score)")
+        print(f"score: {describe(choice['chosen'])}: each component weighted by how well it alone separates "
+              f"{synthetic} ({alone}; selection.json score_choice; score.weights fixes the score)")
     elif choice and choice["chosen"] != choice["configured"]:
         print(f"score: {'+'.join(choice['chosen'])} (self-check {checked:.2f}) instead of {'+'.join(choice['configured'])} "
               f"({choice['configured_value']:.2f} +- {choice['standard_error']:.2f}): clearly better on the "
-              "synthetic defects (selection.json score_choice; score.weights fixes the score)")
+              f"{synthetic} (selection.json score_choice; score.weights fixes the score)")
     if checked is not None and selection.get("criterion") == "synthetic_auroc":
-        meaning = ("weak: expect many missed defects" if checked < WEAK_SEPARATION
+        meaning = (f"weak: expect many missed {real}" if checked < WEAK_SEPARATION
                    else "higher predicts a better real AUROC, not its value")
-        print(f"self-check: the model ranks synthetic defects above the held-out good images with AUROC {checked:.2f} "
+        print(f"self-check: the model ranks {synthetic} above the {held} with AUROC {checked:.2f} "
               f"(1.0 = always, 0.5 = chance; {meaning})")
     if calibration.synthetic_recall is not None:
-        print(f"self-check: this threshold flags {calibration.synthetic_recall:.0%} of synthetic defects pasted into "
-              f"the held-out good images (no test images used; real defects differ, so read it as a guide)")
+        print(f"self-check: this threshold flags {calibration.synthetic_recall:.0%} of {synthetic} made from the "
+              f"{held} (no test data used; real {real} differ, so read it as a guide)")
     _print_metrics(result.metrics, out)
     log.debug("total %.1f s", time.perf_counter() - started)
     return 0

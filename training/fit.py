@@ -265,6 +265,14 @@ def with_frame_cost(card: ModelCard, run: RunFolder, frame_size: tuple[int, int]
     return card
 
 
+def training_budget(config: TrainConfig, fit_started: float) -> float | None:
+    """Seconds left of train.budget_s for training and what follows it, after loading (since
+    `fit_started`) and with the export's allowance kept; None without a budget."""
+    if config.train.budget_s is None:
+        return None
+    return max(0.0, config.train.budget_s - (time.perf_counter() - fit_started) - EXPORT_ALLOWANCE_S)
+
+
 def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
         evaluate_test: bool = True) -> FitResult:
     if config.data.kind == "table":
@@ -279,9 +287,8 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
              len(hold_idx))
 
     started = time.perf_counter()
-    budget = None if config.train.budget_s is None else config.train.budget_s - (started - fit_started) - EXPORT_ALLOWANCE_S
     trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run, resume, progress,
-                                    time_budget_s=None if budget is None else max(0.0, budget))
+                                    time_budget_s=training_budget(config, fit_started))
     card = calibrate_and_export(config, run, trained, scoring, normal.tensors[hold_idx], normal.tensors, progress)
     model_path = run.model
 
@@ -297,7 +304,8 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
 
 def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: bool = True,
                 evaluate_test: bool = True) -> FitResult:
-    """Flow tables: fit the feature spec on normal rows, train the MLP GANomaly, calibrate on held-out
+    """Flow tables: fit the feature spec on normal rows, train the MLP GANomaly (its length, checkpoint
+    and score chosen by the self-check as for images, within the same budget), calibrate on held-out
     normal windows, export, and evaluate every test table (metrics.json per test set)."""
     from .evaluate import evaluate_windows
     from .tabular import load_tabular
@@ -309,7 +317,9 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     log.info("training on %d normal windows of %d features, %d held out for calibration", len(fit_idx),
              spec.width, len(hold_idx))
     held_out = normal[hold_idx]
-    trained, scoring = train_family(config, normal[fit_idx], held_out, run, resume, progress)
+    trained, scoring = train_family(config, normal[fit_idx], held_out, run, resume, progress,
+                                    time_budget_s=training_budget(config, started))
+    config = choose_score(config, run)
     outputs = run_scoring(scoring, held_out, batch_size=4096)
     score = ScoreDefinition(weights=dict(config.score.weights),
                             scales=component_scales(outputs, list(config.score.weights), config.score.fusion),
@@ -320,7 +330,11 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     normal_scores = normal_scores_for_threshold(config, combine_score(outputs, score), normal, trained, run, progress)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate,
                             confidence=config.calibration.confidence)
-    calibration = calibration.model_copy(update=calibration_folds(config))
+    recall, self_check = synthetic_check(scoring, held_out_sample(held_out, config.selection.max_items,
+                                                                  config.train.seed),
+                                         None, score, calibration.threshold, config.train.seed)
+    record_chosen_value(run, self_check)
+    calibration = calibration.model_copy(update={"synthetic_recall": recall, **calibration_folds(config)})
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run)
     model_path = run.model
     metrics = None
