@@ -24,6 +24,9 @@ unsw_nb15. Variants:
                ANOGAN_KEEPS_CONFIG_SCORE), encoder checkpoint chosen by the synthetic_auroc
                criterion on held-out normal images (tables: validation_loss). Its rows also compare
                the encoder's single pass with classic latent search on a seeded subset of test items.
+  recipe       tables: only the layout facts of the shipped config (its name, data and features
+               sections, as a config written from the README states them); everything else is the
+               recipe's (table defaults, length, checkpoint and score by the table self-check)
   knn_reference
                no training: nearest-neighbour distance of pretrained EfficientNet-Lite0 patch
                features to 30,000 normal ones (benchmarks/knn_reference.py; image folders only)
@@ -56,7 +59,8 @@ from inspector.scorer import Scorer
 from benchmarks.brightness import brightness_false_alarms
 from benchmarks.knn_reference import knn_reference_row
 from training.cli import default_config, infer_input, parse_overrides
-from training.config import load_train_config
+from inspector.config import read_yaml_mapping
+from training.config import apply_overrides, load_train_config, validate_train_config
 from training.data import data_root, load_test, mnist_one_class
 from training.fit import fit
 from training.frame_level import with_frame_level
@@ -69,6 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TABLES = {"nsl_kdd": "nsl_kdd.yaml", "unsw_nb15": "unsw_nb15.yaml"}
 BASELINES = ("isolation_forest", "ocsvm")
+LAYOUT_SECTIONS = ("name", "data", "features")  # what a table's recipe variant keeps of its shipped config
 OCSVM_MAX_TRAIN = 10_000
 PIPED = ["bdp01", "bft01", "brg01", "brg03", "btn01", "flr01", "fvn01", "gla01"]
 # AnoGAN score per data kind: the pixel residual the set's GANomaly config scores (local maximum for
@@ -85,7 +90,7 @@ LATENT_SEARCH_ITEMS = {"piped": 24, "mvtec_screw": 24, "mnist": 200, "table": 20
 def variant_overrides(variant: str, set_name: str) -> dict:
     if variant == "default":
         return {}
-    if variant in BASELINES or variant == "knn_reference":
+    if variant in BASELINES or variant in ("knn_reference", "recipe"):
         return {}
     if variant == "autoencoder":
         return {"model.family": "autoencoder", "score.weights": {"residual_mean": 1.0}}
@@ -197,6 +202,15 @@ def run_tabular_baseline(config, variant: str) -> list[dict]:
     return rows
 
 
+def selection_record(run_dir: Path) -> dict:
+    """What a row keeps of its run's selection.json (the self-check, the length, the score choice): {"selection": ...}."""
+    if not (run_dir / "selection.json").exists():
+        return {}
+    selection = json.loads((run_dir / "selection.json").read_text())
+    return {"selection": {k: selection[k] for k in ("criterion", "selected_epoch", "selected_value", "training_length",
+                                                    "selected_components", "score_choice") if k in selection}}
+
+
 def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) -> list[dict]:
     if variant in BASELINES:
         return run_tabular_baseline(config, variant)
@@ -217,13 +231,14 @@ def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) ->
         score_seconds = time.perf_counter() - started
         rows.append({"set": f"{config.name} {test_name}", "variant": variant, "auroc": m.get("auroc"),
                      "average_precision": m.get("average_precision"), "f1": m["f1"], "false_alarm_rate": m["false_alarm_rate"],
-                     "score": "+".join(config.score.weights), "fit_seconds": result.card.training.train_seconds, "score_seconds": round(score_seconds, 2),
+                     "score": "+".join(result.card.score.weights), "fit_seconds": result.card.training.train_seconds, "score_seconds": round(score_seconds, 2),
                      "rows_per_s": round(len(tests[test_name].features) / max(score_seconds, 1e-9)),
                      "train_rows": len(normal) - result.card.calibration.n_samples, "kind": "table",
                      "steps": result.card.training.steps,
                      "mflops_per_frame": round(result.card.export.flops_per_item / 1e6, 3),
                      "components": {name: float(roc_auc_score(tests[test_name].labels, values)) for name, values in
                                     run_scoring(components, tests[test_name].features, batch_size=4096).items()}})
+        rows[-1].update(selection_record(result.model_path.parent))
         if variant == "anogan" and latent_search:
             test = tests[test_name]
             rows[-1]["latent_search"] = latent_search_row(result.scoring, result.card, test.features, test.labels, None,
@@ -234,6 +249,12 @@ def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) ->
 def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path, threads: int,
             settings: dict | None = None, latent_search: bool = True) -> list[dict]:
     overrides = {**extra, **variant_overrides(variant, name), "train.threads": threads, **(settings or {})}
+    if variant == "recipe":
+        if name not in TABLES:  # an image set's recipe is its suite default (`inspector train --data`)
+            return []
+        layout = {key: value for key, value in read_yaml_mapping(config_path).items() if key in LAYOUT_SECTIONS}
+        return run_tabular(validate_train_config(apply_overrides(layout, overrides), config_path), variant, runs,
+                           latent_search)
     if config_path is None:  # a suite set: the defaults, as `inspector train --data` gives them
         config = default_config(str(data_root() / name), overrides)
     else:
@@ -289,11 +310,7 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
     if variant == "anogan" and latent_search:
         test = load_test_images(config)
         row["latent_search"] = latent_search_row(result.scoring, card, test.tensors, test.labels, spec, set_group(name))
-    if (result.model_path.parent / "selection.json").exists():
-        selection = json.loads((result.model_path.parent / "selection.json").read_text())
-        row["selection"] = {k: selection[k] for k in ("criterion", "selected_epoch", "selected_value", "training_length",
-                                                      "selected_components", "score_choice")
-                            if k in selection}
+    row.update(selection_record(result.model_path.parent))
     return [row]
 
 

@@ -68,17 +68,18 @@ def table_table(rows: list[dict]) -> list[str]:
     lines = ["Every model is fitted on the same normal training rows (" + ", ".join(
                  f"{name}: {n:,}" for name, n in fitted.items()) + "; the one-class SVM on a 10,000-row subsample of "
              "them), with the same 10% of normal rows held out to calibrate its threshold.", "",
-             "| test set | model | score | AUROC | AP | F1 @thr | FAR normal rows | AUROC latent | AUROC latent kNN "
-             "| AUROC res. mean | AUROC res. max | AUROC feat. res. | fit s | score s | rows/s scored |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| test set | model | score | AUROC | AP | F1 @thr | FAR normal rows | self-check | AUROC latent "
+             "| AUROC latent kNN | AUROC res. mean | AUROC res. max | AUROC feat. res. | fit s | steps | score s "
+             "| rows/s scored |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r.get("components", {})
         lines.append(f"| {r['set']} | {variant_label(r)} | {r.get('score', '–')} | {fmt(r['auroc'])} | "
                      f"{fmt(r['average_precision'])} | {fmt(r['f1'])} | {fmt(r['false_alarm_rate'])} | "
+                     f"{fmt(exported_check(r))} | "
                      f"{fmt(c.get('latent_distance'))} | {fmt(c.get('latent_knn'))} | {fmt(c.get('residual_mean'))} | "
                      f"{fmt(c.get('residual_max'))} | {fmt(c.get('feature_residual'))} | {r['fit_seconds']:.0f} | "
-                     f"{r['score_seconds']:.2f} | "
-                     f"{r['rows_per_s']:,} |")
+                     f"{steps_cell(r)} | {r['score_seconds']:.2f} | {r['rows_per_s']:,} |")
     return lines
 
 
@@ -93,8 +94,10 @@ def steps_cell(row: dict) -> str:
 
 
 def exported_check(row: dict) -> float | None:
-    """The self-check of the score the row's model was exported with (training.score_choice)."""
-    return exported_self_check(row.get("selection") or {})
+    """The self-check of the score the row's model was exported with (training.score_choice); None where
+    its checkpoint was chosen otherwise (validation_loss records a loss, not a self-check)."""
+    selection = row.get("selection") or {}
+    return exported_self_check(selection) if selection.get("criterion") == "synthetic_auroc" else None
 
 
 def score_cell(row: dict) -> str:
@@ -207,7 +210,7 @@ def table(rows: list[dict], commands: list[str], notes: list[str] = ()) -> str:
         "other work shared the machine: compare them within a table, not across runs.", "",
         "Thresholds: from held-out normal scores (20% of train/good, 10% of normal rows for tables) for a 1% "
         "false-alarm target (training/calibrate.py; the notes say which rows used which confidence); the exported checkpoint is chosen on the same held-out normal data (rows with a "
-        "'selection' entry: synthetic_auroc for images, see training/selection.py); nothing is tuned or selected on "
+        "'selection' entry: synthetic_auroc, see training/selection.py); nothing is tuned or selected on "
         "test data. AUROC / AP / F1 / FAR are measured on the "
         "exported .onnx through the inspector's scorer; the component columns give the torch AUROC of each score "
         "component on the same trained model, which is how the default score of each data kind is chosen."]
