@@ -97,6 +97,23 @@ def test_a_backbone_run_from_before_the_enlargement_is_fine_tuned_seeing_frames_
     assert parent_config(tmp_path).model.backbone_min_size == 224
 
 
+def test_a_resumed_backbone_run_from_before_the_enlargement_keeps_seeing_frames_as_it_did(tmp_path):
+    import json
+
+    from training.config import resumed_config, validate_train_config
+
+    old = {"name": "old", "data": {"path": str(tmp_path)}, "input": {"resize": "stretch"},
+           "model": {"backbone": "efficientnet_lite0"}}  # the run's config.json, written before the field
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    command = validate_train_config(old, "command")  # what `inspector train --resume` resolves today: the default
+    assert command.model.backbone_min_size == 224
+    assert resumed_config(command, tmp_path).model.backbone_min_size == 0
+    stated = validate_train_config({**old, "model": {**old["model"], "backbone_min_size": 160}}, "command")
+    assert resumed_config(stated, tmp_path).model.backbone_min_size == 160  # a size the command states is kept
+    (tmp_path / "config.json").write_text(json.dumps({**old, "model": {**old["model"], "backbone_min_size": 224}}))
+    assert resumed_config(command, tmp_path).model.backbone_min_size == 224  # a run that knew the field: as given
+
+
 def test_training_from_warm_start_weights_begins_exactly_at_them(parent, tmp_path):
     from training.driver import train
     from training.retrain import parent_config, parent_weights

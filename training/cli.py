@@ -13,7 +13,7 @@ import yaml
 
 from inspector.errors import ConfigError, InspectorError
 
-from .config import TrainConfig, apply_overrides, load_train_config, validate_train_config
+from .config import TrainConfig, apply_overrides, load_train_config, resumed_config, validate_train_config
 from .data import first_training_image, training_image_paths
 from .models.registry import BACKBONE_COMPONENTS
 from .score_choice import describe, exported_self_check
@@ -192,6 +192,8 @@ def train(args) -> int:
     if args.resume and not (out / CHECKPOINT).exists():
         raise InspectorError(f"--resume: {out} has no {CHECKPOINT} to resume from; leave out --resume to start "
                              f"a new run there")
+    if args.resume:
+        config = resumed_config(config, out)
     started = time.perf_counter()
     try:
         result = fit(config, out, resume=args.resume, progress=not args.no_progress, evaluate_test=not args.no_evaluate)

@@ -413,6 +413,26 @@ class TrainConfig(Strict):
         return self
 
 
+def predates_backbone_min_size(raw: dict) -> bool:
+    """Whether a run's config.json (as read, unvalidated) is a backbone run written before
+    model.backbone_min_size existed: it showed the backbone its frames as they were (0), not enlarged
+    as the field's default does, and its weights and feature statistics fit that view."""
+    model = raw.get("model")
+    return isinstance(model, dict) and model.get("backbone", "none") != "none" and "backbone_min_size" not in model
+
+
+def resumed_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
+    """The config a `--resume` of `run_dir` continues with: `config`, except that a backbone run from
+    before model.backbone_min_size keeps seeing its frames as they were (unless `config` states the size)."""
+    import json
+
+    path = Path(run_dir) / "config.json"
+    if (not path.is_file() or "backbone_min_size" in config.model.model_fields_set
+            or not predates_backbone_min_size(json.loads(path.read_text()))):
+        return config
+    return config.model_copy(update={"model": config.model.model_copy(update={"backbone_min_size": 0})})
+
+
 def apply_overrides(raw: dict, overrides: dict | None) -> dict:
     """Set dotted keys (`train.steps`) in a raw config mapping, creating sections as needed."""
     for dotted, value in (overrides or {}).items():

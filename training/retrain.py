@@ -29,7 +29,7 @@ from inspector.errors import InspectorError
 from inspector.review.store import ReviewStore, ReviewStoreError
 from inspector.scorer import ANOMALY, Scorer
 
-from .config import TrainConfig, validate_train_config
+from .config import TrainConfig, predates_backbone_min_size, validate_train_config
 from .data import load_images, load_train_good, split_holdout
 from .fit import calibrate_and_export, train_family
 from .export import replace_card
@@ -58,18 +58,16 @@ class Retrained:
 
 
 def parent_config(run: Path) -> TrainConfig:
-    """The parent run's config as it trained: a backbone run written before model.backbone_min_size
-    existed showed the backbone its frames as they were (0), not enlarged as a new run's default does,
-    and its weights and feature statistics fit that view."""
+    """The parent run's config as it trained (a backbone run from before model.backbone_min_size: 0,
+    see training.config.predates_backbone_min_size)."""
     path = run / "config.json"
     if not path.is_file():
         raise InspectorError(f"{run}: not a run folder (no config.json); give the folder `inspector train --out` wrote")
     import json
 
     raw = json.loads(path.read_text())
-    model = raw.get("model")
-    if isinstance(model, dict) and model.get("backbone", "none") != "none" and "backbone_min_size" not in model:
-        model["backbone_min_size"] = 0
+    if predates_backbone_min_size(raw):
+        raw["model"]["backbone_min_size"] = 0
     return validate_train_config(raw, str(path))
 
 
