@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.length import PLANNED
 from training.score_choice import describe, exported_self_check
 
 COMPONENTS = ("latent_distance", "latent_knn", "latent_lof", "residual_mean", "residual_max", "feature_residual",
@@ -88,7 +89,7 @@ def steps_cell(row: dict) -> str:
     length = (row.get("selection") or {}).get("training_length")
     if not row.get("steps"):
         return "–"
-    if not length or length["max_blocks"] == 1:
+    if not length or length["max_blocks"] == 1 or length["stopped_by"] == PLANNED:  # a fixed length
         return str(row["steps"])
     return f"{row['steps']} ({length['blocks']} x {length['block_steps']}; {length['stopped_by']})"
 
