@@ -24,21 +24,28 @@ def flow_table(path: Path, normal: int = 3000, attacks: int = 600, seed: int = 0
     """Flow records whose normal rows carry about 500 bytes per packet; attacks break that (floods of
     small packets, or few packets with huge payloads) with every value alone in the normal range."""
     rng = np.random.default_rng(seed)
-    lines = ["duration,proto,packets,bytes,label"]
+    lines = ["id,duration,proto,service,state,packets,bytes,label"]
     for i in range(normal + attacks):
         packets = int(rng.integers(1, 200))
         per_packet = rng.normal(500, 40) if i < normal else rng.choice([rng.normal(60, 10), rng.normal(1400, 50)])
         label = "normal" if i < normal else "attack"
-        lines.append(f"{rng.exponential(2.0):.3f},{rng.choice(['tcp', 'udp'])},{packets},"
-                     f"{int(packets * max(per_packet, 1))},{label}")
+        lines.append(f"{i},{rng.exponential(2.0):.3f},{rng.choice(['tcp', 'udp'])},{rng.choice(['http', 'dns'])},"
+                     f"{rng.choice(['FIN', 'CON'])},{packets},{int(packets * max(per_packet, 1))},{label}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
+def readme_flow_config() -> dict:
+    """The config the README shows for a new flow table (README "Network traffic")."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in readme.split("```yaml\n")[1:] if b.startswith("name: flows\n"))
+    return yaml.safe_load(block.split("```")[0])
+
+
 def layout_config(tmp_path: Path) -> Path:
-    """A config as the README says to write one for a new flow table: layout facts only."""
-    config = {"name": "flows", "data": {**LAYOUT, "path": str(flow_table(tmp_path / "flows.csv"))},
-              "features": {"categorical": ["proto"], "window": 1}}
+    """The README's config for a new flow table, pointed at a generated one (its fit/test split stated)."""
+    config = readme_flow_config()
+    config["data"].update(path=str(flow_table(tmp_path / "flows.csv")), normal_train_fraction=0.6)
     path = tmp_path / "flows.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -65,6 +72,12 @@ def test_a_swapped_window_takes_its_changed_values_from_one_other_normal_window(
         assert np.array_equal(copies[i][moved] % 16, np.flatnonzero(moved))  # each value stays in its own column
     shifted = copies[1::2] - np.concatenate([windows] * 2)[1::2]
     assert np.all((shifted != 0).sum(axis=1) >= 2)  # odd positions: noise on 16 // 8 = 2 to 5 features
+
+
+def test_the_readme_config_for_a_new_flow_table_states_layout_facts_only():
+    config = readme_flow_config()
+    assert set(config) == {"name", "data", "features"}
+    assert validate_train_config(config, "README").selection.criterion == "synthetic_auroc"
 
 
 def test_a_table_config_that_states_only_its_layout_gets_the_table_recipe():
@@ -98,7 +111,9 @@ def test_a_flow_table_trains_block_by_block_on_its_self_check_and_states_it(tmp_
     assert 0.0 <= card.calibration.synthetic_recall <= 1.0
     assert "flags" in result.stdout and "made from the held-out normal windows" in result.stdout
     metrics = json.loads((run / "metrics.json").read_text())["rest"]
-    assert metrics["auroc"] > 0.8  # the broken bytes-per-packet relation: far from chance (0.5)
+    # the broken bytes-per-packet relation, after at most 30 steps: a random score's AUROC on these 1,200
+    # normal and 600 attack rows has a standard deviation of about 0.014
+    assert metrics["auroc"] > 0.7
 
 
 def test_the_budget_ends_a_table_run_after_its_first_epoch(tmp_path):
