@@ -313,9 +313,10 @@ class ExportConfig(Strict):
     precision: Literal["float32", "int8"] = "float32"
 
 
-# A table config states layout facts (columns, label, categorical and ignored columns, window); what
-# it leaves unset of these gets the table value, not the image one: a window of a few dozen numbers
-# trains an MLP in large batches at a higher rate, and the latent distance is GANomaly's own score.
+# A table config states layout facts (columns, label, categorical and ignored columns, window); of
+# the fields below, what it leaves unset gets the table value, not the image one: a window of a few
+# dozen numbers trains an MLP in large batches at a higher rate, and the latent distance is
+# GANomaly's own score.
 # The values are those of the shipped configs measured on nsl_kdd and unsw_nb15 (RESULTS), except
 # `steps`, one block of the adaptive length (a few epochs of a typical flow table), and
 # `max_items`: windows are cheap to score, so the self-check uses more of them and is less noisy.

@@ -6,10 +6,11 @@ synthetic_auroc  the configured score must rank held-out normal frames below cop
                  cut-paste patch (a piece of the frame moved elsewhere, brightness shifted; Li et al.,
                  CutPaste, 2021), half a Gaussian-noise patch. Patches are 1/8 to 1/3 of the model
                  input side, so they are local at tile scale. Feature windows (tables) get
-                 swapped or shifted features instead (training.table_defects). The criterion is the
-                 AUROC of that separation. Each round also records that AUROC for every score component alone
-                 (`components`; `selected_components` at the exported weights): the candidates a
-                 score could be chosen from, and what the benchmark compares with real defects.
+                 swapped or shifted features instead (training.table_defects). The criterion is
+                 the AUROC of that separation. Each round also records that AUROC for every score
+                 component alone (`components`; `selected_components` at the exported weights):
+                 the candidates a score could be chosen from, and what the benchmark compares with
+                 real defects.
                  Where part of the score is frozen (a pretrained backbone's patch memory), every
                  checkpoint has the same frozen part and differs only in the trained one, so
                  checkpoints are judged (and training extended, training.length) by the trained
