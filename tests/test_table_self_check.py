@@ -135,3 +135,23 @@ def test_a_table_recipe_setting_out_of_range_is_one_line(tmp_path, field, value,
     result = inspector("train", "-c", str(layout_config(tmp_path)), "--no-progress", "--set", f"{field}={value}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("rows, config, message", [
+    ("id,proto,bytes,label\n1,tcp,100,attack\n2,udp,200,attack\n", {},
+     "0 of its 2 rows are normal (column 'label' in data.normal_values ['normal']); training needs at least 2. "
+     "Values seen there: attack"),
+    ("id,proto,bytes,verdict\n1,tcp,100,normal\n", {},
+     "no column 'label' (data.label); its columns: id, proto, bytes, verdict"),
+    ("id,proto,bytes,label\n1,tcp,100,normal\n2,udp,200,normal\n3,tcp,50,normal\n", {"categorical": ["protocol"]},
+     "features.categorical / features.ignore name columns that the table does not have: protocol"),
+])
+def test_a_table_that_does_not_fit_its_config_is_one_line_saying_how(tmp_path, rows, config, message):
+    (tmp_path / "flows.csv").write_text(rows)
+    flows = readme_flow_config()
+    flows["data"]["path"] = str(tmp_path / "flows.csv")
+    flows["features"] = {"categorical": ["proto"], "ignore": ["id"], **config}
+    (tmp_path / "flows.yaml").write_text(yaml.safe_dump(flows))
+    result = inspector("train", "-c", str(tmp_path / "flows.yaml"), "--out", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(message)

@@ -273,13 +273,13 @@ def evaluate(args) -> int:
 
 def _labelled_windows(args, spec):
     """The labelled test table of `evaluate --data` as feature windows of a tabular model."""
-    from .tabular import make_windows, read_table
+    from .tabular import label_column, make_windows, read_table
 
     try:
         table = read_table(Path(args.data), args.header, None if args.header else spec.columns)
     except FileNotFoundError as exc:
         raise InspectorError(str(exc)) from None
-    return make_windows(table.rows, spec, table.columns.index(spec.label), spec.normal_values)
+    return make_windows(table.rows, spec, label_column(table, spec.label, args.data), spec.normal_values)
 
 
 def evaluate_latent_search(args, scorer, out: Path) -> int:

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from inspector.card import CategoricalFeature, NumericFeature, TabularInput
+from inspector.errors import InspectorError
 from inspector.features import encode_rows, windows
 
 from .config import TrainConfig, expand_data_path
 
 LOG1P_AUTO_MAX = 100.0
+MIN_NORMAL_ROWS = 2  # one to learn from, one to set the threshold
 
 
 @dataclass
@@ -49,6 +51,14 @@ def read_table(path: Path, header: bool, columns: list[str] | None = None) -> Ta
     return Table(columns, rows)
 
 
+def label_column(table: Table, label: str, path: Path | str) -> int:
+    """The label column's position; one clear error naming the columns when the table has none of that name."""
+    if label not in table.columns:
+        shown = ", ".join(table.columns[:12]) + (", ..." if len(table.columns) > 12 else "")
+        raise InspectorError(f"{path}: no column '{label}' (data.label); its columns: {shown}")
+    return table.columns.index(label)
+
+
 def normal_mask(table: Table, label: str, normal_values: list[str]) -> np.ndarray:
     column = table.columns.index(label)
     normal = set(normal_values)
@@ -61,7 +71,8 @@ def fit_spec(config: TrainConfig, table: Table, normal_rows: list[list[str]]) ->
     excluded = set(features.ignore) | set(features.categorical) | {label}
     unknown = (set(features.ignore) | set(features.categorical)) - set(table.columns)
     if unknown:
-        raise ValueError(f"features name columns that the table does not have: {sorted(unknown)}")
+        raise InspectorError(f"features.categorical / features.ignore name columns that the table does not have: "
+                             f"{', '.join(sorted(unknown))}")
     numeric_names = [c for c in table.columns if c not in excluded]
     index = {name: i for i, name in enumerate(table.columns)}
     numeric = []
@@ -114,9 +125,15 @@ def load_tabular(config: TrainConfig) -> tuple[TabularInput, np.ndarray, dict[st
     """(spec fitted on normal training rows, normal training windows, test sets by name)."""
     data = config.data
     table = read_table(data.resolved_path, data.header, data.columns)
+    label_at = label_column(table, data.label, data.resolved_path)
     mask = normal_mask(table, data.label, data.normal_values)
-    label_index = table.columns.index(data.label)
     normal_rows = [row for row, is_normal in zip(table.rows, mask) if is_normal]
+    if len(normal_rows) < MIN_NORMAL_ROWS:
+        seen = sorted({row[label_at].strip() for row in table.rows})
+        raise InspectorError(f"{data.resolved_path}: {len(normal_rows)} of its {len(table.rows)} rows are normal "
+                             f"(column '{data.label}' in data.normal_values {list(data.normal_values)}); training "
+                             f"needs at least {MIN_NORMAL_ROWS}. Values seen there: "
+                             f"{', '.join(seen[:10])}{', ...' if len(seen) > 10 else ''}")
     tests: dict[str, list[list[str]]] = {}
     if data.normal_train_fraction is not None:
         order = np.random.default_rng(config.train.seed).permutation(len(normal_rows))
@@ -131,10 +148,10 @@ def load_tabular(config: TrainConfig) -> tuple[TabularInput, np.ndarray, dict[st
         keep = np.sort(np.random.default_rng(config.train.seed).choice(len(normal_rows), data.max_train, replace=False))
         normal_rows = [normal_rows[i] for i in keep]
     spec = fit_spec(config, table, normal_rows)
-    train = make_windows(normal_rows, spec, label_index, data.normal_values)
+    train = make_windows(normal_rows, spec, label_at, data.normal_values)
     for name, path in data.test_paths.items():
         test_table = read_table(expand_data_path(path), data.header, data.columns)
         tests[name] = test_table.rows
-    test_sets = {name: make_windows(rows, spec, label_index, data.normal_values) for name, rows in tests.items()}
+    test_sets = {name: make_windows(rows, spec, label_at, data.normal_values) for name, rows in tests.items()}
     return spec, train.features, test_sets
 
