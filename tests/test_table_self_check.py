@@ -95,12 +95,20 @@ def test_a_table_config_that_states_only_its_layout_gets_the_table_recipe():
     assert (image.train.batch_size, image.model.base_width, image.selection.max_items) == (16, 16, 64)
 
 
-def test_a_flow_table_trains_block_by_block_on_its_self_check_and_states_it(tmp_path):
-    run = tmp_path / "run"
-    result = inspector("train", "-c", str(layout_config(tmp_path)), "--out", str(run), "--no-progress",
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+    """A tiny model trained by `inspector train -c` on the README's flow config: (run folder, its output)."""
+    folder = tmp_path_factory.mktemp("flows")
+    run = folder / "run"
+    result = inspector("train", "-c", str(layout_config(folder)), "--out", str(run), "--no-progress",
                        "--set", "train.steps=10", "--set", "train.max_blocks=3", "--set", "model.base_width=16",
                        "--set", "train.threads=1")
     assert result.returncode == 0, result.stderr
+    return run, result
+
+
+def test_a_flow_table_trains_block_by_block_on_its_self_check_and_states_it(flow_run):
+    run, result = flow_run
     selection = json.loads((run / "selection.json").read_text())
     assert selection["criterion"] == "synthetic_auroc" and selection["held_out_items"] == 360  # 20% of 1,800 fitted
     length = selection["training_length"]
@@ -155,3 +163,16 @@ def test_a_table_that_does_not_fit_its_config_is_one_line_saying_how(tmp_path, r
     result = inspector("train", "-c", str(tmp_path / "flows.yaml"), "--out", str(tmp_path / "run"), "--no-progress")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith(message)
+
+
+@pytest.mark.parametrize("rows, header, message", [
+    ("1,2,3\n4,5,6\n", False, "no window of 1 row(s) with the model's 8 columns could be read from it (no --header;"),
+    ("id,duration,proto,service,state,packets,bytes,verdict\n1,0.5,tcp,http,FIN,10,5000,normal\n", True,
+     "no column 'label' (data.label); its columns: id, duration, proto, service, state, packets, bytes, verdict"),
+])
+def test_an_evaluation_table_the_model_cannot_read_is_one_line(flow_run, tmp_path, rows, header, message):
+    (tmp_path / "test.csv").write_text(rows)
+    result = inspector("evaluate", str(flow_run[0] / "model.onnx"), "--data", str(tmp_path / "test.csv"),
+                       "--out", str(tmp_path / "eval"), *(["--header"] if header else []))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]

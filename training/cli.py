@@ -279,7 +279,12 @@ def _labelled_windows(args, spec):
         table = read_table(Path(args.data), args.header, None if args.header else spec.columns)
     except FileNotFoundError as exc:
         raise InspectorError(str(exc)) from None
-    return make_windows(table.rows, spec, label_column(table, spec.label, args.data), spec.normal_values)
+    windows = make_windows(table.rows, spec, label_column(table, spec.label, args.data), spec.normal_values)
+    if not len(windows.labels):
+        raise InspectorError(f"{args.data}: no window of {spec.window} row(s) with the model's {len(spec.columns)} "
+                             f"columns could be read from it ({'its header named them' if args.header else 'no --header'}"
+                             f"; a row with another number of fields or a non-numeric value is skipped)")
+    return windows
 
 
 def evaluate_latent_search(args, scorer, out: Path) -> int:
