@@ -89,7 +89,7 @@ def test_a_small_set_trains_with_one_warning_and_says_what_the_threshold_rests_o
     held = max(1, round(n * 0.2))
     assert f"from {held} held-out normal images" in result.stdout
     assert "self-check: this threshold flags" in result.stdout and "% of synthetic defects" in result.stdout
-    selection = tmp_path / "run" / "selection.json"  # too few held out to compare checkpoints: none, and no AUROC
+    selection = tmp_path / "run" / "selection.json"  # too few held out to compare checkpoints: it says so, no AUROC
     if held >= 2:
         record = json.loads(selection.read_text())  # the exported score's self-check: the recipe may choose it
         choice = record["score_choice"]
@@ -97,7 +97,10 @@ def test_a_small_set_trains_with_one_warning_and_says_what_the_threshold_rests_o
             else record["selected_value"]
         assert f"ranks synthetic defects above the held-out good images with AUROC {checked:.2f}" in result.stdout
     else:
-        assert not selection.exists() and "ranks synthetic defects" not in result.stdout
+        record = json.loads(selection.read_text())
+        assert record["criterion"] == "last" and record["evaluations"] == []
+        assert "1 held-out item(s): too few to compare checkpoints" in record["rule"]
+        assert "ranks synthetic defects" not in result.stdout
     assert (tmp_path / "run" / "model.onnx").is_file()
 
 

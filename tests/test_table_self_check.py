@@ -176,3 +176,15 @@ def test_an_evaluation_table_the_model_cannot_read_is_one_line(flow_run, tmp_pat
                        "--out", str(tmp_path / "eval"), *(["--header"] if header else []))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_run_that_keeps_its_last_weights_still_says_so_in_selection_json(tmp_path):
+    run = tmp_path / "run"
+    result = inspector("train", "-c", str(layout_config(tmp_path)), "--out", str(run), "--no-progress", "--no-evaluate",
+                       "--steps", "5", "--set", "selection.criterion=last", "--set", "model.base_width=16")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((run / "selection.json").read_text())
+    assert record["criterion"] == "last" and record["evaluations"] == []
+    assert record["rule"] == "the final weights, nothing evaluated (selection.criterion last)"
+    assert record["training_length"]["steps"] == 5
+    assert "self-check: the model ranks" not in result.stdout  # no AUROC was measured to state

@@ -128,11 +128,13 @@ class CheckpointSelector:
         score components checkpoints are judged by where part of the score is frozen (see
         Family.trained_components; none: the whole score); `fusion`: how components share a unit, as
         the exported score's (training.frame_scores.component_scales)."""
-        self.criterion = settings.criterion if validation is not None else "last"  # nothing held out
+        self.criterion = settings.criterion if validation is not None else "last"
+        self.why_last = "nothing held out" if validation is None else "selection.criterion last"
         if self.criterion != "last" and len(validation) < 2:
             log.warning("checkpoint selection by %s needs at least 2 held-out normal items, %d held out: the last "
                         "weights are exported", self.criterion, len(validation))
             self.criterion = "last"
+            self.why_last = f"{len(validation)} held-out item(s): too few to compare checkpoints"
         self.modules = modules
         self.make_scoring = make_scoring
         self.total_epochs = max(1, total_epochs)  # of one block (training.driver extends a run block by block)
@@ -252,8 +254,12 @@ class CheckpointSelector:
 
     def restore_best(self, log_path: Path, training_length: dict | None = None) -> None:
         """Load the best weights into the modules and write selection.json (criterion, every evaluation,
-        and how the training length was decided)."""
+        and how the training length was decided). Without selection the record says so and why: every
+        run folder has one."""
         if not self.active:
+            log_path.write_text(json.dumps({
+                "criterion": "last", "rule": f"the final weights, nothing evaluated ({self.why_last})",
+                "evaluations": [], **({"training_length": training_length} if training_length else {})}, indent=2))
             return
         if self.best_state is not None:
             for name, module in self.modules.items():
