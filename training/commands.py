@@ -22,11 +22,14 @@ def register(sub) -> None:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train on normal images, calibrate, export model.onnx, evaluate on test/",
                        description="Train a GANomaly model (or AnoGAN: --set model.family=anogan) on "
-                       "<data>/train/good only, hold out part of it to choose the checkpoint and calibrate the "
-                       "threshold, export model.onnx with its card and, when <data>/test exists, evaluate it there "
-                       "(metrics.json and report/ in the run folder). The run folder also shows how training went: "
-                       "losses.csv / losses.png, image grids in diagnostics/, selection.json.")
-    p.add_argument("-c", "--config", type=Path, help="training YAML (see configs/); --data alone uses defaults")
+                       "<data>/train/good only (or a table's normal rows), hold out part of it to choose the "
+                       "checkpoint and calibrate the threshold, export model.onnx with its card and, when <data>/test "
+                       "exists (a table's data.test_paths), evaluate it there (metrics.json and report/ in the run "
+                       "folder). The run folder also shows how training went: losses.csv / losses.png, image grids in "
+                       "diagnostics/, selection.json.")
+    p.add_argument("-c", "--config", type=Path, help="training YAML (see configs/); --data alone uses defaults. A "
+                   "flow table's config needs only its layout: name, data (kind: table, path, header, label, "
+                   "normal_values) and features (categorical, ignore, window); the rest is the table recipe")
     p.add_argument("--data", help="MVTec-layout folder (overrides data.path). Without --config: GANomaly on "
                    "pretrained EfficientNet-Lite0 features of whole frames (at most 512 px; smaller than 224x224 "
                    "enlarged for the backbone), or from scratch in 64 px tiles with --set model.backbone=none, another "
