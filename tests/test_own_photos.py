@@ -41,6 +41,18 @@ def test_a_missing_folder_is_named_as_missing(tmp_path, backbone):
     assert error_line(result).endswith("nowhere: no such folder")
 
 
+@pytest.mark.parametrize("name, message", [
+    ("flows.csv", "flows.csv: a file, not a folder of photos; a table trains from a config that states its layout "
+                  "(inspector train -c flows.yaml; README, Network traffic)"),
+    ("part.png", "part.png: a file, not a folder of photos (--data takes the folder holding train/good/)"),
+])
+def test_a_file_given_as_data_is_told_what_data_takes(tmp_path, name, message):
+    (tmp_path / name).write_text("proto,bytes,label\ntcp,100,normal\n")
+    result = inspector("train", "--data", str(tmp_path / name), "--no-progress")
+    assert result.returncode == 2
+    assert error_line(result).endswith(message)
+
+
 def test_photos_left_loose_in_the_folder_are_told_where_to_go(tmp_path):
     photos(tmp_path / "parts", 5)
     result = inspector("train", "--data", str(tmp_path / "parts"), "--no-progress")

@@ -112,6 +112,11 @@ def training_image_paths(root: Path) -> list[Path]:
     is: no such folder, images not in train/good, or no image at all."""
     root = Path(root)
     folder = root / "train" / "good"
+    if root.is_file():
+        table = root.name.lower().endswith((".csv", ".csv.gz", ".txt", ".txt.gz"))
+        raise FileNotFoundError(f"{root}: a file, not a folder of photos" + (
+            "; a table trains from a config that states its layout (inspector train -c flows.yaml; README, Network "
+            "traffic)" if table else " (--data takes the folder holding train/good/)"))
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     paths = list_images(folder)
