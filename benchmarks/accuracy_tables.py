@@ -114,7 +114,8 @@ def score_cell(row: dict) -> str:
 def suite_table(rows: list[dict]) -> list[str]:
     """The harder suite per variant: every set, then the mean and the worst set of each variant."""
     lines = ["Surfaces unlike PIPED, trained with no config (as `inspector train --data DIR`, which trains the "
-             "rows 'backbone' since 2026-12-05; 'from_scratch': model.backbone: none, the default before). Self-check: the "
+             "rows 'backbone' since 2026-12-05; 'from_scratch': model.backbone: none, the default before; 'autoencoder' "
+             "and 'anogan': --set model.family=..., from scratch). Self-check: the "
              "label-free synthetic-defect AUROC on held-out normal images at the exported checkpoint "
              "(selection.json); the reference has none.", "",
              "| set | variant | score | image AUROC | pixel AUROC | F1 @thr | FAR test/good | FAR x0.7 | FAR x1.3 "
