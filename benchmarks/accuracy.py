@@ -55,11 +55,11 @@ from sklearn.metrics import roc_auc_score
 from benchmarks.accuracy_tables import (COMPONENTS, LATENT_SEARCH_STEPS, MARK_END, MARK_START, SUITE, latest_rows,
                                        set_group, table)
 from benchmarks.results import write_section
+from inspector.config import read_yaml_mapping
 from inspector.scorer import Scorer
 from benchmarks.brightness import brightness_false_alarms
 from benchmarks.knn_reference import knn_reference_row
 from training.cli import default_config, infer_input, parse_overrides
-from inspector.config import read_yaml_mapping
 from training.config import apply_overrides, load_train_config, validate_train_config
 from training.data import data_root, load_test, mnist_one_class
 from training.fit import fit

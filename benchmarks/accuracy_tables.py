@@ -212,7 +212,8 @@ def table(rows: list[dict], commands: list[str], notes: list[str] = ()) -> str:
         "other work shared the machine: compare them within a table, not across runs.", "",
         "Thresholds: from held-out normal scores (20% of train/good, 10% of normal rows for tables) for a 1% "
         "false-alarm target (training/calibrate.py; the notes say which rows used which confidence); the exported checkpoint is chosen on the same held-out normal data (rows with a "
-        "'selection' entry: synthetic_auroc, see training/selection.py); nothing is tuned or selected on "
+        "'selection' entry by its criterion: synthetic_auroc, validation_loss, or last = the final weights; see "
+        "training/selection.py); nothing is tuned or selected on "
         "test data. AUROC / AP / F1 / FAR are measured on the "
         "exported .onnx through the inspector's scorer; the component columns give the torch AUROC of each score "
         "component on the same trained model, which is how the default score of each data kind is chosen."]
