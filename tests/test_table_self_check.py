@@ -107,6 +107,15 @@ def flow_run(tmp_path_factory):
     return run, result
 
 
+@pytest.mark.parametrize("family", ["ganomaly", "anogan", "autoencoder"])
+def test_a_layout_only_table_config_names_a_score_its_family_has(family):
+    from training.models.registry import FAMILIES
+
+    config = validate_train_config({"data": {**LAYOUT, "path": "flows.csv"}, "model": {"family": family}}, "flows.yaml")
+    assert set(config.score.weights) <= FAMILIES[family].components
+    assert config.train.batch_size == TABLE_DEFAULTS["train"]["batch_size"]
+
+
 def test_a_flow_table_trains_block_by_block_on_its_self_check_and_states_it(flow_run):
     run, result = flow_run
     selection = json.loads((run / "selection.json").read_text())

@@ -369,10 +369,13 @@ class TrainConfig(Strict):
         return self._common_checks()
 
     def _table_defaults(self) -> None:
-        """TABLE_DEFAULTS for the fields a table config leaves unset."""
+        """TABLE_DEFAULTS for the fields a table config leaves unset; the score only for a family that
+        scores it (AnoGAN has no latent distance and keeps the general default)."""
         for section, values in TABLE_DEFAULTS.items():
             settings = getattr(self, section)
             for name, value in values.items():
+                if section == "score" and not set(value) <= FAMILIES[self.model.family].components:
+                    continue
                 if name not in settings.model_fields_set:
                     setattr(settings, name, value)
 
