@@ -189,10 +189,10 @@ def train(args) -> int:
 
     config = resolve_config(args)
     out = args.out or Path("runs") / config.name
-    if args.resume and not (out / CHECKPOINT).exists():
-        raise InspectorError(f"--resume: {out} has no {CHECKPOINT} to resume from; leave out --resume to start "
-                             f"a new run there")
     if args.resume:
+        if not (out / CHECKPOINT).exists():
+            raise InspectorError(f"--resume: {out} has no {CHECKPOINT} to resume from; leave out --resume to start "
+                                 f"a new run there")
         config = resumed_config(config, out)
     started = time.perf_counter()
     try:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import inspector
-from inspector.card import Lineage, ModelCard, Provenance, ScoreDefinition
+from inspector.card import Calibration, Lineage, ModelCard, Provenance, ScoreDefinition
 from inspector.errors import ConfigError, InspectorError
 from inspector.frame_cost import frame_cost, measure_inputs_per_second
 from inspector.scorer import Scorer, combine_score
@@ -172,6 +172,17 @@ def calibration_folds(config: TrainConfig) -> dict:
     return {"folds": config.calibration.folds if config.calibration.cross_fitted else None}
 
 
+def self_checked(config: TrainConfig, run: RunFolder, scoring, held_out: np.ndarray, spec, score: ScoreDefinition,
+                 calibration: Calibration) -> Calibration:
+    """`calibration` with the exported score's self-check at its threshold (the share of synthetic
+    defects or anomalies made from held-out items that it flags) and the cross-fitting record; the
+    score's self-check AUROC goes into the run's score choice record. `spec`: None for windows."""
+    sample = held_out_sample(held_out, config.selection.max_items, config.train.seed)
+    recall, self_check = synthetic_check(scoring, sample, spec, score, calibration.threshold, config.train.seed)
+    record_chosen_value(run, self_check)
+    return calibration.model_copy(update={"synthetic_recall": recall, **calibration_folds(config)})
+
+
 def memory_description(scoring, item: str) -> str:
     nearest = scoring.nearest_code
     if nearest is None:
@@ -231,11 +242,7 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
     normal_scores = normal_scores_for_threshold(config, normal_scores, all_normal, trained, run, progress)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)), confidence=config.calibration.confidence)
-    recall, self_check = synthetic_check(scoring, held_out_sample(held_out_frames, config.selection.max_items,
-                                                                  config.train.seed),
-                                         spec, score, calibration.threshold, config.train.seed)
-    record_chosen_value(run, self_check)
-    calibration = calibration.model_copy(update={"synthetic_recall": recall, **calibration_folds(config)})
+    calibration = self_checked(config, run, scoring, held_out_frames, spec, score, calibration)
     card = _card(config, spec, score, calibration, trained)
     if lineage is not None:
         card = card.with_updates(lineage=lineage)
@@ -330,11 +337,7 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     normal_scores = normal_scores_for_threshold(config, combine_score(outputs, score), normal, trained, run, progress)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate,
                             confidence=config.calibration.confidence)
-    recall, self_check = synthetic_check(scoring, held_out_sample(held_out, config.selection.max_items,
-                                                                  config.train.seed),
-                                         None, score, calibration.threshold, config.train.seed)
-    record_chosen_value(run, self_check)
-    calibration = calibration.model_copy(update={"synthetic_recall": recall, **calibration_folds(config)})
+    calibration = self_checked(config, run, scoring, held_out, None, score, calibration)
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run)
     model_path = run.model
     metrics = None
