@@ -208,7 +208,8 @@ def selection_record(run_dir: Path) -> dict:
         return {}
     selection = json.loads((run_dir / "selection.json").read_text())
     return {"selection": {k: selection[k] for k in ("criterion", "selected_epoch", "selected_value", "training_length",
-                                                    "selected_components", "score_choice") if k in selection}}
+                                                    "selected_components", "selected_component_shifts", "score_choice")
+                          if k in selection}}
 
 
 def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) -> list[dict]:

@@ -48,6 +48,8 @@ from training.cli import default_config  # noqa: E402
 from training.config import validate_train_config  # noqa: E402
 from training.fit import fit  # noqa: E402
 from training.models.feature_ganomaly import DISTANCE_FLOOR, PatchMemory  # noqa: E402
+from training.score_choice import weigh_by_separation  # noqa: E402
+from training.selection import SYNTHETIC_COPIES  # noqa: E402
 from training.synthetic import write_dataset  # noqa: E402
 
 
@@ -276,6 +278,11 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     assert card.score.weights == choice["chosen"] and set(card.score.weights) == {"patch_knn", "patch_residual"}
     assert sum(card.score.weights.values()) == pytest.approx(2.0, abs=1e-3) and min(card.score.weights.values()) > 0
     assert 0.5 < choice["chosen_value"] <= 1.0
+    # the weights follow how far each component moved the synthetic copies (its d'), as recorded
+    assert set(choice["shifts"]) >= set(card.score.weights)
+    held_out = json.loads((tmp_path / "run" / "selection.json").read_text())["held_out_items"]
+    assert card.score.weights == weigh_by_separation(choice["configured"], choice["candidates"], held_out,
+                                                     SYNTHETIC_COPIES * held_out, choice["shifts"])
     assert card.export.parity_max_abs_diff <= card.export.parity_tolerance
     assert card.input.frame_level is None  # frames reach the graph as they come: it standardises each itself
     scorer = Scorer(result.model_path)

@@ -173,11 +173,14 @@ def test_the_exported_weights_are_the_latest_within_one_standard_error_of_the_be
     if criterion == "synthetic_auroc":  # every score component's own self-check is on record, round by round
         assert all(set(config.score.weights) <= set(e["components"]) for e in evaluations)
         assert log["selected_components"] == chosen["components"]
+        assert log["selected_component_shifts"] == chosen["component_shifts"]  # and how far each moved the copies
+        assert set(chosen["component_shifts"]) == set(chosen["components"])
         if len(config.score.weights) == 1:  # a score of one component self-checks as that component alone
             (name,) = config.score.weights
             assert all(e["components"][name] == pytest.approx(e["value"]) for e in evaluations)
     else:
         assert "components" not in evaluations[0] and "selected_components" not in log
+        assert "selected_component_shifts" not in log
     # Re-measuring the exported generator gives the selected value: the best weights were restored.
     _, held_out = held_out_frames(config, piped_class)
     again = CheckpointSelector(config.selection, config.score.weights, config.input.to_spec(), config.train.seed,

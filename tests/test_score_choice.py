@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from training.score_choice import decide, weigh_by_separation
+from training.selection import median_shift
 
 from .conftest import tiny_config
 
@@ -52,6 +53,32 @@ def test_spread_units_weigh_each_component_by_the_separation_its_self_check_show
     assert weigh_by_separation(BOTH, {"patch_knn": 0.8, "patch_residual": 0.8}, 48, 192) == BOTH
     # perfect on both: finite and equal
     assert weigh_by_separation(BOTH, {"patch_knn": 1.0, "patch_residual": 1.0}, 48, 192) == BOTH
+
+
+def test_the_median_shift_is_the_separation_in_normal_spreads_and_does_not_saturate():
+    rng = np.random.default_rng(1)
+    normal = rng.normal(5.0, 2.0, 4000)
+    assert median_shift(normal, rng.normal(9.0, 2.0, 4000)) == pytest.approx(2.0, abs=0.15)  # 4 / spread 2
+    assert median_shift(normal, rng.normal(3.0, 2.0, 4000)) == pytest.approx(-1.0, abs=0.15)
+    # far past the last normal score, both AUROCs read 1; their shifts still tell them apart
+    near, far = rng.normal(25.0, 2.0, 4000), rng.normal(65.0, 2.0, 4000)
+    assert median_shift(normal, far) > 2.5 * median_shift(normal, near) > 20
+
+
+def test_recorded_shifts_set_the_weights_where_both_self_checks_saturate():
+    """Both components separate every synthetic copy (AUROC 1.000): the AUROC's d' sees them equal,
+    the shifts show one moved the copies three times as far."""
+    perfect = {"patch_knn": 1.0, "patch_residual": 1.0}
+    weights = weigh_by_separation(BOTH, perfect, 48, 192, {"patch_knn": 6.0, "patch_residual": 2.0})
+    assert weights == pytest.approx({"patch_knn": 1.5, "patch_residual": 0.5}, abs=1e-3)
+    # a component the copies moved down or not at all keeps the floor weight of a component at chance
+    floored = weigh_by_separation(BOTH, {"patch_knn": 0.9, "patch_residual": 0.45}, 48, 192,
+                                  {"patch_knn": 2.0, "patch_residual": -0.4})
+    at_chance = weigh_by_separation(BOTH, {"patch_knn": 0.9, "patch_residual": 0.45}, 48, 192,
+                                    {"patch_knn": 2.0, "patch_residual": 0.0})
+    assert floored == at_chance and 0 < floored["patch_residual"] < 0.2
+    # shifts of some components only (a record from before they were kept): the AUROCs decide
+    assert weigh_by_separation(BOTH, perfect, 48, 192, {"patch_knn": 6.0}) == BOTH
 
 
 def test_a_component_at_chance_keeps_a_small_weight_so_the_gan_residual_stays_in_the_score():

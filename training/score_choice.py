@@ -14,16 +14,20 @@ chosen alone: the model is a GAN, and its score keeps one of the GAN's residuals
 beside it.
 
 Rule for scores in spread units (`score.fusion: spread`, the pretrained-backbone models): the
-configured components stay and each is weighted by the separation its own self-check shows,
-d' = sqrt(2) * Phi^-1(AUROC) (the equal-variance binormal model, where AUROC = Phi(d'/sqrt 2)).
+configured components stay and each is weighted by the separation d' its own self-check shows.
 Each component is already divided by its spread on normal frames, and for independent components
 so scaled the sum weighted by d' is the one that separates best (Fisher's linear discriminant); an
 equal-weight sum lets a component that barely sees the synthetic defects add its noise to one that
-sees them well. The AUROC is bounded below by chance plus one standard error (a component at chance
-keeps the smallest weight the self-check can tell from none, so the GAN's residual stays in the
-score) and above by one swapped pair short of perfect (where d' would be infinite). The weights are
-the d' rescaled to the configured weights' total: equal self-checks give equal weights, and a
-fine-tuning run that starts from a chosen score weighs its components afresh instead of compounding.
+sees them well. d' is how far the synthetic copies' median score moved, in robust spreads of the
+normal scores (selection.median_shift, `selected_component_shifts`). The earlier estimate,
+sqrt(2) * Phi^-1(AUROC) (the equal-variance binormal model), is the same quantity but saturates: on
+tire both components checked 1.000, so both got equal weights, though one moved the copies further;
+it stays for records without shifts, its AUROC bounded above by one swapped pair short of perfect.
+Either is bounded below by the d' of chance plus one standard error (a component at chance keeps
+the smallest weight the self-check can tell from none, so the GAN's residual stays in the score).
+The weights are the d' rescaled to the configured weights' total: equal separations give equal
+weights, and a fine-tuning run that starts from a chosen score weighs its components afresh
+instead of compounding.
 
 The choice is made only when the config leaves the score to the recipe (`score.choice: self_check`,
 the default when `score.weights` is not given); a stated score is the user's. The decision, every
@@ -48,8 +52,10 @@ log = logging.getLogger(__name__)
 MEMORY_COMPONENTS = frozenset({"latent_knn", "latent_lof", "patch_knn"})  # never the whole score
 RULE = ("the configured score unless one component alone beats its self-check by more than the configured "
         "score's standard error; a memory component (latent_knn, latent_lof, patch_knn) is never the whole score")
-SPREAD_RULE = ("the configured components, each weighted by d' = sqrt(2) * Phi^-1(its self-check AUROC), the AUROC "
-               "bounded to [chance + one standard error, one swapped pair short of 1]; rescaled to the configured total")
+SPREAD_RULE = ("the configured components, each weighted by its d' on the self-check: the synthetic copies' median "
+               "shift in robust spreads of the normal scores (or, unrecorded, sqrt(2) * Phi^-1(its AUROC), the AUROC "
+               "at most one swapped pair short of 1), at least the d' of chance + one standard error; rescaled to the "
+               "configured total")
 
 
 def decide(configured: dict[str, float], configured_value: float, standard_error: float,
@@ -64,21 +70,30 @@ def decide(configured: dict[str, float], configured_value: float, standard_error
     return dict(configured)
 
 
-def separation(auroc: float, n_normal: int, n_defective: int) -> float:
-    """d' of a self-check AUROC on n_normal normal and n_defective synthetic-defect frames, the AUROC
-    bounded to [0.5 + its standard error at chance, 1 - 1 / (n_normal * n_defective)]."""
-    low = 0.5 + auroc_standard_error(0.5, n_normal, n_defective)
-    high = 1.0 - 1.0 / (n_normal * n_defective)
-    return math.sqrt(2.0) * NormalDist().inv_cdf(min(max(auroc, low), high))
+def auroc_separation(auroc: float) -> float:
+    """d' of an AUROC in the equal-variance binormal model (AUROC = Phi(d' / sqrt 2))."""
+    return math.sqrt(2.0) * NormalDist().inv_cdf(auroc)
+
+
+def separation(auroc: float, n_normal: int, n_defective: int, shift: float | None = None) -> float:
+    """d' of a component's self-check on n_normal normal and n_defective synthetic-defect frames: its
+    median `shift` when recorded, else from its AUROC bounded above by 1 - 1 / (n_normal * n_defective);
+    at least the d' of 0.5 + the AUROC's standard error at chance."""
+    low = auroc_separation(0.5 + auroc_standard_error(0.5, n_normal, n_defective))
+    if shift is None:
+        shift = auroc_separation(min(auroc, 1.0 - 1.0 / (n_normal * n_defective)))
+    return max(shift, low)
 
 
 def weigh_by_separation(configured: dict[str, float], components: dict[str, float], n_normal: int,
-                        n_defective: int) -> dict[str, float]:
-    """The components of `configured`, each weighted by its d' (see `separation`) rescaled to the
-    configured total; `configured` itself when a component has no self-check."""
+                        n_defective: int, shifts: dict[str, float] | None = None) -> dict[str, float]:
+    """The components of `configured`, each weighted by its d' (see `separation`; from `shifts` when
+    every component has one) rescaled to the configured total; `configured` itself when a component
+    has no self-check."""
     if len(configured) < 2 or any(name not in components for name in configured):
         return dict(configured)
-    raw = {name: separation(components[name], n_normal, n_defective) for name in configured}
+    shifts = shifts if shifts and all(name in shifts for name in configured) else {}
+    raw = {name: separation(components[name], n_normal, n_defective, shifts.get(name)) for name in configured}
     factor = sum(configured.values()) / sum(raw.values())
     return {name: round(value * factor, 4) for name, value in raw.items()}
 
@@ -129,13 +144,15 @@ def choose_score(config: TrainConfig, run: RunFolder) -> TrainConfig:
     configured = dict(config.score.weights)
     if config.score.fusion == "spread":
         n_normal = int(record.get("held_out_items") or 0)  # a record without it: the weights stay as configured
-        weights = (weigh_by_separation(configured, components, n_normal, SYNTHETIC_COPIES * n_normal) if n_normal
-                   else dict(configured))
+        weights = (weigh_by_separation(configured, components, n_normal, SYNTHETIC_COPIES * n_normal,
+                                       record.get("selected_component_shifts")) if n_normal else dict(configured))
         rule = SPREAD_RULE
     else:
         weights, rule = decide(configured, value, error, components), RULE
     record["score_choice"] = {"rule": rule, "configured": configured, "configured_value": value,
-                              "standard_error": error, "candidates": components, "chosen": weights}
+                              "standard_error": error, "candidates": components, "chosen": weights,
+                              **({"shifts": record["selected_component_shifts"]}
+                                 if config.score.fusion == "spread" and "selected_component_shifts" in record else {})}
     run.selection.write_text(json.dumps(record, indent=2))
     if weights == configured:
         return config

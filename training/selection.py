@@ -10,7 +10,8 @@ synthetic_auroc  the configured score must rank held-out normal frames below cop
                  the AUROC of that separation. Each round also records that AUROC for every score
                  component alone (`components`; `selected_components` at the exported weights):
                  the candidates a score could be chosen from, and what the benchmark compares with
-                 real defects.
+                 real defects; and how far each moved the copies' scores (`component_shifts`,
+                 `selected_component_shifts`: median_shift), which the score's weights come from.
                  Where part of the score is frozen (a pretrained backbone's patch memory), every
                  checkpoint has the same frozen part and differs only in the trained one, so
                  checkpoints are judged (and training extended, training.length) by the trained
@@ -60,6 +61,17 @@ def auroc_standard_error(auroc: float, n_negative: int, n_positive: int) -> floa
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     variance = (a * (1 - a) + (n_positive - 1) * (q1 - a * a) + (n_negative - 1) * (q2 - a * a)) / (n_positive * n_negative)
     return float(np.sqrt(max(variance, 0.0)))
+
+
+def median_shift(normal: np.ndarray, defective: np.ndarray) -> float:
+    """How far the synthetic copies' scores moved: the difference of the two medians, in robust spreads
+    (1.4826 x the median absolute deviation) of the normal scores, the unit of score.fusion spread.
+    For two normal distributions of one spread it is their d' (what sqrt(2) Phi^-1(AUROC) estimates
+    too), but it does not saturate where the AUROC reaches 1: copies all above every normal frame
+    by a little and by a lot read alike in an AUROC, not in a shift."""
+    normal, defective = np.asarray(normal, np.float64), np.asarray(defective, np.float64)
+    scale = component_scales({"score": normal}, ["score"], "spread")["score"]
+    return float((np.median(np.nan_to_num(defective, nan=np.inf)) - np.median(normal)) / scale)
 
 
 def synthetic_defects(frames: np.ndarray, patch_side: int, seed: int) -> np.ndarray:
@@ -151,6 +163,7 @@ class CheckpointSelector:
         self.best_state: dict | None = None
         self.best_epoch: int | None = None
         self.last_components: dict[str, float] = {}  # the latest round's self-check of each score component alone
+        self.last_shifts: dict[str, float] = {}  # and how far each moved the synthetic copies (median_shift)
         if self.criterion == "last":
             return
         self.normal = np.ascontiguousarray(held_out_sample(validation, settings.max_items, seed), dtype=np.float32)
@@ -220,21 +233,24 @@ class CheckpointSelector:
             self.last_one_time = scoring.memory_build_seconds + kept
             if self.judged_by:
                 self.last_judged = separation({c: self.weights[c] for c in self.judged_by})
-            self.last_components = {  # each score component alone, for the record: the candidates a score is chosen from
-                name: float(roc_auc_score(labels, np.nan_to_num(np.r_[per_frame_max(normal[name], owner),
-                                                                      per_frame_max(defective[name], defective_owner)],
-                                                                nan=np.inf)))
-                for name in sorted(normal) if np.ndim(normal[name]) == 1}
+            self.last_components, self.last_shifts = {}, {}
+            for name in sorted(normal):  # each score component alone: the candidates a score is chosen from
+                if np.ndim(normal[name]) != 1:
+                    continue
+                clean, marked = per_frame_max(normal[name], owner), per_frame_max(defective[name], defective_owner)
+                self.last_components[name] = float(roc_auc_score(labels, np.nan_to_num(np.r_[clean, marked], nan=np.inf)))
+                self.last_shifts[name] = median_shift(clean, marked)
             return separation(self.weights)
 
     def evaluate(self, epoch: int, step: int) -> float:
         started = time.perf_counter()
-        self.last_components, self.last_judged, self.last_one_time = {}, None, 0.0
+        self.last_components, self.last_shifts, self.last_judged, self.last_one_time = {}, {}, None, 0.0
         value, error = self.measure_with_error()
         entry = {"epoch": epoch, "step": step, "value": value, "standard_error": error,
                  "seconds": round(time.perf_counter() - started, 3),
                  **({"one_time_seconds": round(self.last_one_time, 3)} if self.last_one_time else {}),
-                 **({"components": self.last_components} if self.last_components else {})}
+                 **({"components": self.last_components} if self.last_components else {}),
+                 **({"component_shifts": self.last_shifts} if self.last_shifts else {})}
         if self.last_judged is not None:
             entry["judged_value"], entry["judged_error"] = self.last_judged
         self.history.append(entry)
@@ -264,14 +280,15 @@ class CheckpointSelector:
         if self.best_state is not None:
             for name, module in self.modules.items():
                 module.load_state_dict(self.best_state[name])
-        components = next((e["components"] for e in reversed(self.history)
-                           if e["epoch"] == self.best_epoch and "components" in e), None)
+        chosen = next((e for e in reversed(self.history) if e["epoch"] == self.best_epoch and "components" in e), {})
+        components, shifts = chosen.get("components"), chosen.get("component_shifts")
         log_path.write_text(json.dumps({
             "criterion": self.criterion, "rule": "latest within one standard error of the best",
             **({"judged_by": list(self.judged_by)} if self.judged_by else {}),
             "selected_epoch": self.best_epoch, "selected_value": self.best_value, "best_value": self.top_value,
             "best_standard_error": self.top_error, "evaluations": self.history, "held_out_items": len(self.normal),
             **({"selected_components": components} if components else {}),
+            **({"selected_component_shifts": shifts} if shifts else {}),
             **({"training_length": training_length} if training_length else {})}, indent=2))
         judged = f" of {'+'.join(self.judged_by)}" if self.judged_by else ""
         log.info("selected epoch %s by the %s%s (exported score's value there %.4f)", self.best_epoch, self.criterion,
