@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
+from training.score_choice import exported_self_check
+
 from .test_cli import error_line, inspector
 
 TINY = ["--steps", "2", "--no-progress", "--set", "input.height=32", "--set", "input.width=32",
@@ -104,9 +106,7 @@ def test_a_small_set_trains_with_one_warning_and_says_what_the_threshold_rests_o
     selection = tmp_path / "run" / "selection.json"  # too few held out to compare checkpoints: it says so, no AUROC
     if held >= 2:
         record = json.loads(selection.read_text())  # the exported score's self-check: the recipe may choose it
-        choice = record["score_choice"]
-        checked = choice["candidates"]["+".join(choice["chosen"])] if choice["chosen"] != choice["configured"] \
-            else record["selected_value"]
+        checked = exported_self_check(record)
         assert f"ranks synthetic defects above the held-out good images with AUROC {checked:.2f}" in result.stdout
     else:
         record = json.loads(selection.read_text())
