@@ -133,6 +133,21 @@ def test_synthetic_defects_change_one_patch_of_each_frame_and_nothing_else():
         assert after.min() >= -1 and after.max() <= 1
 
 
+def test_a_synthetic_defect_is_as_plain_on_a_flat_surface_as_on_a_busy_one():
+    """Its contrast is counted in its own frame's standard deviations (half to twice), so a dark, flat
+    surface gets faint defects and a high-contrast one strong ones: the self-check asks the same of both."""
+    rng = np.random.default_rng(3)
+    for spread in (0.06, 0.12, 0.25):
+        frames = rng.normal(0, spread, (40, 1, 64, 64)).astype(np.float32)
+        defective = synthetic_defects(frames, patch_side=64, seed=2)
+        noise_patches = [(after - before)[before != after] for before, after in zip(frames[1::2], defective[1::2])]
+        contrast = np.array([change.std() for change in noise_patches]) / spread
+        assert 0.4 < contrast.min() and contrast.max() < 2.5 and 0.8 < np.median(contrast) < 1.25
+    # a flat frame still gets a defect (MIN_FRAME_SPREAD)
+    flat = np.zeros((2, 1, 32, 32), np.float32)
+    assert np.abs(synthetic_defects(flat, patch_side=32, seed=0) - flat).max() > 0.02
+
+
 def test_a_synthetic_copy_is_scored_like_every_tile_of_it_although_only_the_touched_tiles_run(tiny_tiled_run,
                                                                                               piped_class):
     spec = tiny_tiled_run.card.input
