@@ -21,8 +21,9 @@ equal-weight sum lets a component that barely sees the synthetic defects add its
 sees them well. d' is how far the synthetic copies' median score moved, in robust spreads of the
 normal scores (selection.median_shift, `selected_component_shifts`). The earlier estimate,
 sqrt(2) * Phi^-1(AUROC) (the equal-variance binormal model), is the same quantity but saturates: on
-tire both components checked 1.000, so both got equal weights, though one moved the copies further;
-it stays for records without shifts, its AUROC bounded above by one swapped pair short of perfect.
+tire both components checked 1.000 and so got equal weights, whatever their shifts (24.7 and 27.1
+spreads there); it stays for records without shifts, its AUROC bounded above by one swapped pair
+short of perfect.
 Either is bounded below by the d' of chance plus one standard error (a component at chance keeps
 the smallest weight the self-check can tell from none, so the GAN's residual stays in the score).
 The weights are the d' rescaled to the configured weights' total: equal separations give equal
@@ -80,9 +81,9 @@ def separation(auroc: float, n_normal: int, n_defective: int, shift: float | Non
     median `shift` when recorded, else from its AUROC bounded above by 1 - 1 / (n_normal * n_defective);
     at least the d' of 0.5 + the AUROC's standard error at chance."""
     low = auroc_separation(0.5 + auroc_standard_error(0.5, n_normal, n_defective))
-    if shift is None:
-        shift = auroc_separation(min(auroc, 1.0 - 1.0 / (n_normal * n_defective)))
-    return max(shift, low)
+    if shift is not None:
+        return max(shift, low)
+    return max(auroc_separation(min(auroc, 1.0 - 1.0 / (n_normal * n_defective))), low)
 
 
 def weigh_by_separation(configured: dict[str, float], components: dict[str, float], n_normal: int,

@@ -59,7 +59,8 @@ SYNTHETIC_COPIES = 4
 # one on a binarised board (deeppcb: 0.92), so the self-check read 1.000 on the flat surfaces (the
 # copies' median 25 robust spreads above the normal frames on tire) and could not compare
 # checkpoints, lengths or score weights there. In the frame's own unit the check asks the same of
-# every surface, and the range from subtle to plain keeps it off its ceiling.
+# every surface (on tire it still reads 0.999, the copies 16 spreads out: its patches, 1/8 to 1/3 of
+# a whole frame, are large beside tire's cuts; RESULTS).
 DEFECT_CONTRAST = (0.5, 2.0)
 MIN_FRAME_SPREAD = 0.05  # a flat frame's defects still differ from it (about 6 grey levels)
 WEAK_SEPARATION = 0.6  # below this best synthetic AUROC, training warns (a label-free sign of a weak model)
