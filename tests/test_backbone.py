@@ -9,6 +9,7 @@ import torch
 
 from inspector.errors import InspectorError
 from training.backbone import FEATURE_DIM, STRIDE, StageFeatures, default_weights_path, efficientnet_lite0
+from training.cross_fit import scores_in_unit
 
 
 def test_the_weights_come_from_the_installed_wheel_and_load_into_the_architecture():
@@ -300,6 +301,13 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     highest = np.sort(scored.heatmap.ravel())[-41:]
     assert scored.raw == pytest.approx(float(highest.mean()), rel=1e-4) and float(highest.max()) >= scored.raw
     assert result.metrics["image_auroc"] >= 0.75  # specks, scratches and stains on a texture it learned
+    # 8 held-out frames cannot place a 99% quantile: the threshold comes from out-of-fold scores of all 40
+    # frames, each fold model's scored in the exported score's unit, which is the exported scorer's own
+    assert (card.calibration.folds, card.calibration.n_samples) == (5, 40)
+    good = [cv2.imread(str(path)) for path in sorted((data / "train" / "good").iterdir())[:6]]
+    frames = np.stack([scorer.prepare(image).tiles[0] for image in good])
+    in_unit = scores_in_unit(result.scoring, frames, card.input, card.score, 0.01)
+    assert in_unit == pytest.approx([s.raw for s in scorer.score_images(good)], rel=1e-4)
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert "features" in checkpoint and float(checkpoint["features"]["std"].min()) > 0  # resume keeps the statistics
     # the outputs kept while training stay out of the exported scorer: its FLOPs count the backbone's layers

@@ -109,8 +109,57 @@ def test_cross_fitted_threshold_comes_from_an_out_of_fold_score_of_every_normal_
     assert sorted(p.name for p in (tmp_path / "run" / "folds").iterdir()) == ["fold1", "fold2", "fold3", "fold4"]
 
     selection = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert selection["calibration_folds"] == {"folds": 4, "reason": "calibration.folds 4 (config)"}
     step = [e["step"] for e in selection["evaluations"] if e["epoch"] == selection["selected_epoch"]][-1]
-    again = out_of_fold_scores(config, normal, step, RunFolder.create(tmp_path / "again"))  # stop where the export did
+    # stop where the export did; scored in the exported score's own unit (weights, scales) from its card
+    again = out_of_fold_scores(config, normal, step, RunFolder.create(tmp_path / "again"), result.card.score, folds=4)
     assert again.shape == (len(normal),) and np.all(np.isfinite(again))
     expected = calibrate(again, config.calibration.target_false_alarm_rate, confidence=config.calibration.confidence)
     assert calibration.threshold == pytest.approx(expected.threshold, rel=1e-9)
+
+
+def _plan(piped_class, n_held_out=6, n_normal=32, fold_seconds=10.0, seconds_left=600.0, **overrides):
+    from training.config import validate_train_config
+    from training.cross_fit import plan_folds
+
+    from .conftest import tiny_config
+
+    config = validate_train_config(tiny_config(piped_class, **{"calibration.folds": "auto", **overrides}), "tiny")
+    return plan_folds(config, n_held_out, n_normal, fold_seconds, seconds_left)
+
+
+def test_auto_cross_fits_where_the_held_out_scores_are_too_few_to_hold_the_target(piped_class):
+    """6 held-out scores cannot place a 99% quantile: the threshold would extrapolate from them. With
+    time left, five fold models give every one of the 32 normal images a score instead."""
+    plan = _plan(piped_class)
+    assert plan.folds == 5 and "6 held-out scores are too few" in plan.reason
+    assert _plan(piped_class, seconds_left=None).folds == 5  # no budget: nothing to keep within
+
+
+def test_auto_keeps_the_held_out_threshold_where_it_needs_no_extrapolation_or_time_is_short(piped_class):
+    enough = _plan(piped_class, n_held_out=230, n_normal=1150)  # at 1% and 0.9 the 230th of 230 scores holds
+    assert enough.folds == 0 and "without extrapolating" in enough.reason
+    short = _plan(piped_class, fold_seconds=100.0, seconds_left=400.0)  # five folds of about 100 s
+    assert short.folds == 0 and "about 500 s and 400 s of train.budget_s are left" in short.reason
+    assert _plan(piped_class, n_normal=9).folds == 0  # under two items a fold
+    assert _plan(piped_class, **{"calibration.method": "f1_optimal",
+                                 "calibration.validation_path": str(piped_class / "test")}).folds == 0
+    assert _plan(piped_class, **{"export.precision": "int8"}).folds == 0
+    assert _plan(piped_class, **{"calibration.folds": 0}).folds == 0  # a stated number is kept as stated
+    assert _plan(piped_class, n_held_out=230, n_normal=1150, **{"calibration.folds": 3}).folds == 3
+
+
+def test_a_default_run_with_few_held_out_images_records_its_cross_fitted_threshold(piped_class, tmp_path):
+    from training.config import validate_train_config
+    from training.fit import fit
+
+    from .conftest import tiny_config
+
+    config = validate_train_config(tiny_config(piped_class, **{"calibration.folds": "auto"}), "tiny")
+    assert config.calibration.folds == "auto" and validate_train_config(
+        {"data": {"path": str(piped_class)}}, "default").calibration.folds == "auto"  # the default
+    card = fit(config, tmp_path / "run", progress=False, evaluate_test=False).card
+    selection = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert selection["calibration_folds"]["folds"] == 5 and card.calibration.folds == 5
+    assert card.calibration.n_samples == 32  # every normal image, not the 6 held out
+    assert len(list((tmp_path / "run" / "folds").iterdir())) == 5

@@ -45,15 +45,26 @@ def quantile_threshold(normal_scores: np.ndarray, target_false_alarm_rate: float
         raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
     level = 1.0 - target_false_alarm_rate
     n = scores.size
-    # Order statistic X_(k) (1-based) lies above the level-quantile iff fewer than k of n scores fall
-    # below it: P = BinomCDF(k - 1; n, level). The smallest k with P >= confidence, if k <= n.
-    rank = int(stats.binom.ppf(confidence, n, level)) + 1
-    if n * target_false_alarm_rate >= 1.0 and rank <= n:
+    rank = order_statistic_rank(n, target_false_alarm_rate, confidence)
+    if rank is not None:
         return float(scores[rank - 1])
     logs = np.log(np.maximum(scores, 1e-12))
     if n < 2:
         return float(np.exp(logs[0]))
     return float(np.exp(logs.mean() + tolerance_factor(n, level, confidence) * logs.std(ddof=1)))
+
+
+def order_statistic_rank(n: int, target_false_alarm_rate: float, confidence: float) -> int | None:
+    """The 1-based rank of the smallest of n sorted normal scores that lies above the (1 - target)
+    quantile with probability `confidence`, or None where n scores are too few for one (the limit then
+    extrapolates the tail: the log-normal tolerance limit)."""
+    level = 1.0 - target_false_alarm_rate
+    # X_(k) lies above the level-quantile iff fewer than k of n scores fall below it:
+    # P = BinomCDF(k - 1; n, level). The smallest k with P >= confidence, if k <= n.
+    rank = int(stats.binom.ppf(confidence, n, level)) + 1
+    if n * target_false_alarm_rate >= 1.0 and rank <= n:
+        return rank
+    return None
 
 
 def tolerance_factor(n: int, coverage: float, confidence: float) -> float:

@@ -201,8 +201,10 @@ def train(args) -> int:
         raise InspectorError(str(exc).strip("'\"")) from None
     card = result.card
     calibration = card.calibration
-    print(f"model: {result.model_path}  (threshold {calibration.threshold:.4g} from {calibration.n_samples} "
-          f"held-out normal {'images' if card.input.kind == 'image' else 'windows'}, target false-alarm rate "
+    items = "images" if card.input.kind == "image" else "windows"
+    source = (f"out-of-fold scores of all {calibration.n_samples} normal {items} ({calibration.folds} folds)"
+              if calibration.folds else f"{calibration.n_samples} held-out normal {items}")
+    print(f"model: {result.model_path}  (threshold {calibration.threshold:.4g} from {source}, target false-alarm rate "
           f"{calibration.target_false_alarm_rate:g}; {card.training.steps} steps in {card.training.train_seconds:.0f} s; "
           f"{card.export.flops_per_item / 1e6:.0f} MFLOPs/item; torch/onnx max diff {card.export.parity_max_abs_diff:.1e})")
     if card.export.frames_per_s is not None:

@@ -287,8 +287,10 @@ class CalibrationConfig(Strict):
     validation_path: str | None = None  # labelled folder (MVTec test layout), required by f1_optimal
     # quantile: 0 = the held-out split's scores set the threshold; K >= 2 = cross-fitting, K more models
     # each trained (to the exported model's step) without one K-th of all normal items, which it
-    # then scores: every normal item gives one out-of-fold score (training.cross_fit)
-    folds: Annotated[int, Field(ge=0, le=20)] = 0
+    # then scores: every normal item gives one out-of-fold score (training.cross_fit); auto = 5 folds
+    # where the held-out scores are too few to set the threshold without extrapolating the tail and
+    # the five models fit in what is left of train.budget_s, else 0 (training.cross_fit.plan_folds)
+    folds: Annotated[int, Field(ge=0, le=20)] | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _f1_needs_labels(self) -> "CalibrationConfig":
@@ -298,10 +300,6 @@ class CalibrationConfig(Strict):
             raise ValueError("calibration.folds: 0 (no cross-fitting) or at least 2")
         return self
 
-    @property
-    def cross_fitted(self) -> bool:
-        """Whether the threshold comes from out-of-fold scores (a quantile of normal scores only)."""
-        return self.folds >= 2 and self.method == "quantile"
 
 
 class ExportConfig(Strict):
@@ -409,9 +407,10 @@ class TrainConfig(Strict):
         if self.export.precision == "int8":
             if self.data.kind == "table":
                 raise ValueError("export.precision int8 is for image models; tables export float32")
-            if self.calibration.method != "quantile" or self.calibration.folds:
+            if self.calibration.method != "quantile" or self.calibration.folds not in (0, "auto"):
                 raise ValueError("export.precision int8 calibrates the threshold again on the quantized model's "
-                                 "held-out scores: it takes calibration.method quantile with calibration.folds 0")
+                                 "held-out scores: it takes calibration.method quantile with calibration.folds 0 "
+                                 "(or auto, which then cross-fits nothing)")
         if (self.input.channels == 1) != (self.input.color_order == "gray"):
             raise ValueError(f"input.color_order '{self.input.color_order}' does not fit {self.input.channels} channel(s)")
         return self

@@ -4,29 +4,76 @@ The held-out split gives the threshold a fifth of the normal items (6 of 32 PIPE
 upper confidence limit of a 99% quantile from that few sits far out in the tail: few false alarms,
 most defects missed. With `calibration.folds: K` every normal item is split into K folds; for each,
 a model of the same config is trained without that fold, to the step of the exported model's
-weights, and scores it. Each fold's components are divided by their median on its own unseen fold,
-which is the unit the exported model's score is in (its scales are medians on its unseen held-out
-items), so the K folds' frame scores pool into one sample of N out-of-fold normal scores, and the
-quantile limit is taken on all N. The models themselves are only for calibration; they live in
-run/folds/ and are not exported.
+weights, and scores it. Every fold model's outputs are put in the exported score's own unit (its
+weights, its component scales from the held-out items, its heatmap pooling): the fold models have
+the exported model's size, data and training, so their raw components are on its scale, and a
+scale re-estimated on each fold's five or six items would add noise (a robust spread from six values
+is a rough number). The K folds' frame scores pool into one sample of N out-of-fold normal scores,
+and the quantile limit is taken on all N. The models themselves are only for calibration; they live
+in run/folds/ and are not exported.
+
+`calibration.folds: auto` (the default) cross-fits with AUTO_FOLDS folds only where it is needed and
+affordable (plan_folds): where the held-out scores are too few for the limit to be one of them (the
+tolerance limit then extrapolates the tail from a handful of values), and where the fold models fit
+in what is left of train.budget_s.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from inspector.card import ScoreDefinition
 from inspector.scorer import combine_score
 
+from .calibrate import order_statistic_rank
 from .config import TrainConfig
 from .driver import train
-from .frame_scores import component_scales, frame_outputs, per_frame_max
+from .frame_scores import frame_outputs, per_frame_max
 from .items import items_of
 from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
+
+AUTO_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """How many folds the threshold is cross-fitted with (0: the held-out scores set it), and why."""
+
+    folds: int
+    reason: str
+
+    def record(self) -> dict:
+        return {"folds": self.folds, "reason": self.reason}
+
+
+def plan_folds(config: TrainConfig, n_held_out: int, n_normal: int, fold_seconds: float,
+               seconds_left: float | None) -> FoldPlan:
+    """The folds for this run: the config's number, or for `auto` AUTO_FOLDS where the n_held_out
+    scores cannot hold the target without extrapolating and AUTO_FOLDS models of `fold_seconds` each
+    fit in `seconds_left` (None: no budget), else 0."""
+    calibration = config.calibration
+    if calibration.method != "quantile":
+        return FoldPlan(0, f"calibration.method {calibration.method}: the labelled folder sets the threshold")
+    if calibration.folds != "auto":
+        return FoldPlan(calibration.folds, f"calibration.folds {calibration.folds} (config)")
+    if config.export.precision == "int8":
+        return FoldPlan(0, "export.precision int8 calibrates again on the quantized model's held-out scores")
+    if order_statistic_rank(n_held_out, calibration.target_false_alarm_rate, calibration.confidence) is not None:
+        return FoldPlan(0, f"the {n_held_out} held-out scores set the threshold without extrapolating")
+    if n_normal < 2 * AUTO_FOLDS:
+        return FoldPlan(0, f"{n_normal} normal items are too few for {AUTO_FOLDS} folds")
+    cost = AUTO_FOLDS * fold_seconds
+    if seconds_left is not None and cost > seconds_left:
+        return FoldPlan(0, f"{AUTO_FOLDS} fold models would take about {cost:.0f} s and {seconds_left:.0f} s of "
+                           "train.budget_s are left")
+    left = "" if seconds_left is None else f" of the {seconds_left:.0f} s left"
+    return FoldPlan(AUTO_FOLDS, f"{n_held_out} held-out scores are too few to set the threshold without "
+                                f"extrapolating; {AUTO_FOLDS} fold models take about {cost:.0f} s{left}")
 
 
 def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
@@ -47,12 +94,23 @@ def fold_config(config: TrainConfig, steps: int) -> TrainConfig:
     })
 
 
-def out_of_fold_scores(config: TrainConfig, normal: np.ndarray, steps: int, run: RunFolder,
-                       progress: bool = False) -> np.ndarray:
-    """One score per normal item (frame score = worst tile), each from the model that did not see it."""
-    folds = config.calibration.folds
+def scores_in_unit(scoring, items: np.ndarray, spec, score: ScoreDefinition, top_share: float) -> np.ndarray:
+    """Frame (or window) scores of `scoring` under the score definition `score`, as the exported
+    model computes them: its heatmap in score units and pooled over the highest `top_share` where the
+    definition says so. `spec` None: table windows."""
+    if score.map_in_score_units:
+        scoring.use_score_units(score)
+    if score.pooled_output:
+        scoring.pool_top(top_share)
+    outputs, owner = frame_outputs(scoring, items, spec)
+    return per_frame_max(np.asarray(combine_score(outputs, score)), owner)
+
+
+def out_of_fold_scores(config: TrainConfig, normal: np.ndarray, steps: int, run: RunFolder, score: ScoreDefinition,
+                       folds: int, progress: bool = False) -> np.ndarray:
+    """One score per normal item in the unit of `score` (the exported score), each from the model that
+    did not see it."""
     items = items_of(config)
-    weights = dict(config.score.weights)
     scores = np.empty(len(normal))
     settings = fold_config(config, steps)
     for k, held in enumerate(fold_indices(len(normal), folds, config.train.seed)):
@@ -61,8 +119,5 @@ def out_of_fold_scores(config: TrainConfig, normal: np.ndarray, steps: int, run:
         trained = train(settings, normal[fitted], RunFolder.create(run.root / "folds" / f"fold{k + 1}"),
                         progress=progress, stop_after_steps=steps)
         scoring = trained.family.scoring(normal[fitted]).eval()
-        outputs, owner = frame_outputs(scoring, normal[held], items.spec)
-        scales = component_scales(outputs, list(weights), config.score.fusion)
-        definition = ScoreDefinition(weights=weights, scales=scales, map_output=None)
-        scores[held] = per_frame_max(np.asarray(combine_score(outputs, definition)), owner)
+        scores[held] = scores_in_unit(scoring, normal[held], items.spec, score, config.score.map_top_share)
     return scores

@@ -26,6 +26,7 @@ from inspector.frame_cost import frame_cost, measure_inputs_per_second
 from inspector.scorer import Scorer, combine_score
 
 from .calibrate import calibrate
+from .cross_fit import FoldPlan, out_of_fold_scores, plan_folds
 from .config import TrainConfig, expand_data_path
 from .data import LoadedImages, first_training_image, load_test, load_train_good, mnist_one_class, split_holdout
 from .driver import train
@@ -157,30 +158,29 @@ def train_family(config: TrainConfig, fitted: np.ndarray, held_out: np.ndarray, 
 
 
 def normal_scores_for_threshold(config: TrainConfig, held_out_scores: np.ndarray, normal: np.ndarray, trained,
-                                run: RunFolder, progress: bool) -> np.ndarray:
-    """The held-out items' scores, or with calibration.folds the out-of-fold scores of every normal item."""
-    if not config.calibration.cross_fitted:
-        return held_out_scores
-    from .cross_fit import out_of_fold_scores
-
+                                run: RunFolder, score: ScoreDefinition, seconds_left: float | None,
+                                progress: bool) -> tuple[np.ndarray, FoldPlan]:
+    """The held-out items' scores, or where calibration.folds asks for it (training.cross_fit.plan_folds)
+    the out-of-fold scores of every normal item in the unit of `score`; and the plan, which
+    selection.json records. `seconds_left`: of train.budget_s, for the fold models (None: no budget)."""
+    plan = plan_folds(config, len(held_out_scores), len(normal), trained.seconds, seconds_left)
+    log.info("calibration: %s", plan.reason)
+    run.record_selection("calibration_folds", plan.record())
+    if not plan.folds:
+        return held_out_scores, plan
     steps = trained.selected_step or trained.steps  # the exported weights' step: fold models stop there
-    return out_of_fold_scores(config, normal, steps, run, progress)
-
-
-def calibration_folds(config: TrainConfig) -> dict:
-    """The card's record of cross-fitting (an update for its Calibration)."""
-    return {"folds": config.calibration.folds if config.calibration.cross_fitted else None}
+    return out_of_fold_scores(config, normal, steps, run, score, plan.folds, progress), plan
 
 
 def self_checked(config: TrainConfig, run: RunFolder, scoring, held_out: np.ndarray, spec, score: ScoreDefinition,
-                 calibration: Calibration) -> Calibration:
+                 calibration: Calibration, folds: FoldPlan) -> Calibration:
     """`calibration` with the exported score's self-check at its threshold (the share of synthetic
     defects or anomalies made from held-out items that it flags) and the cross-fitting record; the
     score's self-check AUROC goes into the run's score choice record. `spec`: None for windows."""
     sample = held_out_sample(held_out, config.selection.max_items, config.train.seed)
     recall, self_check = synthetic_check(scoring, sample, spec, score, calibration.threshold, config.train.seed)
     record_chosen_value(run, self_check)
-    return calibration.model_copy(update={"synthetic_recall": recall, **calibration_folds(config)})
+    return calibration.model_copy(update={"synthetic_recall": recall, "folds": folds.folds or None})
 
 
 def memory_description(scoring, item: str) -> str:
@@ -198,8 +198,7 @@ def pooled_score(config: TrainConfig, scoring, score: ScoreDefinition) -> ScoreD
     """The score as the mean of the highest score.map_top_share of the map in score units, where the
     scorer can pool its map (a backbone model) and the share is not 0."""
     share = config.score.map_top_share
-    # cross-fitted thresholds come from fold models scored as sums of maxima: the exported score keeps that unit
-    if share <= 0 or not hasattr(scoring, "pool_top") or config.calibration.cross_fitted:
+    if share <= 0 or not hasattr(scoring, "pool_top"):
         return score
     return score.model_copy(update={
         "pooled_output": scoring.pool_top(share),
@@ -208,10 +207,12 @@ def pooled_score(config: TrainConfig, scoring, score: ScoreDefinition) -> ScoreD
 
 
 def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, held_out_frames: np.ndarray,
-                         all_normal: np.ndarray, progress: bool, lineage: Lineage | None = None) -> ModelCard:
+                         all_normal: np.ndarray, progress: bool, lineage: Lineage | None = None,
+                         seconds_left: float | None = None) -> ModelCard:
     """After training on images: the score (training.score_choice), component scales and threshold
     from the held-out normal frames (or cross-fitted over `all_normal`), the synthetic self-check, then
-    model.onnx with its card."""
+    model.onnx with its card. `seconds_left`: of train.budget_s, for what follows training (None: no budget)."""
+    started = time.perf_counter()
     config = choose_score(config, run)
     scoring.keep_structure("structure_max" in config.score.weights)  # a candidate not chosen is not exported
     spec = config.input.to_spec()
@@ -239,10 +240,12 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
         validation = load_test(expand_data_path(config.calibration.validation_path), spec)
         v_out, v_owner = frame_outputs(scoring, validation.tensors, spec)
         validation = (per_frame_max(combine_score(v_out, score), v_owner), validation.labels)
-    normal_scores = normal_scores_for_threshold(config, normal_scores, all_normal, trained, run, progress)
+    left = None if seconds_left is None else max(0.0, seconds_left - (time.perf_counter() - started))
+    normal_scores, folds = normal_scores_for_threshold(config, normal_scores, all_normal, trained, run, score, left,
+                                                       progress)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)), confidence=config.calibration.confidence)
-    calibration = self_checked(config, run, scoring, held_out_frames, spec, score, calibration)
+    calibration = self_checked(config, run, scoring, held_out_frames, spec, score, calibration, folds)
     card = _card(config, spec, score, calibration, trained)
     if lineage is not None:
         card = card.with_updates(lineage=lineage)
@@ -296,7 +299,8 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     started = time.perf_counter()
     trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run, resume, progress,
                                     time_budget_s=training_budget(config, fit_started))
-    card = calibrate_and_export(config, run, trained, scoring, normal.tensors[hold_idx], normal.tensors, progress)
+    card = calibrate_and_export(config, run, trained, scoring, normal.tensors[hold_idx], normal.tensors, progress,
+                                seconds_left=training_budget(config, fit_started))
     model_path = run.model
 
     metrics = None
@@ -334,10 +338,11 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
                             description=f"weighted sum of {sorted(config.score.weights)}, each divided by its "
                                         f"{scale_description(config.score.fusion)} on held-out normal windows"
                                         + memory_description(scoring, "window"))
-    normal_scores = normal_scores_for_threshold(config, combine_score(outputs, score), normal, trained, run, progress)
+    normal_scores, folds = normal_scores_for_threshold(config, combine_score(outputs, score), normal, trained, run,
+                                                       score, training_budget(config, started), progress)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate,
                             confidence=config.calibration.confidence)
-    calibration = self_checked(config, run, scoring, held_out, None, score, calibration)
+    calibration = self_checked(config, run, scoring, held_out, None, score, calibration, folds)
     card = _export(config, scoring, _card(config, spec, score, calibration, trained), held_out, run)
     model_path = run.model
     metrics = None

@@ -26,8 +26,9 @@ def flat_part(rng: np.random.Generator, defect: bool = False) -> np.ndarray:
 
 def train_flat_model(folder: Path, standardise_frames: bool = True) -> Path:
     """40 flat parts in folder/data, a width-8 model trained on them for 40 steps in folder/run; its model.onnx.
-    A fixed length (train.max_blocks 1): the tests and benchmarks that use it need a quick model of known
-    cost, not the recipe's adaptive one, which extends while the self-check improves (7 blocks here).
+    A fixed length (train.max_blocks 1) and the held-out threshold (calibration.folds 0): the tests and
+    benchmarks that use it need a quick model of known cost, not the recipe's adaptive one, which
+    extends while the self-check improves (7 blocks here) and cross-fits its threshold (5 more models).
     `standardise_frames` False: a model that follows the lamp (to make false alarms on purpose)."""
     from .config import validate_train_config
     from .fit import fit
@@ -42,7 +43,7 @@ def train_flat_model(folder: Path, standardise_frames: bool = True) -> Path:
         "input": {"height": 32, "width": 32, "channels": 3, "color_order": "rgb", "standardise_frames": standardise_frames},
         "model": {"base_width": 8, "latent_dim": 16},
         "train": {"steps": 40, "max_blocks": 1, "batch_size": 16, "threads": 1},
-        "score": {"weights": {"residual_max": 1.0}, "pool_kernel": 3}}, "flat")
+        "score": {"weights": {"residual_max": 1.0}, "pool_kernel": 3}, "calibration": {"folds": 0}}, "flat")
     return fit(config, folder / "run", progress=False).model_path
 
 

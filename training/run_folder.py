@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,12 @@ class RunFolder:
     @property
     def metrics(self) -> Path:
         return self.root / METRICS
+
+    def record_selection(self, key: str, value) -> None:
+        """Add one decision of the run (a JSON value under `key`) to selection.json, made if missing."""
+        record = json.loads(self.selection.read_text()) if self.selection.exists() else {}
+        record[key] = value
+        self.selection.write_text(json.dumps(record, indent=2))
 
     def grid(self, kind: str, epoch: int) -> Path:
         return self.root / GRID_FOLDER / f"{kind}_e{epoch:04d}.png"
