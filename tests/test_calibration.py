@@ -163,3 +163,16 @@ def test_a_default_run_with_few_held_out_images_records_its_cross_fitted_thresho
     assert selection["calibration_folds"]["folds"] == 5 and card.calibration.folds == 5
     assert card.calibration.n_samples == 32  # every normal image, not the 6 held out
     assert len(list((tmp_path / "run" / "folds").iterdir())) == 5
+
+
+def test_normal_scores_that_all_tie_put_the_threshold_above_them_with_a_warning(caplog):
+    """Blank photos score alike: a threshold equal to that score would alarm on every normal part
+    (at or above alarms), so it sits just above it, and the log says why."""
+    tied = np.full(12, 1.0)
+    with caplog.at_level("WARNING", logger="training.calibrate"):
+        calibration = calibrate(tied, 0.01)
+    assert calibration.threshold > 1.0 and np.mean(tied >= calibration.threshold) == 0.0
+    assert "every normal image scores the same" in caplog.text
+    caplog.clear()
+    calibrate(np.linspace(1.0, 2.0, 12), 0.01)  # scores that vary: no such warning
+    assert "scores the same" not in caplog.text

@@ -19,12 +19,15 @@ with that confidence, under the assumptions of the estimate used:
 
 from __future__ import annotations
 
+import logging
 from statistics import NormalDist
 
 import numpy as np
 from scipy import stats
 
 from inspector.card import Calibration
+
+log = logging.getLogger(__name__)
 
 QUANTILE_LEVELS = (0.5, 0.9, 0.95, 0.99, 0.999)
 
@@ -104,6 +107,12 @@ def calibrate(normal_scores: np.ndarray, target_false_alarm_rate: float, method:
     else:
         raise ValueError(f"unknown calibration method {method!r}")
     threshold = max(threshold, 1e-12)
+    normal = np.asarray(normal_scores, dtype=np.float64)
+    if method == "quantile" and normal.size > 1 and normal.max() == normal.min():
+        # ties: "at or above the threshold alarms" would alarm on every normal part
+        threshold = float(np.nextafter(max(threshold, normal.max()), np.inf))
+        log.warning("every normal image scores the same (%.6g): the model sees no difference between them (blank or "
+                    "identical photos?); the threshold sits just above that score, so any change alarms", normal.max())
     return Calibration(threshold=threshold, method=method, target_false_alarm_rate=target_false_alarm_rate,
                        confidence=confidence if method == "quantile" else None,
                        n_samples=int(np.asarray(normal_scores).size), quantiles=score_quantiles(normal_scores))
