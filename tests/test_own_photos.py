@@ -101,7 +101,10 @@ def test_a_small_set_trains_with_one_warning_and_says_what_the_threshold_rests_o
     assert "Traceback" not in result.stderr
     assert f"only {n} normal images" in result.stderr and f"photograph {40 - n} more good parts" in result.stderr
     held = max(1, round(n * 0.2))
-    assert f"from {held} held-out normal images" in result.stdout
+    if n >= 10:  # five folds of two or more: the threshold from an out-of-fold score of every photo
+        assert f"from out-of-fold scores of all {n} normal images (5 folds)" in result.stdout
+    else:
+        assert f"from {held} held-out normal images" in result.stdout
     assert "self-check: this threshold flags" in result.stdout and "% of synthetic defects" in result.stdout
     selection = tmp_path / "run" / "selection.json"  # too few held out to compare checkpoints: it says so, no AUROC
     if held >= 2:

@@ -93,10 +93,12 @@ def check_normal_count(n: int, config: TrainConfig) -> None:
                              f"photograph {RECOMMENDED_NORMAL_IMAGES - n} more good parts")
     if n < RECOMMENDED_NORMAL_IMAGES:
         held = max(1, int(round(n * config.data.holdout_fraction)))
-        log.warning("only %d normal images: the threshold rests on %d held-out image(s), too few to set it "
-                    "reliably (it tends to sit high: few alarms, defects missed); photograph %d more good parts, or "
-                    "set calibration.confidence: 0.5 to trade a lower threshold for more false alarms", n, held,
-                    RECOMMENDED_NORMAL_IMAGES - n)
+        threshold = ("on those or, cross-fitted where the time allows, on all of them" if config.calibration.folds
+                     else "on those")
+        log.warning("only %d normal images: checkpoints and the score are chosen on %d held-out image(s) and the "
+                    "threshold is set %s, too few to do it reliably (the threshold tends to sit high: few alarms, "
+                    "defects missed); photograph %d more good parts, or set calibration.confidence: 0.5 to trade a "
+                    "lower threshold for more false alarms", n, held, threshold, RECOMMENDED_NORMAL_IMAGES - n)
 
 
 def model_version(base: str, created: datetime) -> str:
