@@ -301,7 +301,6 @@ class CalibrationConfig(Strict):
         return self
 
 
-
 class ExportConfig(Strict):
     opset: Annotated[int, Field(ge=13, le=23)] = 17
     parity_tolerance: Annotated[float, Field(gt=0)] = 1e-3

@@ -93,8 +93,9 @@ def check_normal_count(n: int, config: TrainConfig) -> None:
                              f"photograph {RECOMMENDED_NORMAL_IMAGES - n} more good parts")
     if n < RECOMMENDED_NORMAL_IMAGES:
         held = max(1, int(round(n * config.data.holdout_fraction)))
-        threshold = ("on those or, cross-fitted where the time allows, on all of them" if config.calibration.folds
-                     else "on those")
+        folds = config.calibration.folds
+        threshold = {"auto": "on those or, cross-fitted where the time allows, on all of them",
+                     0: "on those"}.get(folds, "on all of them, cross-fitted")
         log.warning("only %d normal images: checkpoints and the score are chosen on %d held-out image(s) and the "
                     "threshold is set %s, too few to do it reliably (the threshold tends to sit high: few alarms, "
                     "defects missed); photograph %d more good parts, or set calibration.confidence: 0.5 to trade a "
