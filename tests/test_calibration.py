@@ -109,7 +109,11 @@ def test_cross_fitted_threshold_comes_from_an_out_of_fold_score_of_every_normal_
     assert sorted(p.name for p in (tmp_path / "run" / "folds").iterdir()) == ["fold1", "fold2", "fold3", "fold4"]
 
     selection = json.loads((tmp_path / "run" / "selection.json").read_text())
-    assert selection["calibration_folds"] == {"folds": 4, "reason": "calibration.folds 4 (config)"}
+    record = selection["calibration"]
+    assert (record["folds"], record["reason"]) == (4, "calibration.folds 4 (config)")
+    # the out-of-fold scores the threshold came from, one per normal image
+    assert len(record["normal_scores"]) == len(normal) and calibration.threshold == pytest.approx(
+        calibrate(np.array(record["normal_scores"]), 0.01, confidence=0.9).threshold, rel=1e-5)
     step = [e["step"] for e in selection["evaluations"] if e["epoch"] == selection["selected_epoch"]][-1]
     # stop where the export did; scored in the exported score's own unit (weights, scales) from its card
     again = out_of_fold_scores(config, normal, step, RunFolder.create(tmp_path / "again"), result.card.score, folds=4)
@@ -160,7 +164,7 @@ def test_a_default_run_with_few_held_out_images_records_its_cross_fitted_thresho
         {"data": {"path": str(piped_class)}}, "default").calibration.folds == "auto"  # the default
     card = fit(config, tmp_path / "run", progress=False, evaluate_test=False).card
     selection = json.loads((tmp_path / "run" / "selection.json").read_text())
-    assert selection["calibration_folds"]["folds"] == 5 and card.calibration.folds == 5
+    assert selection["calibration"]["folds"] == 5 and card.calibration.folds == 5
     assert card.calibration.n_samples == 32  # every normal image, not the 6 held out
     assert len(list((tmp_path / "run" / "folds").iterdir())) == 5
 
@@ -176,3 +180,14 @@ def test_normal_scores_that_all_tie_put_the_threshold_above_them_with_a_warning(
     caplog.clear()
     calibrate(np.linspace(1.0, 2.0, 12), 0.01)  # scores that vary: no such warning
     assert "scores the same" not in caplog.text
+
+
+def test_normal_scores_far_below_the_rest_do_not_raise_the_limit_of_the_upper_tail():
+    """Only the upper tail sets a threshold: a few frames that score far below the others (a
+    near-empty frame, a fold model that fits some frames unusually well) must not lift it. Seen on a
+    PIPED class: 32 scores, median 30, largest 34, smallest 9, threshold 86 with mean + k * sd."""
+    rng = np.random.default_rng(3)
+    scores = rng.lognormal(np.log(30.0), 0.05, 32)
+    with_low = np.concatenate([scores[:29], [9.0, 12.0, 15.0]])
+    clean, low = quantile_threshold(scores, 0.01), quantile_threshold(with_low, 0.01)
+    assert low <= clean * 1.05 and low < 1.3 * with_low.max()

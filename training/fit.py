@@ -165,14 +165,16 @@ def normal_scores_for_threshold(config: TrainConfig, held_out_scores: np.ndarray
                                 progress: bool) -> tuple[np.ndarray, FoldPlan]:
     """The held-out items' scores, or where calibration.folds asks for it (training.cross_fit.plan_folds)
     the out-of-fold scores of every normal item in the unit of `score`; and the plan, which
-    selection.json records. `seconds_left`: of train.budget_s, for the fold models (None: no budget)."""
+    selection.json records with the scores. `seconds_left`: of train.budget_s, for the fold models (None: no budget)."""
     plan = plan_folds(config, len(held_out_scores), len(normal), trained.seconds, seconds_left)
     log.info("calibration: %s", plan.reason)
-    run.record_selection("calibration_folds", plan.record())
-    if not plan.folds:
-        return held_out_scores, plan
-    steps = trained.selected_step or trained.steps  # the exported weights' step: fold models stop there
-    return out_of_fold_scores(config, normal, steps, run, score, plan.folds, progress), plan
+    scores = np.asarray(held_out_scores, dtype=np.float64)
+    if plan.folds:
+        steps = trained.selected_step or trained.steps  # the exported weights' step: fold models stop there
+        scores = out_of_fold_scores(config, normal, steps, run, score, plan.folds, progress)
+    # the scores themselves too: what a threshold rule (or a changed one) is computed from
+    run.record_selection("calibration", {**plan.record(), "normal_scores": [float(f"{v:.6g}") for v in scores]})
+    return scores, plan
 
 
 def self_checked(config: TrainConfig, run: RunFolder, scoring, held_out: np.ndarray, spec, score: ScoreDefinition,
