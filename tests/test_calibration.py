@@ -185,9 +185,12 @@ def test_normal_scores_that_all_tie_put_the_threshold_above_them_with_a_warning(
 def test_normal_scores_far_below_the_rest_do_not_raise_the_limit_of_the_upper_tail():
     """Only the upper tail sets a threshold: a few frames that score far below the others (a
     near-empty frame, a fold model that fits some frames unusually well) must not lift it. Seen on a
-    PIPED class: 32 scores, median 30, largest 34, smallest 9, threshold 86 with mean + k * sd."""
+    PIPED class: 32 scores, median 30, largest 34, smallest 9, threshold 86 with all of them. A high
+    score is the tail itself and stays in."""
     rng = np.random.default_rng(3)
     scores = rng.lognormal(np.log(30.0), 0.05, 32)
     with_low = np.concatenate([scores[:29], [9.0, 12.0, 15.0]])
     clean, low = quantile_threshold(scores, 0.01), quantile_threshold(with_low, 0.01)
     assert low <= clean * 1.05 and low < 1.3 * with_low.max()
+    with_high = np.concatenate([scores[:29], [60.0, 80.0, 100.0]])
+    assert quantile_threshold(with_high, 0.01) > 2 * clean  # kept: they widen the fitted tail
