@@ -16,9 +16,9 @@ from training.data import list_images
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def inspector(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def inspector(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "inspector.cli", *args], capture_output=True, text=True,
-                          env=ENV, cwd=cwd, timeout=300)
+                          env=ENV, cwd=cwd, timeout=timeout)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:

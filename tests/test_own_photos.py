@@ -139,8 +139,10 @@ def test_the_readme_path_from_photos_to_a_running_line(tmp_path):
     from .daemon_helpers import free_port, write_video
 
     photos(tmp_path / "my_parts" / "train" / "good", 40)
-    trained = inspector("train", "--data", "my_parts", "--out", "runs/my_parts", cwd=tmp_path)
+    # the default's whole budget (train.budget_s 600): training, then five fold models for the threshold
+    trained = inspector("train", "--data", "my_parts", "--out", "runs/my_parts", cwd=tmp_path, timeout=700)
     assert trained.returncode == 0, trained.stderr
+    assert "from out-of-fold scores of all 40 normal images (5 folds)" in trained.stdout  # 8 held out: too few
     assert "only" not in trained.stderr  # 40 photos: no small-set warning
     assert "self-check: this threshold flags" in trained.stdout
     assert "frames/s on this machine" in trained.stdout  # the cost of a frame, said before the line runs
