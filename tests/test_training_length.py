@@ -12,7 +12,7 @@ from training.config import SelectionConfig, validate_train_config
 from training.cross_fit import fold_config
 from training.data import load_train_good
 from training.driver import train
-from training.length import BUDGET, MAX_BLOCKS, SELF_CHECK, TrainingLength
+from training.length import AT_MAXIMUM, BUDGET, MAX_BLOCKS, SELF_CHECK, TrainingLength
 from training.selection import CheckpointSelector
 
 from .conftest import selection_decisions, tiny_config
@@ -49,11 +49,13 @@ def test_another_block_follows_only_while_the_self_check_improves(piped_class, t
     for block in range(1, length["blocks"] + 1):
         before = max((e["value"] for e in evaluations if e["step"] <= (block - 1) * BLOCK), default=-np.inf)
         improved = any(e["value"] > before for e in evaluations if (block - 1) * BLOCK < e["step"] <= block * BLOCK)
+        at_maximum = any(e["value"] >= 1.0 for e in evaluations if e["step"] <= block * BLOCK)
         if block < length["blocks"]:
             assert improved, f"block {block + 1} was trained although block {block} did not raise the self-check"
+            assert not at_maximum, f"block {block + 1} was trained although the self-check had reached 1.0"
         elif length["stopped_by"] == SELF_CHECK:
             assert not improved
-    assert length["stopped_by"] in (SELF_CHECK, MAX_BLOCKS)
+    assert length["stopped_by"] in (SELF_CHECK, AT_MAXIMUM, MAX_BLOCKS)
     assert length["stopped_by"] != MAX_BLOCKS or length["blocks"] == 4
     assert f"step {result.steps}/{result.steps} (100%)" in capsys.readouterr().err.splitlines()[-1]
 
@@ -82,6 +84,19 @@ def test_a_block_is_added_only_when_it_and_the_time_after_training_fit_the_budge
     assert not length.end_of_block(elapsed=20.0)  # 20 + 10 + 2 > 25
     assert length.stopped_by == BUDGET
     assert length.out_of_time(elapsed=23.0) and not TrainingLength(3, 2, 8, selector, None).out_of_time(1e9)
+
+
+def test_a_self_check_at_1_ends_training_though_it_just_rose():
+    """An AUROC of 1.0 cannot rise: another block would train with no measure of whether it helps."""
+    selector = CheckpointSelector(SelectionConfig(criterion="synthetic_auroc"), {"residual_max": 1.0},
+                                  SimpleNamespace(height=32, width=32), 0, np.zeros((2, 1, 32, 32), np.float32),
+                                  {}, lambda: None, total_epochs=2)
+    length = TrainingLength(planned_steps=3, steps_per_epoch=2, max_blocks=8, selector=selector, budget_s=None)
+    selector.history = [{"step": 2, "value": 0.9, "seconds": 1.0}, {"step": 4, "value": 0.99, "seconds": 1.0}]
+    assert length.end_of_block(elapsed=10.0)
+    selector.history.append({"step": 8, "value": 1.0, "seconds": 1.0})
+    assert not length.end_of_block(elapsed=20.0)
+    assert length.stopped_by == AT_MAXIMUM and length.target == 2 * BLOCK
 
 
 def test_a_run_resumed_inside_an_added_block_ends_like_a_straight_one(piped_class, tmp_path):

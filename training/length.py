@@ -4,8 +4,9 @@ A fixed number of steps is right for one data set and wrong for the next: 150 st
 of 571 metal-surface images (the self-check still rising) and 40 epochs of 32 printed parts. So the
 phase runs in blocks (train.steps each, rounded up to whole epochs) and another block follows only
 while the one just trained raised the best selection value (the synthetic-defect self-check on
-held-out normal images: no labels, never test/), up to train.max_blocks, and only when one more block
-(timed like the last one) plus the time kept for what follows still fits the budget.
+held-out normal images: no labels, never test/) and left it below 1.0 (at 1.0 it cannot rise, so a
+further block would train with nothing to tell whether it helped), up to train.max_blocks, and only
+when one more block (timed like the last one) plus the time kept for what follows still fits the budget.
 
 The time kept for what follows is twice the longest selection round: the final round when the
 budget cuts a block short, and the calibration (it scores about as many held-out items). Export and
@@ -17,6 +18,7 @@ from __future__ import annotations
 from .selection import CheckpointSelector
 
 SELF_CHECK = "self-check stopped improving"
+AT_MAXIMUM = "self-check at its maximum (1.0)"
 BUDGET = "time budget"
 MAX_BLOCKS = "train.max_blocks reached"
 PLANNED = "planned steps (no self-check to extend by)"
@@ -69,6 +71,8 @@ class TrainingLength:
             self.stopped_by = PLANNED
         elif not self.selector.improved_since(self.block_first_evaluation):
             self.stopped_by = SELF_CHECK
+        elif self.selector.at_maximum():
+            self.stopped_by = AT_MAXIMUM
         elif self.blocks >= self.max_blocks:
             self.stopped_by = MAX_BLOCKS
         elif self.budget_s is not None and elapsed + block_seconds + self.reserve_s() > self.budget_s:

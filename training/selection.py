@@ -216,6 +216,12 @@ class CheckpointSelector:
         before = max(judged[:evaluations], default=-np.inf)
         return any(value > before for value in judged[evaluations:])
 
+    def at_maximum(self) -> bool:
+        """Whether a synthetic-defect self-check already reached 1.0, the AUROC's maximum: no later
+        evaluation can set a new best, so a block trained for one would be trained blind."""
+        return self.criterion == "synthetic_auroc" and any(
+            e.get("judged_value", e["value"]) >= 1.0 for e in self.history)
+
     def measure(self) -> float:
         """The criterion on the current weights (higher is better)."""
         return self.measure_with_error()[0]
