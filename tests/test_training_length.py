@@ -47,11 +47,14 @@ def test_another_block_follows_only_while_the_self_check_improves(piped_class, t
     assert 2 <= length["blocks"] <= 4  # the first block always raises the best (there was none before it)
     assert result.steps == length["steps"] == length["blocks"] * BLOCK
     for block in range(1, length["blocks"] + 1):
-        before = max((e["value"] for e in evaluations if e["step"] <= (block - 1) * BLOCK), default=-np.inf)
-        improved = any(e["value"] > before for e in evaluations if (block - 1) * BLOCK < e["step"] <= block * BLOCK)
+        earlier = [e for e in evaluations if e["step"] <= (block - 1) * BLOCK]
+        best = max(earlier, key=lambda e: e["value"], default={"value": -np.inf, "standard_error": 0.0})
+        improved = any(e["value"] > best["value"] + best["standard_error"]  # a rise beyond the best's error
+                       for e in evaluations if (block - 1) * BLOCK < e["step"] <= block * BLOCK)
         at_maximum = any(e["value"] >= 1.0 for e in evaluations if e["step"] <= block * BLOCK)
         if block < length["blocks"]:
-            assert improved, f"block {block + 1} was trained although block {block} did not raise the self-check"
+            assert improved, f"block {block + 1} was trained although block {block} did not raise the self-check " \
+                             "beyond the best's standard error"
             assert not at_maximum, f"block {block + 1} was trained although the self-check had reached 1.0"
         elif length["stopped_by"] == SELF_CHECK:
             assert not improved
@@ -84,6 +87,22 @@ def test_a_block_is_added_only_when_it_and_the_time_after_training_fit_the_budge
     assert not length.end_of_block(elapsed=20.0)  # 20 + 10 + 2 > 25
     assert length.stopped_by == BUDGET
     assert length.out_of_time(elapsed=23.0) and not TrainingLength(3, 2, 8, selector, None).out_of_time(1e9)
+
+
+def test_a_rise_within_the_best_self_checks_standard_error_adds_no_block():
+    selector = CheckpointSelector(SelectionConfig(criterion="synthetic_auroc"), {"residual_max": 1.0},
+                                  SimpleNamespace(height=32, width=32), 0, np.zeros((2, 1, 32, 32), np.float32),
+                                  {}, lambda: None, total_epochs=2)
+    length = TrainingLength(planned_steps=3, steps_per_epoch=2, max_blocks=8, selector=selector, budget_s=None)
+    selector.history = [{"step": 4, "value": 0.60, "standard_error": 0.04, "seconds": 1.0}]
+    assert length.end_of_block(elapsed=10.0)  # the first block always counts: there was no best before it
+    selector.history.append({"step": 8, "value": 0.63, "standard_error": 0.04, "seconds": 1.0})
+    assert not length.end_of_block(elapsed=20.0)  # 0.63 is within 0.60's error of 0.04: noise
+    assert length.stopped_by == SELF_CHECK and length.target == 2 * BLOCK
+    # what checkpoints are judged by (a backbone's GAN residual) counts, with its own error
+    selector.history = [{"step": 4, "value": 0.90, "standard_error": 0.01, "judged_value": 0.55, "judged_error": 0.01},
+                        {"step": 8, "value": 0.90, "standard_error": 0.01, "judged_value": 0.58, "judged_error": 0.01}]
+    assert selector.improved_since(1)  # 0.58 > 0.55 + 0.01, though the exported score's value stayed
 
 
 def test_a_self_check_at_1_ends_training_though_it_just_rose():

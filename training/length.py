@@ -4,7 +4,8 @@ A fixed number of steps is right for one data set and wrong for the next: 150 st
 of 571 metal-surface images (the self-check still rising) and 40 epochs of 32 printed parts. So the
 phase runs in blocks (train.steps each, rounded up to whole epochs) and another block follows only
 while the one just trained raised the best selection value (the synthetic-defect self-check on
-held-out normal images: no labels, never test/) and left it below 1.0 (at 1.0 it cannot rise, so a
+held-out normal images: no labels, never test/) by more than that best's standard error (a rise
+within it is noise, as for choosing checkpoints) and left it below 1.0 (at 1.0 it cannot rise, so a
 further block would train with nothing to tell whether it helped), up to train.max_blocks, and only
 when one more block (timed like the last one) plus the time kept for what follows still fits the budget.
 
