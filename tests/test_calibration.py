@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from inspector.card import ScoreDefinition
 from training.calibrate import calibrate, f1_optimal_threshold, quantile_threshold
 
 
@@ -116,10 +117,31 @@ def test_cross_fitted_threshold_comes_from_an_out_of_fold_score_of_every_normal_
         calibrate(np.array(record["normal_scores"]), 0.01, confidence=0.9).threshold, rel=1e-5)
     step = [e["step"] for e in selection["evaluations"] if e["epoch"] == selection["selected_epoch"]][-1]
     # stop where the export did; scored in the exported score's own unit (weights, scales) from its card
-    again = out_of_fold_scores(config, normal, step, RunFolder.create(tmp_path / "again"), result.card.score, folds=4)
+    again = out_of_fold_scores(config, normal, step, RunFolder.create(tmp_path / "again"), result.card.score,
+                               folds=4).scores
     assert again.shape == (len(normal),) and np.all(np.isfinite(again))
     expected = calibrate(again, config.calibration.target_false_alarm_rate, confidence=config.calibration.confidence)
     assert calibration.threshold == pytest.approx(expected.threshold, rel=1e-9)
+
+
+def test_fold_models_that_run_past_the_time_left_are_given_up_after_the_first(piped_class, tmp_path):
+    """The plan times a fold model like the exported one; a slower machine must not overrun the budget."""
+    from training.config import validate_train_config
+    from training.cross_fit import out_of_fold_scores
+    from training.data import load_train_good
+    from training.run_folder import RunFolder
+
+    from .conftest import tiny_config
+
+    config = validate_train_config(tiny_config(piped_class), "tiny")
+    normal = load_train_good(piped_class, config.input.to_spec()).tensors
+    score = ScoreDefinition(weights={"residual_max": 1.0}, scales={"residual_max": 1.0})
+    run = RunFolder.create(tmp_path / "run")
+    given_up = out_of_fold_scores(config, normal, 2, run, score, folds=4, seconds_left=0.5)
+    assert given_up.scores is None
+    assert given_up.why.startswith("1 fold model(s) took ") and "the other 3 would take about" in given_up.why
+    assert [p.name for p in (run.root / "folds").iterdir()] == ["fold1"]
+    assert out_of_fold_scores(config, normal, 2, run, score, folds=4, seconds_left=None).scores.shape == (len(normal),)
 
 
 def _plan(piped_class, n_held_out=6, n_normal=32, fold_seconds=10.0, seconds_left=600.0, **overrides):

@@ -15,12 +15,15 @@ in run/folds/ and are not exported.
 `calibration.folds: auto` (the default) cross-fits with AUTO_FOLDS folds only where it is needed and
 affordable (plan_folds): where the held-out scores are too few for the limit to be one of them (the
 tolerance limit then extrapolates the tail from a handful of values), and where the fold models fit
-in what is left of train.budget_s.
+in what is left of train.budget_s: each timed like the exported model's training without its
+selection rounds (fold models run none), and timed again as they train, so that they are given up
+(the held-out scores set the threshold) once the rest would not fit.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,13 +109,24 @@ def scores_in_unit(scoring, items: np.ndarray, spec, score: ScoreDefinition, top
     return per_frame_max(np.asarray(combine_score(outputs, score)), owner)
 
 
+@dataclass(frozen=True)
+class OutOfFold:
+    """The out-of-fold scores, or None and why the fold models were given up."""
+
+    scores: np.ndarray | None
+    why: str = ""
+
+
 def out_of_fold_scores(config: TrainConfig, normal: np.ndarray, steps: int, run: RunFolder, score: ScoreDefinition,
-                       folds: int, progress: bool = False) -> np.ndarray:
+                       folds: int, progress: bool = False, seconds_left: float | None = None) -> OutOfFold:
     """One score per normal item in the unit of `score` (the exported score), each from the model that
-    did not see it."""
+    did not see it. With `seconds_left`, the folds are timed as they go: once the ones still to train,
+    each taking as long as those so far on average, would not fit, they are given up (the plan's
+    estimate came from the exported model's training, and a loaded machine can be slower)."""
     items = items_of(config)
     scores = np.empty(len(normal))
     settings = fold_config(config, steps)
+    started = time.perf_counter()
     for k, held in enumerate(fold_indices(len(normal), folds, config.train.seed)):
         fitted = np.setdiff1d(np.arange(len(normal)), held)
         log.info("calibration fold %d of %d: training on %d items, scoring %d", k + 1, folds, len(fitted), len(held))
@@ -120,4 +134,9 @@ def out_of_fold_scores(config: TrainConfig, normal: np.ndarray, steps: int, run:
                         progress=progress, stop_after_steps=steps)
         scoring = trained.family.scoring(normal[fitted]).eval()
         scores[held] = scores_in_unit(scoring, normal[held], items.spec, score, config.score.map_top_share)
-    return scores
+        elapsed = time.perf_counter() - started
+        still = (folds - k - 1) * elapsed / (k + 1)
+        if seconds_left is not None and k + 1 < folds and elapsed + still > seconds_left:
+            return OutOfFold(None, f"{k + 1} fold model(s) took {elapsed:.0f} s and the other {folds - k - 1} would "
+                                   f"take about {still:.0f} s more of the {seconds_left:.0f} s left")
+    return OutOfFold(scores)

@@ -89,6 +89,7 @@ class TrainResult:
     seconds: float
     interrupted: bool = False
     selected_step: int | None = None  # the step of the returned weights (checkpoint selection), or None: the last
+    selection_seconds: float = 0.0  # of `seconds`, spent in checkpoint selection rounds
 
     @property
     def model(self) -> nn.Module:
@@ -265,4 +266,5 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     family.model.eval()
     return TrainResult(family, at.step, offsets[at.phase] + epochs_for(at.phase_step, per_epoch[at.phase]),
                        time.perf_counter() - started, interrupted=stopped,
-                       selected_step=None if stopped else selector.selected_step)
+                       selected_step=None if stopped else selector.selected_step,
+                       selection_seconds=sum(e.get("seconds", 0.0) for e in selector.history))
