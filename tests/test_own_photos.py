@@ -139,14 +139,14 @@ def test_the_readme_path_from_photos_to_a_running_line(tmp_path):
     from .daemon_helpers import free_port, write_video
 
     photos(tmp_path / "my_parts" / "train" / "good", 40)
-    # with the README's "for less" budget: the default's 10 minutes (about 5 of them here, most spent on
-    # five fold models for the threshold) would be a third of the suite; the fold models are tested
-    # with tiny models in test_calibration and test_backbone
-    trained = inspector("train", "--data", "my_parts", "--out", "runs/my_parts", "--set", "train.budget_s=300",
+    # with a shorter budget (README: --set train.budget_s=... for less): the default's 10 minutes (about 5
+    # of them here, most spent on five fold models for the threshold) would be a third of the suite; the
+    # fold models are tested with tiny models in test_calibration and test_backbone
+    trained = inspector("train", "--data", "my_parts", "--out", "runs/my_parts", "--set", "train.budget_s=200",
                         cwd=tmp_path, timeout=400)
     assert trained.returncode == 0, trained.stderr
     # 8 held out are too few for the threshold: five fold models where they fit the budget left (on a
-    # 2-core machine they do not in 300 s), and the line says which source it was
+    # 2-core machine they do not in 200 s), and the line says which source it was
     plan = json.loads((tmp_path / "runs" / "my_parts" / "selection.json").read_text())["calibration"]
     source = ("from out-of-fold scores of all 40 normal images (5 folds)" if plan["folds"] else
               "from 8 held-out normal images")
