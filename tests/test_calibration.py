@@ -137,7 +137,7 @@ def test_fold_models_that_run_past_the_time_left_are_given_up_after_the_first(pi
     normal = load_train_good(piped_class, config.input.to_spec()).tensors
     score = ScoreDefinition(weights={"residual_max": 1.0}, scales={"residual_max": 1.0})
     run = RunFolder.create(tmp_path / "run")
-    given_up = out_of_fold_scores(config, normal, 2, run, score, folds=4, seconds_left=0.5)
+    given_up = out_of_fold_scores(config, normal, 2, run, score, folds=4, seconds_left=0.01)
     assert given_up.scores is None
     assert given_up.why.startswith("1 fold model(s) took ") and "the other 3 would take about" in given_up.why
     assert [p.name for p in (run.root / "folds").iterdir()] == ["fold1"]
