@@ -47,11 +47,12 @@ def test_another_block_follows_only_while_the_self_check_improves(piped_class, t
     assert 2 <= length["blocks"] <= 4  # the first block always raises the best (there was none before it)
     assert result.steps == length["steps"] == length["blocks"] * BLOCK
     for block in range(1, length["blocks"] + 1):
-        earlier = [e for e in evaluations if e["step"] <= (block - 1) * BLOCK]
-        best = max(earlier, key=lambda e: e["value"], default={"value": -np.inf, "standard_error": 0.0})
-        improved = any(e["value"] > best["value"] + best["standard_error"]  # a rise beyond the best's error
-                       for e in evaluations if (block - 1) * BLOCK < e["step"] <= block * BLOCK)
-        at_maximum = any(e["value"] >= 1.0 for e in evaluations if e["step"] <= block * BLOCK)
+        judged = [(e["step"], e.get("judged_value", e["value"]), e.get("judged_error", e["standard_error"]))
+                  for e in evaluations]  # what checkpoints are judged by, and its error
+        best, error = max(((v, err) for step, v, err in judged if step <= (block - 1) * BLOCK),
+                          default=(-np.inf, 0.0), key=lambda pair: pair[0])
+        improved = any(v > best + error for step, v, _ in judged if (block - 1) * BLOCK < step <= block * BLOCK)
+        at_maximum = any(v >= 1.0 for step, v, _ in judged if step <= block * BLOCK)
         if block < length["blocks"]:
             assert improved, f"block {block + 1} was trained although block {block} did not raise the self-check " \
                              "beyond the best's standard error"
