@@ -48,7 +48,8 @@ def describe_validation_error(error: ValidationError, source: str | Path, prefix
     if prefix:
         location = f"{prefix}.{location}" if location else prefix
     kind = first.get("type", "")
-    message = first.get("msg", "invalid value")
+    # a validator's own ValueError comes as "Value error, <its text>": its text says it all
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
     if kind == "extra_forbidden":
         name = str(first["loc"][-1]) if first.get("loc") else ""
         return (f"{source}: unknown field '{location}'{_did_you_mean(name, field_names(model))} (see the config "

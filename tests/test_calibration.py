@@ -144,6 +144,17 @@ def test_fold_models_that_run_past_the_time_left_are_given_up_after_the_first(pi
     assert out_of_fold_scores(config, normal, 2, run, score, folds=4, seconds_left=None).scores.shape == (len(normal),)
 
 
+@pytest.mark.parametrize("folds", [1, -1, 21, 2.5, "often", True])
+def test_a_number_of_folds_that_cannot_be_is_one_line_naming_what_can(folds):
+    from inspector.errors import ConfigError
+    from training.config import validate_train_config
+
+    with pytest.raises(ConfigError) as refused:
+        validate_train_config({"data": {"path": "x"}, "calibration": {"folds": folds}}, "cfg.yaml")
+    assert str(refused.value) == (f"cfg.yaml: field 'calibration.folds': 'auto', 0 (the held-out scores) or a number "
+                                  f"of folds from 2 to 20 (got {folds!r})")
+
+
 def _plan(piped_class, n_held_out=6, n_normal=32, fold_seconds=10.0, seconds_left=600.0, **overrides):
     from training.config import validate_train_config
     from training.cross_fit import plan_folds

@@ -292,12 +292,18 @@ class CalibrationConfig(Strict):
     # the five models fit in what is left of train.budget_s, else 0 (training.cross_fit.plan_folds)
     folds: Annotated[int, Field(ge=0, le=20)] | Literal["auto"] = "auto"
 
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _folds_auto_or_a_count(cls, value):
+        """One line naming every accepted value (the union's own errors name its parts instead)."""
+        if value == "auto" or (type(value) is int and (value == 0 or 2 <= value <= 20)):
+            return value
+        raise ValueError("'auto', 0 (the held-out scores) or a number of folds from 2 to 20")
+
     @model_validator(mode="after")
     def _f1_needs_labels(self) -> "CalibrationConfig":
         if self.method == "f1_optimal" and not self.validation_path:
             raise ValueError("calibration.method 'f1_optimal' needs calibration.validation_path (a labelled folder)")
-        if self.folds == 1:
-            raise ValueError("calibration.folds: 0 (no cross-fitting) or at least 2")
         return self
 
 
