@@ -22,6 +22,13 @@ STEPS_PER_EPOCH = 2
 BLOCK = 4
 
 
+def _self_check_selector() -> CheckpointSelector:
+    """A synthetic-defect selector whose history a test writes itself (no model is scored)."""
+    return CheckpointSelector(SelectionConfig(criterion="synthetic_auroc"), {"residual_max": 1.0},
+                              SimpleNamespace(height=32, width=32), 0, np.zeros((2, 1, 32, 32), np.float32),
+                              {}, lambda: None, total_epochs=2)
+
+
 def _config(piped_class, **overrides):
     return validate_train_config(tiny_config(piped_class, **{"train.steps": 3, **overrides}), "tiny")
 
@@ -77,9 +84,7 @@ def test_the_budget_ends_training_after_its_first_epoch_at_the_earliest(piped_cl
 
 
 def test_a_block_is_added_only_when_it_and_the_time_after_training_fit_the_budget():
-    selector = CheckpointSelector(SelectionConfig(criterion="synthetic_auroc"), {"residual_max": 1.0},
-                                  SimpleNamespace(height=32, width=32), 0, np.zeros((2, 1, 32, 32), np.float32),
-                                  {}, lambda: None, total_epochs=2)
+    selector = _self_check_selector()
     length = TrainingLength(planned_steps=3, steps_per_epoch=2, max_blocks=8, selector=selector, budget_s=25.0)
     selector.history = [{"step": 4, "value": 0.7, "seconds": 1.0}]
     assert length.end_of_block(elapsed=10.0)  # 10 s + a 10 s block + 2 s kept for selection and calibration <= 25 s
@@ -91,9 +96,7 @@ def test_a_block_is_added_only_when_it_and_the_time_after_training_fit_the_budge
 
 
 def test_a_rise_within_the_best_self_checks_standard_error_adds_no_block():
-    selector = CheckpointSelector(SelectionConfig(criterion="synthetic_auroc"), {"residual_max": 1.0},
-                                  SimpleNamespace(height=32, width=32), 0, np.zeros((2, 1, 32, 32), np.float32),
-                                  {}, lambda: None, total_epochs=2)
+    selector = _self_check_selector()
     length = TrainingLength(planned_steps=3, steps_per_epoch=2, max_blocks=8, selector=selector, budget_s=None)
     selector.history = [{"step": 4, "value": 0.60, "standard_error": 0.04, "seconds": 1.0}]
     assert length.end_of_block(elapsed=10.0)  # the first block always counts: there was no best before it
@@ -108,9 +111,7 @@ def test_a_rise_within_the_best_self_checks_standard_error_adds_no_block():
 
 def test_a_self_check_at_1_ends_training_though_it_just_rose():
     """An AUROC of 1.0 cannot rise: another block would train with no measure of whether it helps."""
-    selector = CheckpointSelector(SelectionConfig(criterion="synthetic_auroc"), {"residual_max": 1.0},
-                                  SimpleNamespace(height=32, width=32), 0, np.zeros((2, 1, 32, 32), np.float32),
-                                  {}, lambda: None, total_epochs=2)
+    selector = _self_check_selector()
     length = TrainingLength(planned_steps=3, steps_per_epoch=2, max_blocks=8, selector=selector, budget_s=None)
     selector.history = [{"step": 2, "value": 0.9, "seconds": 1.0}, {"step": 4, "value": 0.99, "seconds": 1.0}]
     assert length.end_of_block(elapsed=10.0)
@@ -159,9 +160,7 @@ def test_a_length_setting_out_of_range_is_a_config_error(piped_class, field, val
 def test_the_time_kept_after_training_is_timed_on_rounds_after_the_first_one_time_work():
     """The first selection round also draws the patch memory and fills the frozen-output caches that
     later rounds and the calibration reuse: once later rounds exist, they set what is kept."""
-    selector = CheckpointSelector(SelectionConfig(criterion="synthetic_auroc"), {"residual_max": 1.0},
-                                  SimpleNamespace(height=32, width=32), 0, np.zeros((2, 1, 32, 32), np.float32),
-                                  {}, lambda: None, total_epochs=2)
+    selector = _self_check_selector()
     length = TrainingLength(planned_steps=3, steps_per_epoch=2, max_blocks=8, selector=selector, budget_s=600.0)
     assert length.reserve_s() == 0.0
     selector.history = [{"step": 4, "value": 0.7, "seconds": 50.0}]

@@ -290,7 +290,7 @@ class CalibrationConfig(Strict):
     # then scores: every normal item gives one out-of-fold score (training.cross_fit); auto = 5 folds
     # where the held-out scores are too few to set the threshold without extrapolating the tail and
     # the five models fit in what is left of train.budget_s, else 0 (training.cross_fit.plan_folds)
-    folds: Annotated[int, Field(ge=0, le=20)] | Literal["auto"] = "auto"
+    folds: int | Literal["auto"] = "auto"  # the range: _folds_auto_or_a_count
 
     @field_validator("folds", mode="before")
     @classmethod
