@@ -282,6 +282,12 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     # the weights follow how far each component moved the synthetic copies (its d'), as recorded
     assert set(choice["shifts"]) >= set(card.score.weights)
     held_out = json.loads((tmp_path / "run" / "selection.json").read_text())["held_out_items"]
+    # the first selection round drew the memory and computed the held-out frames' frozen outputs, which
+    # later rounds reuse; what each cost is recorded there, for timing calibration folds (cross_fit)
+    first, *later = json.loads((tmp_path / "run" / "selection.json").read_text())["evaluations"]
+    assert first["memory_seconds"] > 0 and first["item_seconds"] > 0 and later
+    assert first["memory_seconds"] + first["item_seconds"] <= first["one_time_seconds"] + 1e-3
+    assert not any("memory_seconds" in e or "item_seconds" in e for e in later)
     assert card.score.weights == weigh_by_separation(choice["configured"], choice["candidates"], held_out,
                                                      SYNTHETIC_COPIES * held_out, choice["shifts"])
     assert card.export.parity_max_abs_diff <= card.export.parity_tolerance

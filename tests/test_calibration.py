@@ -124,7 +124,7 @@ def test_cross_fitted_threshold_comes_from_an_out_of_fold_score_of_every_normal_
     assert calibration.threshold == pytest.approx(expected.threshold, rel=1e-9)
 
 
-def test_fold_models_that_run_past_the_time_left_are_given_up_after_the_first(piped_class, tmp_path):
+def test_fold_models_that_run_past_the_time_left_are_given_up_after_the_first(piped_class, tmp_path, capsys):
     """The plan times a fold model like the exported one; a slower machine must not overrun the budget."""
     from training.config import validate_train_config
     from training.cross_fit import out_of_fold_scores
@@ -137,11 +137,27 @@ def test_fold_models_that_run_past_the_time_left_are_given_up_after_the_first(pi
     normal = load_train_good(piped_class, config.input.to_spec()).tensors
     score = ScoreDefinition(weights={"residual_max": 1.0}, scales={"residual_max": 1.0})
     run = RunFolder.create(tmp_path / "run")
-    given_up = out_of_fold_scores(config, normal, 2, run, score, folds=4, seconds_left=0.01)
+    given_up = out_of_fold_scores(config, normal, 2, run, score, folds=4, seconds_left=0.01, progress=True)
     assert given_up.scores is None
+    assert "ganomaly calibration fold 1/4: step 2/2" in capsys.readouterr().err  # its progress says which model
     assert given_up.why.startswith("1 fold model(s) took ") and "the other 3 would take about" in given_up.why
     assert [p.name for p in (run.root / "folds").iterdir()] == ["fold1"]
     assert out_of_fold_scores(config, normal, 2, run, score, folds=4, seconds_left=None).scores.shape == (len(normal),)
+
+
+def test_a_fold_model_is_timed_as_the_exported_training_without_rounds_plus_its_memory_and_its_share_scored():
+    """A fold model runs no selection rounds, but draws its own patch memory and computes the frozen
+    outputs of the items it scores, work the exported model's first round did once."""
+    from training.cross_fit import fold_seconds
+    from training.driver import TrainResult
+
+    # kolektor_sdd's numbers: 114 s of training, 74 s of it selection rounds; 261 normal images
+    trained = TrainResult(family=None, steps=312, epochs=24, seconds=114.0, selection_seconds=74.0,
+                          memory_seconds=4.0, item_seconds=0.6)
+    assert fold_seconds(trained, 261) == pytest.approx(114.0 - 74.0 + 4.0 + 53 * 0.6)  # 53 = 261 / 5, rounded up
+    assert fold_seconds(trained, 261, folds=3) == pytest.approx(44.0 + 87 * 0.6)
+    no_frozen_part = TrainResult(family=None, steps=312, epochs=24, seconds=114.0, selection_seconds=74.0)
+    assert fold_seconds(no_frozen_part, 261) == pytest.approx(40.0)  # a from-scratch model: its steps alone
 
 
 @pytest.mark.parametrize("folds", [1, -1, 21, 2.5, "often", True])

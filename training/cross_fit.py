@@ -16,8 +16,10 @@ in run/folds/ and are not exported.
 affordable (plan_folds): where the held-out scores are too few for the limit to be one of them (the
 tolerance limit then extrapolates the tail from a handful of values), and where the fold models fit
 in what is left of train.budget_s: each timed like the exported model's training without its
-selection rounds (fold models run none), and timed again as they train, so that they are given up
-(the held-out scores set the threshold) once the rest would not fit.
+selection rounds (fold models run none) but with the work those rounds did once that a fold model
+does too (drawing its patch memory, computing the frozen outputs of the items it scores:
+fold_seconds), and timed again as they train, so that they are given up (the held-out scores set
+the threshold) once the rest would not fit.
 """
 
 from __future__ import annotations
@@ -79,6 +81,16 @@ def plan_folds(config: TrainConfig, n_held_out: int, n_normal: int, fold_seconds
                                 f"extrapolating; {AUTO_FOLDS} fold models take about {cost:.0f} s{left}")
 
 
+def fold_seconds(trained, n_normal: int, folds: int = AUTO_FOLDS) -> float:
+    """About how long one fold model of a run like `trained` (a TrainResult) takes: its training
+    without selection rounds, plus what the first round did once and a fold model does again: drawing
+    its patch memory and computing the frozen outputs of its share of the normal items. Without them
+    the estimate was optimistic by the fold's own scoring: on kolektor_sdd about 45 s against a fold
+    of about 78 s (52 whole frames through the backbone and the memory search)."""
+    share = -(-n_normal // folds)
+    return trained.seconds - trained.selection_seconds + trained.memory_seconds + share * trained.item_seconds
+
+
 def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
     """K disjoint, sorted index sets covering range(n), from a seeded permutation."""
     if folds > n:
@@ -131,7 +143,7 @@ def out_of_fold_scores(config: TrainConfig, normal: np.ndarray, steps: int, run:
         fitted = np.setdiff1d(np.arange(len(normal)), held)
         log.info("calibration fold %d of %d: training on %d items, scoring %d", k + 1, folds, len(fitted), len(held))
         trained = train(settings, normal[fitted], RunFolder.create(run.root / "folds" / f"fold{k + 1}"),
-                        progress=progress, stop_after_steps=steps)
+                        progress=progress, stop_after_steps=steps, label=f"calibration fold {k + 1}/{folds}")
         scoring = trained.family.scoring(normal[fitted]).eval()
         scores[held] = scores_in_unit(scoring, normal[held], items.spec, score, config.score.map_top_share)
         elapsed = time.perf_counter() - started

@@ -90,6 +90,10 @@ class TrainResult:
     interrupted: bool = False
     selected_step: int | None = None  # the step of the returned weights (checkpoint selection), or None: the last
     selection_seconds: float = 0.0  # of `seconds`, spent in checkpoint selection rounds
+    # of those, work a model trained without rounds still does once: drawing a patch memory, and
+    # per scored item its frozen outputs (CheckpointSelector.one_time_costs; 0 where there is none)
+    memory_seconds: float = 0.0
+    item_seconds: float = 0.0
 
     @property
     def model(self) -> nn.Module:
@@ -120,7 +124,8 @@ def load_weights(module: nn.Module, state: dict, whose: str, remedy: str) -> Non
 
 def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, validation: np.ndarray | None = None,
           resume: bool = False, progress: bool = True, stop_after_steps: int | None = None,
-          warm_start: dict[str, dict] | None = None, time_budget_s: float | None = None) -> TrainResult:
+          warm_start: dict[str, dict] | None = None, time_budget_s: float | None = None,
+          label: str = "") -> TrainResult:
     """Train the configured family on normal items in model space ((C, H, W) float32 frames: model
     inputs, or native frames for tiled models; or feature windows). `validation` (held-out normal items
     of the same kind) feeds checkpoint selection. `stop_after_steps` stops the run there on purpose,
@@ -130,7 +135,8 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     early enough to leave time for a final selection round and the calibration (but not before its
     first epoch: an untrained model is no answer), and is extended beyond train.steps only when
     another block fits. Cut short, the weights then are evaluated once more by checkpoint selection,
-    and the run counts as complete."""
+    and the run counts as complete. `label` names the run in its progress bar beside the family
+    (e.g. which calibration fold it is)."""
     run = RunFolder.create(run.root if isinstance(run, RunFolder) else run)
     if len(fitted) == 0:
         raise ValueError("no training items")
@@ -207,8 +213,8 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
         if at.phase == last and selector.due(epoch):
             selector.evaluate(epoch, at.step)
 
-    bar = progress_bar(sum(phase_steps(i) for i in range(len(phases))), at.step, config.model.family,
-                       per_epoch[at.phase], progress)
+    bar = progress_bar(sum(phase_steps(i) for i in range(len(phases))), at.step,
+                       f"{config.model.family} {label}".rstrip(), per_epoch[at.phase], progress)
     stopped = out_of_time = False
     for phase_index in range(at.phase, len(phases)):
         phase, spe = phases[phase_index], per_epoch[phase_index]
@@ -264,7 +270,9 @@ def train(config: TrainConfig, fitted: np.ndarray, run: RunFolder | Path, *, val
     for module in family.modules.values():
         module.cpu()
     family.model.eval()
+    memory_seconds, item_seconds = selector.one_time_costs()
     return TrainResult(family, at.step, offsets[at.phase] + epochs_for(at.phase_step, per_epoch[at.phase]),
                        time.perf_counter() - started, interrupted=stopped,
                        selected_step=None if stopped else selector.selected_step,
-                       selection_seconds=sum(e.get("seconds", 0.0) for e in selector.history))
+                       selection_seconds=sum(e.get("seconds", 0.0) for e in selector.history),
+                       memory_seconds=memory_seconds, item_seconds=item_seconds)

@@ -26,7 +26,7 @@ from inspector.frame_cost import frame_cost, measure_inputs_per_second
 from inspector.scorer import Scorer, combine_score
 
 from .calibrate import calibrate
-from .cross_fit import FoldPlan, out_of_fold_scores, plan_folds
+from .cross_fit import FoldPlan, fold_seconds, out_of_fold_scores, plan_folds
 from .config import TrainConfig, expand_data_path
 from .data import LoadedImages, first_training_image, load_test, load_train_good, mnist_one_class, split_holdout
 from .driver import train
@@ -166,9 +166,7 @@ def normal_scores_for_threshold(config: TrainConfig, held_out_scores: np.ndarray
     """The held-out items' scores, or where calibration.folds asks for it (training.cross_fit.plan_folds)
     the out-of-fold scores of every normal item in the unit of `score`; and the plan, which
     selection.json records with the scores. `seconds_left`: of train.budget_s, for the fold models (None: no budget)."""
-    # a fold model trains like the exported one but runs no selection rounds (on kolektor_sdd 74 of 121 s)
-    plan = plan_folds(config, len(held_out_scores), len(normal), trained.seconds - trained.selection_seconds,
-                      seconds_left)
+    plan = plan_folds(config, len(held_out_scores), len(normal), fold_seconds(trained, len(normal)), seconds_left)
     log.info("calibration: %s", plan.reason)
     scores = np.asarray(held_out_scores, dtype=np.float64)
     if plan.folds:

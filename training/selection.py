@@ -171,6 +171,8 @@ class CheckpointSelector:
         self.judged_by = tuple(c for c in judged_by if c in self.weights)
         self.last_judged: tuple[float, float] | None = None  # the latest round's (value, error) of judged_by
         self.last_one_time = 0.0  # the latest round's seconds of work later rounds reuse (memory, kept outputs)
+        # and its parts: drawing the memory, and computing one item's frozen outputs (mean over those kept)
+        self.last_costs: dict[str, float] = {}
         self.spec = spec
         self.history: list[dict] = []
         self.best_value = -np.inf  # best_*: the chosen evaluation; top_*: the highest value and its error
@@ -209,6 +211,13 @@ class CheckpointSelector:
             return max(0.0, seconds[0] - self.history[0].get("one_time_seconds", 0.0))
         return max(seconds[1:] or [0.0])
 
+    def one_time_costs(self) -> tuple[float, float]:
+        """(seconds to draw the memory, seconds to compute one item's frozen outputs) as the first round
+        measured them: work each selection round after it reuses, and which a model trained without
+        rounds (a calibration fold) does once for the items it scores. (0, 0) where there is none."""
+        first = next((e for e in self.history if "one_time_seconds" in e), {})
+        return float(first.get("memory_seconds", 0.0)), float(first.get("item_seconds", 0.0))
+
     def improved_since(self, evaluations: int) -> bool:
         """Whether an evaluation after the first `evaluations` of the history beat the best before them
         (of what checkpoints are judged by) by more than that best's standard error: the rule that
@@ -239,6 +248,7 @@ class CheckpointSelector:
             # one-time work: a memory drawn for this and later rounds, frozen outputs kept for them
             cache = scoring.frozen_cache
             kept_before = 0.0 if cache is None else cache.kept_seconds
+            items_before = 0 if cache is None else len(cache.kept)
             normal, owner = frame_outputs(scoring, self.normal, self.spec)
             if self.criterion == "validation_loss":
                 errors = np.asarray(normal["residual_mean"], dtype=np.float64)
@@ -255,7 +265,11 @@ class CheckpointSelector:
                 return auroc, auroc_standard_error(auroc, len(normal_scores), len(defective_scores))
 
             kept = 0.0 if cache is None else cache.kept_seconds - kept_before
+            items_kept = 0 if cache is None else len(cache.kept) - items_before
             self.last_one_time = scoring.memory_build_seconds + kept
+            self.last_costs = {name: round(value, 4) for name, value in (
+                ("memory_seconds", scoring.memory_build_seconds),
+                ("item_seconds", kept / items_kept if items_kept else 0.0)) if value}
             if self.judged_by:
                 self.last_judged = separation({c: self.weights[c] for c in self.judged_by})
             self.last_components, self.last_shifts = {}, {}
@@ -270,10 +284,12 @@ class CheckpointSelector:
     def evaluate(self, epoch: int, step: int) -> float:
         started = time.perf_counter()
         self.last_components, self.last_shifts, self.last_judged, self.last_one_time = {}, {}, None, 0.0
+        self.last_costs = {}
         value, error = self.measure_with_error()
         entry = {"epoch": epoch, "step": step, "value": value, "standard_error": error,
                  "seconds": round(time.perf_counter() - started, 3),
                  **({"one_time_seconds": round(self.last_one_time, 3)} if self.last_one_time else {}),
+                 **self.last_costs,
                  **({"components": self.last_components} if self.last_components else {}),
                  **({"component_shifts": self.last_shifts} if self.last_shifts else {})}
         if self.last_judged is not None:
