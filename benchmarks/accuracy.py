@@ -11,6 +11,9 @@ Sets: the 8 PIPED classes, mvtec_screw, the MNIST one-class protocol (10 digits)
 unsw_nb15. Variants:
   default      the shipped config of each set (configs/*.yaml); a suite set's defaults are those of
                `inspector train --data`: the pretrained backbone, as the variant backbone
+  plain        what `inspector train --data DIR` trains with no config at all, on a shipped config's
+               image folder too (PIPED, mvtec_screw: the configs' geometry, length and augmentation
+               left out); a suite set's plain is its default. Not for MNIST arrays or tables
   from_scratch the suite's defaults with model.backbone: none (GANomaly on pixels in 64 px tiles,
                the suite's default rows until the default became the backbone; relabelled so)
   autoencoder  plain convolutional autoencoder, same geometry and budget, mean reconstruction error
@@ -90,7 +93,7 @@ LATENT_SEARCH_ITEMS = {"piped": 24, "mvtec_screw": 24, "mnist": 200, "table": 20
 def variant_overrides(variant: str, set_name: str) -> dict:
     if variant == "default":
         return {}
-    if variant in BASELINES or variant in ("knn_reference", "recipe"):
+    if variant in BASELINES or variant in ("knn_reference", "recipe", "plain"):
         return {}
     if variant == "autoencoder":
         return {"model.family": "autoencoder", "score.weights": {"residual_mean": 1.0}}
@@ -247,6 +250,28 @@ def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) ->
     return rows
 
 
+def job_config(name: str, config_path: Path | None, variant: str, extra: dict, overrides: dict):
+    """The config a job trains (None: the variant has no row for this set). `config_path` None: a
+    suite set, trained with the defaults of `inspector train --data`; `extra`: the job's own settings
+    (a MNIST digit), `overrides`: those with the variant's and the command line's."""
+    if variant == "plain" and config_path is not None:  # a shipped config's images, trained as if it were not there
+        shipped = load_train_config(config_path, extra)
+        if shipped.data.kind != "mvtec":
+            return None
+        return default_config(str(shipped.data.resolved_path), overrides)
+    if config_path is None:  # the defaults, as `inspector train --data` gives them
+        return default_config(str(data_root() / name), overrides)
+    config = load_train_config(config_path, {k: v for k, v in overrides.items() if k != "model.backbone"})
+    if overrides.get("model.backbone", "none") == "none":
+        return config
+    adapted = {}
+    if config.data.kind == "mvtec":  # a tiled config's set: whole frames, the backbone's score
+        adapted = {f"input.{key}": value for key, value in infer_input(config.data.resolved_path, True).items()}
+        adapted["score.weights"] = {name: 1.0 for name in sorted(BACKBONE_COMPONENTS)}  # a set: sorted, so rows name it alike
+        adapted["score.choice"] = "self_check"  # weighted as a backbone run whose config leaves the score gets it
+    return load_train_config(config_path, {**overrides, **adapted})
+
+
 def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path, threads: int,
             settings: dict | None = None, latent_search: bool = True) -> list[dict]:
     overrides = {**extra, **variant_overrides(variant, name), "train.threads": threads, **(settings or {})}
@@ -256,18 +281,9 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         layout = {key: value for key, value in read_yaml_mapping(config_path).items() if key in LAYOUT_SECTIONS}
         return run_tabular(validate_train_config(apply_overrides(layout, overrides), config_path), variant, runs,
                            latent_search)
-    if config_path is None:  # a suite set: the defaults, as `inspector train --data` gives them
-        config = default_config(str(data_root() / name), overrides)
-    else:
-        backbone = overrides.get("model.backbone", "none") != "none"
-        config = load_train_config(config_path, {k: v for k, v in overrides.items() if k != "model.backbone"})
-        if backbone:
-            adapted = {}
-            if config.data.kind == "mvtec":  # a tiled config's set: whole frames, the backbone's score
-                adapted = {f"input.{key}": value for key, value in infer_input(config.data.resolved_path, True).items()}
-                adapted["score.weights"] = {name: 1.0 for name in sorted(BACKBONE_COMPONENTS)}  # a set: sorted, so rows name it alike
-                adapted["score.choice"] = "self_check"  # weighted as a backbone run whose config leaves the score gets it
-            config = load_train_config(config_path, {**overrides, **adapted})
+    config = job_config(name, config_path, variant, extra, overrides)
+    if config is None:
+        return []
     if variant == "knn_reference":
         if config.data.kind != "mvtec":  # image folders only (not MNIST arrays, not tables)
             return []

@@ -1,0 +1,40 @@
+"""What the accuracy benchmark trains for each variant: the configs behind RESULTS' rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import DATA, require
+
+
+@pytest.fixture(autouse=True)
+def shared_data(monkeypatch):
+    require(DATA / "piped")
+    monkeypatch.setenv("QI_DATA", str(DATA))
+
+
+def test_the_plain_variant_trains_a_shipped_config_set_as_inspector_train_data_would():
+    """A user with PIPED's photos and no config gets the defaults: the backbone on whole frames, the
+    adaptive length, no flips; the shipped config's tiles, fixed length and augmentation are left out."""
+    from benchmarks.accuracy import job_config, jobs
+    from training.cli import default_config
+    from training.config import load_train_config
+
+    [(name, path, extra)] = [job for job in jobs(["piped"]) if job[0] == "piped_bft01"]
+    plain = job_config(name, path, "plain", extra, {"train.threads": 2})
+    shipped = load_train_config(path)
+    assert plain == default_config(str(shipped.data.resolved_path), {"train.threads": 2})
+    assert plain.model.backbone == "efficientnet_lite0" and shipped.model.backbone == "none"
+    assert plain.input.resize != "tile" and shipped.input.resize == "tile"
+    assert plain.train.max_blocks > 1 == shipped.train.max_blocks
+    assert not plain.train.augment.hflip and shipped.train.augment.hflip
+    assert job_config(name, path, "default", extra, {}) == shipped
+
+
+def test_the_plain_variant_has_no_row_for_arrays_or_tables():
+    from benchmarks.accuracy import job_config, jobs
+
+    [(name, path, extra)] = jobs(["mnist"], digits=[3])
+    assert job_config(name, path, "plain", extra, extra) is None
+    [(name, path, extra)] = jobs(["nsl_kdd"])
+    assert job_config(name, path, "plain", extra, {}) is None
