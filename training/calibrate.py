@@ -82,12 +82,17 @@ def order_statistic_rank(n: int, target_false_alarm_rate: float, confidence: flo
 LOW_OUTLIER_SPREADS = 3.5  # Iglewicz and Hoaglin's cut for the modified z-score
 
 
+def robust_spread(values: np.ndarray, centre: float) -> float:
+    """1.4826 x the median absolute deviation from `centre` (their median): the standard deviation
+    of normally distributed values, barely moved by a few far ones."""
+    return 1.4826 * float(np.median(np.abs(np.asarray(values, dtype=np.float64) - centre)))
+
+
 def without_low_outliers(logs: np.ndarray) -> np.ndarray:
-    """`logs` without the values more than LOW_OUTLIER_SPREADS robust spreads (1.4826 x the median
-    absolute deviation) below their median, as long as two values remain."""
+    """`logs` without the values more than LOW_OUTLIER_SPREADS robust spreads below their median, as
+    long as two values remain."""
     centre = float(np.median(logs))
-    spread = 1.4826 * float(np.median(np.abs(logs - centre)))
-    kept = logs[logs >= centre - LOW_OUTLIER_SPREADS * spread]
+    kept = logs[logs >= centre - LOW_OUTLIER_SPREADS * robust_spread(logs, centre)]
     return kept if kept.size >= 2 else logs
 
 

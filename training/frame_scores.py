@@ -8,6 +8,8 @@ import numpy as np
 
 from inspector.preprocess import tiles_from_frame
 
+from .calibrate import robust_spread
+
 
 def model_inputs(tensors: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs for stored training tensors, and which frame each came from: the tensors
@@ -92,8 +94,7 @@ def component_scales(outputs: dict[str, np.ndarray], names: list[str], fusion: s
         median = float(np.median(values))
         typical = median if median > 0 else max(float(values.mean()), 1e-12)
         if fusion == "spread":
-            spread = 1.4826 * float(np.median(np.abs(values - median)))
-            typical = max(spread, SPREAD_FLOOR * typical, 1e-12)
+            typical = max(robust_spread(values, median), SPREAD_FLOOR * typical, 1e-12)
         scales[name] = typical
     return scales
 
