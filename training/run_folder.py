@@ -74,9 +74,13 @@ class RunFolder:
     def metrics(self) -> Path:
         return self.root / METRICS
 
+    def selection_record(self) -> dict:
+        """The run's decisions so far: selection.json, or {} before the first."""
+        return json.loads(self.selection.read_text()) if self.selection.exists() else {}
+
     def record_selection(self, key: str, value) -> None:
         """Add one decision of the run (a JSON value under `key`) to selection.json, made if missing."""
-        record = json.loads(self.selection.read_text()) if self.selection.exists() else {}
+        record = self.selection_record()
         record[key] = value
         self.selection.write_text(json.dumps(record, indent=2))
 

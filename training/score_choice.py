@@ -39,7 +39,6 @@ exported with, so a fine-tuning run starts from it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from statistics import NormalDist
@@ -113,13 +112,9 @@ def exported_self_check(selection: dict) -> float | None:
 
 def record_chosen_value(run: RunFolder, value: float | None) -> None:
     """Add the exported score's own self-check to the run's score_choice record (when there is one)."""
-    if value is None or not run.selection.exists():
-        return
-    record = json.loads(run.selection.read_text())
-    if "score_choice" not in record:
-        return
-    record["score_choice"]["chosen_value"] = value
-    run.selection.write_text(json.dumps(record, indent=2))
+    choice = run.selection_record().get("score_choice")
+    if value is not None and choice is not None:
+        run.record_selection("score_choice", {**choice, "chosen_value": value})
 
 
 def describe(weights: dict[str, float], digits: int | None = None) -> str:
@@ -134,9 +129,9 @@ def describe(weights: dict[str, float], digits: int | None = None) -> str:
 def choose_score(config: TrainConfig, run: RunFolder) -> TrainConfig:
     """`config` with the score the rule picks from this run's selection record (unchanged when the
     score is the user's, or nothing was self-checked); records the decision in the run folder."""
-    if config.score.choice != "self_check" or not run.selection.exists():
+    record = run.selection_record()
+    if config.score.choice != "self_check" or not record:
         return config
-    record = json.loads(run.selection.read_text())
     components = record.get("selected_components") or {}
     selected = [e for e in record.get("evaluations", []) if e.get("epoch") == record.get("selected_epoch")]
     if not components or not selected:
@@ -150,11 +145,11 @@ def choose_score(config: TrainConfig, run: RunFolder) -> TrainConfig:
         rule = SPREAD_RULE
     else:
         weights, rule = decide(configured, value, error, components), RULE
-    record["score_choice"] = {"rule": rule, "configured": configured, "configured_value": value,
-                              "standard_error": error, "candidates": components, "chosen": weights,
-                              **({"shifts": record["selected_component_shifts"]}
-                                 if config.score.fusion == "spread" and "selected_component_shifts" in record else {})}
-    run.selection.write_text(json.dumps(record, indent=2))
+    run.record_selection("score_choice", {
+        "rule": rule, "configured": configured, "configured_value": value, "standard_error": error,
+        "candidates": components, "chosen": weights,
+        **({"shifts": record["selected_component_shifts"]}
+           if config.score.fusion == "spread" and "selected_component_shifts" in record else {})})
     if weights == configured:
         return config
     log.info("score: %s (self-checks %s) instead of %s (%.3f +- %.3f)", describe(weights),
