@@ -107,3 +107,34 @@ def test_a_cache_takes_at_most_a_quarter_of_the_memory_available(tmp_path):
     assert cache_limit(1 << 20, available=64 << 30) == 1 << 20  # a large machine: the ceiling
     assert cache_limit(1 << 20, available=None) <= 1 << 20  # this machine's own figure, never above it
     assert available_memory(tmp_path / "absent") is None
+
+
+def test_a_model_trained_without_selection_rounds_draws_its_memory_through_the_training_draws_before_they_go(
+        tmp_path, caplog):
+    """A calibration fold's model runs no selection round: its patch memory is drawn when training ends,
+    through the training draws' cache. The memory's frames, as photographed and brightened, were all
+    drawn in training, so the backbone runs for none of them again; the memory is the one drawn directly."""
+    import logging
+
+    import numpy as np
+
+    from training.config import validate_train_config
+    from training.driver import train
+    from training.models.feature_ganomaly import patch_memory
+
+    from .test_backbone import backbone_config
+
+    frames = np.random.default_rng(0).uniform(-1, 1, (8, 3, 64, 64)).astype(np.float32)
+    config = validate_train_config(backbone_config(tmp_path, selection={"criterion": "last"},
+                                                   score={"memory_size": 256}), "test")
+    with caplog.at_level(logging.INFO, logger="training.models.feature_ganomaly"):
+        trained = train(config, frames, tmp_path / "run", progress=False)
+    draws = config.train.steps * config.train.batch_size  # 12 epochs of the 8 frames, about half brightened
+    versions = 2 * len(frames)  # the memory's lookups: each frame as photographed and brightened
+    # computed once per version (16), in training; every later draw and every memory lookup reused
+    assert f"frozen features of training draws: {draws} of {draws + versions} reused" in caplog.text
+    scoring = trained.family.scoring(frames)
+    assert scoring.memory_build_seconds == 0  # drawn already
+    direct = patch_memory(trained.family.features, frames, 256, config.train.seed, config.score.memory_sampling,
+                          config.train.augment.lighting)
+    torch.testing.assert_close(scoring.memory.memory, direct, rtol=1e-4, atol=1e-4)

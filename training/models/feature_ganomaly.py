@@ -326,12 +326,15 @@ class FeatureGANomalyScoring(ScoringModule):
 
 
 def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, seed: int, sampling: str = "coreset",
-                 lighting: float = 0.0, batch_size: int = 8) -> torch.Tensor:
+                 lighting: float = 0.0, batch_size: int = 8,
+                 compute: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """`size` normal patch features from the frames: a greedy coreset of a random pool of
     CORESET_POOL x size patches (about evenly per frame), or with `sampling` "random" a random sample
     of that size; seeded. With `lighting` > 0 each frame also enters brightened by 1 + lighting
     (train.augment.lighting), on top of that pool: the frames as they are keep their whole share
-    (sharing it halved their patches, and patch_knn alone fell on screws, 0.905 -> 0.866)."""
+    (sharing it halved their patches, and patch_knn alone fell on screws, 0.905 -> 0.866). `compute`
+    gives a batch's feature maps in place of `features` itself (the training draws' cache: the
+    same frames, as photographed and brightened alike)."""
     rng = np.random.default_rng(seed)
     pool = size * CORESET_POOL if sampling == "coreset" else size
     gains = (1.0, 1.0 + lighting) if lighting > 0 else (1.0,)
@@ -343,7 +346,7 @@ def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, se
             batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch_size], dtype=np.float32))
             for gain in gains:
                 shown = batch if gain == 1.0 else brightened(batch, gain)
-                patches = features(shown.to(device)).permute(0, 2, 3, 1).flatten(1, 2).cpu()
+                patches = (compute or features)(shown.to(device)).permute(0, 2, 3, 1).flatten(1, 2).cpu()
                 for item in patches:
                     kept.append(item[torch.from_numpy(rng.permutation(len(item))[:per_frame])])
     patches = torch.cat(kept)
@@ -375,6 +378,7 @@ class FeatureGANomalyFamily(Family):
         self._training_features: FrozenOutputs | None = FrozenOutputs(
             lambda batch: {"features": self.features(batch)}, cache_limit(TRAINING_CACHE_BYTES))
         self._held_out_maps: FrozenOutputs | None = None
+        self._fitted: np.ndarray | None = None
 
     def prepare(self, fitted: np.ndarray) -> None:
         """Per-channel feature statistics of (a seeded sample of) the fitted frames."""
@@ -382,6 +386,7 @@ class FeatureGANomalyFamily(Family):
         frames = [torch.from_numpy(np.ascontiguousarray(fitted[i], dtype=np.float32)) for i in pick]
         crops = self.items.shown(frames, self.config.train.seed).to(self.device)
         self.features.fit_statistics(crops)
+        self._fitted = fitted  # the patch memory's frames, drawn at the latest when training ends (end_phase)
 
     @property
     def modules(self) -> dict[str, nn.Module]:
@@ -423,13 +428,30 @@ class FeatureGANomalyFamily(Family):
         return {"d": f"{logged['discriminator']:.3f}", "con": f"{logged['contextual']:.4f}"}
 
     def end_phase(self, phase: Phase, run) -> None:
-        """Training is over: the training draws' cache goes (its memory too); the held-out frames'
-        stays for the calibration, which scores them again."""
+        """Training is over: the patch memory is drawn now if no selection round drew it (a calibration
+        fold's model), while the training draws' cache can serve it; then that cache goes (its memory
+        too). The held-out frames' cache stays for the calibration, which scores them again."""
+        if self._memory is None and "patch_knn" in self.config.score.weights and self._fitted is not None:
+            self._draw_memory(self._fitted)
         cache = self._training_features
         if cache is not None:
             log.info("frozen features of training draws: %d of %d reused (%.0f MB kept)", cache.hits,
                      cache.hits + cache.misses, cache.bytes / 1e6)
         self._training_features = None
+
+    def _draw_memory(self, fitted: np.ndarray) -> float:
+        """The patch memory of the fitted frames; the seconds it took. While training, through the
+        training draws' cache: the memory's frames as photographed and brightened are the draws' own,
+        so neither computes what the other did (deeppcb: 480 maps of 512 px frames, 18 GFLOPs each)."""
+        started = time.perf_counter()
+        cache = self._training_features
+        with modes_kept(self.features):
+            self.features.eval()
+            self._memory = PatchMemory(patch_memory(
+                self.features, fitted, self.config.score.memory_size, self.config.train.seed,
+                self.config.score.memory_sampling, self.config.train.augment.lighting,
+                compute=None if cache is None else (lambda batch: cache(batch)["features"])))
+        return time.perf_counter() - started
 
     def scoring(self, fitted: np.ndarray | None) -> ScoringModule:
         self.features.to(next(self.generator.parameters()).device)
@@ -437,13 +459,7 @@ class FeatureGANomalyFamily(Family):
         if "patch_knn" in self.config.score.weights and self._memory is None:
             if fitted is None:
                 raise ValueError("score component patch_knn needs the fitted frames for its memory of normal patches")
-            started = time.perf_counter()
-            with modes_kept(self.features):
-                self.features.eval()
-                self._memory = PatchMemory(patch_memory(self.features, fitted, self.config.score.memory_size,
-                                                        self.config.train.seed, self.config.score.memory_sampling,
-                                                        self.config.train.augment.lighting))
-            build_seconds = time.perf_counter() - started
+            build_seconds = self._draw_memory(fitted)
         if self._memory is not None:
             self._memory.to(self.features.mean.device)
         scoring = FeatureGANomalyScoring(self.features, self.generator, self._memory)
