@@ -9,8 +9,7 @@ from .conftest import DATA, require
 
 @pytest.fixture(autouse=True)
 def shared_data(monkeypatch):
-    require(DATA / "piped")
-    monkeypatch.setenv("QI_DATA", str(DATA))
+    monkeypatch.setenv("QI_DATA", str(DATA))  # where the shipped configs find their sets
 
 
 def test_the_plain_variant_trains_a_shipped_config_set_as_inspector_train_data_would():
@@ -20,6 +19,7 @@ def test_the_plain_variant_trains_a_shipped_config_set_as_inspector_train_data_w
     from training.cli import default_config
     from training.config import load_train_config
 
+    require(DATA / "piped")  # the plain config reads the folder's first image
     [(name, path, extra)] = [job for job in jobs(["piped"]) if job[0] == "piped_bft01"]
     plain = job_config(name, path, "plain", extra, {"train.threads": 2})
     shipped = load_train_config(path)

@@ -151,11 +151,12 @@ def test_a_fold_model_is_timed_as_the_exported_training_without_rounds_plus_its_
     from training.cross_fit import fold_seconds
     from training.driver import TrainResult
 
-    # kolektor_sdd's numbers: 114 s of training, 74 s of it selection rounds; 261 normal images
+    # kolektor_sdd's numbers: 114 s of training, 74 s of it selection rounds, whose first drew the
+    # memory in 35 s and computed frozen outputs at 0.1 s an item; 261 normal images
     trained = TrainResult(family=None, steps=312, epochs=24, seconds=114.0, selection_seconds=74.0,
-                          memory_seconds=4.0, item_seconds=0.6)
-    assert fold_seconds(trained, 261) == pytest.approx(114.0 - 74.0 + 4.0 + 53 * 0.6)  # 53 = 261 / 5, rounded up
-    assert fold_seconds(trained, 261, folds=3) == pytest.approx(44.0 + 87 * 0.6)
+                          memory_seconds=35.0, item_seconds=0.1)
+    assert fold_seconds(trained, 261) == pytest.approx(114.0 - 74.0 + 35.0 + 53 * 0.1)  # 53 = 261 / 5, rounded up
+    assert fold_seconds(trained, 261, folds=3) == pytest.approx(75.0 + 87 * 0.1)
     no_frozen_part = TrainResult(family=None, steps=312, epochs=24, seconds=114.0, selection_seconds=74.0)
     assert fold_seconds(no_frozen_part, 261) == pytest.approx(40.0)  # a from-scratch model: its steps alone
 
