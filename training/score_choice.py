@@ -129,9 +129,9 @@ def describe(weights: dict[str, float], digits: int | None = None) -> str:
 def choose_score(config: TrainConfig, run: RunFolder) -> TrainConfig:
     """`config` with the score the rule picks from this run's selection record (unchanged when the
     score is the user's, or nothing was self-checked); records the decision in the run folder."""
-    record = run.selection_record()
-    if config.score.choice != "self_check" or not record:
+    if config.score.choice != "self_check":
         return config
+    record = run.selection_record()
     components = record.get("selected_components") or {}
     selected = [e for e in record.get("evaluations", []) if e.get("epoch") == record.get("selected_epoch")]
     if not components or not selected:

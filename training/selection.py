@@ -170,9 +170,9 @@ class CheckpointSelector:
         self.fusion = fusion
         self.judged_by = tuple(c for c in judged_by if c in self.weights)
         self.last_judged: tuple[float, float] | None = None  # the latest round's (value, error) of judged_by
-        self.last_one_time = 0.0  # the latest round's seconds of work later rounds reuse (memory, kept outputs)
-        # and its parts: drawing the memory, and computing one item's frozen outputs (mean over those kept)
-        self.last_costs: dict[str, float] = {}
+        # the latest round's work that later rounds reuse, in seconds, where there was any: all of it
+        # (one_time_seconds), drawing the memory, and one item's frozen outputs (mean over those kept)
+        self.last_one_time: dict[str, float] = {}
         self.spec = spec
         self.history: list[dict] = []
         self.best_value = -np.inf  # best_*: the chosen evaluation; top_*: the highest value and its error
@@ -266,10 +266,10 @@ class CheckpointSelector:
 
             kept = 0.0 if cache is None else cache.kept_seconds - kept_before
             items_kept = 0 if cache is None else len(cache.kept) - items_before
-            self.last_one_time = scoring.memory_build_seconds + kept
-            self.last_costs = {name: round(value, 4) for name, value in (
-                ("memory_seconds", scoring.memory_build_seconds),
-                ("item_seconds", kept / items_kept if items_kept else 0.0)) if value}
+            self.last_one_time = {name: round(value, digits) for name, value, digits in (
+                ("one_time_seconds", scoring.memory_build_seconds + kept, 3),
+                ("memory_seconds", scoring.memory_build_seconds, 4),
+                ("item_seconds", kept / items_kept if items_kept else 0.0, 4)) if value}
             if self.judged_by:
                 self.last_judged = separation({c: self.weights[c] for c in self.judged_by})
             self.last_components, self.last_shifts = {}, {}
@@ -283,13 +283,11 @@ class CheckpointSelector:
 
     def evaluate(self, epoch: int, step: int) -> float:
         started = time.perf_counter()
-        self.last_components, self.last_shifts, self.last_judged, self.last_one_time = {}, {}, None, 0.0
-        self.last_costs = {}
+        self.last_components, self.last_shifts, self.last_judged, self.last_one_time = {}, {}, None, {}
         value, error = self.measure_with_error()
         entry = {"epoch": epoch, "step": step, "value": value, "standard_error": error,
                  "seconds": round(time.perf_counter() - started, 3),
-                 **({"one_time_seconds": round(self.last_one_time, 3)} if self.last_one_time else {}),
-                 **self.last_costs,
+                 **self.last_one_time,
                  **({"components": self.last_components} if self.last_components else {}),
                  **({"component_shifts": self.last_shifts} if self.last_shifts else {})}
         if self.last_judged is not None:
