@@ -27,7 +27,9 @@ from training.models.losses import smoothing_floor
 from training.models.scoring_module import ScoringModule
 from training.run_folder import CHECKPOINT, LOSSES, SELECTION_LOG
 from training.frame_scores import copy_outputs, frame_outputs
-from training.selection import CheckpointSelector, synthetic_copies, synthetic_defects
+from inspector.card import ImageInput
+from training.selection import (DEFECT_REGION, SYNTHETIC_COPIES, CheckpointSelector, synthetic_copies,
+                                synthetic_defects)
 
 from .conftest import tiny_config
 
@@ -131,6 +133,28 @@ def test_synthetic_defects_change_one_patch_of_each_frame_and_nothing_else():
         (top, left), (bottom, right) = changed.min(axis=0), changed.max(axis=0)
         assert bottom - top < 32 // 3 + 1 and right - left < 32 // 3 + 1
         assert after.min() >= -1 and after.max() <= 1
+
+
+def defect_sides(height: int, width: int) -> list[int]:
+    """The longer side of the changed box of each synthetic copy of random (height x width) frames."""
+    frames = np.random.default_rng(0).uniform(-1, 1, (6, 1, height, width)).astype(np.float32)
+    spec = ImageInput(height=height, width=width, channels=1, color_order="gray")
+    sides = []
+    for before, after in zip(np.concatenate([frames] * SYNTHETIC_COPIES), synthetic_copies(frames, spec, seed=4)):
+        changed = np.argwhere(np.any(before != after, axis=0))
+        sides.append(int((changed.max(axis=0) - changed.min(axis=0) + 1).max()))
+    return sides
+
+
+def test_a_whole_frame_gets_defects_of_a_few_backbone_patches_not_a_third_of_the_frame():
+    """Sized against a 512 px frame the patches were 64-170 px: every copy stood out and the self-check
+    read 1.0. The region a defect is sized against is capped (DEFECT_REGION: 12-32 px defects); a
+    64 px tile keeps its own 8-21 px."""
+    assert DEFECT_REGION == 96
+    whole = defect_sides(512, 384)
+    assert 11 <= min(whole) and max(whole) <= 32 and max(whole) - min(whole) >= 10
+    tile = defect_sides(64, 64)
+    assert 7 <= min(tile) and max(tile) <= 21
 
 
 def test_a_synthetic_defect_is_as_plain_on_a_flat_surface_as_on_a_busy_one():
