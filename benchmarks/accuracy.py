@@ -211,14 +211,8 @@ def selection_record(run_dir: Path) -> dict:
         return {}
     selection = json.loads((run_dir / "selection.json").read_text())
     return {"selection": {k: selection[k] for k in ("criterion", "selected_epoch", "selected_value", "training_length",
-                                                    "selected_components", "selected_component_shifts", "score_choice",
-                                                    "pooling_choice")
+                                                    "selected_components", "selected_component_shifts", "score_choice")
                           if k in selection}}
-
-
-def exported_share(run_dir: Path) -> float:
-    """The pooled share of the heatmap the run exported (the recipe may choose it: its config.json)."""
-    return float(json.loads((run_dir / "config.json").read_text())["score"]["map_top_share"])
 
 
 def run_tabular(config, variant: str, runs: Path, latent_search: bool = True) -> list[dict]:
@@ -316,7 +310,7 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         tiles = len(tiles_from_frame(frame_tensor(read_image(first), spec), spec)[0])
     row = {
         "set": name, "variant": variant, "score": "+".join(card.score.weights),  # the recipe may choose it
-        "map_top_share": exported_share(result.model_path.parent) if card.score.pooled_output else None,
+        "map_top_share": config.score.map_top_share if card.score.pooled_output else None,
         "image_auroc": m.get("image_auroc"), "average_precision": m.get("average_precision"),
         "f1": m["f1"], "false_alarm_rate": m["false_alarm_rate"], "pixel_auroc": m.get("pixel_auroc"),
         "train_seconds": card.training.train_seconds, "wall_seconds": round(wall, 1),

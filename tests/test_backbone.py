@@ -302,14 +302,9 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     assert card.score.map_in_score_units and heatmap_reference(card, scorer.threshold) == scorer.threshold
     assert "anomaly_map = the same weighted sum of the components' patch maps" in card.score.description
     assert "the backbone sees each 64x64 frame enlarged to 96x96" in card.score.description
-    # a frame's score is the mean of the heatmap's highest share, chosen among the candidates by their
-    # self-check (training.score_choice.choose_pooling; 1% of 64x64 values = 41 unless another is clearly better)
-    pooling = json.loads((tmp_path / "run" / "selection.json").read_text())["pooling_choice"]
-    share = pooling["chosen"]
-    assert set(pooling["candidates"]) == {"0.001", "0.01", "0.05"} and f"{share:g}" in pooling["candidates"]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["score"]["map_top_share"] == share
-    assert card.score.pooled_output == "anomaly_top" and f"highest {share:.1%} of anomaly_map" in card.score.description
-    highest = np.sort(scored.heatmap.ravel())[-max(1, round(share * 64 * 64)):]
+    # a frame's score is the mean of the heatmap's highest 1% (score.map_top_share): 41 of 64x64 values
+    assert card.score.pooled_output == "anomaly_top" and "highest 1.0% of anomaly_map" in card.score.description
+    highest = np.sort(scored.heatmap.ravel())[-41:]
     assert scored.raw == pytest.approx(float(highest.mean()), rel=1e-4) and float(highest.max()) >= scored.raw
     assert result.metrics["image_auroc"] >= 0.75  # specks, scratches and stains on a texture it learned
     # 8 held-out frames cannot place a 99% quantile: the threshold comes from out-of-fold scores of all 40
@@ -317,7 +312,7 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     assert (card.calibration.folds, card.calibration.n_samples) == (5, 40)
     good = [cv2.imread(str(path)) for path in sorted((data / "train" / "good").iterdir())[:6]]
     frames = np.stack([scorer.prepare(image).tiles[0] for image in good])
-    in_unit = scores_in_unit(result.scoring, frames, card.input, card.score, share)
+    in_unit = scores_in_unit(result.scoring, frames, card.input, card.score, 0.01)
     assert in_unit == pytest.approx([s.raw for s in scorer.score_images(good)], rel=1e-4)
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert "features" in checkpoint and float(checkpoint["features"]["std"].min()) > 0  # resume keeps the statistics

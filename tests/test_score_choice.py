@@ -9,8 +9,7 @@ from training.config import validate_train_config
 import numpy as np
 import pytest
 
-from training.run_folder import RunFolder
-from training.score_choice import POOL_SHARES, choose_pooling, decide, weigh_by_separation
+from training.score_choice import decide, weigh_by_separation
 from training.selection import median_shift
 
 from .conftest import tiny_config
@@ -126,42 +125,6 @@ def test_the_separation_weighted_sum_separates_better_than_the_equal_sum():
     weighted = auroc(np.array([weights["patch_knn"], weights["patch_residual"]]))
     equal = auroc(np.array([1.0, 1.0]))
     assert weighted > equal + 0.02 and weighted >= auroc(np.array([1.0, 0.0]))
-
-
-def pooling_run(tmp_path, **score):
-    config = validate_train_config({"data": {"path": str(tmp_path)}, "model": {"backbone": "efficientnet_lite0"},
-                                    "input": {"resize": "stretch"}, "score": score}, "backbone")
-    return config, RunFolder.create(tmp_path / "run")
-
-
-def test_the_pooled_share_stays_unless_another_self_checks_better_beyond_the_noise(tmp_path):
-    config, run = pooling_run(tmp_path)
-    assert config.score.map_top_share == 0.01 and set(POOL_SHARES) >= {0.001, 0.01, 0.05}
-    within = {0.001: 0.83, 0.01: 0.82, 0.05: 0.80}  # 0.01 above 0.82's standard error on 48 + 192 frames
-    assert choose_pooling(config, run, within.get, 48).score.map_top_share == 0.01
-    record = json.loads(run.selection.read_text())["pooling_choice"]
-    assert record["chosen"] == 0.01 and record["candidates"] == {"0.001": 0.83, "0.01": 0.82, "0.05": 0.8}
-    assert 0.02 < record["standard_error"] < 0.04
-    clearly = {0.001: 0.93, 0.01: 0.82, 0.05: 0.75}
-    chosen = choose_pooling(config, run, clearly.get, 48)
-    assert chosen.score.map_top_share == 0.001
-    # the run's config.json carries the share the model is exported with, so a fine-tune starts from it
-    assert json.loads(run.config.read_text())["score"]["map_top_share"] == 0.001
-    # ... and weighs the shares afresh: its share is the one that must be beaten
-    assert choose_pooling(chosen, run, {0.001: 0.90, 0.01: 0.91, 0.05: 0.7}.get, 48).score.map_top_share == 0.001
-
-
-def test_the_pooled_share_is_the_users_when_the_score_is_or_when_nothing_is_pooled(tmp_path):
-    asked = []
-    def check(share):
-        asked.append(share)
-        return {0.001: 0.99}.get(share, 0.5)
-    for score in ({"weights": {"patch_knn": 1.0, "patch_residual": 1.0}}, {"map_top_share": 0}):
-        config, run = pooling_run(tmp_path, **score)
-        assert choose_pooling(config, run, check, 48) is config and not asked
-    config, run = pooling_run(tmp_path)
-    assert choose_pooling(config, run, lambda share: None, 48) is config  # frames of different sizes: no check
-    assert "pooling_choice" not in json.loads(run.selection.read_text() if run.selection.exists() else "{}")
 
 
 def test_the_score_is_chosen_only_when_the_config_leaves_it_to_the_recipe(tmp_path):

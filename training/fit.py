@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import time
@@ -39,7 +38,7 @@ from .frame_scores import component_scales, frame_outputs, model_inputs, per_fra
 from .items import Items, items_of
 from .quantize import export_int8
 from .run_folder import RunFolder
-from .score_choice import choose_pooling, choose_score, record_chosen_value
+from .score_choice import choose_score, record_chosen_value
 from .selection import held_out_sample, synthetic_check
 from .torch_scoring import run_scoring
 
@@ -208,15 +207,6 @@ def memory_description(scoring, item: str) -> str:
     return text
 
 
-def pooled_self_check(scoring, sample: np.ndarray, spec, score: ScoreDefinition, seed: int):
-    """share -> the synthetic-defect AUROC of `score` as the mean of that highest share of the heatmap,
-    on `sample` and its synthetic copies (training.score_choice.choose_pooling)."""
-    def check(share: float) -> float | None:
-        pooled = score.model_copy(update={"pooled_output": scoring.pool_top(share)})
-        return synthetic_check(scoring, sample, spec, pooled, math.inf, seed)[1]
-    return check
-
-
 def pooled_score(config: TrainConfig, scoring, score: ScoreDefinition) -> ScoreDefinition:
     """The score as the mean of the highest score.map_top_share of the map in score units, where the
     scorer can pool its map (a backbone model) and the share is not 0."""
@@ -254,10 +244,6 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
                                         + scoring.input_description(spec.height, spec.width))
     if score_units:
         scoring.use_score_units(score)
-        if hasattr(scoring, "pool_top"):
-            sample = held_out_sample(held_out_frames, config.selection.max_items, config.train.seed)
-            config = choose_pooling(config, run, pooled_self_check(scoring, sample, spec, score, config.train.seed),
-                                    len(sample))
         score = pooled_score(config, scoring, score)
         if score.pooled_output:  # its value exists in score units only
             outputs = run_scoring(scoring, held_out, keep_maps=False)

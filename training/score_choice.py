@@ -30,19 +30,11 @@ The weights are the d' rescaled to the configured weights' total: equal separati
 weights, and a fine-tuning run that starts from a chosen score weighs its components afresh
 instead of compounding.
 
-Pooling (a backbone model's heatmap in score units): a frame's score is the mean of the highest
-share of its heatmap. Candidates: the configured share (score.map_top_share, 1%) and POOL_SHARES,
-each self-checked on the held-out frames and their synthetic copies with the exported weights and
-score; the configured share stays unless another beats its self-check by more than its standard
-error, the rule the checkpoint and the median-unit score follow. A small share follows a small
-defect (1% of a 512 px frame is a 51 px square, the synthetic defects 12-32 px), a larger one
-averages out a few noisy patches of a normal frame: which matters more is the surface's business.
-
 The choice is made only when the config leaves the score to the recipe (`score.choice: self_check`,
 the default when `score.weights` is not given); a stated score is the user's. The decision, every
-candidate's value and the rule go into selection.json (`score_choice`, `pooling_choice`; after export
-also the chosen score's own self-check, `chosen_value`), and the run's config.json records the score
-the model was exported with (weights, pooled share), so a fine-tuning run starts from it.
+candidate's value and the rule go into selection.json (`score_choice`; after export also the chosen
+score's own self-check, `chosen_value`), and the run's config.json records the score the model was
+exported with, so a fine-tuning run starts from it.
 """
 
 from __future__ import annotations
@@ -50,7 +42,6 @@ from __future__ import annotations
 import logging
 import math
 from statistics import NormalDist
-from typing import Callable
 
 from .config import TrainConfig
 from .run_folder import RunFolder
@@ -65,11 +56,6 @@ SPREAD_RULE = ("the configured components, each weighted by its d' on the self-c
                "shift in robust spreads of the normal scores (or, unrecorded, sqrt(2) * Phi^-1(its AUROC), the AUROC "
                "at most one swapped pair short of 1), at least the d' of chance + one standard error; rescaled to the "
                "configured total")
-
-
-POOL_SHARES = (0.001, 0.01, 0.05)  # a frame's score: the mean of this highest share of its heatmap
-POOL_RULE = ("the configured share (score.map_top_share) unless another beats its self-check by more than its "
-             "standard error")
 
 
 def decide(configured: dict[str, float], configured_value: float, standard_error: float,
@@ -171,33 +157,3 @@ def choose_score(config: TrainConfig, run: RunFolder) -> TrainConfig:
     chosen = config.model_copy(update={"score": config.score.model_copy(update={"weights": weights})})
     run.config.write_text(chosen.model_dump_json(indent=2))
     return chosen
-
-
-def choose_pooling(config: TrainConfig, run: RunFolder, self_check: Callable[[float], float | None],
-                   n_normal: int) -> TrainConfig:
-    """`config` with the pooled share the rule picks (see the module doc): `self_check(share)` is the
-    synthetic-defect AUROC of the exported score pooled over that share, on `n_normal` held-out frames
-    and SYNTHETIC_COPIES copies of each; None (frames of different sizes) leaves the share as it is.
-    Unchanged when the score is the user's or pools nothing (share 0); records the decision."""
-    configured = config.score.map_top_share
-    if config.score.choice != "self_check" or configured <= 0 or n_normal < 1:
-        return config
-    values: dict[float, float] = {}
-    for share in sorted({configured, *POOL_SHARES}):
-        value = self_check(share)
-        if value is None:
-            return config
-        values[share] = value
-    error = auroc_standard_error(values[configured], n_normal, SYNTHETIC_COPIES * n_normal)
-    best = max(values, key=lambda share: (values[share], share == configured))
-    chosen = best if values[best] > values[configured] + error else configured
-    run.record_selection("pooling_choice", {
-        "rule": POOL_RULE, "configured": configured, "standard_error": error,
-        "candidates": {f"{share:g}": value for share, value in values.items()}, "chosen": chosen})
-    if chosen == configured:
-        return config
-    log.info("score: the mean of the highest %g%% of the heatmap (self-check %.3f) instead of %g%% (%.3f +- %.3f)",
-             100 * chosen, values[chosen], 100 * configured, values[configured], error)
-    pooled = config.model_copy(update={"score": config.score.model_copy(update={"map_top_share": chosen})})
-    run.config.write_text(pooled.model_dump_json(indent=2))
-    return pooled
