@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from inspector.card import ImageInput
 from training.config import validate_train_config
 from training.data import load_train_good, split_holdout
 from training.diagnostics import CollapseMonitor, diversity_ratio, evenly_spaced
@@ -27,7 +28,6 @@ from training.models.losses import smoothing_floor
 from training.models.scoring_module import ScoringModule
 from training.run_folder import CHECKPOINT, LOSSES, SELECTION_LOG
 from training.frame_scores import copy_outputs, frame_outputs
-from inspector.card import ImageInput
 from training.selection import (DEFECT_REGION, SYNTHETIC_COPIES, CheckpointSelector, synthetic_copies,
                                 synthetic_defects)
 

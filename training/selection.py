@@ -59,8 +59,8 @@ SYNTHETIC_COPIES = 4
 # one on a binarised board (deeppcb: 0.92), so the self-check read 1.000 on the flat surfaces (the
 # copies' median 25 robust spreads above the normal frames on tire) and could not compare
 # checkpoints, lengths or score weights there. In the frame's own unit the check asks the same of
-# every surface (on tire it still reads 0.999, the copies 16 spreads out: its patches, 1/8 to 1/3 of
-# a whole frame, are large beside tire's cuts; RESULTS).
+# every surface (on tire it still read 0.999, the copies 16 spreads out: its patches, then 1/8 to 1/3
+# of a whole frame, were large beside tire's cuts; DEFECT_REGION caps them now; RESULTS).
 DEFECT_CONTRAST = (0.5, 2.0)
 # A synthetic defect's side is 1/8 to 1/3 of the model input's shorter side, but of at most this many
 # pixels of it (12 to 32 px, one to four of the backbone's 8 px patches). Sized against a whole
