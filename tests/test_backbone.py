@@ -364,6 +364,33 @@ def test_with_frame_standardising_a_darker_or_brighter_line_shows_the_backbone_t
             assert (plain(model_space(rgb * gain)) - plain(model_space(rgb))).abs().max() > 0.1
 
 
+def test_frame_standardising_shows_copper_and_substrate_in_the_same_grey_whatever_share_of_the_board_each_covers():
+    """A binarised board's mean and spread follow how much copper it shows; its dark and bright levels
+    do not, so a track reaches the backbone in one grey on every board (training.models.feature_ganomaly
+    frame_levels)."""
+    from training.models.feature_ganomaly import PretrainedFeatures
+
+    rng = np.random.default_rng(0)
+    boards = [np.where(rng.random((1, 1, 128, 128)) < share, 1.0, -1.0).astype(np.float32) for share in (0.4, 0.9)]
+    features = PretrainedFeatures(StageFeatures(), "gray")
+    features.fit_statistics(torch.from_numpy(np.concatenate(boards)))
+    with torch.no_grad():
+        for board in boards:
+            shown = features.rgb(torch.from_numpy(board))[0, 0].numpy()
+            np.testing.assert_allclose(shown[board[0, 0] < 0], float(features.frame_levels[0]), atol=1e-5)
+            np.testing.assert_allclose(shown[board[0, 0] > 0], float(features.frame_levels[1]), atol=1e-5)
+    assert features.frame_levels.tolist() == pytest.approx([0.0, 1.0])
+
+
+def test_frame_standardising_leaves_a_blank_frame_blank():
+    from training.models.feature_ganomaly import PretrainedFeatures
+
+    features = PretrainedFeatures(StageFeatures(), "gray")
+    with torch.no_grad():
+        shown = features.rgb(torch.full((1, 1, 32, 32), 0.3))
+    assert torch.isfinite(shown).all() and float(shown.std()) == 0.0
+
+
 def stem_mean_offset(extractor: StageFeatures, scaled: torch.Tensor) -> float:
     """Median over the stem's channels of |batch mean - running mean| / running sd, on these inputs."""
     conv, norm = extractor.stem[0], extractor.stem[1]

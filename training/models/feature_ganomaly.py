@@ -142,14 +142,35 @@ class FeatureDiscriminator(nn.Module):
         return {"features": hidden, "logit": self.head(hidden).flatten(1).mean(dim=1)}
 
 
-def frame_moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each frame's pixel mean and (unbiased) standard deviation, (N, 1, 1, 1) each, reduced row by row:
-    one float32 sum over a whole 512 px frame rounds differently in onnxruntime and torch (1.5e-4 apart
-    on deeppcb's boards, 0.1% in the score after the backbone: past the export's parity check)."""
-    count = images[0].numel()
-    mean = images.mean(dim=-1, keepdim=True).mean(dim=(1, 2), keepdim=True)
-    variance = (images - mean).pow(2).mean(dim=-1, keepdim=True).mean(dim=(1, 2), keepdim=True)
-    return mean, (variance * count / max(count - 1, 1)).sqrt()
+def frame_means(images: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Each frame's (weighted) pixel mean, (N, 1, 1, 1), reduced row by row: one float32 sum over a
+    whole 512 px frame rounds differently in onnxruntime and torch (1.5e-4 apart on deeppcb's boards,
+    0.1% in the score after the backbone: past the export's parity check). With `weights` (0 or 1 per
+    pixel): the mean of the weighted pixels, or 0 where none is."""
+    if weights is None:
+        return images.mean(dim=-1, keepdim=True).mean(dim=(1, 2), keepdim=True)
+    share = weights.mean(dim=-1, keepdim=True).mean(dim=(1, 2), keepdim=True)
+    total = (images * weights).mean(dim=-1, keepdim=True).mean(dim=(1, 2), keepdim=True)
+    return total / share.clamp_min(1e-12)
+
+
+def frame_levels(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each frame's dark and bright level, (N, 1, 1, 1) each: the mean of its pixels at or below its
+    mean and of those above it (one step of 2-means; both the mean where a frame is blank).
+
+    A lamp's gain or offset moves both levels with the pixels, so mapping them to fixed values undoes
+    it, as the mean and standard deviation do. Unlike those, the levels of a two-level frame are its
+    two values whatever share of it each covers: on a binarised board (deeppcb) the mean and spread
+    follow how much copper a frame shows (train/good: their coefficients of variation 0.30 and 0.23,
+    while the darkest and brightest 2% sit at 0.01 and 1.00 on every board), so standardising by them
+    gave the same track a different grey on every board. On a frame of one mode the levels sit about
+    0.8 standard deviations either side of the mean (a normal's half-means), as before up to a factor,
+    and a bright blob weighs by its area, not its squared contrast."""
+    mean = frame_means(images)
+    above = (images > mean).to(images.dtype)
+    bright, dark = frame_means(images, above), frame_means(images, 1.0 - above)
+    blank = frame_means(above) <= 0
+    return torch.where(blank, mean, dark), torch.where(blank, mean, bright)
 
 
 def backbone_size(height: int, width: int, min_size: int) -> tuple[int, int]:
@@ -167,9 +188,10 @@ class PretrainedFeatures(nn.Module):
     """Model-space images (normalised with mean = std = 0.5, gray / RGB / BGR) -> standardised backbone
     features. The per-channel statistics are buffers set once from normal frames (`fit_statistics`).
 
-    With `standardise_frames`, each frame's pixels are first shifted and scaled to the normal frames'
-    typical mean and contrast: a line whose lighting drifts brighter or darker (a global gain and
-    offset) shows the backbone the same picture, so the score does not follow the lamp."""
+    With `standardise_frames`, each frame's pixels are first shifted and scaled so that its dark and
+    bright level (`frame_levels`) land on the normal frames' typical ones: a line whose lighting drifts
+    brighter or darker (a global gain and offset) shows the backbone the same picture, so the score
+    does not follow the lamp."""
 
     def __init__(self, backbone: StageFeatures, color_order: str, standardise_frames: bool = True,
                  min_size: int = 0):
@@ -180,14 +202,18 @@ class PretrainedFeatures(nn.Module):
         self.min_size = min_size  # model.backbone_min_size: smaller frames are enlarged (backbone_size)
         self.register_buffer("mean", torch.zeros(1, FEATURE_DIM, 1, 1))
         self.register_buffer("std", torch.ones(1, FEATURE_DIM, 1, 1))
-        self.register_buffer("frame_level", torch.tensor([0.5, 0.2]))  # normal frames' median pixel mean and std
+        # the normal frames' median dark and bright level (frame_levels); named apart from the mean and
+        # standard deviation kept before, so a checkpoint of those fails to load instead of misreading
+        self.register_buffer("frame_levels", torch.tensor([0.3, 0.7]))
 
     def rgb(self, image: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] (beyond it after frame standardisation), as the backbone expects."""
         rgb = image * 0.5 + 0.5
         if self.standardise_frames:
-            mean, std = frame_moments(rgb)
-            rgb = (rgb - mean) / std.clamp_min(1e-4) * self.frame_level[1] + self.frame_level[0]  # a blank frame stays blank
+            dark, bright = frame_levels(rgb)
+            typical_dark, typical_bright = self.frame_levels[0], self.frame_levels[1]
+            rgb = ((rgb - (dark + bright) / 2) / (bright - dark).clamp_min(1e-4) * (typical_bright - typical_dark)
+                   + (typical_dark + typical_bright) / 2)  # a blank frame becomes the typical mid-grey
         if self.color_order == "gray":
             rgb = rgb.expand(-1, 3, -1, -1)
         elif self.color_order == "bgr":
@@ -204,8 +230,8 @@ class PretrainedFeatures(nn.Module):
 
     @torch.no_grad()
     def fit_statistics(self, frames: torch.Tensor) -> None:
-        mean, std = frame_moments(frames * 0.5 + 0.5)
-        self.frame_level.copy_(torch.stack([mean.median(), std.median()]))
+        dark, bright = frame_levels(frames * 0.5 + 0.5)
+        self.frame_levels.copy_(torch.stack([dark.median(), bright.median()]))
         features = torch.cat([self.raw(frames[i:i + 8]) for i in range(0, len(frames), 8)])  # bounded activations
         features = features.transpose(0, 1).flatten(1)
         self.mean.copy_(features.mean(dim=1).view(1, -1, 1, 1))
