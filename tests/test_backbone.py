@@ -385,10 +385,16 @@ def test_frame_standardising_shows_copper_and_substrate_in_the_same_grey_whateve
 def test_frame_standardising_leaves_a_blank_frame_blank():
     from training.models.feature_ganomaly import PretrainedFeatures
 
+    from training.models.feature_ganomaly import frame_levels
+
     features = PretrainedFeatures(StageFeatures(), "gray")
-    with torch.no_grad():
-        shown = features.rgb(torch.full((1, 1, 32, 32), 0.3))
-    assert torch.isfinite(shown).all() and float(shown.std()) == 0.0
+    for grey in np.linspace(-1, 1, 41):  # some means round above their pixels, some below
+        blank = torch.full((1, 1, 32, 48), float(grey))
+        with torch.no_grad():
+            shown = features.rgb(blank)
+        assert torch.isfinite(shown).all() and float(shown.std()) < 1e-5  # one grey, up to rounding
+        levels = [float(level) for level in frame_levels(blank * 0.5 + 0.5)]
+        assert levels == pytest.approx([grey * 0.5 + 0.5] * 2, abs=1e-6)
 
 
 def stem_mean_offset(extractor: StageFeatures, scaled: torch.Tensor) -> float:

@@ -169,7 +169,8 @@ def frame_levels(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = frame_means(images)
     above = (images > mean).to(images.dtype)
     bright, dark = frame_means(images, above), frame_means(images, 1.0 - above)
-    blank = frame_means(above) <= 0
+    share = frame_means(above)
+    blank = (share <= 0) | (share >= 1)  # all at one value (the mean's rounding may put them above it)
     return torch.where(blank, mean, dark), torch.where(blank, mean, bright)
 
 
