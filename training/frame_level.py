@@ -10,7 +10,7 @@ carries it, and the one preprocessing brings every frame (training, evaluation, 
 Only train/good is read.
 
 A pretrained-backbone model that standardises frames itself (`model.standardise_frames`, inside its
-graph: each frame's own mean and contrast) gets no level: a gain is undone there already, and the
+graph: each frame's own dark and bright level) gets no level: a gain is undone there already, and the
 step before it misjudged the gain where a brighter lamp clips highlights (the mean of the unclipped
 pixels is the mean of the darker ones), handing the backbone a frame off by that error. On elpv_mono's
 held-out normal frames (train/good only), the patch memory's distance alone alarmed on 9 of 60 at
