@@ -383,9 +383,7 @@ def test_frame_standardising_shows_copper_and_substrate_in_the_same_grey_whateve
 
 
 def test_frame_standardising_leaves_a_blank_frame_blank():
-    from training.models.feature_ganomaly import PretrainedFeatures
-
-    from training.models.feature_ganomaly import frame_levels
+    from training.models.feature_ganomaly import PretrainedFeatures, frame_levels
 
     features = PretrainedFeatures(StageFeatures(), "gray")
     for grey in np.linspace(-1, 1, 41):  # some means round above their pixels, some below
