@@ -142,16 +142,11 @@ class FeatureDiscriminator(nn.Module):
         return {"features": hidden, "logit": self.head(hidden).flatten(1).mean(dim=1)}
 
 
-def frame_means(images: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Each frame's (weighted) pixel mean, (N, 1, 1, 1), reduced row by row: one float32 sum over a
-    whole 512 px frame rounds differently in onnxruntime and torch (1.5e-4 apart on deeppcb's boards,
-    0.1% in the score after the backbone: past the export's parity check). With `weights` (0 or 1 per
-    pixel): the mean of the weighted pixels, or 0 where none is."""
-    if weights is None:
-        return images.mean(dim=-1, keepdim=True).mean(dim=(1, 2), keepdim=True)
-    share = weights.mean(dim=-1, keepdim=True).mean(dim=(1, 2), keepdim=True)
-    total = (images * weights).mean(dim=-1, keepdim=True).mean(dim=(1, 2), keepdim=True)
-    return total / share.clamp_min(1e-12)
+def frame_means(images: torch.Tensor) -> torch.Tensor:
+    """Each frame's pixel mean, (N, 1, 1, 1), reduced row by row: one float32 sum over a whole 512 px
+    frame rounds differently in onnxruntime and torch (1.5e-4 apart on deeppcb's boards, 0.1% in the
+    score after the backbone: past the export's parity check)."""
+    return images.mean(dim=-1, keepdim=True).mean(dim=(1, 2), keepdim=True)
 
 
 def frame_levels(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,8 +163,9 @@ def frame_levels(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     and a bright blob weighs by its area, not its squared contrast."""
     mean = frame_means(images)
     above = (images > mean).to(images.dtype)
-    bright, dark = frame_means(images, above), frame_means(images, 1.0 - above)
-    share = frame_means(above)
+    share = frame_means(above)  # of the pixels above the mean
+    bright = frame_means(images * above) / share.clamp_min(1e-12)
+    dark = frame_means(images * (1.0 - above)) / (1.0 - share).clamp_min(1e-12)
     blank = (share <= 0) | (share >= 1)  # all at one value (the mean's rounding may put them above it)
     return torch.where(blank, mean, dark), torch.where(blank, mean, bright)
 
