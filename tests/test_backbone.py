@@ -292,6 +292,11 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
                                                      SYNTHETIC_COPIES * held_out, choice["shifts"])
     assert card.export.parity_max_abs_diff <= card.export.parity_tolerance
     assert card.input.frame_level is None  # frames reach the graph as they come: it standardises each itself
+    # the flips and turns the held-out frames decided (training.pose_check) are in the run's config,
+    # which calibration folds and a later fine-tune train with
+    pose = json.loads((tmp_path / "run" / "selection.json").read_text())["pose"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["augment"]
+    assert pose["decided"] == {name: saved[name] for name in ("hflip", "vflip", "rot90")}
     scorer = Scorer(result.model_path)
     frame = cv2.imread(str(next((data / "test" / "speck").iterdir())))
     outputs = scorer.run(scorer.prepare(frame).tiles)

@@ -113,25 +113,29 @@ def test_without_lighting_training_draws_only_flip_and_turn_the_frames():
     from training.items import augment
 
     frames = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    for options in (AugmentConfig(), AugmentConfig(lighting=0.0)):
+    poses = {"hflip": True, "vflip": True, "rot90": True}
+    for options in (AugmentConfig(**poses), AugmentConfig(**poses, lighting=0.0)):
         drawn = augment(frames, options, torch.Generator().manual_seed(0))
         assert all(torch.equal(d.flatten().sort().values, f.flatten().sort().values) for d, f in zip(drawn, frames))
-    assert torch.equal(augment(frames, AugmentConfig(), torch.Generator().manual_seed(0)),
-                       augment(frames, AugmentConfig(lighting=0.0), torch.Generator().manual_seed(0)))
+        assert not torch.equal(drawn, frames)  # flipped and turned
+    assert torch.equal(augment(frames, AugmentConfig(**poses), torch.Generator().manual_seed(0)),
+                       augment(frames, AugmentConfig(**poses, lighting=0.0), torch.Generator().manual_seed(0)))
 
 
-def test_a_backbone_model_trains_on_frames_in_their_photographed_pose_unless_the_config_states_flips(tmp_path):
-    """A flipped photo casts its shading from the other side, which no part on the line shows: with a
-    pretrained backbone flips and turns are off unless stated (each on its own); from-scratch models
-    keep them on, as their rows were measured."""
+def test_a_backbone_models_flips_and_turns_are_left_to_its_frames_unless_the_config_states_them(tmp_path):
+    """A flipped photo casts its shading from the other side, which no part on a line shows, while a
+    loose flake lies in any pose: with a pretrained backbone the flips and turns a config leaves unset
+    are undecided until the frames decide them (training.pose_check, tests/test_pose_check.py); each
+    stated one is kept; from-scratch models keep them on, as their rows were measured."""
     from training.config import validate_train_config
 
     backbone = {"name": "b", "data": {"path": str(tmp_path)}, "input": {"resize": "stretch"},
                 "model": {"backbone": "efficientnet_lite0"}}
     poses = lambda config: (config.train.augment.hflip, config.train.augment.vflip, config.train.augment.rot90)  # noqa: E731
-    assert poses(validate_train_config(backbone, "test")) == (False, False, False)
+    assert poses(validate_train_config(backbone, "test")) == (None, None, None)
     assert poses(validate_train_config({"name": "s", "data": {"path": str(tmp_path)}}, "test")) == (True, True, True)
     stated = {**backbone, "train": {"augment": {"rot90": True}}}
-    assert poses(validate_train_config(stated, "test")) == (False, False, True)
-    saved = validate_train_config(backbone, "test").model_dump(mode="json")  # a run folder's config.json, read back
-    assert poses(validate_train_config(saved, "test")) == (False, False, False)
+    assert poses(validate_train_config(stated, "test")) == (None, None, True)
+    decided = {**backbone, "train": {"augment": {"hflip": True, "vflip": False, "rot90": False}}}
+    saved = validate_train_config(decided, "test").model_dump(mode="json")  # a run folder's config.json, read back
+    assert poses(validate_train_config(saved, "test")) == (True, False, False)

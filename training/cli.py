@@ -16,6 +16,7 @@ from inspector.errors import ConfigError, InspectorError
 from .config import TrainConfig, apply_overrides, load_train_config, resumed_config, validate_train_config
 from .data import first_training_image, training_image_paths
 from .models.registry import BACKBONE_COMPONENTS
+from .pose_check import describe_poses
 from .score_choice import describe, exported_self_check
 from .selection import WEAK_SEPARATION
 
@@ -218,6 +219,9 @@ def train(args) -> int:
     if length and (length["blocks"] > 1 or length["stopped_by"] == BUDGET):  # the default length: nothing to say
         print(f"length: {length['steps']} steps in {length['blocks']} block(s) of {length['block_steps']}; ended by "
               f"{length['stopped_by']} (at most {length['max_blocks']} blocks; train.budget_s sets the time)")
+    pose = selection.get("pose", {}).get("decided")
+    if pose:
+        print(f"pose: {describe_poses(pose)} (selection.json pose; train.augment states them)")
     checked = exported_self_check(selection)
     image = card.input.kind == "image"
     real = "defects" if image else "attacks"

@@ -193,11 +193,11 @@ class LossWeights(Strict):
 
 class AugmentConfig(Strict):
     """Flips and quarter turns: unset, on for from-scratch models (textures and loose parts have no
-    fixed pose; their rows were measured so) and off with a pretrained backbone. A camera on a line
-    sees parts in one pose under one lamp: a flipped or turned photo casts its shading from the
-    other side, which no part on the line shows (the pretrained-feature reference, its memory
-    drawn from flipped and turned frames, lost 0.02-0.13 image AUROC on three sets; RESULTS).
-    State them for parts that really lie in any pose under diffuse light.
+    fixed pose; their rows were measured so) and, with a pretrained backbone, decided by the frames
+    themselves before training (training.pose_check): a flip or turn is trained on where it leaves
+    held-out good frames scoring like the frames as photographed. A camera on a line sees most parts in
+    one pose under one lamp, and a flipped photo casts its shading from the other side, which no part
+    on the line shows; loose flakes lie in any pose. State them to decide it yourself.
 
     `lighting`: a lamp up to this much brighter is normal. Half of the training draws are brightened
     by 1 + lighting (pixel values times it, clipped at white as a camera clips), and a patch memory
@@ -205,9 +205,10 @@ class AugmentConfig(Strict):
     clips nothing (darker frames need no copy); clipped highlights it cannot undo. Unset: 0.3 with a
     pretrained backbone, 0 (off) for from-scratch models, whose rows were measured without it."""
 
-    hflip: bool = True  # the from-scratch default; TrainConfig turns the unset ones off with a backbone
-    vflip: bool = True
-    rot90: bool = True
+    # None: undecided (TrainConfig sets it for from-scratch models; training.pose_check with a backbone)
+    hflip: bool | None = None
+    vflip: bool | None = None
+    rot90: bool | None = None
     lighting: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
@@ -357,11 +358,12 @@ class TrainConfig(Strict):
             self.score.fusion = "spread" if self.model.backbone != "none" else "median"
         if self.train.augment.lighting is None:
             self.train.augment.lighting = 0.3 if self.model.backbone != "none" else 0.0
-        if self.model.backbone != "none":
-            for name in {"hflip", "vflip", "rot90"} - self.train.augment.model_fields_set:
-                setattr(self.train.augment, name, False)  # unset: the photographed pose (AugmentConfig)
+        if self.model.backbone != "none":  # unset flips and turns: decided by the frames (AugmentConfig)
             self._check_backbone()
             return self._common_checks()
+        for name in ("hflip", "vflip", "rot90"):
+            if getattr(self.train.augment, name) is None:
+                setattr(self.train.augment, name, True)  # the from-scratch default (AugmentConfig)
         for name in self.score.weights:
             if name in BACKBONE_COMPONENTS:
                 raise ValueError(f"score.weights: {name} is scored on pretrained features: set model.backbone: "

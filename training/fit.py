@@ -36,6 +36,7 @@ from .flops import count_flops
 from .frame_level import with_frame_level
 from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max, scale_description
 from .items import Items, items_of
+from .pose_check import with_decided_poses
 from .quantize import export_int8
 from .run_folder import RunFolder
 from .score_choice import choose_score, record_chosen_value
@@ -308,10 +309,15 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
     log.info("training on %d normal images, %d held out for calibration and checkpoint selection", len(fit_idx),
              len(hold_idx))
+    config, pose_record = with_decided_poses(config, normal.tensors[fit_idx], normal.tensors[hold_idx])
+    if pose_record is not None:  # folds and a later fine-tune train in the pose decided here
+        run.config.write_text(config.model_dump_json(indent=2))
 
     started = time.perf_counter()
     trained, scoring = train_family(config, normal.tensors[fit_idx], normal.tensors[hold_idx], run, resume, progress,
                                     time_budget_s=training_budget(config, fit_started))
+    if pose_record is not None:  # after training, whose selection record starts selection.json afresh
+        run.record_selection("pose", pose_record)
     card = calibrate_and_export(config, run, trained, scoring, normal.tensors[hold_idx], normal.tensors, progress,
                                 seconds_left=training_budget(config, fit_started))
     model_path = run.model
