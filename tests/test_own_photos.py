@@ -156,6 +156,10 @@ def test_the_readme_path_from_photos_to_a_running_line(tmp_path):
     assert "frames/s on this machine" in trained.stdout  # the cost of a frame, said before the line runs
     trained_config = json.loads((tmp_path / "runs" / "my_parts" / "config.json").read_text())
     assert trained_config["model"]["backbone"] == "efficientnet_lite0"  # the default: pretrained features
+    # the flips and turns the photos themselves showed to be normal: said, recorded, and in the config
+    pose = json.loads((tmp_path / "runs" / "my_parts" / "selection.json").read_text())["pose"]["decided"]
+    assert pose == {name: trained_config["train"]["augment"][name] for name in ("hflip", "vflip", "rot90")}
+    assert "\npose: " in trained.stdout and "(selection.json pose; train.augment states them)" in trained.stdout
 
     new = photos(tmp_path / "new_photos", 2)
     for k, path in enumerate(sorted(new.iterdir())):

@@ -80,6 +80,8 @@ def test_only_the_flags_a_backbone_config_leaves_unset_are_decided_and_the_recor
     assert record["rises"]["quarter turn"] > 3 and record["held_out_frames"] == 10
     assert describe_poses(record["decided"]) == ("vertical flips of held-out good images score like them as "
                                                  "photographed: trained on; turns raise their scores: not trained on")
+    assert describe_poses({"hflip": False, "vflip": False, "rot90": False}) == (
+        "horizontal flips, vertical flips and turns raise their scores: not trained on")
     json.dumps(record)  # it goes into selection.json
 
 

@@ -65,11 +65,14 @@ POSE_WORDS = {"hflip": "horizontal flips", "vflip": "vertical flips", "rot90": "
 
 def describe_poses(decided: dict[str, bool]) -> str:
     """One line for the training summary: what the pose check decided."""
+    def listed(words: list[str]) -> str:
+        return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
+
     on = [POSE_WORDS[name] for name, value in decided.items() if value]
     off = [POSE_WORDS[name] for name, value in decided.items() if not value]
-    text = f"{' and '.join(on)} of held-out good images score like them as photographed: trained on" if on else ""
+    text = f"{listed(on)} of held-out good images score like them as photographed: trained on" if on else ""
     if off:
-        text += ("; " if text else "") + f"{' and '.join(off)} raise their scores: not trained on"
+        text += ("; " if text else "") + f"{listed(off)} raise their scores: not trained on"
     return text
 
 
