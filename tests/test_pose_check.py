@@ -59,10 +59,20 @@ def test_a_texture_with_no_direction_is_trained_in_every_pose():
     ({"horizontal flip": 0.6, "vertical flip": 0.1, "half turn": 1.2}, {"hflip": False, "vflip": True, "rot90": False}),
     # a frame that is not square only gets half turns (training.items.augment)
     ({"horizontal flip": 4.0, "vertical flip": 1.0, "half turn": 0.9}, {"hflip": False, "vflip": False, "rot90": True}),
-    ({"horizontal flip": 4.0, "vertical flip": 1.0, "half turn": 1.9}, {"hflip": False, "vflip": False, "rot90": False}),
+    ({"horizontal flip": 4.0, "vertical flip": 1.0, "half turn": 1.9},
+     {"hflip": False, "vflip": False, "rot90": False}),
 ])
 def test_the_flags_make_the_most_poses_that_are_all_normal(measured, flags):
     assert flags_from_rises(measured) == flags
+
+
+def test_a_stated_flag_stays_and_the_undecided_ones_add_only_poses_that_are_normal():
+    every = {"horizontal flip": 0.2, "vertical flip": 0.3, "half turn": 0.4, "quarter turn": 0.3, "transpose": 2.0}
+    # turns stated: a flip beside them would make the diagonal flip, which is not normal here
+    assert flags_from_rises(every, {"rot90": True}) == {"hflip": False, "vflip": False, "rot90": True}
+    # a stated horizontal flip that is not normal stays, and the vertical flip joins it: its half turn is
+    assert flags_from_rises({**every, "horizontal flip": 3.0}, {"hflip": True}) == {"hflip": True, "vflip": True,
+                                                                                     "rot90": False}
 
 
 def backbone(tmp_path, **augment) -> dict:
@@ -75,7 +85,8 @@ def test_only_the_flags_a_backbone_config_leaves_unset_are_decided_and_the_recor
     config = validate_train_config(backbone(tmp_path, hflip=False), "test")
     assert (config.train.augment.hflip, config.train.augment.vflip, config.train.augment.rot90) == (False, None, None)
     decided, record = with_decided_poses(config, frames("brushed", 8, 0).numpy(), frames("brushed", 10, 1).numpy())
-    assert (decided.train.augment.hflip, decided.train.augment.vflip, decided.train.augment.rot90) == (False, True, False)
+    poses = decided.train.augment
+    assert (poses.hflip, poses.vflip, poses.rot90) == (False, True, False)
     assert record["decided"] == {"vflip": True, "rot90": False} and set(record["flags"]) == set(POSE_FLAGS)
     assert record["rises"]["quarter turn"] > 3 and record["held_out_frames"] == 10
     assert describe_poses(record["decided"]) == ("vertical flips of held-out good images score like them as "

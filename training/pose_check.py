@@ -44,8 +44,9 @@ from .models.feature_ganomaly import PatchMemory, PretrainedFeatures
 
 log = logging.getLogger(__name__)
 
-POSE_BANK_FRAMES = 16  # fitted frames whose patches make the check's memory,
-POSE_BANK_PATCHES = 512  # each of them at most this many (seeded): a search of 16 x 4,096 patches of 512 px frames took longer than the passes
+POSE_BANK_FRAMES = 16  # fitted frames whose patches make the check's memory
+# patches of each of them at most (seeded): searching all 4,096 of a 512 px frame took longer than the passes
+POSE_BANK_PATCHES = 512
 POSE_CHECK_FRAMES = 10  # held-out frames scored in every pose
 POSE_SHIFT_LIMIT = 1.0  # robust spreads of the photographed scores: a rise below it is normal variation
 POSE_FLAGS = ("hflip", "vflip", "rot90")
@@ -89,8 +90,10 @@ def pose_rises(features: PretrainedFeatures, bank: torch.Tensor, held_out: torch
     scores as photographed (quarter turns only for square frames)."""
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        patches = [frame.flatten(1).T for frame in torch.cat([features(bank[i:i + 4]) for i in range(0, len(bank), 4)])]
-        memory = PatchMemory(torch.cat([p[torch.randperm(len(p), generator=generator)[:POSE_BANK_PATCHES]] for p in patches]))
+        maps = torch.cat([features(bank[i:i + 4]) for i in range(0, len(bank), 4)])
+        patches = [frame.flatten(1).T for frame in maps]  # (patches, channels) of each frame
+        memory = PatchMemory(torch.cat([p[torch.randperm(len(p), generator=generator)[:POSE_BANK_PATCHES]]
+                                        for p in patches]))
 
         def scores(frames: torch.Tensor) -> np.ndarray:
             maps = torch.cat([memory(features(frames[i:i + 4])) for i in range(0, len(frames), 4)]).flatten(1)
@@ -118,13 +121,17 @@ def poses_made(flags: dict[str, bool], square: bool) -> set[str]:
     return made
 
 
-def flags_from_rises(rises: dict[str, float]) -> dict[str, bool]:
+def flags_from_rises(rises: dict[str, float], stated: dict[str, bool] | None = None) -> dict[str, bool]:
     """train.augment's flags from the rises: the flags that make the most poses, every one of them
-    normal (a rise under POSE_SHIFT_LIMIT); between as many, those whose poses rise least."""
+    normal (a rise under POSE_SHIFT_LIMIT); between as many, those whose poses rise least. Flags a
+    config `stated` stay as stated, and so do the poses they make (normal or not)."""
+    stated = stated or {}
     square = "quarter turn" in rises
     normal = {name for name, rise in rises.items() if rise < POSE_SHIFT_LIMIT}
     candidates = [dict(zip(POSE_FLAGS, values)) for values in itertools.product((False, True), repeat=3)]
-    allowed = [flags for flags in candidates if poses_made(flags, square) <= normal]
+    candidates = [flags for flags in candidates if all(flags[name] == on for name, on in stated.items())]
+    given = poses_made({name: stated.get(name, False) for name in POSE_FLAGS}, square)
+    allowed = [flags for flags in candidates if poses_made(flags, square) <= normal | given]
     return max(allowed, key=lambda flags: (len(poses_made(flags, square)),
                                            -max((rises[name] for name in poses_made(flags, square)), default=0.0),
                                            sum(flags.values())))  # the same poses: every flag that makes them
@@ -141,14 +148,17 @@ def check_poses(config: TrainConfig, fitted: np.ndarray, held_out: np.ndarray) -
                                   config.model.standardise_frames, config.model.backbone_min_size).eval()
     features.fit_statistics(bank)
     rises = pose_rises(features, bank, checked, config.score.map_top_share)
+    stated = {name: getattr(config.train.augment, name) for name in POSE_FLAGS
+              if getattr(config.train.augment, name) is not None}
     return {"rule": f"a flip or turn is trained on where it raises held-out good frames' scores (distance to a memory "
                     f"of {len(bank)} fitted frames' patches) by less than {POSE_SHIFT_LIMIT:g} robust spread of "
                     "their scores as photographed (median of the paired rises)",
             "held_out_frames": len(checked), "rises": {name: round(rise, 3) for name, rise in rises.items()},
-            "flags": flags_from_rises(rises)}
+            "flags": flags_from_rises(rises, stated)}
 
 
-def with_decided_poses(config: TrainConfig, fitted: np.ndarray, held_out: np.ndarray) -> tuple[TrainConfig, dict | None]:
+def with_decided_poses(config: TrainConfig, fitted: np.ndarray,
+                       held_out: np.ndarray) -> tuple[TrainConfig, dict | None]:
     """The config with its undecided flips and turns set by the pose check, and the check's record
     (None where nothing was undecided). Without held-out frames nothing can be checked: the
     photographed pose, as a camera sees parts."""

@@ -66,9 +66,9 @@ STATISTICS_FRAMES = 64  # fitted frames whose features set the per-channel stand
 # bytes of frozen outputs kept while training (training.models.frozen_cache): the training frames'
 # feature maps (0.7 MB each on elpv_mono's 240 frames) in every version training draws: by default
 # as photographed and brightened (train.augment.lighting), 16 versions with flips and turns on
-# (AugmentConfig, training.pose_check); and the feature and memory-distance maps of the held-out frames and their
-# synthetic copies, which every selection round and then the calibration score. Each at most a
-# quarter of the memory available (cache_limit)
+# (AugmentConfig, training.pose_check); and the feature and memory-distance maps of the held-out
+# frames and their synthetic copies, which every selection round and then the calibration score.
+# Each at most a quarter of the memory available (cache_limit)
 TRAINING_CACHE_BYTES = 3 << 30
 HELD_OUT_CACHE_BYTES = 1 << 30
 # latent numbers per patch = model.latent_dim / this: 33 of 120 at the default, about the principal
