@@ -89,9 +89,9 @@ def test_only_the_flags_a_backbone_config_leaves_unset_are_decided_and_the_recor
     assert (poses.hflip, poses.vflip, poses.rot90) == (False, True, False)
     assert record["decided"] == {"vflip": True, "rot90": False} and set(record["flags"]) == set(POSE_FLAGS)
     assert record["rises"]["quarter turn"] > 3 and record["held_out_frames"] == 10
-    assert describe_poses(record["decided"]) == ("vertical flips of held-out good images score like them as "
+    assert describe_poses(record) == ("vertical flips of held-out good images score like them as "
                                                  "photographed: trained on; turns raise their scores: not trained on")
-    assert describe_poses({"hflip": False, "vflip": False, "rot90": False}) == (
+    assert describe_poses({**record, "decided": {"hflip": False, "vflip": False, "rot90": False}}) == (
         "horizontal flips, vertical flips and turns raise their scores: not trained on")
     json.dumps(record)  # it goes into selection.json
 
@@ -101,6 +101,8 @@ def test_without_held_out_frames_or_with_every_flag_stated_nothing_is_checked(tm
     decided, record = with_decided_poses(config, frames("blobs", 8, 0).numpy(), frames("blobs", 1, 1).numpy())
     assert (decided.train.augment.hflip, decided.train.augment.vflip, decided.train.augment.rot90) == (False,) * 3
     assert "photographed pose" in record["rule"]
+    assert describe_poses(record) == ("horizontal flips, vertical flips and turns off: too few held-out good images "
+                                      "to check them on")
     stated = validate_train_config(backbone(tmp_path, hflip=True, vflip=False, rot90=False), "test")
     assert with_decided_poses(stated, frames("blobs", 8, 0).numpy(), frames("blobs", 10, 1).numpy()) == (stated, None)
     scratch = validate_train_config({"name": "s", "data": {"path": str(tmp_path)}}, "test")  # from scratch: all on

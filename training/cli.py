@@ -219,9 +219,8 @@ def train(args) -> int:
     if length and (length["blocks"] > 1 or length["stopped_by"] == BUDGET):  # the default length: nothing to say
         print(f"length: {length['steps']} steps in {length['blocks']} block(s) of {length['block_steps']}; ended by "
               f"{length['stopped_by']} (at most {length['max_blocks']} blocks; train.budget_s sets the time)")
-    pose = selection.get("pose", {}).get("decided")
-    if pose:
-        print(f"pose: {describe_poses(pose)} (selection.json pose; train.augment states them)")
+    if selection.get("pose", {}).get("decided"):
+        print(f"pose: {describe_poses(selection['pose'])} (selection.json pose; train.augment states them)")
     checked = exported_self_check(selection)
     image = card.input.kind == "image"
     real = "defects" if image else "attacks"

@@ -64,11 +64,14 @@ SQUARE_ONLY = ("quarter turn", "transpose")
 POSE_WORDS = {"hflip": "horizontal flips", "vflip": "vertical flips", "rot90": "turns"}
 
 
-def describe_poses(decided: dict[str, bool]) -> str:
-    """One line for the training summary: what the pose check decided."""
+def describe_poses(record: dict) -> str:
+    """One line for the training summary: what the pose check (its selection.json record) decided."""
     def listed(words: list[str]) -> str:
         return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
 
+    decided = record["decided"]
+    if "rises" not in record:
+        return f"{listed([POSE_WORDS[name] for name in decided])} off: too few held-out good images to check them on"
     on = [POSE_WORDS[name] for name, value in decided.items() if value]
     off = [POSE_WORDS[name] for name, value in decided.items() if not value]
     text = f"{listed(on)} of held-out good images score like them as photographed: trained on" if on else ""
@@ -166,7 +169,7 @@ def with_decided_poses(config: TrainConfig, fitted: np.ndarray,
     if not undecided:
         return config, None
     if len(held_out) < 2 or len(fitted) < 1:
-        record = {"rule": "no held-out good frames to check poses on: the photographed pose",
+        record = {"rule": "fewer than 2 held-out good frames to check poses on: the photographed pose",
                   "flags": {name: False for name in POSE_FLAGS}}
     else:
         record = check_poses(config, fitted, held_out)
