@@ -70,7 +70,8 @@ def test_a_stated_flag_stays_and_the_undecided_ones_add_only_poses_that_are_norm
     every = {"horizontal flip": 0.2, "vertical flip": 0.3, "half turn": 0.4, "quarter turn": 0.3, "transpose": 2.0}
     # turns stated: a flip beside them would make the diagonal flip, which is not normal here
     assert flags_from_rises(every, {"rot90": True}) == {"hflip": False, "vflip": False, "rot90": True}
-    # a stated horizontal flip that is not normal stays, and the vertical flip joins it: its half turn is
+    # a stated horizontal flip that is not normal stays; the vertical flip joins it, as the half turn the
+    # two make is normal
     assert flags_from_rises({**every, "horizontal flip": 3.0}, {"hflip": True}) == {"hflip": True, "vflip": True,
                                                                                      "rot90": False}
 
@@ -89,8 +90,8 @@ def test_only_the_flags_a_backbone_config_leaves_unset_are_decided_and_the_recor
     assert (poses.hflip, poses.vflip, poses.rot90) == (False, True, False)
     assert record["decided"] == {"vflip": True, "rot90": False} and set(record["flags"]) == set(POSE_FLAGS)
     assert record["rises"]["quarter turn"] > 3 and record["held_out_frames"] == 10
-    assert describe_poses(record) == ("vertical flips of held-out good images score like them as "
-                                                 "photographed: trained on; turns raise their scores: not trained on")
+    assert describe_poses(record) == ("vertical flips of held-out good images score like them as photographed: "
+                                      "trained on; turns raise their scores: not trained on")
     assert describe_poses({**record, "decided": {"hflip": False, "vflip": False, "rot90": False}}) == (
         "horizontal flips, vertical flips and turns raise their scores: not trained on")
     json.dumps(record)  # it goes into selection.json
