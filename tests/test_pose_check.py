@@ -33,8 +33,7 @@ def frames(kind: str, n: int, seed: int) -> torch.Tensor:
 def rises(kind: str) -> dict[str, float]:
     bank, held_out = frames(kind, 8, seed=0), frames(kind, 10, seed=1)
     features = PretrainedFeatures(StageFeatures(), "gray", True, 0).eval()
-    features.fit_statistics(bank)
-    return pose_rises(features, bank, held_out, top_share=0.01)
+    return pose_rises(features, features.fit_statistics(bank), held_out, top_share=0.01)
 
 
 def test_grain_that_runs_one_way_is_flipped_in_training_but_never_turned():

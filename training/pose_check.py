@@ -40,7 +40,7 @@ import torch
 from .backbone import StageFeatures
 from .calibrate import robust_spread
 from .config import TrainConfig
-from .models.feature_ganomaly import PatchMemory, PretrainedFeatures
+from .models.feature_ganomaly import PatchMemory, PretrainedFeatures, top_share_mean
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +89,18 @@ def undecided_poses(config: TrainConfig) -> tuple[str, ...]:
 
 def pose_rises(features: PretrainedFeatures, bank: torch.Tensor, held_out: torch.Tensor,
                top_share: float) -> dict[str, float]:
-    """Each pose's median paired rise of the held-out frames' scores, in robust spreads of their
-    scores as photographed (quarter turns only for square frames)."""
+    """Each pose's median paired rise of the held-out frames' scores against a memory of the `bank`
+    frames' features ((N, C, h, w), as `features` gives them), in robust spreads of their scores as
+    photographed (quarter turns only for square frames)."""
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        maps = torch.cat([features(bank[i:i + 4]) for i in range(0, len(bank), 4)])
-        patches = [frame.flatten(1).T for frame in maps]  # (patches, channels) of each frame
+        patches = [frame.flatten(1).T for frame in bank]  # (patches, channels) of each frame
         memory = PatchMemory(torch.cat([p[torch.randperm(len(p), generator=generator)[:POSE_BANK_PATCHES]]
                                         for p in patches]))
 
         def scores(frames: torch.Tensor) -> np.ndarray:
-            maps = torch.cat([memory(features(frames[i:i + 4])) for i in range(0, len(frames), 4)]).flatten(1)
-            highest = max(1, round(top_share * maps.shape[1]))
-            return maps.topk(highest, dim=1).values.mean(dim=1).double().numpy()
+            maps = torch.cat([memory(features(frames[i:i + 4])) for i in range(0, len(frames), 4)])
+            return top_share_mean(maps, top_share).double().numpy()
 
         photographed = scores(held_out)
         spread = max(robust_spread(photographed, float(np.median(photographed))), 1e-9)
@@ -149,8 +148,7 @@ def check_poses(config: TrainConfig, fitted: np.ndarray, held_out: np.ndarray) -
         held_out[np.sort(rng.permutation(len(held_out))[:POSE_CHECK_FRAMES])], dtype=np.float32))
     features = PretrainedFeatures(StageFeatures(config.model.backbone_weights), config.input.color_order,
                                   config.model.standardise_frames, config.model.backbone_min_size).eval()
-    features.fit_statistics(bank)
-    rises = pose_rises(features, bank, checked, config.score.map_top_share)
+    rises = pose_rises(features, features.fit_statistics(bank), checked, config.score.map_top_share)
     stated = {name: getattr(config.train.augment, name) for name in POSE_FLAGS
               if getattr(config.train.augment, name) is not None}
     return {"rule": f"a flip or turn is trained on where it raises held-out good frames' scores (distance to a memory "

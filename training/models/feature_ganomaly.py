@@ -226,16 +226,22 @@ class PretrainedFeatures(nn.Module):
         return self.backbone(rgb)
 
     @torch.no_grad()
-    def fit_statistics(self, frames: torch.Tensor) -> None:
+    def fit_statistics(self, frames: torch.Tensor) -> torch.Tensor:
+        """Set the statistics from `frames`; their standardised features, (N, C, h, w), which a caller
+        that needs them (training.pose_check) takes instead of running the backbone over them again."""
         dark, bright = frame_levels(frames * 0.5 + 0.5)
         self.frame_levels.copy_(torch.stack([dark.median(), bright.median()]))
-        features = torch.cat([self.raw(frames[i:i + 8]) for i in range(0, len(frames), 8)])  # bounded activations
-        features = features.transpose(0, 1).flatten(1)
+        maps = torch.cat([self.raw(frames[i:i + 8]) for i in range(0, len(frames), 8)])  # bounded activations
+        features = maps.transpose(0, 1).flatten(1)
         self.mean.copy_(features.mean(dim=1).view(1, -1, 1, 1))
         self.std.copy_(features.std(dim=1).clamp_min(1e-3).view(1, -1, 1, 1))
+        return self.standardised(maps)
+
+    def standardised(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.mean) / self.std
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return (self.raw(image) - self.mean) / self.std
+        return self.standardised(self.raw(image))
 
 
 class PatchMemory(nn.Module):
@@ -342,10 +348,16 @@ class FeatureGANomalyScoring(ScoringModule):
         outputs["anomaly_map"] = nn.functional.interpolate(combined, size=image.shape[-2:], mode="bilinear",
                                                            align_corners=False)
         if self.top_share > 0:
-            values = outputs["anomaly_map"].flatten(1)
-            highest = max(1, round(self.top_share * int(values.shape[1])))  # a constant: the input size is fixed
-            outputs[POOLED_OUTPUT] = values.topk(highest, dim=1).values.mean(dim=1)
+            outputs[POOLED_OUTPUT] = top_share_mean(outputs["anomaly_map"], self.top_share)
         return outputs
+
+
+def top_share_mean(maps: torch.Tensor, share: float) -> torch.Tensor:
+    """Each map's mean of its highest `share` of values (at least one), (N,): how a frame's score
+    pools its heatmap (score.map_top_share)."""
+    values = maps.flatten(1)
+    highest = max(1, round(share * int(values.shape[1])))  # a constant in the graph: the input size is fixed
+    return values.topk(highest, dim=1).values.mean(dim=1)
 
 
 def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, seed: int, sampling: str = "coreset",
