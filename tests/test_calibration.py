@@ -82,6 +82,29 @@ def test_report_examples_name_what_the_threshold_did(label, score, expected):
     assert outcome(label, score, threshold=1.0) == expected
 
 
+def test_the_f1_ceiling_keeps_false_alarms_within_the_limit():
+    from training.evaluate import best_f1_within_false_alarm_rate
+
+    # 100 normals, 10 defects: 5 defects outrank every normal, the other 5 sit among the top normals
+    normal = np.arange(100, dtype=float)
+    defects = np.array([200, 201, 202, 203, 204, 98.5, 97.5, 96.5, 95.5, 50.0])
+    scores, labels = np.r_[normal, defects], np.r_[np.zeros(100), np.ones(10)]
+    # at most 2 false alarms: a threshold at 98.5 takes 6 defects and 1 normal (99), one at 97.5
+    # 7 defects and 2 normals (99, 98): F1 = 14 / (7 + 2 + 10) beats 12 / (6 + 1 + 10)
+    assert best_f1_within_false_alarm_rate(scores, labels, 0.02) == pytest.approx(14 / 19)
+    assert best_f1_within_false_alarm_rate(scores, labels, 0.0) == pytest.approx(10 / 15)
+
+
+def test_the_f1_ceiling_never_splits_tied_scores():
+    from training.evaluate import best_f1_within_false_alarm_rate
+
+    # a defect tied with two normals: a threshold takes all three or none of them
+    scores = np.array([5.0, 5.0, 5.0, 1.0, 1.0])
+    labels = np.array([1, 0, 0, 0, 0])
+    assert best_f1_within_false_alarm_rate(scores, labels, 0.25) == 0.0
+    assert best_f1_within_false_alarm_rate(scores, labels, 0.5) == pytest.approx(2 / 4)
+
+
 def test_folds_partition_the_normal_items():
     from training.cross_fit import fold_indices
 
