@@ -1,4 +1,4 @@
-"""What the accuracy benchmark trains for each variant: the configs behind RESULTS' rows."""
+"""What the accuracy benchmark trains for each variant (the configs behind RESULTS' rows) and how its tables read them."""
 
 from __future__ import annotations
 
@@ -38,3 +38,15 @@ def test_the_plain_variant_has_no_row_for_arrays_or_tables():
     assert job_config(name, path, "plain", extra, extra) is None
     [(name, path, extra)] = jobs(["nsl_kdd"])
     assert job_config(name, path, "plain", extra, {}) is None
+
+
+def test_the_suite_table_sets_f1_at_the_threshold_beside_its_ceiling_where_rows_recorded_it():
+    from benchmarks.accuracy_tables import f1_ceiling_line
+
+    rows = [{"set": "tire", "f1": 0.2, "best_f1_within_far": 0.5},
+            {"set": "glass_fibre", "f1": 0.6, "best_f1_within_far": 0.7},
+            {"set": "deeppcb", "f1": 0.1}]  # measured before the ceiling was recorded
+    (line,) = f1_ceiling_line("backbone", rows)
+    assert "tire 0.20 / 0.50, glass_fibre 0.60 / 0.70; mean 0.400 / 0.600" in line
+    assert "deeppcb" not in line
+    assert f1_ceiling_line("backbone", rows[2:]) == []
