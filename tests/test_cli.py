@@ -56,6 +56,7 @@ def test_evaluate_writes_metrics_for_an_exported_model(trained, piped_class, tmp
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_anomalous"] == 48
+    assert f"at most 2% false alarms on these photos: {metrics['best_f1_within_far']:.3f}" in result.stdout
     if metrics["false_alarm_rate"] <= 0.02:  # the card's threshold is one of those the ceiling ranges over
         assert metrics["f1"] <= metrics["best_f1_within_far"]
     assert (tmp_path / "report" / "roc.png").stat().st_size > 1000

@@ -180,6 +180,10 @@ def _print_metrics(metrics: dict | None, out_dir: Path) -> None:
         return
     shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE if k in metrics)
     print(f"test: {shown}  ({metrics['n_normal']} normal, {metrics['n_anomalous']} defective images)")
+    if "best_f1_within_far" in metrics:
+        print(f"  best F1 of any threshold with at most 2% false alarms on these photos: "
+              f"{metrics['best_f1_within_far']:.3f} (picked with the labels: near the F1 above, the ranking "
+              f"limits it; well above, the threshold costs recall)")
     print(f"report: {out_dir / 'report'}  metrics: {out_dir / 'metrics.json'}")
 
 
