@@ -167,6 +167,40 @@ def test_the_patch_memory_distance_is_the_nearest_neighbour_distance_in_chunks()
     assert float(repeats.max()) == pytest.approx(DISTANCE_FLOOR, abs=1e-3)  # a repeated patch: the floor
 
 
+def test_a_patch_is_judged_in_units_of_how_far_apart_its_kind_lies_in_the_memory():
+    """Normal patches of a busy kind (a moving highlight, dense traces) lie far apart: a new normal one
+    sits far from its nearest memory patch. A flaw on a smooth surface sits a little off a tight crowd.
+    By plain distance the normal busy patch reads as the more unusual; in units of the nearest memory
+    patch's neighbourhood the flaw does."""
+    generator = torch.Generator().manual_seed(0)
+    smooth, busy = torch.zeros(FEATURE_DIM), torch.full((FEATURE_DIM,), 20.0)
+    memory = torch.cat([smooth + 0.1 * torch.randn(300, FEATURE_DIM, generator=generator),
+                        busy + 1.0 * torch.randn(100, FEATURE_DIM, generator=generator)])
+    normal_busy = busy + 1.0 * torch.randn(FEATURE_DIM, generator=generator)
+    flaw = smooth + 0.1 * torch.randn(FEATURE_DIM, generator=generator)
+    flaw[:8] += 1.5  # a step in a few channels, off the smooth crowd
+    patches = torch.stack([normal_busy, flaw]).view(1, 2, FEATURE_DIM).permute(0, 2, 1).unsqueeze(-1)
+    plain = PatchMemory(memory)(patches).flatten()
+    scaled = PatchMemory(memory, scale_neighbours=16)(patches).flatten()
+    assert plain[0] > plain[1]
+    assert scaled[1] > scaled[0]
+
+
+def test_local_scales_ignore_a_patch_itself_and_never_fall_below_the_distance_floor():
+    from training.models.feature_ganomaly import local_scales
+
+    memory = torch.tensor([[0.0], [0.0], [1.0], [3.0], [10.0]])  # a patch and its copy; a far one
+    nearest = torch.tensor([0.0, 0.0, 1.0, 2.0, 7.0])  # distance to the nearest *other* patch
+    torch.testing.assert_close(local_scales(memory, neighbours=1), nearest.clamp_min(DISTANCE_FLOOR))
+    two_nearest = torch.tensor([0.5, 0.5, 1.0, 2.5, 8.0])
+    torch.testing.assert_close(local_scales(memory, neighbours=2), two_nearest)
+    assert local_scales(memory[:2], neighbours=16).shape == (2,)  # fewer patches than neighbours
+    # a patch that repeats a crowded memory patch: the distance's floor over the scale's, 1
+    crowd = torch.zeros(20, FEATURE_DIM)
+    repeat = PatchMemory(crowd, scale_neighbours=16)(torch.zeros(1, FEATURE_DIM, 1, 1))
+    assert float(repeat) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_float_noise_around_a_repeated_patch_barely_moves_its_memory_distance():
     """A photo held out beside its own duplicate: torch and onnxruntime compute its features with
     float noise (simulated here as 5e-4 per channel), and without a floor that noise was the whole
@@ -210,6 +244,33 @@ def test_the_patch_memory_distance_stays_exact_in_onnx_where_patches_repeat():
                                    providers=["CPUExecutionProvider"])
     found = session.run(None, {session.get_inputs()[0].name: features.numpy()})[0]
     np.testing.assert_allclose(found, exact.numpy(), rtol=0, atol=1e-3)
+
+
+def test_the_patch_memory_distance_in_its_local_scale_is_the_same_in_onnx():
+    import onnxruntime as ort
+
+    from training.export import to_onnx_model
+
+    class Distances(torch.nn.Module):  # the exporter's interface: a dict of named outputs
+        def __init__(self, memory):
+            super().__init__()
+            self.memory = PatchMemory(memory, scale_neighbours=16)
+
+        def forward(self, features):
+            return {"distance": self.memory(features)}
+
+    generator = torch.Generator().manual_seed(0)
+    memory = torch.randn(1500, FEATURE_DIM, generator=generator) * torch.linspace(0.2, 3.0, 1500)[:, None]
+    features = 2.0 * torch.randn(2, FEATURE_DIM, 6, 7, generator=generator)
+    module = Distances(memory).eval()
+    with torch.no_grad():
+        expected = module(features)["distance"].numpy()
+    plain = PatchMemory(memory)(features).detach().numpy()
+    assert not np.allclose(expected, plain)  # the scale is in the graph
+    session = ort.InferenceSession(to_onnx_model(module, features, 17).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    found = session.run(None, {session.get_inputs()[0].name: features.numpy()})[0]
+    np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_frame_standardising_gives_the_same_features_in_onnx_on_a_large_binarised_frame():
