@@ -50,3 +50,11 @@ def test_the_suite_table_sets_f1_at_the_threshold_beside_its_ceiling_where_rows_
     assert "tire 0.20 / 0.50, glass_fibre 0.60 / 0.70; mean 0.400 / 0.600" in line
     assert "deeppcb" not in line
     assert f1_ceiling_line("backbone", rows[2:]) == []
+
+
+def test_one_piped_class_is_a_set_of_its_own_with_the_rows_name():
+    from benchmarks.accuracy import jobs
+
+    assert jobs(["piped_fvn01"]) == [job for job in jobs(["piped"]) if job[0] == "piped_fvn01"]
+    with pytest.raises(ValueError, match="unknown set piped_xyz01"):
+        jobs(["piped_xyz01"])
