@@ -253,13 +253,13 @@ class ScoreConfig(Strict):
     # training.models.coreset); random: a seeded random sample (the rows measured before 2026-12-05)
     memory_sampling: Literal["coreset", "random"] = "coreset"
     # patch_knn: a patch's distance to its nearest memory patch, divided by that memory patch's local
-    # scale: its mean distance to its memory_scale_neighbours nearest memory patches
+    # scale: its mean distance to its memory_scale_neighbors nearest memory patches
     # (training.models.feature_ganomaly.local_scales). Normal patches of a rare,
     # busy kind (a tyre's moving highlight, dense circuit traces) lie far apart in feature space, so
     # even normal frames sit far from their nearest one; in units of that neighbourhood they read as
     # ordinary as patches of a smooth, common kind do, and a small flaw on a smooth surface stands
     # out more. 0: the plain distance (the rows measured before 2026-12-07)
-    memory_scale_neighbours: Annotated[int, Field(ge=0, le=256)] = 16
+    memory_scale_neighbors: Annotated[int, Field(ge=0, le=256)] = 16
     # latent_lof: neighbours of the local outlier factor (20 as in Breunig et al. and scikit-learn)
     lof_neighbors: Annotated[int, Field(ge=1, le=1024)] = 20
     # how the components are put in one unit before the weighted sum, on held-out normal data

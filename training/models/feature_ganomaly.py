@@ -16,7 +16,7 @@ Score components (the exported graph outputs each; the card's weights combine th
                   a greedy coreset as in PatchCore, training.models.coreset, drawn from the frames as
                   they are and brightened by train.augment.lighting): a patch's distance to its
                   nearest memory patch, in units of how far apart normal patches of that kind lie
-                  (score.memory_scale_neighbours, `local_scales`)
+                  (score.memory_scale_neighbors, `local_scales`)
   anomaly_map     the heatmap at input size: the score's own sum of the patch maps (each times its
                   weight over its scale, set by `use_score_units` once the calibration has the
                   scales), so its value at a place reads against the threshold
@@ -254,7 +254,7 @@ class PatchMemory(nn.Module):
     distance has a floor (DISTANCE_FLOOR) that keeps it well-conditioned where it nears zero.
 
     With `scale_neighbours` > 0 the distance is divided by the nearest memory patch's local scale
-    (`local_scales`, score.memory_scale_neighbours): how far normal patches of that kind lie apart."""
+    (`local_scales`, score.memory_scale_neighbors): how far normal patches of that kind lie apart."""
 
     def __init__(self, memory: torch.Tensor, scale_neighbours: int = 0):
         super().__init__()
@@ -513,7 +513,7 @@ class FeatureGANomalyFamily(Family):
                 self.features, fitted, self.config.score.memory_size, self.config.train.seed,
                 self.config.score.memory_sampling, self.config.train.augment.lighting,
                 compute=None if cache is None else (lambda batch: cache(batch)["features"])),
-                self.config.score.memory_scale_neighbours)
+                self.config.score.memory_scale_neighbors)
         return time.perf_counter() - started
 
     def scoring(self, fitted: np.ndarray | None) -> ScoringModule:
