@@ -181,7 +181,7 @@ def test_a_patch_is_judged_in_units_of_how_far_apart_its_kind_lies_in_the_memory
     flaw[:8] += 1.5  # a step in a few channels, off the smooth crowd
     patches = torch.stack([normal_busy, flaw]).view(1, 2, FEATURE_DIM).permute(0, 2, 1).unsqueeze(-1)
     plain = PatchMemory(memory)(patches).flatten()
-    scaled = PatchMemory(memory, scale_neighbours=16)(patches).flatten()
+    scaled = PatchMemory(memory, scale_neighbors=16)(patches).flatten()
     assert plain[0] > plain[1]
     assert scaled[1] > scaled[0]
 
@@ -191,13 +191,13 @@ def test_local_scales_ignore_a_patch_itself_and_never_fall_below_the_distance_fl
 
     memory = torch.tensor([[0.0], [0.0], [1.0], [3.0], [10.0]])  # a patch and its copy; a far one
     nearest = torch.tensor([0.0, 0.0, 1.0, 2.0, 7.0])  # distance to the nearest *other* patch
-    torch.testing.assert_close(local_scales(memory, neighbours=1), nearest.clamp_min(DISTANCE_FLOOR))
+    torch.testing.assert_close(local_scales(memory, neighbors=1), nearest.clamp_min(DISTANCE_FLOOR))
     two_nearest = torch.tensor([0.5, 0.5, 1.0, 2.5, 8.0])
-    torch.testing.assert_close(local_scales(memory, neighbours=2), two_nearest)
-    assert local_scales(memory[:2], neighbours=16).shape == (2,)  # fewer patches than neighbours
+    torch.testing.assert_close(local_scales(memory, neighbors=2), two_nearest)
+    assert local_scales(memory[:2], neighbors=16).shape == (2,)  # fewer patches than neighbours
     # a patch that repeats a crowded memory patch: the distance's floor over the scale's, 1
     crowd = torch.zeros(20, FEATURE_DIM)
-    repeat = PatchMemory(crowd, scale_neighbours=16)(torch.zeros(1, FEATURE_DIM, 1, 1))
+    repeat = PatchMemory(crowd, scale_neighbors=16)(torch.zeros(1, FEATURE_DIM, 1, 1))
     assert float(repeat) == pytest.approx(1.0, abs=1e-3)
 
 
@@ -254,7 +254,7 @@ def test_the_patch_memory_distance_in_its_local_scale_is_the_same_in_onnx():
     class Distances(torch.nn.Module):  # the exporter's interface: a dict of named outputs
         def __init__(self, memory):
             super().__init__()
-            self.memory = PatchMemory(memory, scale_neighbours=16)
+            self.memory = PatchMemory(memory, scale_neighbors=16)
 
         def forward(self, features):
             return {"distance": self.memory(features)}

@@ -253,16 +253,16 @@ class PatchMemory(nn.Module):
     in the hundreds it was 0.4 off (a test), where the latent memory already measured directly. The
     distance has a floor (DISTANCE_FLOOR) that keeps it well-conditioned where it nears zero.
 
-    With `scale_neighbours` > 0 the distance is divided by the nearest memory patch's local scale
+    With `scale_neighbors` > 0 the distance is divided by the nearest memory patch's local scale
     (`local_scales`, score.memory_scale_neighbors): how far normal patches of that kind lie apart."""
 
-    def __init__(self, memory: torch.Tensor, scale_neighbours: int = 0):
+    def __init__(self, memory: torch.Tensor, scale_neighbors: int = 0):
         super().__init__()
         self.register_buffer("memory", memory.detach().float().contiguous())
         self.register_buffer("memory_sq", self.memory.pow(2).sum(dim=1))
-        self.scaled = scale_neighbours > 0 and len(self.memory) > 1
+        self.scaled = scale_neighbors > 0 and len(self.memory) > 1
         if self.scaled:
-            self.register_buffer("scale", local_scales(self.memory, scale_neighbours))
+            self.register_buffer("scale", local_scales(self.memory, scale_neighbors))
         self.patches_per_item = 0  # of the last batch scored: the search's cost depends on the frame size
 
     @property
@@ -291,14 +291,14 @@ class PatchMemory(nn.Module):
 
 
 @torch.no_grad()
-def local_scales(memory: torch.Tensor, neighbours: int, chunk: int = 2048) -> torch.Tensor:
-    """Each memory patch's mean distance to its `neighbours` nearest other memory patches, at least
+def local_scales(memory: torch.Tensor, neighbors: int, chunk: int = 2048) -> torch.Tensor:
+    """Each memory patch's mean distance to its `neighbors` nearest other memory patches, at least
     DISTANCE_FLOOR (the distance's own floor, so a ratio of two floors is 1 where patches repeat).
     (M, C) -> (M,), positive. Measured before choosing (throwaway script, patch_knn alone with the
-    model's memory, self-check / test AUROC): 16 neighbours beat 1 and 4 on kolektor_sdd and tire, and
+    model's memory, self-check and test AUROC): 16 neighbours beat 1 and 4 on kolektor_sdd and tire on both, and
     adding the memory's median scale as a floor lowered the self-check on both (0.658 -> 0.611,
     0.996 -> 0.993), so there is none."""
-    k = min(neighbours, len(memory) - 1)
+    k = min(neighbors, len(memory) - 1)
     spread = []
     for start in range(0, len(memory), chunk):
         distances = torch.cdist(memory[start:start + chunk], memory)
