@@ -22,7 +22,7 @@ from .strict import FrozenStrict
 
 CARD_KEY = "qinspector.card"
 MAX_TILE_OVERLAP = 0.75  # 16 times the tiles of no overlap; 0.999 made 4,225 tiles of a 128 px frame
-CARD_FORMAT_VERSION = 11  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; 8: input.frame_level; 9: score.map_in_score_units; 10: export.photo_height/width; 11: score.pooled_output; older cards still load
+CARD_FORMAT_VERSION = 12  # 2: calibration.confidence; 3: .synthetic_recall; 4: .folds; 5: lineage; 6: input.tile_scale; 7: export.precision; 8: input.frame_level; 9: score.map_in_score_units; 10: export.photo_height/width; 11: score.pooled_output; 12: score.map_baseline; older cards still load
 MIN_TILE_SCALE = 0.25
 
 
@@ -141,6 +141,12 @@ class ScoreDefinition(FrozenStrict):
     # maxima: the mean of the highest share of the map in score units (the graph computes it with the
     # weights and scales above), so one stray patch in a component counts less than a defect's area
     pooled_output: str | None = None
+    # the map's median cell on held-out good frames, in the map's unit: where a heatmap's colours start,
+    # so a normal surface is drawn blue and only what stands out of it warms. A map on pretrained
+    # features has its median cell at 0.4-0.7 of the threshold on good frames (the six harder sets,
+    # mvtec_screw); drawn from 0, every frame was yellow to orange. None (cards before format 12):
+    # colours start at 0
+    map_baseline: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     description: str = ""
 
     def graph_outputs(self) -> set[str]:
@@ -232,7 +238,7 @@ class Lineage(FrozenStrict):
 
 
 class ModelCard(FrozenStrict):
-    format_version: Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] = CARD_FORMAT_VERSION
+    format_version: Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] = CARD_FORMAT_VERSION
     name: str
     # the training family that made the graph (training.models.registry); the runtime only shows it
     family: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
 from .card import ModelCard
+
+
+@dataclass(frozen=True)
+class HeatmapScale:
+    """How map values become colours: `low` and below blue, `high` and above red, linear between;
+    the labels say what the two ends mean under the colour bar."""
+
+    low: float
+    high: float
+    low_label: str
+    high_label: str
 
 
 def heatmap_reference(card: ModelCard, threshold: float) -> float:
@@ -20,9 +33,18 @@ def heatmap_reference(card: ModelCard, threshold: float) -> float:
     return score.scales.get("residual_max", 1.0)
 
 
-def colorize(heatmap: np.ndarray, reference: float, size: tuple[int, int]) -> np.ndarray:
-    """HxW float map -> BGR uint8 JET picture of `size` (width, height); `reference` maps to red."""
-    scaled = np.clip(heatmap / max(reference, 1e-12), 0.0, 1.0)
+def heatmap_scale(card: ModelCard, threshold: float) -> HeatmapScale:
+    """The colour scale of this card's heatmaps: from the map's typical level on good frames
+    (score.map_baseline; 0 on older cards, or where it is not below the red end) to heatmap_reference."""
+    high = heatmap_reference(card, threshold)
+    baseline = card.score.map_baseline
+    low = baseline if baseline is not None and 0 <= baseline < high else 0.0
+    return HeatmapScale(low, high, "typical good surface" if low > 0 else "0", reference_label(card))
+
+
+def colorize(heatmap: np.ndarray, scale: HeatmapScale, size: tuple[int, int]) -> np.ndarray:
+    """HxW float map -> BGR uint8 JET picture of `size` (width, height), coloured on `scale`."""
+    scaled = np.clip((heatmap - scale.low) / max(scale.high - scale.low, 1e-12), 0.0, 1.0)
     picture = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.resize(picture, size, interpolation=cv2.INTER_LINEAR)
 
@@ -35,10 +57,10 @@ def as_bgr(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
-def side_by_side(frame: np.ndarray, heatmap: np.ndarray, reference: float, alpha: float = 0.45) -> np.ndarray:
+def side_by_side(frame: np.ndarray, heatmap: np.ndarray, scale: HeatmapScale, alpha: float = 0.45) -> np.ndarray:
     """The frame and the frame blended with its heatmap, next to each other (BGR uint8)."""
     frame = as_bgr(frame)
-    colour = colorize(heatmap, reference, (frame.shape[1], frame.shape[0]))
+    colour = colorize(heatmap, scale, (frame.shape[1], frame.shape[0]))
     blended = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
     return np.hstack([frame, blended])
 
@@ -55,28 +77,27 @@ def reference_label(card: ModelCard) -> str:
     return "red = the typical maximum on good parts"
 
 
-def colour_bar(width: int, label: str) -> np.ndarray:
-    """A JET gradient strip (left: no anomaly, right: `label`) with its legend beneath, BGR uint8."""
+def colour_bar(width: int, scale: HeatmapScale) -> np.ndarray:
+    """A JET gradient strip with what its two ends mean beneath (`scale`'s labels), BGR uint8."""
     ramp = np.tile(np.linspace(0, 255, width).astype(np.uint8), (BAR_HEIGHT, 1))
     legend = np.zeros((LINE_HEIGHT, width, 3), np.uint8)
-    _text(legend, "0", 2, 12)
-    size = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
-    _text(legend, label, max(2, width - size - 2), 12)
+    _text(legend, scale.low_label, 2, 12)
+    size = cv2.getTextSize(scale.high_label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
+    _text(legend, scale.high_label, max(2, width - size - 2), 12)
     return np.vstack([cv2.applyColorMap(ramp, cv2.COLORMAP_JET), legend])
 
 
-def evidence_picture(frame: np.ndarray, heatmap: np.ndarray, reference: float, label: str,
-                     caption: list[str]) -> np.ndarray:
+def evidence_picture(frame: np.ndarray, heatmap: np.ndarray, scale: HeatmapScale, caption: list[str]) -> np.ndarray:
     """What an operator opens: frame | overlay, the colour scale, and the caption lines (score,
     threshold, verdict, source, time, model) under them, so the PNG explains itself without the journal."""
-    pair = side_by_side(frame, heatmap, reference)
+    pair = side_by_side(frame, heatmap, scale)
     width = max(pair.shape[1], CAPTION_MIN_WIDTH)
     if pair.shape[1] < width:
         pair = np.hstack([pair, np.zeros((pair.shape[0], width - pair.shape[1], 3), np.uint8)])
     text = np.zeros((LINE_HEIGHT * len(caption) + 4, width, 3), np.uint8)
     for row, line in enumerate(caption):
         _text(text, line, 4, LINE_HEIGHT * (row + 1) - 3)
-    return np.vstack([pair, colour_bar(width, label), text])
+    return np.vstack([pair, colour_bar(width, scale), text])
 
 
 def _text(picture: np.ndarray, line: str, x: int, y: int) -> None:

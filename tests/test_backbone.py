@@ -43,7 +43,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from inspector.errors import ConfigError  # noqa: E402
-from inspector.overlay import heatmap_reference  # noqa: E402
+from inspector.overlay import heatmap_reference, heatmap_scale  # noqa: E402
 from inspector.scorer import Scorer  # noqa: E402
 from training.cli import default_config  # noqa: E402
 from training.config import validate_train_config  # noqa: E402
@@ -366,6 +366,12 @@ def test_a_backbone_model_trains_exports_with_parity_and_finds_synthetic_defects
     # the heatmap sums the components as the score does, so red on evidence pictures means the threshold
     [scored] = scorer.score_images([frame])
     assert card.score.map_in_score_units and heatmap_reference(card, scorer.threshold) == scorer.threshold
+    # its colours start at the map's typical level on held-out good frames (the median cell), so a good
+    # surface is drawn blue: the heatmaps of the test set's good frames sit around that level
+    assert 0 < card.score.map_baseline < scorer.threshold
+    assert heatmap_scale(card, scorer.threshold).low == card.score.map_baseline
+    good_cells = np.concatenate([r.heatmap.ravel() for r in scorer.score_files(sorted((data / "test" / "good").iterdir()))])
+    assert 0.5 < np.median(good_cells) / card.score.map_baseline < 2
     assert "anomaly_map = the same weighted sum of the components' patch maps" in card.score.description
     assert "the backbone sees each 64x64 frame enlarged to 96x96" in card.score.description
     # a frame's score is the mean of the heatmap's highest 1% (score.map_top_share): 41 of 64x64 values

@@ -110,9 +110,17 @@ def test_format_1_and_2_cards_from_earlier_releases_still_load(tiny_piped_run, t
     _rewrite_card(tiny_piped_run.model_path, tmp_path / "ten.onnx", format_10)
     card = Scorer(tmp_path / "ten.onnx").card
     assert card.format_version == 10 and card.score.pooled_output is None  # the weighted sum of maxima, as then
+
+    def format_11(d):
+        d["format_version"] = 11
+        del d["score"]["map_baseline"]  # added in format 12
+
+    _rewrite_card(tiny_piped_run.model_path, tmp_path / "eleven.onnx", format_11)
+    card = Scorer(tmp_path / "eleven.onnx").card
+    assert card.format_version == 11 and card.score.map_baseline is None  # heatmap colours from 0, as then
     new = tiny_piped_run.card
     assert (new.export.photo_height, new.export.photo_width) == (128, 128)  # the training photos as stored
-    assert new.format_version == 11 and new.input.frame_level is not None and new.export.precision == "float32" and new.calibration.confidence == 0.9 and new.calibration.folds is None
+    assert new.format_version == 12 and new.score.map_baseline > 0 and new.input.frame_level is not None and new.export.precision == "float32" and new.calibration.confidence == 0.9 and new.calibration.folds is None
     assert new.lineage is None  # trained from scratch
     assert 0 <= new.calibration.synthetic_recall <= 1
 

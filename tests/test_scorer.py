@@ -75,6 +75,20 @@ def test_tiled_model_returns_a_frame_sized_heatmap_and_its_worst_tile(tiny_tiled
     assert result.raw == pytest.approx(float(tiles_scores.max()))
 
 
+@pytest.mark.parametrize("run_name", ["tiny_piped_run", "tiny_tiled_run"])
+def test_a_card_carries_its_heatmaps_typical_level_on_good_frames_in_the_maps_own_unit(run_name, request, piped_class):
+    """Where evidence pictures start their colours: the median cell of the exported heatmap on held-out
+    good frames (a from-scratch model's map is its own residual, not the score's unit). The good test
+    photos' heatmaps sit around it, and it is below what is drawn red."""
+    from inspector.overlay import heatmap_scale
+
+    scorer = Scorer(request.getfixturevalue(run_name).model_path)
+    baseline = scorer.card.score.map_baseline
+    good = [r.heatmap for r in scorer.score_files(list_images(piped_class / "test" / "good"))]
+    assert baseline > 0 and 0.5 < np.median(np.concatenate([h.ravel() for h in good])) / baseline < 2
+    assert heatmap_scale(scorer.card, scorer.threshold).low == baseline
+
+
 def test_frames_prepared_ahead_score_the_same_and_stale_preparations_are_redone(tiny_piped_run, piped_class):
     scorer = Scorer(tiny_piped_run.model_path)
     images = [read_image(p) for p in _test_files(piped_class, 4)]

@@ -43,6 +43,7 @@ class _Card:
         map_in_score_units = False
         weights = {"residual_max": 1.0}
         scales = {"residual_max": 1.0}
+        map_baseline = None  # a card from before format 12: colours start at 0
 
 
 class _Scorer:
@@ -118,3 +119,51 @@ def test_an_evidence_image_explains_itself_with_a_colour_scale_and_a_caption(tmp
     lines = caption_lines(item, ScoreResult(2.5, 2.5, "anomaly", {}), _Scorer())
     assert lines[0].startswith("ANOMALY  score 2.5  threshold 1") and "cam  frame 7  seq 7" in lines[1]
     assert lines[2] == "captured 2026-12-03T12:13:20.000+00:00" and lines[3] == f"model parts {_Card.version}"
+
+
+def _score_unit_card(baseline):
+    """A card whose heatmap is in score units (red = the threshold), with the good surface's typical level."""
+    from types import SimpleNamespace
+
+    from inspector.card import ScoreDefinition
+
+    return SimpleNamespace(score=ScoreDefinition(weights={"patch_knn": 1.0}, scales={"patch_knn": 1.0},
+                                                 map_in_score_units=True, map_baseline=baseline))
+
+
+def test_a_heatmap_colours_from_the_good_surfaces_typical_level_so_only_a_flaw_warms():
+    """A map on pretrained features has most cells of a good frame at half the threshold or more; drawn
+    from 0 every frame was yellow to orange. From the card's map_baseline the ordinary surface is blue
+    and the flaw red."""
+    from inspector.overlay import colorize, heatmap_scale
+
+    heatmap = np.full((32, 32), 0.8, np.float32)
+    heatmap[12:20, 12:20] = 1.0  # a flaw at the threshold's level on a surface at its typical level
+    scale = heatmap_scale(_score_unit_card(0.8), threshold=1.0)
+    assert (scale.low, scale.high, scale.low_label) == (0.8, 1.0, "typical good surface")
+    picture = colorize(heatmap, scale, (32, 32)).astype(int)  # BGR
+    surface, flaw = picture[2, 2], picture[16, 16]
+    assert surface[0] > 100 and surface[2] < 50  # blue
+    assert flaw[2] > 100 and flaw[0] < 50  # red
+    from_zero = colorize(heatmap, heatmap_scale(_score_unit_card(None), threshold=1.0), (32, 32)).astype(int)
+    assert from_zero[2, 2, 2] > from_zero[2, 2, 0]  # without a baseline the same surface reads warm
+
+
+def test_a_baseline_not_below_the_red_end_is_ignored_rather_than_inverting_the_colours():
+    """An operator's threshold set under the good surface's level (or a strange card) draws from 0 again."""
+    from inspector.overlay import heatmap_scale
+
+    for baseline in (1.0, 1.5):
+        scale = heatmap_scale(_score_unit_card(baseline), threshold=1.0)
+        assert (scale.low, scale.high, scale.low_label) == (0.0, 1.0, "0")
+
+
+def test_the_evidence_colour_bar_names_where_its_colours_start():
+    from inspector.overlay import colour_bar, heatmap_scale
+
+    with_baseline = colour_bar(420, heatmap_scale(_score_unit_card(0.8), threshold=1.0))
+    from_zero = colour_bar(420, heatmap_scale(_score_unit_card(None), threshold=1.0))
+    legend = slice(with_baseline.shape[0] - 16, None)
+    left = (slice(None), slice(0, 140))
+    # "typical good surface" is longer than "0": more of the legend's left part is written
+    assert (with_baseline[legend][left] > 200).sum() > 4 * (from_zero[legend][left] > 200).sum() > 0

@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from inspector.image_files import read_image
-from inspector.overlay import colour_bar, heatmap_reference, reference_label, side_by_side
+from inspector.overlay import colour_bar, heatmap_scale, side_by_side
 from inspector.scorer import Scorer
 
 from .data import list_test_files
@@ -137,11 +137,11 @@ def outcome(label: int, score: float, threshold: float) -> str:
 def _example_grid(report: Path, picks: list[tuple[str, TestItem, float, np.ndarray]], scorer: Scorer) -> None:
     """Rows of 'frame | overlay' tiles, each framed and captioned with what the threshold did with it
     (red: false alarm, orange: missed, green: right), over the heatmap's colour scale; OpenCV only."""
-    reference = heatmap_reference(scorer.card, scorer.threshold)
+    scale = heatmap_scale(scorer.card, scorer.threshold)
     tiles = []
     for caption, item, score, heatmap in picks:
         frame = item.array if item.array is not None else read_image(item.path)
-        pair = side_by_side(cv2.resize(frame, (160, 160 * frame.shape[0] // frame.shape[1] or 1)), heatmap, reference)
+        pair = side_by_side(cv2.resize(frame, (160, 160 * frame.shape[0] // frame.shape[1] or 1)), heatmap, scale)
         pair = cv2.resize(pair, (320, 160))
         verdict = outcome(item.label, score, scorer.threshold)
         canvas = np.full((208, 320, 3), 255, np.uint8)
@@ -158,7 +158,7 @@ def _example_grid(report: Path, picks: list[tuple[str, TestItem, float, np.ndarr
         tiles.append(np.full_like(tiles[0], 255))
     rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
     grid = np.vstack(rows)
-    cv2.imwrite(str(report / "examples.png"), np.vstack([grid, colour_bar(grid.shape[1], reference_label(scorer.card))]))
+    cv2.imwrite(str(report / "examples.png"), np.vstack([grid, colour_bar(grid.shape[1], scale)]))
 
 
 def _score_items(scorer: Scorer, items: list[TestItem]) -> tuple[list, list[np.ndarray | None]]:

@@ -34,7 +34,7 @@ from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
 from .flops import count_flops
 from .frame_level import with_frame_level
-from .frame_scores import component_scales, frame_outputs, model_inputs, per_frame_max, scale_description
+from .frame_scores import component_scales, frame_outputs, map_baseline, model_inputs, per_frame_max, scale_description
 from .items import Items, items_of
 from .pose_check import with_decided_poses
 from .quantize import export_int8
@@ -248,6 +248,7 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
         score = pooled_score(config, scoring, score)
         if score.pooled_output:  # its value exists in score units only
             outputs = run_scoring(scoring, held_out, keep_maps=False)
+    score = ScoreDefinition.model_validate({**score.model_dump(), "map_baseline": map_baseline(scoring, held_out)})
     normal_scores = per_frame_max(combine_score(outputs, score), owner)
     validation = None
     if config.calibration.method == "f1_optimal":

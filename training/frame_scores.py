@@ -102,3 +102,21 @@ def component_scales(outputs: dict[str, np.ndarray], names: list[str], fusion: s
 def scale_description(fusion: str) -> str:
     """How the card's description names the components' unit."""
     return "median" if fusion == "median" else "robust spread (1.4826 x median absolute deviation)"
+
+
+BASELINE_ITEMS = 16  # held-out inputs whose heatmap cells give the map's typical level (a median of many cells)
+
+
+def map_baseline(scoring, inputs: np.ndarray, map_name: str = "anomaly_map") -> float | None:
+    """The median cell of `scoring`'s heatmap over up to BASELINE_ITEMS evenly spread held-out normal
+    inputs, in the map's unit as exported: where the heatmap's colours start (ScoreDefinition.map_baseline).
+    None where the module has no such map or its cells are not finite."""
+    from .torch_scoring import run_scoring
+
+    if not len(inputs):
+        return None
+    picks = np.unique(np.linspace(0, len(inputs) - 1, min(BASELINE_ITEMS, len(inputs))).round().astype(int))
+    maps = run_scoring(scoring, inputs[picks], batch_size=4).get(map_name)
+    if maps is None or not np.all(np.isfinite(maps)):
+        return None
+    return max(float(np.median(maps)), 0.0)

@@ -22,7 +22,7 @@ from typing import Callable
 import cv2
 
 from ..active_model import ActiveModel
-from ..overlay import evidence_picture, heatmap_reference, reference_label
+from ..overlay import evidence_picture, heatmap_scale
 from ..scorer import ANOMALY, ScoreResult
 from ..sources.base import Item
 
@@ -125,8 +125,8 @@ class EvidenceSink:
             if result.heatmap is None:
                 continue
             try:
-                picture = evidence_picture(item.image, result.heatmap, heatmap_reference(scorer.card, scorer.threshold),
-                                           reference_label(scorer.card), caption(item, result, scorer))
+                picture = evidence_picture(item.image, result.heatmap, heatmap_scale(scorer.card, scorer.threshold),
+                                           caption(item, result, scorer))
                 path = self.path_for(item)
                 self._write_png(path, picture)
                 item.evidence = path.name
