@@ -69,6 +69,10 @@ def test_recalibration_sets_the_threshold_on_new_good_photos_and_keeps_the_graph
     raw_new = [r.raw for r in new.score_files(fresh, heatmaps=False)]
     assert raw_old == raw_new  # the same graph: only the threshold moved
     assert (normalised(candidate, fresh) >= 1).mean() <= 0.1
+    # and where the heatmap's colours start: the brighter good photos' maps lie higher, as their scores do
+    fresh_cells = np.concatenate([r.heatmap.ravel() for r in new.score_files(fresh)])
+    assert new.card.score.map_baseline > old.card.score.map_baseline
+    assert 0.5 < np.median(fresh_cells) / new.card.score.map_baseline < 2
 
 
 def test_recalibration_refuses_to_overwrite_the_active_model_and_names_unreadable_photos(parent, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.card import ImageInput, Lineage, ModelCard
+from inspector.card import ImageInput, Lineage, ModelCard, ScoreDefinition
 from inspector.errors import InspectorError
 from inspector.image_files import list_images
 from inspector.scorer import Scorer
@@ -57,14 +57,17 @@ def good_image_paths(folders: list[Path]) -> list[Path]:
     return paths
 
 
-def normal_scores(scorer: Scorer, paths: list[Path]) -> np.ndarray:
-    """Scores of good-part photos; any photo the model cannot take is an error (it would bias the threshold)."""
-    results = scorer.score_files(paths, heatmaps=False)
+def normal_scores(scorer: Scorer, paths: list[Path]) -> tuple[np.ndarray, float | None]:
+    """Scores of good-part photos, and their heatmaps' median cell (None without a heatmap); any photo
+    the model cannot take is an error (it would bias the threshold)."""
+    results = scorer.score_files(paths)
     bad = [(path, result) for path, result in zip(paths, results) if result.rejected]
     if bad:
         path, result = bad[0]
         raise InspectorError(f"{len(bad)} of {len(paths)} good photo(s) cannot be scored, e.g. {path}: {result.message}")
-    return np.array([result.raw for result in results], dtype=np.float64)
+    maps = [result.heatmap.ravel() for result in results if result.heatmap is not None]
+    baseline = float(np.median(np.concatenate(maps))) if maps else None
+    return np.array([result.raw for result in results], dtype=np.float64), baseline
 
 
 def recalibrate(run_or_model: Path, good: list[Path], out: Path | None = None,
@@ -76,13 +79,17 @@ def recalibrate(run_or_model: Path, good: list[Path], out: Path | None = None,
         raise InspectorError(f"{source}: recalibrate takes photos of good parts; this is a traffic model "
                              "(retrain it on the new normal rows instead)")
     paths = good_image_paths(good)
-    scores = normal_scores(scorer, paths)
+    scores, baseline = normal_scores(scorer, paths)
     old = card.calibration
     target = target_false_alarm_rate or old.target_false_alarm_rate or 0.01
     calibration = calibrate(scores, target, "quantile", confidence=confidence or old.confidence or 0.9)
     created = datetime.now(timezone.utc)
-    # the synthetic self-check needs the torch model; it is not re-measured for a new threshold
-    new = card.with_updates(version=model_version(card.version, created), calibration=calibration,
+    # the synthetic self-check needs the torch model; it is not re-measured for a new threshold. The
+    # heatmap's colours start where the new good photos' maps typically lie, as the scores moved with them
+    score = card.score
+    if baseline is not None and np.isfinite(baseline):
+        score = ScoreDefinition.model_validate({**score.model_dump(), "map_baseline": max(baseline, 0.0)})
+    new = card.with_updates(version=model_version(card.version, created), calibration=calibration, score=score,
                             lineage=Lineage(parent=card.version, change="recalibrated",
                                             created=created.isoformat(timespec="seconds"), new_good_images=len(paths)))
     out = out or source.with_name("candidate.onnx")
