@@ -244,7 +244,7 @@ def train(args) -> int:
         # with the best self-check was the best on real defects on 5 of 6 sets), but across data sets it did
         # not rank their real AUROCs (rank correlation 0.09 on the harder suite, RESULTS), so no forecast
         meaning = ("low: the model barely separates even made-up flaws; look at report/examples.png before "
-                   f"relying on it" if checked < WEAK_SEPARATION
+                   "relying on it" if checked < WEAK_SEPARATION
                    else f"it steers this run's choices; it is no forecast of the real AUROC, as real {real} differ")
         print(f"self-check: the model ranks {synthetic} above the {held} with AUROC {checked:.2f} "
               f"(1.0 = always, 0.5 = chance; {meaning})")
