@@ -57,17 +57,29 @@ def good_image_paths(folders: list[Path]) -> list[Path]:
     return paths
 
 
+PHOTOS_PER_CALL = 16  # photos scored at once: their frame-sized heatmaps are held only that long
+CELLS_PER_PHOTO = 4096  # evenly strided heatmap cells of each photo kept for the median
+
+
 def normal_scores(scorer: Scorer, paths: list[Path]) -> tuple[np.ndarray, float | None]:
-    """Scores of good-part photos, and their heatmaps' median cell (None without a heatmap); any photo
-    the model cannot take is an error (it would bias the threshold)."""
-    results = scorer.score_files(paths)
-    bad = [(path, result) for path, result in zip(paths, results) if result.rejected]
+    """Scores of good-part photos, and their heatmaps' median cell (from a strided sample of each; None
+    without a heatmap); any photo the model cannot take is an error (it would bias the threshold)."""
+    scores, cells, bad = [], [], []
+    for start in range(0, len(paths), PHOTOS_PER_CALL):
+        chunk = paths[start:start + PHOTOS_PER_CALL]
+        for path, result in zip(chunk, scorer.score_files(chunk)):
+            if result.rejected:
+                bad.append((path, result))
+                continue
+            scores.append(result.raw)
+            if result.heatmap is not None:
+                flat = result.heatmap.ravel()
+                cells.append(flat[::max(1, flat.size // CELLS_PER_PHOTO)])
     if bad:
         path, result = bad[0]
         raise InspectorError(f"{len(bad)} of {len(paths)} good photo(s) cannot be scored, e.g. {path}: {result.message}")
-    maps = [result.heatmap.ravel() for result in results if result.heatmap is not None]
-    baseline = float(np.median(np.concatenate(maps))) if maps else None
-    return np.array([result.raw for result in results], dtype=np.float64), baseline
+    baseline = float(np.median(np.concatenate(cells))) if cells else None
+    return np.array(scores, dtype=np.float64), baseline
 
 
 def recalibrate(run_or_model: Path, good: list[Path], out: Path | None = None,
