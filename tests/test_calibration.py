@@ -116,6 +116,29 @@ def test_folds_partition_the_normal_items():
         fold_indices(3, 5, seed=0)
 
 
+def test_data_holdout_last_holds_out_the_newest_items_and_cuts_folds_into_consecutive_runs():
+    """Overlapping neighbours (frames of a moving web) stay on one side: the held-out items are the last
+    ones in file-name order, each fold a run of consecutive items; random keeps the seeded draw."""
+    from training.cross_fit import fold_indices
+    from training.data import split_holdout
+
+    fitted, held = split_holdout(90, 0.2, seed=0, how="last")
+    assert held.tolist() == list(range(72, 90)) and fitted.tolist() == list(range(72))
+    random_fitted, random_held = split_holdout(90, 0.2, seed=0)
+    assert len(random_held) == 18 and random_held.tolist() != held.tolist()
+    folds = fold_indices(32, 5, seed=0, how="last")
+    assert [f.tolist() for f in folds] == [list(range(a, b)) for a, b in ((0, 7), (7, 14), (14, 20), (20, 26), (26, 32))]
+
+
+def test_the_holdout_kind_is_checked_with_one_line(tmp_path):
+    from inspector.errors import ConfigError
+    from training.config import validate_train_config
+
+    with pytest.raises(ConfigError, match="holdout") as error:
+        validate_train_config({"name": "x", "data": {"path": str(tmp_path), "holdout": "newest"}}, "x.yaml")
+    assert "\n" not in str(error.value) and "'random' or 'last'" in str(error.value)
+
+
 def test_cross_fitted_threshold_comes_from_an_out_of_fold_score_of_every_normal_image(piped_class, tmp_path):
     from training.config import validate_train_config
     from training.cross_fit import out_of_fold_scores

@@ -91,11 +91,12 @@ def fold_seconds(trained, n_normal: int, folds: int = AUTO_FOLDS) -> float:
     return trained.seconds - trained.selection_seconds + trained.memory_seconds + share * trained.item_seconds
 
 
-def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
-    """K disjoint, sorted index sets covering range(n), from a seeded permutation."""
+def fold_indices(n: int, folds: int, seed: int, how: str = "random") -> list[np.ndarray]:
+    """K disjoint, sorted index sets covering range(n), from a seeded permutation, or with `how` "last"
+    (data.holdout) K consecutive runs, so that an item's overlapping neighbours mostly share its fold."""
     if folds > n:
         raise ValueError(f"calibration.folds is {folds}, but there are only {n} normal items")
-    order = np.random.default_rng(seed + 1).permutation(n)
+    order = np.random.default_rng(seed + 1).permutation(n) if how == "random" else np.arange(n)
     return [np.sort(chunk) for chunk in np.array_split(order, folds)]
 
 
@@ -139,7 +140,7 @@ def out_of_fold_scores(config: TrainConfig, normal: np.ndarray, steps: int, run:
     scores = np.empty(len(normal))
     settings = fold_config(config, steps)
     started = time.perf_counter()
-    for k, held in enumerate(fold_indices(len(normal), folds, config.train.seed)):
+    for k, held in enumerate(fold_indices(len(normal), folds, config.train.seed, config.data.holdout)):
         fitted = np.setdiff1d(np.arange(len(normal)), held)
         log.info("calibration fold %d of %d: training on %d items, scoring %d", k + 1, folds, len(fitted), len(held))
         trained = train(settings, normal[fitted], RunFolder.create(run.root / "folds" / f"fold{k + 1}"),

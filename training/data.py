@@ -172,11 +172,12 @@ def load_test(root: Path, spec: ImageInput) -> LoadedImages:
     return load_images([f[0] for f in files], spec, [f[1] for f in files], [f[2] for f in files], [f[3] for f in files])
 
 
-def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic split of n normal items into (train, held-out) indices for calibration."""
+def split_holdout(n: int, fraction: float, seed: int, how: str = "random") -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split of n normal items into (train, held-out) indices for calibration: a seeded
+    draw, or with `how` "last" the last items in their order (data.holdout)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
-    order = np.random.default_rng(seed).permutation(n)
+    order = np.random.default_rng(seed).permutation(n) if how == "random" else np.arange(n)[::-1]
     n_hold = max(1, int(round(n * fraction)))
     if n - n_hold < 1:
         raise ValueError(f"only {n} normal images: too few to hold out {fraction:.0%} for calibration")

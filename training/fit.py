@@ -307,7 +307,8 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     run = _prepare_run(config, run_dir)
     normal, test_items = load_training_data(config, with_test=evaluate_test)
     check_normal_count(len(normal), config)
-    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
+    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed,
+                                     config.data.holdout)
     log.info("training on %d normal images, %d held out for calibration and checkpoint selection", len(fit_idx),
              len(hold_idx))
     config, pose_record = with_decided_poses(config, normal.tensors[fit_idx], normal.tensors[hold_idx])
@@ -344,7 +345,8 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     run = _prepare_run(config, run_dir)
     started = time.perf_counter()
     spec, normal, test_sets = load_tabular(config)
-    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
+    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed,
+                                     config.data.holdout)
     log.info("training on %d normal windows of %d features, %d held out for calibration", len(fit_idx),
              spec.width, len(hold_idx))
     held_out = normal[hold_idx]

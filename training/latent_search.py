@@ -158,4 +158,5 @@ def fitted_items(config) -> np.ndarray | None:
     except OSError as error:  # moved or deleted training data
         raise InspectorError(f"latent search rebuilds the memory of normal codes (latent_knn / latent_lof) from the "
                              f"run's training data, which cannot be read: {error}") from error
-    return normal[split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)[0]]
+    return normal[split_holdout(len(normal), config.data.holdout_fraction, config.train.seed,
+                                config.data.holdout)[0]]

@@ -162,9 +162,10 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
     if not len(new):
         raise InspectorError("none of the reviewed frames or new photos could be read")
     fraction, seed = config.data.holdout_fraction, config.train.seed
-    fit_idx, hold_idx = split_holdout(len(normal), fraction, seed)  # the parent's split: its held-out stay unseen
+    how = config.data.holdout
+    fit_idx, hold_idx = split_holdout(len(normal), fraction, seed, how)  # the parent's split: its held-out stay unseen
     if len(new) >= 2:
-        new_fit, new_hold = split_holdout(len(new), fraction, seed + 1)
+        new_fit, new_hold = split_holdout(len(new), fraction, seed + 1, how)
     else:
         new_fit, new_hold = np.arange(len(new)), np.arange(0)
     repeat = max(1, min(MAX_REPEAT, math.ceil(NEW_SHARE / (1 - NEW_SHARE) * len(fit_idx) / max(1, len(new_fit)))))
