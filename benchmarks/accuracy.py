@@ -183,7 +183,7 @@ def run_tabular_baseline(config, variant: str) -> list[dict]:
     from training.tabular import load_tabular
 
     spec, normal, tests = load_tabular(config)
-    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed)
+    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed, config.data.holdout)
     train = normal[fit_idx]
     if variant == "ocsvm" and len(train) > OCSVM_MAX_TRAIN:
         train = train[np.random.default_rng(0).choice(len(train), OCSVM_MAX_TRAIN, replace=False)]
