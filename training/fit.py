@@ -248,7 +248,7 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
         score = pooled_score(config, scoring, score)
         if score.pooled_output:  # its value exists in score units only
             outputs = run_scoring(scoring, held_out, keep_maps=False)
-    score = ScoreDefinition.model_validate({**score.model_dump(), "map_baseline": map_baseline(scoring, held_out)})
+    score = score.model_copy(update={"map_baseline": map_baseline(scoring, held_out)})
     normal_scores = per_frame_max(combine_score(outputs, score), owner)
     validation = None
     if config.calibration.method == "f1_optimal":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.card import ImageInput, Lineage, ModelCard, ScoreDefinition
+from inspector.card import ImageInput, Lineage, ModelCard
 from inspector.errors import InspectorError
 from inspector.image_files import list_images
 from inspector.scorer import Scorer
@@ -100,7 +100,7 @@ def recalibrate(run_or_model: Path, good: list[Path], out: Path | None = None,
     # heatmap's colours start where the new good photos' maps typically lie, as the scores moved with them
     score = card.score
     if baseline is not None and np.isfinite(baseline):
-        score = ScoreDefinition.model_validate({**score.model_dump(), "map_baseline": max(baseline, 0.0)})
+        score = score.model_copy(update={"map_baseline": max(baseline, 0.0)})
     new = card.with_updates(version=model_version(card.version, created), calibration=calibration, score=score,
                             lineage=Lineage(parent=card.version, change="recalibrated",
                                             created=created.isoformat(timespec="seconds"), new_good_images=len(paths)))
