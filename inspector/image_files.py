@@ -8,6 +8,7 @@ allocating them; a file larger than any image of the allowed pixel count is refu
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -22,11 +23,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 ACCEPTED_FORMATS = "PNG, JPEG, BMP, TIFF or WebP"
 
 
+def name_order(name: str) -> tuple:
+    """Sort key for file names as a camera numbers them: digit runs compare as numbers, so
+    frame_9 comes before frame_10 (plain string order puts frame_10 first, and a line writing
+    unpadded numbers would see its frames, and data.holdout=last its newest photos, out of order)."""
+    return tuple((0, int(run), run) if run.isdigit() else (1, run, "") for run in re.split(r"(\d+)", name) if run)
+
+
 def list_images(folder: Path) -> list[Path]:
-    """The image files directly in `folder`, in name order (none when it is not a folder)."""
+    """The image files directly in `folder`, in name order (`name_order`; none when it is not a folder)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                  key=lambda p: name_order(p.name))
 
 
 def _header_dimensions(data: bytes) -> tuple[int, int] | None:

@@ -130,6 +130,26 @@ def test_data_holdout_last_holds_out_the_newest_items_and_cuts_folds_into_consec
     assert [f.tolist() for f in folds] == [list(range(a, b)) for a, b in ((0, 7), (7, 14), (14, 20), (20, 26), (26, 32))]
 
 
+def test_data_holdout_last_holds_out_the_newest_photos_of_a_camera_that_numbers_without_padding(tmp_path):
+    """frame_9 was taken before frame_10: training reads photos in the camera's numbering, so 'last'
+    holds out frame_9 and frame_10, not frame_8 and frame_9 as plain string order would."""
+    import cv2
+
+    from training.data import load_train_good, split_holdout
+    from training.config import validate_train_config
+
+    folder = tmp_path / "train" / "good"
+    folder.mkdir(parents=True)
+    for number in range(1, 11):
+        cv2.imwrite(str(folder / f"frame_{number}.png"), np.full((32, 32), 20 * number, np.uint8))
+    config = validate_train_config({"name": "x", "data": {"path": str(tmp_path), "holdout": "last"},
+                                    "input": {"height": 32, "width": 32, "channels": 1, "color_order": "gray"}}, "x.yaml")
+    loaded = load_train_good(tmp_path, config.input.to_spec())
+    assert [p.name for p in loaded.paths] == [f"frame_{n}.png" for n in range(1, 11)]
+    _, held = split_holdout(len(loaded), 0.2, seed=0, how=config.data.holdout)
+    assert [loaded.paths[i].name for i in held] == ["frame_9.png", "frame_10.png"]
+
+
 def test_the_holdout_kind_is_checked_with_one_line(tmp_path):
     from inspector.errors import ConfigError
     from training.config import validate_train_config

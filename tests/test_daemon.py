@@ -90,6 +90,23 @@ def test_folder_source_scores_dropped_files_once_and_never_reads_a_half_written_
     assert metric(samples, "inspector_items_rejected_total", source="inbox", reason="decode_failed") == 1
 
 
+def test_folder_source_scores_a_cameras_unpadded_numbering_in_the_order_it_was_taken(model, tmp_path):
+    """frame_2 before frame_10: the journal's order is the line's, not plain string order."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rng = np.random.default_rng(6)
+    for number in (10, 2, 1, 11, 9):
+        cv2.imwrite(str(inbox / f"frame_{number}.png"), flat_part(rng))
+    sources = [{"name": "inbox", "kind": "folder", "path": str(inbox), "settle_s": 0.1, "poll_interval_s": 0.05}]
+    with DaemonProcess(tmp_path, model, sources) as daemon:
+        daemon.wait_for(lambda s: metric(s, "inspector_items_scored_total", source="inbox", verdict="normal")
+                        + metric(s, "inspector_items_scored_total", source="inbox", verdict="anomaly") >= 5)
+        lines = daemon.journal_lines()
+        assert daemon.terminate() == 0
+    assert [l["origin"] for l in sorted(lines, key=lambda l: l["seq"])] == [
+        "frame_1.png", "frame_2.png", "frame_9.png", "frame_10.png", "frame_11.png"]
+
+
 def test_a_lost_camera_shows_down_and_retries_while_the_daemon_stays_healthy(model, tmp_path):
     video = tmp_path / "ok.avi"
     write_video(video, 30)

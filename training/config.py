@@ -36,10 +36,10 @@ class DataConfig(Strict):
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     # which normal items are held out (for checkpoints, the self-check, the score's scales and the
     # threshold) and, likewise, how calibration folds are cut: random (a seeded draw), or last (the last
-    # holdout_fraction in file-name order, which a camera's numbering makes the newest; folds are
-    # consecutive runs). Frames of a moving web or of one board photographed again overlap their
-    # neighbours (glass_fibre's consecutive crops share about 90% of their pixels): held out at random
-    # they are scored against their own neighbours and set a threshold new parts exceed
+    # holdout_fraction in file-name order, numbers as numbers, which a camera's numbering makes the
+    # newest; folds are consecutive runs). Frames of a moving web or of one board photographed again
+    # overlap their neighbours (glass_fibre's consecutive crops share about 90% of their pixels):
+    # held out at random they are scored against their own neighbours and set a threshold new parts exceed
     holdout: Literal["random", "last"] = "random"
     # tables (CSV, optionally gzip): flow records, one row per connection
     header: bool = True  # False: the file has no header row; name the columns below

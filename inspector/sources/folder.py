@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config_sources import FolderSource
 from ..errors import ItemRejected
-from ..image_files import read_image
+from ..image_files import name_order, read_image
 from .base import Emit, Item, Source
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class FolderSourceThread(Source):
         self._unjournaled_logged = False
 
     def _candidates(self) -> list[os.DirEntry]:
-        """Regular files matching the patterns, in name order. A symlink, FIFO, socket or directory
+        """Regular files matching the patterns, in name order (`name_order`: frame_9 before frame_10). A symlink, FIFO, socket or directory
         with a matching name is never opened (a FIFO would block, a link could point anywhere); it is
         reported once as a rejected item (not_a_regular_file) instead of being silently skipped."""
         entries = []
@@ -64,7 +64,7 @@ class FolderSourceThread(Source):
                     entries.append(entry)
                 elif entry.name not in self._taken:
                     self._irregular.append(entry.name)
-        return sorted(entries, key=lambda e: e.name)
+        return sorted(entries, key=lambda e: name_order(e.name))
 
     def _irregular_items(self) -> list[Item]:
         items = []
