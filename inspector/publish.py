@@ -17,9 +17,8 @@ from typing import Iterator
 import cv2
 
 from .errors import ConfigError
-from .image_files import read_image
+from .image_files import list_images, read_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 CHUNK = 500
 
 
@@ -78,7 +77,7 @@ def _video(uri: str, camera: str, encoding: str) -> Iterator[dict]:
 def _folder(folder: Path, camera: str) -> Iterator[dict]:
     if not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder")
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in list_images(folder):  # the formats and name order of every other reader of image folders
         read_image(path)  # refuse what the inspector could not decode, here, with the file's name
         yield {"image": path.read_bytes(), "camera": camera or path.name, "captured_at": repr(time.time())}
 

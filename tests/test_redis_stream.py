@@ -174,6 +174,23 @@ def test_frames_published_from_a_video_are_scored_and_verdicts_go_out_to_a_strea
     assert [(m["seq"], m["verdict"]) for m in out] == [(line["seq"], line["verdict"]) for line in journal]
 
 
+def test_a_published_folder_arrives_in_the_cameras_numbering_with_images_only(tmp_path):
+    """frame_2 before frame_10, a WebP photo included; a note and a folder named like a photo are not sent."""
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("frame_10.png", "frame_2.png", "frame_1.webp"):
+        cv2.imwrite(str(folder / name), np.full((24, 24, 3), 128, np.uint8))
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / "frame_3.png").mkdir()
+    with RedisServer(tmp_path / "redis") as redis:
+        publish(redis, "frames", "--folder", str(folder))
+        sent = [fields[b"camera"].decode() for _, fields in redis.client().xrange("frames")]
+    assert sent == ["frame_1.webp", "frame_2.png", "frame_10.png"]
+
+
 def test_an_entry_without_the_row_field_is_rejected_in_its_place_and_acknowledged(nsl_model, tmp_path):
     with RedisServer(tmp_path / "redis") as redis:
         client = redis.client()

@@ -52,9 +52,10 @@ class FolderSourceThread(Source):
         self._unjournaled_logged = False
 
     def _candidates(self) -> list[os.DirEntry]:
-        """Regular files matching the patterns, in name order (`name_order`: frame_9 before frame_10). A symlink, FIFO, socket or directory
-        with a matching name is never opened (a FIFO would block, a link could point anywhere); it is
-        reported once as a rejected item (not_a_regular_file) instead of being silently skipped."""
+        """Regular files matching the patterns, in name order (`name_order`: frame_9 before frame_10).
+        A symlink, FIFO, socket or directory with a matching name is never opened (a FIFO would block,
+        a link could point anywhere); it is reported once as a rejected item (not_a_regular_file)
+        instead of being silently skipped."""
         entries = []
         with os.scandir(self.settings.path) as it:
             for entry in it:
