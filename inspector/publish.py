@@ -17,7 +17,7 @@ from typing import Iterator
 import cv2
 
 from .errors import ConfigError
-from .image_files import list_images, read_image
+from .image_files import ACCEPTED_FORMATS, list_images, read_image
 
 CHUNK = 500
 
@@ -77,7 +77,10 @@ def _video(uri: str, camera: str, encoding: str) -> Iterator[dict]:
 def _folder(folder: Path, camera: str) -> Iterator[dict]:
     if not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder")
-    for path in list_images(folder):  # the formats and name order of every other reader of image folders
+    paths = list_images(folder)  # the formats and name order of every other reader of image folders
+    if not paths:
+        raise ConfigError(f"{folder}: no images ({ACCEPTED_FORMATS}) in this folder")
+    for path in paths:
         read_image(path)  # refuse what the inspector could not decode, here, with the file's name
         yield {"image": path.read_bytes(), "camera": camera or path.name, "captured_at": repr(time.time())}
 

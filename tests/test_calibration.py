@@ -142,8 +142,9 @@ def test_data_holdout_last_holds_out_the_newest_photos_of_a_camera_that_numbers_
     folder.mkdir(parents=True)
     for number in range(1, 11):
         cv2.imwrite(str(folder / f"frame_{number}.png"), np.full((32, 32), 20 * number, np.uint8))
-    config = validate_train_config({"name": "x", "data": {"path": str(tmp_path), "holdout": "last"},
-                                    "input": {"height": 32, "width": 32, "channels": 1, "color_order": "gray"}}, "x.yaml")
+    layout = {"height": 32, "width": 32, "channels": 1, "color_order": "gray"}
+    config = validate_train_config({"name": "x", "data": {"path": str(tmp_path), "holdout": "last"}, "input": layout},
+                                   "x.yaml")
     loaded = load_train_good(tmp_path, config.input.to_spec())
     assert [p.name for p in loaded.paths] == [f"frame_{n}.png" for n in range(1, 11)]
     _, held = split_holdout(len(loaded), 0.2, seed=0, how=config.data.holdout)

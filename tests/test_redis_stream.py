@@ -175,7 +175,8 @@ def test_frames_published_from_a_video_are_scored_and_verdicts_go_out_to_a_strea
 
 
 def test_a_published_folder_arrives_in_the_cameras_numbering_with_images_only(tmp_path):
-    """frame_2 before frame_10, a WebP photo included; a note and a folder named like a photo are not sent."""
+    """frame_2 before frame_10, a WebP photo included; a note and a folder named like a photo are not sent;
+    a folder with no photo is one error line, not '0 entries published'."""
     import cv2
     import numpy as np
 
@@ -189,6 +190,11 @@ def test_a_published_folder_arrives_in_the_cameras_numbering_with_images_only(tm
         publish(redis, "frames", "--folder", str(folder))
         sent = [fields[b"camera"].decode() for _, fields in redis.client().xrange("frames")]
     assert sent == ["frame_1.webp", "frame_2.png", "frame_10.png"]
+    (tmp_path / "empty").mkdir()
+    refused = subprocess.run([sys.executable, "-m", "inspector.cli", "publish", "redis://127.0.0.1:9/0", "frames",
+                              "--folder", str(tmp_path / "empty")], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith("empty: no images (PNG, JPEG, BMP, TIFF or WebP) in this folder")
 
 
 def test_an_entry_without_the_row_field_is_rejected_in_its_place_and_acknowledged(nsl_model, tmp_path):
