@@ -27,7 +27,8 @@ def name_order(name: str) -> tuple:
     """Sort key for file names as a camera numbers them: digit runs compare as numbers, so
     frame_9 comes before frame_10 (plain string order puts frame_10 first, and a line writing
     unpadded numbers would see its frames, and data.holdout=last its newest photos, out of order)."""
-    return tuple((0, int(run), run) if run.isdigit() else (1, run, "") for run in re.split(r"(\d+)", name) if run)
+    runs = re.split(r"(\d+)", name)  # text, digits, text, ...: the digit runs sit at the odd places
+    return tuple((0, int(run), run) if place % 2 else (1, run, "") for place, run in enumerate(runs) if run)
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -8,7 +8,7 @@ import pytest
 
 from inspector.card import ImageInput
 from inspector.errors import ItemRejected
-from inspector.image_files import decode_image, read_image
+from inspector.image_files import decode_image, name_order, read_image
 from inspector.preprocess import frame_tensor, prepare_image, stitch_tiles, tile_origins, tiles_from_frame
 from training.data import list_images, load_images, load_train_good
 
@@ -78,6 +78,12 @@ def test_corrupt_and_empty_files_are_rejected_with_reasons(tmp_path, piped_class
         assert path.name in str(info.value)
     assert reasons == {"empty.png": "empty_file", "truncated.png": "decode_failed", "notes.png": "decode_failed",
                        "missing.png": "file_missing"}
+
+
+def test_file_names_sort_as_a_camera_numbers_them_and_no_name_breaks_the_order():
+    names = ["frame_10.png", "frame_9.png", "frame_1.png", "frame_09b.png", "x1", "x01", "a1\u00b22.png", "a1.png"]
+    assert sorted(names, key=name_order) == ["a1.png", "a1\u00b22.png", "frame_1.png", "frame_09b.png", "frame_9.png",
+                                             "frame_10.png", "x01", "x1"]
 
 
 def test_huge_image_is_refused_from_its_header_before_decoding():
