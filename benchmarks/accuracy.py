@@ -178,12 +178,12 @@ def run_tabular_baseline(config, variant: str) -> list[dict]:
     from sklearn.svm import OneClassSVM
 
     from training.calibrate import quantile_threshold
-    from training.data import split_holdout
+    from training.data import config_split
     from training.evaluate import image_metrics
     from training.tabular import load_tabular
 
     spec, normal, tests = load_tabular(config)
-    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed, config.data.holdout)
+    fit_idx, hold_idx = config_split(config, len(normal))
     train = normal[fit_idx]
     if variant == "ocsvm" and len(train) > OCSVM_MAX_TRAIN:
         train = train[np.random.default_rng(0).choice(len(train), OCSVM_MAX_TRAIN, replace=False)]

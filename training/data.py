@@ -184,6 +184,12 @@ def split_holdout(n: int, fraction: float, seed: int, how: str = "random") -> tu
     return np.sort(order[n_hold:]), np.sort(order[:n_hold])
 
 
+def config_split(config, n: int, seed_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`split_holdout` as a training config states it (data.holdout_fraction, train.seed plus
+    `seed_offset`, data.holdout): every place that redraws a run's split draws this one."""
+    return split_holdout(n, config.data.holdout_fraction, config.train.seed + seed_offset, config.data.holdout)
+
+
 def mnist_one_class(npz_path: Path, anomaly_digit: int, spec: ImageInput, max_train: int | None = None, seed: int = 0):
     """GANomaly paper protocol: train on the nine other digits of x_train; test on all of x_test.
 

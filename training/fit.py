@@ -28,7 +28,7 @@ from inspector.scorer import Scorer, combine_score
 from .calibrate import calibrate
 from .cross_fit import FoldPlan, fold_seconds, out_of_fold_scores, plan_folds
 from .config import TrainConfig, expand_data_path
-from .data import LoadedImages, first_training_image, load_test, load_train_good, mnist_one_class, split_holdout
+from .data import LoadedImages, config_split, first_training_image, load_test, load_train_good, mnist_one_class
 from .driver import train
 from .evaluate import TestItem, evaluate, list_test_items, write_metrics
 from .export import export_with_parity, replace_card
@@ -307,8 +307,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     run = _prepare_run(config, run_dir)
     normal, test_items = load_training_data(config, with_test=evaluate_test)
     check_normal_count(len(normal), config)
-    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed,
-                                     config.data.holdout)
+    fit_idx, hold_idx = config_split(config, len(normal))
     log.info("training on %d normal images, %d held out for calibration and checkpoint selection", len(fit_idx),
              len(hold_idx))
     config, pose_record = with_decided_poses(config, normal.tensors[fit_idx], normal.tensors[hold_idx])
@@ -345,8 +344,7 @@ def fit_tabular(config: TrainConfig, run_dir: Path, *, resume: bool = False, pro
     run = _prepare_run(config, run_dir)
     started = time.perf_counter()
     spec, normal, test_sets = load_tabular(config)
-    fit_idx, hold_idx = split_holdout(len(normal), config.data.holdout_fraction, config.train.seed,
-                                     config.data.holdout)
+    fit_idx, hold_idx = config_split(config, len(normal))
     log.info("training on %d normal windows of %d features, %d held out for calibration", len(fit_idx),
              spec.width, len(hold_idx))
     held_out = normal[hold_idx]

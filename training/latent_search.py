@@ -144,7 +144,7 @@ def fitted_items(config) -> np.ndarray | None:
         return None
     from inspector.errors import InspectorError
 
-    from .data import split_holdout
+    from .data import config_split
 
     try:
         if config.data.kind == "table":
@@ -158,5 +158,4 @@ def fitted_items(config) -> np.ndarray | None:
     except OSError as error:  # moved or deleted training data
         raise InspectorError(f"latent search rebuilds the memory of normal codes (latent_knn / latent_lof) from the "
                              f"run's training data, which cannot be read: {error}") from error
-    return normal[split_holdout(len(normal), config.data.holdout_fraction, config.train.seed,
-                                config.data.holdout)[0]]
+    return normal[config_split(config, len(normal))[0]]

@@ -30,7 +30,7 @@ from inspector.review.store import ReviewStore, ReviewStoreError
 from inspector.scorer import ANOMALY, Scorer
 
 from .config import TrainConfig, predates_backbone_min_size, validate_train_config
-from .data import load_images, load_train_good, split_holdout
+from .data import config_split, load_images, load_train_good
 from .fit import calibrate_and_export, train_family
 from .export import replace_card
 from .recalibrate import good_image_paths, model_of
@@ -161,11 +161,9 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
     new = load_images(frames + extra, spec)
     if not len(new):
         raise InspectorError("none of the reviewed frames or new photos could be read")
-    fraction, seed = config.data.holdout_fraction, config.train.seed
-    how = config.data.holdout
-    fit_idx, hold_idx = split_holdout(len(normal), fraction, seed, how)  # the parent's split: its held-out stay unseen
+    fit_idx, hold_idx = config_split(config, len(normal))  # the parent's split: its held-out stay unseen
     if len(new) >= 2:
-        new_fit, new_hold = split_holdout(len(new), fraction, seed + 1, how)
+        new_fit, new_hold = config_split(config, len(new), seed_offset=1)
     else:
         new_fit, new_hold = np.arange(len(new)), np.arange(0)
     repeat = max(1, min(MAX_REPEAT, math.ceil(NEW_SHARE / (1 - NEW_SHARE) * len(fit_idx) / max(1, len(new_fit)))))
@@ -190,5 +188,5 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
                       false_alarm_reviews=review_ids)
     card = calibrate_and_export(tuned, run, trained, scoring, held_out, _join(normal.tensors, new.tensors), progress,
                                 lineage=lineage)
-    card = keep_confirmed_defects(run, card, scoring, held_out, confirmed, seed, tuned.selection.max_items)
+    card = keep_confirmed_defects(run, card, scoring, held_out, confirmed, config.train.seed, tuned.selection.max_items)
     return Retrained(run, card, parent, len(frames), missing, len(extra), trained.steps, time.perf_counter() - started)
