@@ -119,6 +119,22 @@ def test_a_small_set_trains_with_one_warning_and_says_what_the_threshold_rests_o
     assert (tmp_path / "run" / "model.onnx").is_file()
 
 
+@pytest.mark.slow
+def test_a_good_photo_with_a_scratch_is_named_and_drawn_for_a_second_look(tmp_path):
+    good = photos(tmp_path / "parts" / "train" / "good", 30)
+    scratched = cv2.imread(str(good / "part_007.jpg"))
+    cv2.line(scratched, (30, 20), (100, 80), (255, 255, 255), 3)  # sorted into train/good by mistake
+    cv2.imwrite(str(good / "part_007.jpg"), scratched)
+    result = inspector("--log-level", "WARNING", "train", "--data", str(tmp_path / "parts"),
+                       "--out", str(tmp_path / "run"), *TINY)
+    assert result.returncode == 0, result.stderr
+    check = next(line for line in result.stdout.splitlines() if line.startswith("check: "))
+    assert "as times the median: part_007.jpg" in check and "take it out of the good photos" in check
+    record = json.loads((tmp_path / "run" / "selection.json").read_text())["unusual_normal"]
+    assert record["photos"][0]["path"] == str(good / "part_007.jpg") and record["photos"][0]["times_median"] > 2
+    assert cv2.imread(str(tmp_path / "run" / "unusual_good.png")) is not None
+
+
 def test_resume_without_a_checkpoint_says_so(tmp_path):
     photos(tmp_path / "parts" / "train" / "good", 4)
     result = inspector("train", "--data", str(tmp_path / "parts"), "--out", str(tmp_path / "run"), "--resume", *TINY)

@@ -252,6 +252,10 @@ def train(args) -> int:
     if calibration.synthetic_recall is not None:
         print(f"self-check: this threshold flags {calibration.synthetic_recall:.0%} of {synthetic} made from the "
               f"{held} (no test data used; real {real} differ, so read it as a guide)")
+    if "unusual_normal" in selection:
+        from .unusual_normals import PICTURE, summary_line
+
+        print(summary_line(selection["unusual_normal"], out / PICTURE))
     _print_metrics(result.metrics, out)
     log.debug("total %.1f s", time.perf_counter() - started)
     return 0

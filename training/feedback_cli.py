@@ -34,5 +34,10 @@ def retrain(args) -> int:
           + (f"; {done.missing_frames} reviewed frame(s) were gone (evidence retention)" if done.missing_frames else ""))
     print(f"threshold {done.parent.calibration.threshold:.4g} -> {card.calibration.threshold:.4g}; self-check: the "
           f"threshold flags {100 * (card.calibration.synthetic_recall or 0):.0f}% of synthetic defects")
+    unusual = done.run.selection_record().get("unusual_normal")
+    if unusual:
+        from .unusual_normals import PICTURE, summary_line
+
+        print(summary_line(unusual, done.run.root / PICTURE))
     print(_next_steps(done.run.model))
     return 0

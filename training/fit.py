@@ -42,6 +42,7 @@ from .run_folder import RunFolder
 from .score_choice import choose_score, record_chosen_value
 from .selection import held_out_sample, synthetic_check
 from .torch_scoring import run_scoring
+from .unusual_normals import NormalPhotos, note_unusual_normals
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +223,11 @@ def pooled_score(config: TrainConfig, scoring, score: ScoreDefinition) -> ScoreD
 
 def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, held_out_frames: np.ndarray,
                          all_normal: np.ndarray, progress: bool, lineage: Lineage | None = None,
-                         seconds_left: float | None = None) -> ModelCard:
+                         seconds_left: float | None = None, photos: NormalPhotos | None = None) -> ModelCard:
     """After training on images: the score (training.score_choice), component scales and threshold
     from the held-out normal frames (or cross-fitted over `all_normal`), the synthetic self-check, then
-    model.onnx with its card. `seconds_left`: of train.budget_s, for what follows training (None: no budget)."""
+    model.onnx with its card. `seconds_left`: of train.budget_s, for what follows training (None: no budget).
+    `photos`: the frames' files, to name the normal photos that score far above the rest."""
     started = time.perf_counter()
     config = choose_score(config, run)
     scoring.keep_structure("structure_max" in config.score.weights)  # a candidate not chosen is not exported
@@ -260,6 +262,8 @@ def calibrate_and_export(config: TrainConfig, run: RunFolder, trained, scoring, 
                                                        progress)
     calibration = calibrate(normal_scores, config.calibration.target_false_alarm_rate, config.calibration.method,
                             *(validation or (None, None)), confidence=config.calibration.confidence)
+    if photos is not None:
+        note_unusual_normals(run, normal_scores, photos.scored(bool(folds.folds)), calibration.threshold)
     calibration = self_checked(config, run, scoring, held_out_frames, spec, score, calibration, folds)
     card = _card(config, spec, score, calibration, trained)
     if lineage is not None:
@@ -320,7 +324,8 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
     if pose_record is not None:  # after training, whose selection record starts selection.json afresh
         run.record_selection("pose", pose_record)
     card = calibrate_and_export(config, run, trained, scoring, normal.tensors[hold_idx], normal.tensors, progress,
-                                seconds_left=training_budget(config, fit_started))
+                                seconds_left=training_budget(config, fit_started),
+                                photos=NormalPhotos(normal.paths, hold_idx) if normal.paths else None)
     model_path = run.model
 
     metrics = None

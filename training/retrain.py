@@ -35,6 +35,7 @@ from .fit import calibrate_and_export, train_family
 from .export import replace_card
 from .recalibrate import good_image_paths, model_of
 from .run_folder import RunFolder
+from .unusual_normals import NormalPhotos
 from .selection import held_out_sample, synthetic_check
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,8 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
     lineage = Lineage(parent=parent.version, change="retrained", created=created.isoformat(timespec="seconds"),
                       new_good_images=len(extra), reviews_database=str(reviews.resolve()),
                       false_alarm_reviews=review_ids)
+    photos = NormalPhotos(normal.paths + new.paths, np.concatenate([hold_idx, len(normal) + new_hold]))
     card = calibrate_and_export(tuned, run, trained, scoring, held_out, _join(normal.tensors, new.tensors), progress,
-                                lineage=lineage)
+                                lineage=lineage, photos=photos)
     card = keep_confirmed_defects(run, card, scoring, held_out, confirmed, config.train.seed, tuned.selection.max_items)
     return Retrained(run, card, parent, len(frames), missing, len(extra), trained.steps, time.perf_counter() - started)

@@ -8,6 +8,7 @@
       diagnostics/<kind>_eNNNN.png  sample and reconstruction grids
       selection.json              the checkpoint criterion and every evaluation (training.selection)
       model.onnx                  the exported scorer with its card
+      unusual_good.png            good photos that scored like defects, when some did (training.unusual_normals)
       model.float32.onnx          with export.precision int8: the float32 graph it was quantized from
       metrics.json, report/       the evaluation on test/ (training.evaluate)
 """

@@ -1,0 +1,134 @@
+"""Good training photos that score like defects: named in the summary, shown in unusual_good.png.
+
+A train/good folder is sorted by hand, and a part with a hair, a blob or a scratch slips in. Its
+out-of-fold score (or held-out score) then sits far above the other normal scores, and because the
+threshold is an upper limit of the normal scores' tail, that one photo can set it: on KolektorSDD,
+whose train/good holds a few surfaces with a fibre, a bright spot or a streak on them (no crack, so
+labelled good), the four highest of 261 out-of-fold scores were those photos and the threshold sat
+at the highest. Only the user can tell a flaw they would reject from normal variation the model has
+seen too little of, so the photos are named, highest first, and drawn; nothing is dropped.
+
+"Far above" is the rule the calibration already uses for scores far below the rest, mirrored: a log
+score more than OUTLIER_SPREADS robust spreads above the median (the modified z-score of Iglewicz
+and Hoaglin). On log-normal scores it flags about 2 in 10,000; on the suite's saved runs it named
+0 to 10 photos per set: real oddities by eye on kolektor_sdd and glass_fibre (a dark thread), and on
+tire four ordinary-looking tyres at 1.17-1.24x the median, where the scores' spread is tight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspector.errors import ItemRejected
+from inspector.image_files import read_image
+from inspector.overlay import as_bgr
+
+from .calibrate import LOW_OUTLIER_SPREADS, robust_spread
+from .run_folder import RunFolder
+
+OUTLIER_SPREADS = LOW_OUTLIER_SPREADS
+MIN_SCORES = 10  # a median and a spread from fewer normal scores are too rough to call one of them far
+SHOWN = 8  # photos drawn in unusual_good.png (all of them are in selection.json)
+PICTURE = "unusual_good.png"
+TILE_HEIGHT = 200
+
+
+@dataclass(frozen=True)
+class NormalPhotos:
+    """The files of the normal frames calibration sees: all of them, in the order of the frames, and
+    which of them are held out (the ones scored when the threshold is not cross-fitted)."""
+
+    paths: list[Path]
+    held_out: np.ndarray
+
+    def scored(self, cross_fitted: bool) -> list[str]:
+        return [str(self.paths[i]) for i in (range(len(self.paths)) if cross_fitted else self.held_out)]
+
+
+@dataclass(frozen=True)
+class UnusualNormal:
+    path: str
+    score: float
+    times_median: float  # its score over the median normal score: how far out it is, in the score's own unit
+
+
+def unusual_normals(scores: np.ndarray, paths: list[str]) -> list[UnusualNormal]:
+    """The normal items (one score and one path each) whose log score lies more than OUTLIER_SPREADS
+    robust spreads above the median of all, highest first; none from fewer than MIN_SCORES scores."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) != len(paths):
+        raise ValueError(f"{len(scores)} scores for {len(paths)} paths")
+    if len(scores) < MIN_SCORES or np.any(scores <= 0):
+        return []
+    logs = np.log(scores)
+    centre = float(np.median(logs))
+    spread = robust_spread(logs, centre)
+    if spread <= 0:  # half the scores tie: no spread to measure "far" in
+        return []
+    median = float(np.exp(centre))
+    far = np.flatnonzero(logs > centre + OUTLIER_SPREADS * spread)
+    return [UnusualNormal(paths[i], float(scores[i]), float(scores[i] / median))
+            for i in far[np.argsort(-scores[far], kind="stable")]]
+
+
+def note_unusual_normals(run: RunFolder, scores: np.ndarray, paths: list[str], threshold: float) -> list[UnusualNormal]:
+    """Find the far-scoring normal photos; record them in selection.json (`unusual_normal`) and draw
+    them into the run's unusual_good.png (removed when none is found, so a rerun shows no stale one)."""
+    unusual = unusual_normals(scores, paths)
+    picture = run.root / PICTURE
+    picture.unlink(missing_ok=True)
+    if unusual:
+        run.record_selection("unusual_normal", record(unusual, len(scores), threshold, float(np.median(scores))))
+        draw(unusual, threshold, picture)
+    return unusual
+
+
+def record(unusual: list[UnusualNormal], n_scores: int, threshold: float, median: float) -> dict:
+    """selection.json's `unusual_normal`: the photos and what the threshold is next to them."""
+    return {"rule": f"log score more than {OUTLIER_SPREADS:g} robust spreads above the median of the "
+                    f"{n_scores} normal scores the threshold was set from",
+            "threshold_times_median": round(threshold / median, 4),
+            "photos": [{"path": u.path, "score": float(f"{u.score:.6g}"), "times_median": round(u.times_median, 4)}
+                       for u in unusual]}
+
+
+def draw(unusual: list[UnusualNormal], threshold: float, path: Path) -> Path | None:
+    """Up to SHOWN of the photos side by side, each captioned with its name and score, where they can
+    be looked at (the score is out-of-fold or held-out: no heatmap, the exported model saw some of them)."""
+    tiles = []
+    for item in unusual[:SHOWN]:
+        try:
+            image = as_bgr(read_image(item.path))
+        except ItemRejected:  # gone or changed since training: its tile is left out
+            continue
+        width = max(1, round(image.shape[1] * TILE_HEIGHT / image.shape[0]))
+        width = min(width, 3 * TILE_HEIGHT)
+        tile = np.full((TILE_HEIGHT + 40, max(width, 180), 3), 255, np.uint8)
+        tile[20:20 + TILE_HEIGHT, :width] = cv2.resize(image, (width, TILE_HEIGHT), interpolation=cv2.INTER_AREA)
+        cv2.putText(tile, Path(item.path).name[:28], (2, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(tile, f"{item.times_median:.2f}x median, {item.score / threshold:.2f}x threshold",
+                    (2, TILE_HEIGHT + 34), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 200), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    if not tiles:
+        return None
+    gap = np.full((TILE_HEIGHT + 40, 6, 3), 255, np.uint8)
+    row = np.hstack([part for tile in tiles for part in (tile, gap)][:-1])
+    if not cv2.imwrite(str(path), row):
+        raise OSError(f"could not write {path}")
+    return path
+
+
+def summary_line(unusual_record: dict, picture: Path | None = None, named: int = 5) -> str:
+    """The training summary's line about the far-scoring good photos of a selection.json record."""
+    photos = unusual_record["photos"]
+    names = ", ".join(f"{Path(p['path']).name} {p['times_median']:.2f}x" for p in photos[:named])
+    more = f" and {len(photos) - named} more" if len(photos) > named else ""
+    shown = f"{picture}; " if picture is not None and picture.is_file() else ""
+    return (f"check: {len(photos)} good photo(s) score far above the other normal scores ({shown}selection.json "
+            f"unusual_normal), as times the median: {names}{more}; the threshold is "
+            f"{unusual_record['threshold_times_median']:.2f}x. A part among them that you would reject raises the "
+            f"threshold: take it out of the good photos (train/good) and train again; if they are good, photograph more parts like them")
