@@ -79,7 +79,7 @@ def test_the_run_records_draws_and_summarises_them(tmp_path):
     assert record["photos"][0]["path"] == paths[12] and record["threshold_times_median"] == pytest.approx(
         45.0 / np.median(scores), rel=1e-3)
     picture = cv2.imread(str(run.root / PICTURE))
-    assert picture is not None and picture.shape[0] == 240  # one captioned tile, 200 px of photo
+    assert picture is not None and picture.shape[0] == 340  # one captioned tile, 300 px of photo
     line = summary_line(record, run.root / PICTURE)
     assert line.startswith("check: 1 good photo(s) score far above") and "part_012.png 3.0" in line
     assert str(run.root / PICTURE) in line

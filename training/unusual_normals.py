@@ -34,7 +34,7 @@ OUTLIER_SPREADS = LOW_OUTLIER_SPREADS
 MIN_SCORES = 10  # a median and a spread from fewer normal scores are too rough to call one of them far
 SHOWN = 8  # photos drawn in unusual_good.png (all of them are in selection.json)
 PICTURE = "unusual_good.png"
-TILE_HEIGHT = 200
+TILE_HEIGHT = 300
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,10 @@ def draw(unusual: list[UnusualNormal], threshold: float, path: Path) -> Path | N
             image = as_bgr(read_image(item.path))
         except ItemRejected:  # gone or changed since training: its tile is left out
             continue
-        width = max(1, round(image.shape[1] * TILE_HEIGHT / image.shape[0]))
-        width = min(width, 3 * TILE_HEIGHT)
+        scale = min(TILE_HEIGHT / image.shape[0], 3 * TILE_HEIGHT / image.shape[1])  # a panorama: at most 3 tiles wide
+        height, width = (max(1, round(side * scale)) for side in image.shape[:2])
         tile = np.full((TILE_HEIGHT + 40, max(width, 180), 3), 255, np.uint8)
-        tile[20:20 + TILE_HEIGHT, :width] = cv2.resize(image, (width, TILE_HEIGHT), interpolation=cv2.INTER_AREA)
+        tile[20:20 + height, :width] = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         cv2.putText(tile, Path(item.path).name[:28], (2, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
         cv2.putText(tile, f"{item.times_median:.2f}x median, {item.score / threshold:.2f}x threshold",
                     (2, TILE_HEIGHT + 34), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 200), 1, cv2.LINE_AA)
