@@ -75,6 +75,19 @@ def test_recalibration_sets_the_threshold_on_new_good_photos_and_keeps_the_graph
     assert 0.5 < np.median(fresh_cells) / new.card.score.map_baseline < 2
 
 
+def test_a_defective_part_among_the_new_good_photos_is_named_and_drawn(parent, tmp_path):
+    write_parts(tmp_path / "good", 40, seed=11, make=flat_part)  # parts as the model knows them: scores alike
+    cv2.imwrite(str(tmp_path / "good" / "part_017.png"), flat_part(np.random.default_rng(5), defect=True))
+    result = subprocess.run([sys.executable, "-m", "inspector.cli", "recalibrate", str(parent), "--good",
+                             str(tmp_path / "good"), "--out", str(tmp_path / "candidate.onnx")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    check = next(line for line in result.stdout.splitlines() if line.startswith("check: "))
+    assert f"({tmp_path / 'candidate_unusual_good.png'})" in check and "as times the median: part_017.png" in check
+    assert "take it out of the folder and recalibrate again" in check
+    assert cv2.imread(str(tmp_path / "candidate_unusual_good.png")) is not None
+
+
 def test_recalibration_refuses_to_overwrite_the_active_model_and_names_unreadable_photos(parent, tmp_path):
     from training.recalibrate import recalibrate
 

@@ -18,6 +18,11 @@ def recalibrate(args) -> int:
     print(f"candidate: {done.path}  (threshold {done.old_threshold:.4g} -> {calibration.threshold:.4g} from "
           f"{done.images} good photos, target false-alarm rate {calibration.target_false_alarm_rate:g})")
     print(f"the old threshold flags {done.old_false_alarms} of these {done.images} good photos")
+    if done.unusual is not None:
+        from .unusual_normals import summary_line
+
+        print(summary_line(done.unusual, done.picture, recorded_in=None,
+                           take_out="take it out of the folder and recalibrate again"))
     print(_next_steps(done.path))
     return 0
 
@@ -38,6 +43,7 @@ def retrain(args) -> int:
     if unusual:
         from .unusual_normals import PICTURE, summary_line
 
-        print(summary_line(unusual, done.run.root / PICTURE))
+        print(summary_line(unusual, done.run.root / PICTURE, take_out="take it out of the good photos (train/good, "
+                           "or review it as a defect) and retrain"))
     print(_next_steps(done.run.model))
     return 0

@@ -122,13 +122,17 @@ def draw(unusual: list[UnusualNormal], threshold: float, path: Path) -> Path | N
     return path
 
 
-def summary_line(unusual_record: dict, picture: Path | None = None, named: int = 5) -> str:
-    """The training summary's line about the far-scoring good photos of a selection.json record."""
+def summary_line(unusual_record: dict, picture: Path | None = None, recorded_in: str | None = "selection.json unusual_normal",
+                 take_out: str = "take it out of the good photos (train/good) and train again", named: int = 5) -> str:
+    """The summary's line about the far-scoring good photos of an `unusual_normal` record; `take_out`
+    says how to act on one that shows a flaw."""
     photos = unusual_record["photos"]
     names = ", ".join(f"{Path(p['path']).name} {p['times_median']:.2f}x" for p in photos[:named])
     more = f" and {len(photos) - named} more" if len(photos) > named else ""
-    shown = f"{picture}; " if picture is not None and picture.is_file() else ""
-    return (f"check: {len(photos)} good photo(s) score far above the other normal scores ({shown}selection.json "
-            f"unusual_normal), as times the median: {names}{more}; the threshold is "
-            f"{unusual_record['threshold_times_median']:.2f}x. A part among them that you would reject raises the "
-            f"threshold: take it out of the good photos (train/good) and train again; if they are good, photograph more parts like them")
+    where = [str(picture)] if picture is not None and picture.is_file() else []
+    where += [recorded_in] if recorded_in else []
+    see = f" ({'; '.join(where)})" if where else ""
+    return (f"check: {len(photos)} good photo(s) score far above the other normal scores{see}, "
+            f"as times the median: {names}{more}; the threshold is {unusual_record['threshold_times_median']:.2f}x. "
+            f"A part among them that you would reject raises the threshold: {take_out}; if they are good, photograph "
+            "more parts like them")
