@@ -74,8 +74,8 @@ def test_the_run_records_draws_and_summarises_them(tmp_path):
     run = RunFolder.create(tmp_path / "run")
     (run.root / PICTURE).write_bytes(b"an older run's picture")
     found = note_unusual_normals(run, scores, paths, threshold=45.0)
-    assert [u.path for u in found] == [paths[12]]
     record = json.loads(run.selection.read_text())["unusual_normal"]
+    assert record == found and [photo["path"] for photo in record["photos"]] == [paths[12]]
     assert record["photos"][0]["path"] == paths[12] and record["threshold_times_median"] == pytest.approx(
         45.0 / np.median(scores), rel=1e-3)
     picture = cv2.imread(str(run.root / PICTURE))
@@ -88,7 +88,7 @@ def test_the_run_records_draws_and_summarises_them(tmp_path):
 def test_a_rerun_without_unusual_photos_leaves_no_stale_picture(tmp_path):
     run = RunFolder.create(tmp_path / "run")
     (run.root / PICTURE).write_bytes(b"an older run's picture")
-    assert note_unusual_normals(run, normal_scores(40), names(40), threshold=40.0) == []
+    assert note_unusual_normals(run, normal_scores(40), names(40), threshold=40.0) is None
     assert not (run.root / PICTURE).exists() and "unusual_normal" not in run.selection_record()
 
 
@@ -97,5 +97,5 @@ def test_a_photo_gone_since_training_is_left_out_of_the_picture(tmp_path):
     scores[0] = 90.0
     run = RunFolder.create(tmp_path / "run")
     found = note_unusual_normals(run, scores, [str(tmp_path / n) for n in names(40)], threshold=45.0)
-    assert len(found) == 1 and not (run.root / PICTURE).exists()  # named in selection.json, nothing to draw
+    assert len(found["photos"]) == 1 and not (run.root / PICTURE).exists()  # named in selection.json, nothing to draw
     assert summary_line(run.selection_record()["unusual_normal"], run.root / PICTURE).count("unusual_good.png") == 0

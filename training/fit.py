@@ -325,7 +325,7 @@ def fit(config: TrainConfig, run_dir: Path, *, resume: bool = False, progress: b
         run.record_selection("pose", pose_record)
     card = calibrate_and_export(config, run, trained, scoring, normal.tensors[hold_idx], normal.tensors, progress,
                                 seconds_left=training_budget(config, fit_started),
-                                photos=NormalPhotos(normal.paths, hold_idx) if normal.paths else None)
+                                photos=NormalPhotos(normal.paths, hold_idx))
     model_path = run.model
 
     metrics = None

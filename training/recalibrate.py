@@ -24,7 +24,7 @@ from inspector.scorer import Scorer
 from .calibrate import calibrate
 from .export import replace_card
 from .fit import model_version
-from .unusual_normals import PICTURE, draw, record, unusual_normals
+from .unusual_normals import PICTURE, unusual_record
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Recalibrated:
     old_threshold: float
     old_false_alarms: int  # of the new good images, how many the old threshold flags
     images: int
-    unusual: dict | None = None  # the photos that score far above the others (training.unusual_normals.record)
+    unusual: dict | None = None  # the good photos that score far above the others (training.unusual_normals)
     picture: Path | None = None  # where they are drawn
 
 
@@ -114,16 +114,7 @@ def recalibrate(run_or_model: Path, good: list[Path], out: Path | None = None,
     replace_card(source, new, out)
     log.info("recalibrated %s on %d good photos: threshold %.4g -> %.4g", source, len(paths), old.threshold,
              calibration.threshold)
-    unusual, picture = far_scoring_photos(scores, paths, calibration.threshold, out.with_name(f"{out.stem}_{PICTURE}"))
-    return Recalibrated(out, new, old.threshold, int(np.sum(scores >= old.threshold)), len(paths), unusual, picture)
-
-
-def far_scoring_photos(scores: np.ndarray, paths: list[Path], threshold: float,
-                       picture: Path) -> tuple[dict | None, Path | None]:
-    """A good photo given for the threshold that scores like a defect raises it as it would at training
-    (training.unusual_normals): their record and picture, or (None, None); an older picture is removed."""
-    picture.unlink(missing_ok=True)
-    unusual = unusual_normals(scores, [str(p) for p in paths])
-    if not unusual:
-        return None, None
-    return record(unusual, len(scores), threshold, float(np.median(scores))), draw(unusual, threshold, picture)
+    picture = out.with_name(f"{out.stem}_{PICTURE}")
+    unusual = unusual_record(scores, [str(p) for p in paths], calibration.threshold, picture)
+    return Recalibrated(out, new, old.threshold, int(np.sum(scores >= old.threshold)), len(paths), unusual,
+                        picture if picture.is_file() else None)

@@ -75,16 +75,24 @@ def unusual_normals(scores: np.ndarray, paths: list[str]) -> list[UnusualNormal]
             for i in far[np.argsort(-scores[far], kind="stable")]]
 
 
-def note_unusual_normals(run: RunFolder, scores: np.ndarray, paths: list[str], threshold: float) -> list[UnusualNormal]:
-    """Find the far-scoring normal photos; record them in selection.json (`unusual_normal`) and draw
-    them into the run's unusual_good.png (removed when none is found, so a rerun shows no stale one)."""
-    unusual = unusual_normals(scores, paths)
-    picture = run.root / PICTURE
+def unusual_record(scores: np.ndarray, paths: list[str], threshold: float, picture: Path) -> dict | None:
+    """The far-scoring normal photos as a `record`, drawn into `picture`; None when there are none (an
+    older picture there is removed either way, so a rerun shows no stale one)."""
     picture.unlink(missing_ok=True)
-    if unusual:
-        run.record_selection("unusual_normal", record(unusual, len(scores), threshold, float(np.median(scores))))
-        draw(unusual, threshold, picture)
-    return unusual
+    unusual = unusual_normals(scores, paths)
+    if not unusual:
+        return None
+    draw(unusual, threshold, picture)
+    return record(unusual, len(scores), threshold, float(np.median(scores)))
+
+
+def note_unusual_normals(run: RunFolder, scores: np.ndarray, paths: list[str], threshold: float) -> dict | None:
+    """After a training run's calibration: its far-scoring normal photos in selection.json
+    (`unusual_normal`) and the run's unusual_good.png."""
+    found = unusual_record(scores, paths, threshold, run.root / PICTURE)
+    if found is not None:
+        run.record_selection("unusual_normal", found)
+    return found
 
 
 def record(unusual: list[UnusualNormal], n_scores: int, threshold: float, median: float) -> dict:
@@ -98,7 +106,8 @@ def record(unusual: list[UnusualNormal], n_scores: int, threshold: float, median
 
 def draw(unusual: list[UnusualNormal], threshold: float, path: Path) -> Path | None:
     """Up to SHOWN of the photos side by side, each captioned with its name and score, where they can
-    be looked at (the score is out-of-fold or held-out: no heatmap, the exported model saw some of them)."""
+    be looked at. No heatmap: at training the exported model was fitted on some of them (their scores
+    came from fold models or the held-out part), so its map would not show what made them score high."""
     tiles = []
     for item in unusual[:SHOWN]:
         try:
