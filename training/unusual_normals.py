@@ -10,9 +10,10 @@ seen too little of, so the photos are named, highest first, and drawn; nothing i
 
 "Far above" is the rule the calibration already uses for scores far below the rest, mirrored: a log
 score more than OUTLIER_SPREADS robust spreads above the median (the modified z-score of Iglewicz
-and Hoaglin). On log-normal scores it flags about 2 in 10,000; on the suite's saved runs it named
-0 to 10 photos per set: real oddities by eye on kolektor_sdd and glass_fibre (a dark thread), and on
-tire four ordinary-looking tyres at 1.17-1.24x the median, where the scores' spread is tight.
+and Hoaglin). On log-normal scores it flags about 2 in 10,000; on the normal scores recorded by 36
+earlier suite runs (six of each set) it names 0 to 10 photos per set: real oddities by eye on
+kolektor_sdd and glass_fibre (a dark thread), and on tire four ordinary-looking tyres at 1.17-1.24x
+the median, where the scores' spread is tight.
 """
 
 from __future__ import annotations
