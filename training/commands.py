@@ -26,7 +26,8 @@ def _add_train(sub) -> None:
                        "checkpoint and calibrate the threshold, export model.onnx with its card and, when <data>/test "
                        "exists (a table's data.test_paths), evaluate it there (metrics.json and report/ in the run "
                        "folder). The run folder also shows how training went: losses.csv / losses.png, image grids in "
-                       "diagnostics/, selection.json.")
+                       "diagnostics/, selection.json, and unusual_good.png: good photos that scored like defects (a "
+                       "flawed part sorted into train/good raises the threshold; the summary's check: line names them).")
     p.add_argument("-c", "--config", type=Path, help="training YAML (see configs/); --data alone uses defaults. A "
                    "flow table's config needs only its layout: name, data (kind: table, path, header, label, "
                    "normal_values) and features (categorical, ignore, window); the rest is the table recipe")
