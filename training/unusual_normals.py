@@ -34,6 +34,7 @@ from .run_folder import RunFolder
 OUTLIER_SPREADS = LOW_OUTLIER_SPREADS
 MIN_SCORES = 10  # a median and a spread from fewer normal scores are too rough to call one of them far
 SHOWN = 8  # photos drawn in unusual_good.png (all of them are in selection.json)
+PER_ROW = 4
 PICTURE = "unusual_good.png"
 TILE_HEIGHT = 300
 
@@ -126,8 +127,11 @@ def draw(unusual: list[UnusualNormal], threshold: float, path: Path) -> Path | N
     if not tiles:
         return None
     gap = np.full((TILE_HEIGHT + 40, 6, 3), 255, np.uint8)
-    row = np.hstack([part for tile in tiles for part in (tile, gap)][:-1])
-    if not cv2.imwrite(str(path), row):
+    rows = [np.hstack([part for tile in tiles[i:i + PER_ROW] for part in (tile, gap)][:-1])
+            for i in range(0, len(tiles), PER_ROW)]
+    width = max(row.shape[1] for row in rows)
+    rows = [np.pad(row, ((0, 6), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
+    if not cv2.imwrite(str(path), np.vstack(rows)[:-6]):
         raise OSError(f"could not write {path}")
     return path
 
