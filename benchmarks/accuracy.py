@@ -213,7 +213,8 @@ def selection_record(run_dir: Path) -> dict:
         return {}
     selection = json.loads((run_dir / "selection.json").read_text())
     return {"selection": {k: selection[k] for k in ("criterion", "selected_epoch", "selected_value", "training_length",
-                                                    "selected_components", "selected_component_shifts", "score_choice")
+                                                    "selected_components", "selected_component_shifts", "score_choice",
+                                                    "unusual_normal")
                           if k in selection}}
 
 
@@ -321,6 +322,7 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         "mflops_per_frame": round(card.export.flops_per_item * tiles / 1e6, 1),
         "input": f"{spec.height}x{spec.width} {spec.resize}" + (f" ({tiles} tiles)" if tiles > 1 else ""),
         "components": component_aurocs(config, result),
+        "unusual_checked": True,  # selection.json has `unusual_normal` where the summary named good photos
     }
     if config.data.kind == "mvtec":
         scorer = Scorer(result.model_path)

@@ -150,7 +150,24 @@ def suite_table(rows: list[dict]) -> list[str]:
                          f"({len(checked)}): {rho:.2f}.  ")
         lines += component_lines(variant, rs)
         lines += f1_ceiling_line(variant, rs)
+        lines += unusual_line(variant, rs)
     return lines
+
+
+def unusual_line(variant: str, rows: list[dict]) -> list[str]:
+    """How many good training photos each run's summary named as scoring like defects
+    (training.unusual_normals), with the threshold over the median normal score; rows measured before
+    the check existed have no record and are left out."""
+    measured = [r for r in rows if "unusual_normal" in (r.get("selection") or {}) or r.get("unusual_checked")]
+    if not measured:
+        return []
+    cells = []
+    for r in measured:
+        record = (r.get("selection") or {}).get("unusual_normal")
+        cells.append(f"{r['set']} none" if record is None else
+                     f"{r['set']} {len(record['photos'])} (top {record['photos'][0]['times_median']:.2f}x the median, "
+                     f"threshold {record['threshold_times_median']:.2f}x)")
+    return [f"Good training photos the summary names as scoring like defects, {variant} rows: {', '.join(cells)}.  "]
 
 
 def f1_ceiling_line(variant: str, rows: list[dict]) -> list[str]:

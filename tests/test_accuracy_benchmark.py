@@ -52,6 +52,19 @@ def test_the_suite_table_sets_f1_at_the_threshold_beside_its_ceiling_where_rows_
     assert f1_ceiling_line("backbone", rows[2:]) == []
 
 
+def test_the_suite_table_counts_the_good_photos_each_run_named_and_skips_rows_from_before_the_check():
+    from benchmarks.accuracy_tables import unusual_line
+
+    named = {"threshold_times_median": 1.35, "photos": [{"path": "a.png", "times_median": 1.351},
+                                                         {"path": "b.png", "times_median": 1.2}]}
+    rows = [{"set": "kolektor_sdd", "unusual_checked": True, "selection": {"unusual_normal": named}},
+            {"set": "tire", "unusual_checked": True, "selection": {}},  # checked: none named
+            {"set": "deeppcb", "selection": {}}]  # measured before the check existed
+    (line,) = unusual_line("backbone", rows)
+    assert "kolektor_sdd 2 (top 1.35x the median, threshold 1.35x), tire none." in line and "deeppcb" not in line
+    assert unusual_line("backbone", rows[2:]) == []
+
+
 def test_one_piped_class_is_a_set_of_its_own_with_the_rows_name():
     from benchmarks.accuracy import jobs
 
