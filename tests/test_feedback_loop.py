@@ -83,7 +83,8 @@ def test_a_defective_part_among_the_new_good_photos_is_named_and_drawn(parent, t
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     check = next(line for line in result.stdout.splitlines() if line.startswith("check: "))
-    assert f"({tmp_path / 'candidate_unusual_good.png'})" in check and "as times the median: part_017.png" in check
+    assert f"({tmp_path / 'candidate_unusual_good.png'}): part_017.png " in check  # the highest first
+    assert "x the median normal score" in check
     assert "take it out of the folder and recalibrate again" in check
     assert cv2.imread(str(tmp_path / "candidate_unusual_good.png")) is not None
 

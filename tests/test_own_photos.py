@@ -129,7 +129,8 @@ def test_a_good_photo_with_a_scratch_is_named_and_drawn_for_a_second_look(tmp_pa
                        "--out", str(tmp_path / "run"), *TINY)
     assert result.returncode == 0, result.stderr
     check = next(line for line in result.stdout.splitlines() if line.startswith("check: "))
-    assert "as times the median: part_007.jpg" in check and "take it out of the good photos" in check
+    assert "unusual_good.png; selection.json unusual_normal): part_007.jpg " in check  # the highest first
+    assert "take it out of the good photos" in check
     record = json.loads((tmp_path / "run" / "selection.json").read_text())["unusual_normal"]
     assert record["photos"][0]["path"] == str(good / "part_007.jpg") and record["photos"][0]["times_median"] > 2
     assert cv2.imread(str(tmp_path / "run" / "unusual_good.png")) is not None

@@ -71,7 +71,7 @@ def unusual_normals(scores: np.ndarray, paths: list[str]) -> list[UnusualNormal]
     spread = robust_spread(logs, centre)
     if spread <= 0:  # half the scores tie: no spread to measure "far" in
         return []
-    median = float(np.exp(centre))
+    median = float(np.median(scores))  # the unit of times_median, as of the threshold's in `record`
     far = np.flatnonzero(logs > centre + OUTLIER_SPREADS * spread)
     return [UnusualNormal(paths[i], float(scores[i]), float(scores[i] / median))
             for i in far[np.argsort(-scores[far], kind="stable")]]
@@ -136,17 +136,17 @@ def draw(unusual: list[UnusualNormal], threshold: float, path: Path) -> Path | N
     return path
 
 
-def summary_line(unusual_record: dict, picture: Path | None = None, recorded_in: str | None = "selection.json unusual_normal",
+def summary_line(found: dict, picture: Path | None = None, recorded_in: str | None = "selection.json unusual_normal",
                  take_out: str = "take it out of the good photos (train/good) and train again", named: int = 5) -> str:
     """The summary's line about the far-scoring good photos of an `unusual_normal` record; `take_out`
     says how to act on one that shows a flaw."""
-    photos = unusual_record["photos"]
-    names = ", ".join(f"{Path(p['path']).name} {p['times_median']:.2f}x" for p in photos[:named])
+    photos = found["photos"]
+    first, *rest = [f"{Path(p['path']).name} {p['times_median']:.2f}x" for p in photos[:named]]
+    names = ", ".join([f"{first} the median normal score", *rest])
     more = f" and {len(photos) - named} more" if len(photos) > named else ""
     where = [str(picture)] if picture is not None and picture.is_file() else []
     where += [recorded_in] if recorded_in else []
     see = f" ({'; '.join(where)})" if where else ""
-    return (f"check: {len(photos)} good photo(s) score far above the other normal scores{see}, "
-            f"as times the median: {names}{more}; the threshold is {unusual_record['threshold_times_median']:.2f}x. "
-            f"A part among them that you would reject raises the threshold: {take_out}; if they are good, photograph "
-            "more parts like them")
+    return (f"check: {len(photos)} good photo(s) score far above the other normal scores{see}: {names}{more}; "
+            f"the threshold is {found['threshold_times_median']:.2f}x. A part among them that you would reject raises "
+            f"the threshold: {take_out}; if they are good, photograph more parts like them")
