@@ -10,6 +10,7 @@ tolerance times max(1, |score|) (float32 rounding grows with the score's magnitu
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -23,6 +24,8 @@ from inspector.card import CARD_KEY, Calibration, ExportInfo, ModelCard, Provena
 from inspector.scorer import Scorer, combine_score
 
 from .torch_scoring import run_scoring
+
+log = logging.getLogger(__name__)
 
 IMAGE_INPUT, TABULAR_INPUT = "image", "features"
 
@@ -82,6 +85,27 @@ def replace_card(path: Path, card: ModelCard, out: Path | None = None) -> None:
     save_atomic(model, out or path)
 
 
+# A score with a nearest-memory search is discontinuous where two memory patches lie equally far from
+# a patch: float32 rounding in torch and in onnxruntime may pick different ones, and with patch_knn the
+# patch's local scale changes with the pick. Seen once in 21 suite runs (tire, seed 3: one of 48
+# held-out frames 1.06e-3 relative apart, every other within 1e-6; its patch's two nearest memory
+# patches 1.8e-6 apart, relative, in squared distance, local scales 3% apart). An export bug moves
+# most items; a tie moves one. So a few items may exceed the tolerance, by a bounded factor.
+TIE_SHARE = 1 / 16  # of the parity items, at most this share (at least one) may differ by more than the tolerance
+TIE_FACTOR = 10.0  # ... and by at most this many times the tolerance
+
+
+def parity_holds(relative: np.ndarray, tolerance: float) -> tuple[bool, int]:
+    """Whether torch and onnxruntime agree on the parity items given their relative differences: all
+    within `tolerance`, or all but a few nearest-memory ties (above); and how many exceed it."""
+    relative = np.asarray(relative, dtype=np.float64)
+    beyond = int(np.sum(relative > tolerance))
+    if beyond == 0:
+        return True, 0
+    allowed = max(1, int(len(relative) * TIE_SHARE))
+    return beyond <= allowed and float(relative.max()) <= TIE_FACTOR * tolerance, beyond
+
+
 def export_with_parity(module: nn.Module, card: ModelCard, parity_images: np.ndarray, path: Path,
                        opset: int, tolerance: float, flops: int | None = None) -> ModelCard:
     """Export, embed the card, then compare torch and onnxruntime scores; returns the final card."""
@@ -97,12 +121,18 @@ def export_with_parity(module: nn.Module, card: ModelCard, parity_images: np.nda
     onnx_scores, _ = Scorer(path).score_tensor(parity_images)
     diff = float(np.max(np.abs(torch_scores - onnx_scores))) if len(parity_images) else 0.0
     # float32 rounding grows with the score: compare relative to the score where it exceeds 1
-    relative = float(np.max(np.abs(torch_scores - onnx_scores) / np.maximum(1.0, np.abs(torch_scores)))) if len(parity_images) else 0.0
+    relative = np.abs(torch_scores - onnx_scores) / np.maximum(1.0, np.abs(torch_scores))
+    holds, beyond = parity_holds(relative, tolerance) if len(parity_images) else (True, 0)
+    largest = float(relative.max()) if len(parity_images) else 0.0
     final = provisional.with_updates(export=ExportInfo(opset=opset, parity_max_abs_diff=diff,
                                                        parity_tolerance=tolerance, flops_per_item=flops))
     write_card(model, final)
     save_atomic(model, path)
-    if relative > tolerance:
-        raise ParityError(f"{path}: onnxruntime and torch scores differ by {diff:.3g} ({relative:.3g} relative), "
-                          f"above the tolerance {tolerance:g}")
+    if not holds:
+        raise ParityError(f"{path}: onnxruntime and torch scores differ by {diff:.3g} ({largest:.3g} relative) on "
+                          f"{beyond} of {len(relative)} items, above the tolerance {tolerance:g}")
+    if beyond:
+        log.warning("export parity: %d of %d items differ by more than %g (at most %.3g relative), within what a "
+                    "tie between two nearest memory patches explains; the rest agree", beyond, len(relative),
+                    tolerance, largest)
     return final
