@@ -61,8 +61,8 @@ def run(args) -> str:
     from training.data import data_root
 
     data = data_root() / args.set
-    if not (data / "train" / "good").is_dir():
-        raise SystemExit(f"{data}: no train/good folder (set QI_DATA to the shared data folder)")
+    if not (data / "train" / "good").is_dir() or not (data / "test").is_dir():
+        raise SystemExit(f"{data}: needs train/good and test/ (set QI_DATA to the shared data folder)")
     take_out = [name.strip() for name in args.take_out.split(",") if name.strip()]
     work = Path(tempfile.mkdtemp(prefix="qi_unusual_good_"))
     first = trained(data, work / "as_shipped")
