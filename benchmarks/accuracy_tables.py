@@ -158,7 +158,7 @@ def unusual_line(variant: str, rows: list[dict]) -> list[str]:
     """How many good training photos each run's summary named as scoring like defects
     (training.unusual_normals), with the threshold over the median normal score; rows measured before
     the check existed have no record and are left out."""
-    measured = [r for r in rows if "unusual_normal" in (r.get("selection") or {}) or r.get("unusual_checked")]
+    measured = [r for r in rows if r.get("unusual_checked")]
     if not measured:
         return []
     cells = []

@@ -123,17 +123,16 @@ def export_with_parity(module: nn.Module, card: ModelCard, parity_images: np.nda
     diff = float(np.max(np.abs(torch_scores - onnx_scores))) if len(parity_images) else 0.0
     # float32 rounding grows with the score: compare relative to the score where it exceeds 1
     relative = np.abs(torch_scores - onnx_scores) / np.maximum(1.0, np.abs(torch_scores))
-    holds, beyond = parity_holds(relative, tolerance) if len(parity_images) else (True, 0)
-    largest = float(relative.max()) if len(parity_images) else 0.0
+    holds, beyond = parity_holds(relative, tolerance)  # no items: nothing beyond it
     final = provisional.with_updates(export=ExportInfo(opset=opset, parity_max_abs_diff=diff,
                                                        parity_tolerance=tolerance, flops_per_item=flops))
     write_card(model, final)
     save_atomic(model, path)
     if not holds:
-        raise ParityError(f"{path}: onnxruntime and torch scores differ by {diff:.3g} ({largest:.3g} relative) on "
+        raise ParityError(f"{path}: onnxruntime and torch scores differ by {diff:.3g} ({relative.max():.3g} relative) on "
                           f"{beyond} of {len(relative)} items, above the tolerance {tolerance:g}")
     if beyond:
         log.warning("export parity: %d of %d items differ by more than %g (at most %.3g relative), within what a "
                     "tie between two nearest memory patches explains; the rest agree", beyond, len(relative),
-                    tolerance, largest)
+                    tolerance, relative.max())
     return final
