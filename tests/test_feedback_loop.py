@@ -68,6 +68,7 @@ def test_recalibration_sets_the_threshold_on_new_good_photos_and_keeps_the_graph
     raw_old = [r.raw for r in old.score_files(fresh, heatmaps=False)]
     raw_new = [r.raw for r in new.score_files(fresh, heatmaps=False)]
     assert raw_old == raw_new  # the same graph: only the threshold moved
+    assert "warning:" not in result.stdout  # photos the model never saw
     assert (normalised(candidate, fresh) >= 1).mean() <= 0.1
     # and where the heatmap's colours start: the brighter good photos' maps lie higher, as their scores do
     fresh_cells = np.concatenate([r.heatmap.ravel() for r in new.score_files(fresh)])
@@ -87,6 +88,35 @@ def test_a_defective_part_among_the_new_good_photos_is_named_and_drawn(parent, t
     assert "x the median normal score" in check
     assert "take it out of the folder and recalibrate again" in check
     assert cv2.imread(str(tmp_path / "candidate_unusual_good.png")) is not None
+
+
+def test_recalibrating_on_the_models_own_training_photos_is_warned_of(parent, tmp_path):
+    trained = sorted((parent.parent / "data" / "train" / "good").glob("*.png"))
+    good = tmp_path / "good"
+    write_parts(good, 30, seed=11, make=flat_part)
+    for photo in trained[:10]:  # copied under new names: found by content, not by name
+        shutil.copy(photo, good / f"copy_{photo.name}")
+    result = subprocess.run([sys.executable, "-m", "inspector.cli", "recalibrate", str(parent), "--good", str(good),
+                             "--good", str(parent.parent / "data" / "train" / "good"), "--out", str(tmp_path / "c.onnx")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stdout.splitlines() if line.startswith("warning: "))
+    assert warning.startswith(f"warning: {10 + len(trained)} of these {30 + 10 + len(trained)} good photos are "
+                              f"training photos ({parent.parent / 'data' / 'train' / 'good'}, or copies of them)")
+    assert "recalibrate on good parts photographed since" in warning
+
+
+def test_only_byte_for_byte_copies_count_as_training_photos(parent, tmp_path):
+    from training.recalibrate import seen_in_training
+
+    folder = parent.parent / "data" / "train" / "good"
+    photo = sorted(folder.glob("*.png"))[0]
+    same_size = tmp_path / "same_size.png"
+    data = bytearray(photo.read_bytes())
+    data[-20] ^= 1  # one bit apart: the same size, another photo
+    same_size.write_bytes(bytes(data))
+    assert seen_in_training([photo, same_size], folder) == 1
+    assert seen_in_training([photo], None) == 0  # the training folder is not on this machine
 
 
 def test_recalibration_refuses_to_overwrite_the_active_model_and_names_unreadable_photos(parent, tmp_path):

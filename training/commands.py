@@ -92,7 +92,8 @@ def _add_recalibrate(sub) -> None:
                        "`inspector promote` puts it in place.")
     p.add_argument("model", type=Path, help="a model.onnx, or a run folder holding one")
     p.add_argument("--good", type=Path, action="append", required=True, metavar="DIR",
-                   help="a folder of new good-part photos (repeatable); 40 or more recommended")
+                   help="a folder of new good-part photos (repeatable); 40 or more recommended, none "
+                   "of them a training photo (those are counted and warned of: they score low)")
     p.add_argument("--out", type=Path, help="the candidate's path (default: candidate.onnx beside the model)")
     p.add_argument("--target-false-alarm-rate", type=float, help="default: the card's")
     p.set_defaults(handler="training.feedback_cli:recalibrate")

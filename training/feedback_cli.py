@@ -18,6 +18,11 @@ def recalibrate(args) -> int:
     print(f"candidate: {done.path}  (threshold {done.old_threshold:.4g} -> {calibration.threshold:.4g} from "
           f"{done.images} good photos, target false-alarm rate {calibration.target_false_alarm_rate:g})")
     print(f"the old threshold flags {done.old_false_alarms} of these {done.images} good photos")
+    if done.seen_in_training:
+        print(f"warning: {done.seen_in_training} of these {done.images} good photos are training photos "
+              f"({done.training_folder}, or copies of them): the model was fitted on most of them, so they score "
+              "lower than parts it never saw, and a threshold set on them alarms on good parts more often than "
+              f"{calibration.target_false_alarm_rate:g}; recalibrate on good parts photographed since")
     if done.unusual is not None:
         from .unusual_normals import summary_line
 

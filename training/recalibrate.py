@@ -9,6 +9,7 @@ graph is unchanged; the candidate's card records the new calibration and its par
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +39,8 @@ class Recalibrated:
     images: int
     unusual: dict | None = None  # the good photos that score far above the others (training.unusual_normals)
     picture: Path | None = None  # where they are drawn
+    seen_in_training: int = 0  # of the new good images, how many are copies of the training folder's photos
+    training_folder: Path | None = None
 
 
 def model_of(run_or_model: Path) -> Path:
@@ -58,6 +61,37 @@ def good_image_paths(folders: list[Path]) -> list[Path]:
             raise InspectorError(f"{folder}: a folder with no images in it")
         paths += found
     return paths
+
+
+def training_folder(card: ModelCard) -> Path | None:
+    """The folder the model was trained on (<data>/train/good, from the card), if it is here."""
+    folder = Path(card.training.data) / "train" / "good"
+    return folder if folder.is_dir() else None
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def seen_in_training(paths: list[Path], folder: Path | None) -> int:
+    """How many of `paths` are the training folder's photos: the same file or a byte-for-byte copy.
+    The model was fitted on most of them, so they score lower than parts it never saw, and a threshold
+    set on them alarms on new good parts more often than its target."""
+    if folder is None:
+        return 0
+    trained: dict[int, list[Path]] = {}  # by file size: only photos of a trained size are read and hashed
+    for photo in list_images(folder):
+        trained.setdefault(photo.stat().st_size, []).append(photo)
+    digests: dict[int, set[str]] = {}
+    count = 0
+    for path in paths:
+        size = path.stat().st_size
+        if size not in trained:
+            continue
+        if size not in digests:
+            digests[size] = {_digest(p) for p in trained[size]}
+        count += _digest(path) in digests[size]
+    return count
 
 
 PHOTOS_PER_CALL = 16  # photos scored at once: their frame-sized heatmaps are held only that long
@@ -116,5 +150,6 @@ def recalibrate(run_or_model: Path, good: list[Path], out: Path | None = None,
              calibration.threshold)
     picture = out.with_name(f"{out.stem}_{PICTURE}")
     unusual = unusual_record(scores, [str(p) for p in paths], calibration.threshold, picture)
+    folder = training_folder(card)
     return Recalibrated(out, new, old.threshold, int(np.sum(scores >= old.threshold)), len(paths), unusual,
-                        picture if picture.is_file() else None)
+                        picture if picture.is_file() else None, seen_in_training(paths, folder), folder)
