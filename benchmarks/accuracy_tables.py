@@ -108,7 +108,7 @@ def score_cell(row: dict) -> str:
     if chosen and set(chosen) == set((row.get("score") or "").split("+")) and any(w != 1.0 for w in chosen.values()):
         cell = describe(dict(sorted(chosen.items())), digits=2)
     share = row.get("map_top_share")
-    return f"top {share:.0%} of map ({cell})" if share else cell
+    return f"top {100 * share:g}% of map ({cell})" if share else cell  # 1%, 0.3%: --set score.map_top_share=0.003 is not 0%
 
 
 def suite_table(rows: list[dict]) -> list[str]:

@@ -65,6 +65,16 @@ def test_the_suite_table_counts_the_good_photos_each_run_named_and_skips_rows_fr
     assert unusual_line("backbone", rows[2:]) == []
 
 
+def test_the_score_cell_names_the_pooled_share_however_small():
+    from benchmarks.accuracy_tables import score_cell
+
+    chosen = {"score_choice": {"chosen": {"patch_knn": 1.8, "patch_residual": 0.2}}}
+    row = {"score": "patch_knn+patch_residual", "map_top_share": 0.003, "selection": chosen}
+    assert score_cell(row) == "top 0.3% of map (1.80 x patch_knn + 0.20 x patch_residual)"
+    assert score_cell({**row, "map_top_share": 0.01}).startswith("top 1% of map (")
+    assert score_cell({**row, "map_top_share": None}) == "1.80 x patch_knn + 0.20 x patch_residual"
+
+
 def test_one_piped_class_is_a_set_of_its_own_with_the_rows_name():
     from benchmarks.accuracy import jobs
 
