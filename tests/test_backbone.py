@@ -246,7 +246,8 @@ def test_the_patch_memory_distance_stays_exact_in_onnx_where_patches_repeat():
     np.testing.assert_allclose(found, exact.numpy(), rtol=0, atol=1e-3)
 
 
-def test_the_patch_memory_distance_in_its_local_scale_is_the_same_in_onnx():
+@pytest.mark.parametrize("smallest_ratio", [False, True])
+def test_the_patch_memory_distance_in_its_local_scale_is_the_same_in_onnx(smallest_ratio):
     import onnxruntime as ort
 
     from training.export import to_onnx_model
@@ -254,7 +255,7 @@ def test_the_patch_memory_distance_in_its_local_scale_is_the_same_in_onnx():
     class Distances(torch.nn.Module):  # the exporter's interface: a dict of named outputs
         def __init__(self, memory):
             super().__init__()
-            self.memory = PatchMemory(memory, scale_neighbors=16)
+            self.memory = PatchMemory(memory, scale_neighbors=16, smallest_ratio=smallest_ratio)
 
         def forward(self, features):
             return {"distance": self.memory(features)}
@@ -267,10 +268,35 @@ def test_the_patch_memory_distance_in_its_local_scale_is_the_same_in_onnx():
         expected = module(features)["distance"].numpy()
     plain = PatchMemory(memory)(features).detach().numpy()
     assert not np.allclose(expected, plain)  # the scale is in the graph
+    if smallest_ratio:  # and the rule: here every patch's smallest ratio is another memory patch's
+        assert not np.allclose(expected, PatchMemory(memory, scale_neighbors=16)(features).detach().numpy())
     session = ort.InferenceSession(to_onnx_model(module, features, 17).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     found = session.run(None, {session.get_inputs()[0].name: features.numpy()})[0]
     np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_smallest_ratio_memory_distance_has_no_jump_where_two_memory_patches_tie():
+    """Two memory patches of a crowd each (scales 1 and 4 apart), a patch moving from one to the
+    other: the nearest patch's ratio jumps where they trade places, the smallest ratio does not, and
+    it is never above the nearest patch's ratio."""
+    generator = torch.Generator().manual_seed(0)
+    tight = torch.zeros(FEATURE_DIM)
+    loose = torch.zeros(FEATURE_DIM)
+    loose[0] = 10.0
+    crowd = [tight + 0.3 * torch.randn(8, FEATURE_DIM, generator=generator) / FEATURE_DIM ** 0.5,
+             loose + 1.2 * torch.randn(8, FEATURE_DIM, generator=generator) / FEATURE_DIM ** 0.5]
+    memory = torch.cat([tight[None], loose[None], *crowd])
+    nearest, smallest = PatchMemory(memory, scale_neighbors=4), PatchMemory(memory, 4, smallest_ratio=True)
+    path = torch.linspace(4.0, 6.0, 201)
+    patches = torch.zeros(len(path), FEATURE_DIM, 1, 1)
+    patches[:, 0, 0, 0] = path
+    with torch.no_grad():
+        jumpy, smooth = nearest(patches).flatten(), smallest(patches).flatten()
+    assert torch.all(smooth <= jumpy + 1e-5)
+    assert jumpy.diff().abs().max() > 0.5  # the swap at x = 5
+    assert smooth.diff().abs().max() < 0.05  # steps of 0.01 along the path
+    assert torch.allclose(smallest(memory[:2, :, None, None]).flatten(), nearest(memory[:2, :, None, None]).flatten())
 
 
 def test_frame_standardising_gives_the_same_features_in_onnx_on_a_large_binarised_frame():

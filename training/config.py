@@ -267,6 +267,10 @@ class ScoreConfig(Strict):
     # ordinary as patches of a smooth, common kind do, and a small flaw on a smooth surface stands
     # out more. 0: the plain distance (the rows measured before 2026-12-07)
     memory_scale_neighbors: Annotated[int, Field(ge=0, le=256)] = 16
+    # with those scales: nearest (the nearest memory patch's distance over its scale) or smallest_ratio
+    # (the smallest distance over scale of any memory patch: no jump where two memory patches of
+    # different scales tie for nearest; opt-in until the suite is measured with it, RESULTS)
+    memory_distance: Literal["nearest", "smallest_ratio"] = "nearest"
     # latent_lof: neighbours of the local outlier factor (20 as in Breunig et al. and scikit-learn)
     lof_neighbors: Annotated[int, Field(ge=1, le=1024)] = 20
     # how the components are put in one unit before the weighted sum, on held-out normal data

@@ -254,15 +254,23 @@ class PatchMemory(nn.Module):
     distance has a floor (DISTANCE_FLOOR) that keeps it well-conditioned where it nears zero.
 
     With `scale_neighbors` > 0 the distance is divided by the nearest memory patch's local scale
-    (`local_scales`, score.memory_scale_neighbors): how far normal patches of that kind lie apart."""
+    (`local_scales`, score.memory_scale_neighbors): how far normal patches of that kind lie apart.
+    With `smallest_ratio` (score.memory_distance smallest_ratio) it is the smallest distance-over-scale
+    over every memory patch instead: the same where the nearest patch also gives the smallest ratio,
+    and continuous everywhere, where the nearest patch's ratio jumps as two memory patches of
+    different scales trade places (float rounding then picks one in torch and the other in
+    onnxruntime: training.export's parity allowance)."""
 
-    def __init__(self, memory: torch.Tensor, scale_neighbors: int = 0):
+    def __init__(self, memory: torch.Tensor, scale_neighbors: int = 0, smallest_ratio: bool = False):
         super().__init__()
         self.register_buffer("memory", memory.detach().float().contiguous())
         self.register_buffer("memory_sq", self.memory.pow(2).sum(dim=1))
         self.scaled = scale_neighbors > 0 and len(self.memory) > 1
+        self.smallest_ratio = self.scaled and smallest_ratio
         if self.scaled:
             self.register_buffer("scale", local_scales(self.memory, scale_neighbors))
+        if self.smallest_ratio:
+            self.register_buffer("scale_sq", self.scale.pow(2))
         self.patches_per_item = 0  # of the last batch scored: the search's cost depends on the frame size
 
     @property
@@ -275,9 +283,14 @@ class PatchMemory(nn.Module):
         n, c, h, w = features.shape
         self.patches_per_item = int(h) * int(w)
         flat = features.permute(0, 2, 3, 1).reshape(-1, c)
+        # the ratio's ranking needs the whole squared distance (each memory patch has its own scale)
+        flat_sq = flat.pow(2).sum(dim=1, keepdim=True) + DISTANCE_FLOOR ** 2 if self.smallest_ratio else None
         best = nearest = None
         for start in range(0, len(self.memory), MEMORY_CHUNK):
-            ranking = self.memory_sq[start:start + MEMORY_CHUNK] - 2 * flat @ self.memory[start:start + MEMORY_CHUNK].t()
+            chunk = slice(start, start + MEMORY_CHUNK)
+            ranking = self.memory_sq[chunk] - 2 * flat @ self.memory[chunk].t()
+            if flat_sq is not None:
+                ranking = (ranking + flat_sq) / self.scale_sq[chunk]
             value, index = ranking.min(dim=1)
             if best is None:
                 best, nearest = value, index
@@ -513,7 +526,7 @@ class FeatureGANomalyFamily(Family):
                 self.features, fitted, self.config.score.memory_size, self.config.train.seed,
                 self.config.score.memory_sampling, self.config.train.augment.lighting,
                 compute=None if cache is None else (lambda batch: cache(batch)["features"])),
-                self.config.score.memory_scale_neighbors)
+                self.config.score.memory_scale_neighbors, self.config.score.memory_distance == "smallest_ratio")
         return time.perf_counter() - started
 
     def scoring(self, fitted: np.ndarray | None) -> ScoringModule:
