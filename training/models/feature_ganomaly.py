@@ -257,9 +257,9 @@ class PatchMemory(nn.Module):
     (`local_scales`, score.memory_scale_neighbors): how far normal patches of that kind lie apart.
     With `smallest_ratio` (score.memory_distance smallest_ratio) it is the smallest distance-over-scale
     over every memory patch instead: the same where the nearest patch also gives the smallest ratio,
-    and continuous everywhere, where the nearest patch's ratio jumps as two memory patches of
-    different scales trade places (float rounding then picks one in torch and the other in
-    onnxruntime: training.export's parity allowance)."""
+    and continuous everywhere. The nearest patch's ratio jumps where two memory patches of different
+    scales trade places, and float rounding there can pick one in torch and the other in onnxruntime
+    (training.export's parity allowance)."""
 
     def __init__(self, memory: torch.Tensor, scale_neighbors: int = 0, smallest_ratio: bool = False):
         super().__init__()
