@@ -277,9 +277,9 @@ def test_the_patch_memory_distance_in_its_local_scale_is_the_same_in_onnx(smalle
 
 
 def test_the_smallest_ratio_memory_distance_has_no_jump_where_two_memory_patches_tie():
-    """Two memory patches of a crowd each (scales 1 and 4 apart), a patch moving from one to the
-    other: the nearest patch's ratio jumps where they trade places, the smallest ratio does not, and
-    it is never above the nearest patch's ratio."""
+    """Two memory patches, each in a crowd of its own (their local scales about four times apart), and
+    a patch moving from one to the other: the nearest patch's ratio jumps where the two trade places,
+    the smallest ratio does not and is never above it; on the memory patches themselves they agree."""
     generator = torch.Generator().manual_seed(0)
     tight = torch.zeros(FEATURE_DIM)
     loose = torch.zeros(FEATURE_DIM)
