@@ -269,8 +269,6 @@ class PatchMemory(nn.Module):
         self.smallest_ratio = self.scaled and smallest_ratio
         if self.scaled:
             self.register_buffer("scale", local_scales(self.memory, scale_neighbors))
-        if self.smallest_ratio:
-            self.register_buffer("scale_sq", self.scale.pow(2))
         self.patches_per_item = 0  # of the last batch scored: the search's cost depends on the frame size
 
     @property
@@ -289,8 +287,8 @@ class PatchMemory(nn.Module):
         for start in range(0, len(self.memory), MEMORY_CHUNK):
             chunk = slice(start, start + MEMORY_CHUNK)
             ranking = self.memory_sq[chunk] - 2 * flat @ self.memory[chunk].t()
-            if flat_sq is not None:
-                ranking = (ranking + flat_sq) / self.scale_sq[chunk]
+            if self.smallest_ratio:
+                ranking = (ranking + flat_sq) / self.scale[chunk].pow(2)
             value, index = ranking.min(dim=1)
             if best is None:
                 best, nearest = value, index
