@@ -177,6 +177,10 @@ def test_the_readme_path_from_photos_to_a_running_line(tmp_path):
     pose = json.loads((tmp_path / "runs" / "my_parts" / "selection.json").read_text())["pose"]["decided"]
     assert pose == {name: trained_config["train"]["augment"][name] for name in ("hflip", "vflip", "rot90")}
     assert "\npose: " in trained.stdout and "(selection.json pose; train.augment states them)" in trained.stdout
+    # trained from the relative "my_parts": the card names the folder absolutely, so that a recalibration
+    # run from elsewhere still finds the model's training photos among its --good ones
+    from inspector.scorer import Scorer
+    assert Scorer(tmp_path / "runs" / "my_parts" / "model.onnx").card.training.data == str(tmp_path / "my_parts")
 
     new = photos(tmp_path / "new_photos", 2)
     for k, path in enumerate(sorted(new.iterdir())):

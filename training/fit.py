@@ -115,7 +115,8 @@ def _card(config: TrainConfig, spec, score: ScoreDefinition, calibration, traine
         name=config.name, family=config.model.family,
         version=model_version(config.version, created),
         input=spec, score=score, calibration=calibration,
-        training=Provenance(data=str(config.data.resolved_path), steps=trained.steps, epochs=trained.epochs,
+        # absolute: `inspector recalibrate` finds <data>/train/good from the card, run from any folder
+        training=Provenance(data=str(config.data.resolved_path.absolute()), steps=trained.steps, epochs=trained.epochs,
                             seed=config.train.seed, created=created.isoformat(timespec="seconds"),
                             train_seconds=round(trained.seconds, 2), package_version=inspector.__version__,
                             torch_version=torch.__version__, config=config.model_dump(mode="json")),
