@@ -145,6 +145,29 @@ def test_a_backbone_run_from_before_the_enlargement_is_fine_tuned_seeing_frames_
     assert parent_config(tmp_path).model.backbone_min_size == 224
 
 
+def test_a_backbone_run_from_before_the_smallest_ratio_keeps_its_nearest_memory_distance(tmp_path):
+    import json
+
+    from training.config import resumed_config, validate_train_config
+    from training.retrain import parent_config
+
+    old = {"name": "old", "data": {"path": str(tmp_path)}, "input": {"resize": "stretch"},
+           "model": {"backbone": "efficientnet_lite0", "backbone_min_size": 224},
+           "score": {"memory_scale_neighbors": 16}}  # written before score.memory_distance
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    command = validate_train_config(old, "command")
+    assert command.score.memory_distance == "smallest_ratio"  # the default now
+    assert parent_config(tmp_path).score.memory_distance == "nearest"  # retrained as it was trained
+    assert resumed_config(command, tmp_path).score.memory_distance == "nearest"
+    assert resumed_config(command, tmp_path).model.backbone_min_size == 224  # a field it knew: as it was
+    newer = {**old, "score": {**old["score"], "memory_distance": "smallest_ratio"}}
+    (tmp_path / "config.json").write_text(json.dumps(newer))
+    assert parent_config(tmp_path).score.memory_distance == "smallest_ratio"
+    from_scratch = {**old, "model": {"backbone": "none"}}  # no patch memory: nothing to keep
+    (tmp_path / "config.json").write_text(json.dumps(from_scratch))
+    assert parent_config(tmp_path).score.memory_distance == "smallest_ratio"
+
+
 def test_a_resumed_backbone_run_from_before_the_enlargement_keeps_seeing_frames_as_it_did(tmp_path):
     import json
 

@@ -259,18 +259,19 @@ class ScoreConfig(Strict):
     # random pool of 8 x memory_size patches, so rare normal patches stay covered (PatchCore;
     # training.models.coreset); random: a seeded random sample (the rows measured before 2026-12-05)
     memory_sampling: Literal["coreset", "random"] = "coreset"
-    # patch_knn: a patch's distance to its nearest memory patch, divided by that memory patch's local
-    # scale: its mean distance to its memory_scale_neighbors nearest memory patches
+    # patch_knn: a patch's distance to a memory patch (memory_distance: which one), divided by that
+    # memory patch's local scale: its mean distance to its memory_scale_neighbors nearest memory patches
     # (training.models.feature_ganomaly.local_scales). Normal patches of a rare,
     # busy kind (a tyre's moving highlight, dense circuit traces) lie far apart in feature space, so
     # even normal frames sit far from their nearest one; in units of that neighbourhood they read as
     # ordinary as patches of a smooth, common kind do, and a small flaw on a smooth surface stands
     # out more. 0: the plain distance (the rows measured before 2026-12-07)
     memory_scale_neighbors: Annotated[int, Field(ge=0, le=256)] = 16
-    # with those scales: nearest (the nearest memory patch's distance over its scale) or smallest_ratio
-    # (the smallest distance over scale of any memory patch: no jump where two memory patches of
-    # different scales tie for nearest; opt-in until the suite is measured with it, RESULTS)
-    memory_distance: Literal["nearest", "smallest_ratio"] = "nearest"
+    # with those scales: smallest_ratio (the smallest distance over scale of any memory patch: no jump
+    # where two memory patches of different scales tie for nearest; the suite's mean image AUROC rose
+    # with it on both seeds measured, RESULTS) or nearest (the nearest memory patch's distance over its
+    # scale: the default until 2026-12-07, the rows before then, and runs whose config.json predates the field)
+    memory_distance: Literal["nearest", "smallest_ratio"] = "smallest_ratio"
     # latent_lof: neighbours of the local outlier factor (20 as in Breunig et al. and scikit-learn)
     lof_neighbors: Annotated[int, Field(ge=1, le=1024)] = 20
     # how the components are put in one unit before the weighted sum, on held-out normal data
@@ -444,24 +445,42 @@ class TrainConfig(Strict):
         return self
 
 
-def predates_backbone_min_size(raw: dict) -> bool:
-    """Whether a run's config.json (as read, unvalidated) is a backbone run written before
-    model.backbone_min_size existed: it showed the backbone its frames as they were (0), not enlarged
-    as the field's default does, and its weights and feature statistics fit that view."""
+# fields a backbone run's config.json may lack, having been written before them, and the value such a
+# run trained with (its weights, statistics and threshold fit it), where the field's default differs:
+# frames shown to the backbone as they were, not enlarged; patch_knn by the nearest memory patch
+BACKBONE_FIELDS_SINCE = {("model", "backbone_min_size"): 0, ("score", "memory_distance"): "nearest"}
+
+
+def fields_it_predates(raw: dict) -> dict[tuple[str, str], object]:
+    """Of BACKBONE_FIELDS_SINCE, those a run's config.json (as read, unvalidated) predates, with the
+    values it trained with: none unless it is a backbone run."""
     model = raw.get("model")
-    return isinstance(model, dict) and model.get("backbone", "none") != "none" and "backbone_min_size" not in model
+    if not isinstance(model, dict) or model.get("backbone", "none") == "none":
+        return {}
+    return {(section, name): value for (section, name), value in BACKBONE_FIELDS_SINCE.items()
+            if name not in (raw.get(section) or {})}
+
+
+def as_it_trained(raw: dict) -> dict:
+    """A run's config.json (as read) with the values of the fields it predates filled in."""
+    for (section, name), value in fields_it_predates(raw).items():
+        raw.setdefault(section, {})[name] = value
+    return raw
 
 
 def resumed_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
-    """The config a `--resume` of `run_dir` continues with: `config`, except that a backbone run from
-    before model.backbone_min_size keeps seeing its frames as they were (unless `config` states the size)."""
+    """The config a `--resume` of `run_dir` continues with: `config`, except where the run's config.json
+    predates a field (BACKBONE_FIELDS_SINCE) that `config` does not state: it keeps the value it trained with."""
     import json
 
     path = Path(run_dir) / "config.json"
-    if (not path.is_file() or "backbone_min_size" in config.model.model_fields_set
-            or not predates_backbone_min_size(json.loads(path.read_text()))):
+    if not path.is_file():
         return config
-    return config.model_copy(update={"model": config.model.model_copy(update={"backbone_min_size": 0})})
+    for (section, name), value in fields_it_predates(json.loads(path.read_text())).items():
+        part = getattr(config, section)
+        if name not in part.model_fields_set:
+            config = config.model_copy(update={section: part.model_copy(update={name: value})})
+    return config
 
 
 def apply_overrides(raw: dict, overrides: dict | None) -> dict:

@@ -29,7 +29,7 @@ from inspector.errors import InspectorError
 from inspector.review.store import ReviewStore, ReviewStoreError
 from inspector.scorer import ANOMALY, Scorer
 
-from .config import TrainConfig, predates_backbone_min_size, validate_train_config
+from .config import TrainConfig, as_it_trained, validate_train_config
 from .data import config_split, load_images, load_train_good
 from .fit import calibrate_and_export, train_family
 from .export import replace_card
@@ -59,17 +59,14 @@ class Retrained:
 
 
 def parent_config(run: Path) -> TrainConfig:
-    """The parent run's config as it trained (a backbone run from before model.backbone_min_size: 0,
-    see training.config.predates_backbone_min_size)."""
+    """The parent run's config as it trained (a backbone run written before a field whose default has
+    changed gets the value it trained with: training.config.BACKBONE_FIELDS_SINCE)."""
     path = run / "config.json"
     if not path.is_file():
         raise InspectorError(f"{run}: not a run folder (no config.json); give the folder `inspector train --out` wrote")
     import json
 
-    raw = json.loads(path.read_text())
-    if predates_backbone_min_size(raw):
-        raw["model"]["backbone_min_size"] = 0
-    return validate_train_config(raw, str(path))
+    return validate_train_config(as_it_trained(json.loads(path.read_text())), str(path))
 
 
 def parent_weights(run: Path) -> dict[str, dict]:

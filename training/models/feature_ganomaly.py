@@ -14,9 +14,10 @@ Score components (the exported graph outputs each; the card's weights combine th
                   standardised features over the frame's patches
   patch_knn       a memory of normal patch features (score.memory_size of the fitted frames' patches,
                   a greedy coreset as in PatchCore, training.models.coreset, drawn from the frames as
-                  they are and brightened by train.augment.lighting): a patch's distance to its
-                  nearest memory patch, in units of how far apart normal patches of that kind lie
-                  (score.memory_scale_neighbors, `local_scales`)
+                  they are and brightened by train.augment.lighting): a patch's distance to a
+                  memory patch, in units of how far apart normal patches of that kind lie
+                  (score.memory_scale_neighbors, `local_scales`), the smallest over the memory
+                  (score.memory_distance; `nearest`: the nearest memory patch's)
   anomaly_map     the heatmap at input size: the score's own sum of the patch maps (each times its
                   weight over its scale, set by `use_score_units` once the calibration has the
                   scales), so its value at a place reads against the threshold
