@@ -160,6 +160,8 @@ def test_a_backbone_run_from_before_the_smallest_ratio_keeps_its_nearest_memory_
     assert parent_config(tmp_path).score.memory_distance == "nearest"  # retrained as it was trained
     assert resumed_config(command, tmp_path).score.memory_distance == "nearest"
     assert resumed_config(command, tmp_path).model.backbone_min_size == 224  # a field it knew: as it was
+    stated = validate_train_config({**old, "score": {"memory_distance": "smallest_ratio"}}, "command")
+    assert resumed_config(stated, tmp_path).score.memory_distance == "smallest_ratio"  # the command's rule is kept
     newer = {**old, "score": {**old["score"], "memory_distance": "smallest_ratio"}}
     (tmp_path / "config.json").write_text(json.dumps(newer))
     assert parent_config(tmp_path).score.memory_distance == "smallest_ratio"
