@@ -269,7 +269,7 @@ class ScoreConfig(Strict):
     memory_scale_neighbors: Annotated[int, Field(ge=0, le=256)] = 16
     # with those scales: smallest_ratio (the smallest distance over scale of any memory patch: no jump
     # where two memory patches of different scales tie for nearest; the suite's mean image AUROC rose
-    # with it on both seeds measured, RESULTS) or nearest (the nearest memory patch's distance over its
+    # with it on every seed measured, RESULTS) or nearest (the nearest memory patch's distance over its
     # scale: the default until 2026-12-07, the rows before then, and runs whose config.json predates the field)
     memory_distance: Literal["nearest", "smallest_ratio"] = "smallest_ratio"
     # latent_lof: neighbours of the local outlier factor (20 as in Breunig et al. and scikit-learn)
