@@ -170,6 +170,19 @@ def test_a_backbone_run_from_before_the_smallest_ratio_keeps_its_nearest_memory_
     assert parent_config(tmp_path).score.memory_distance == "smallest_ratio"
 
 
+@pytest.mark.parametrize("text", ['{"model": ', '[1, 2]', "\udcff"])
+def test_a_damaged_run_config_is_one_clear_error_on_resume_and_retrain(tmp_path, text):
+    from inspector.errors import ConfigError
+    from training.config import resumed_config, validate_train_config
+    from training.retrain import parent_config
+
+    (tmp_path / "config.json").write_bytes(b"\xff" if text == "\udcff" else text.encode())
+    command = validate_train_config({"name": "x", "data": {"path": str(tmp_path)}}, "command")
+    for read in (lambda: resumed_config(command, tmp_path), lambda: parent_config(tmp_path)):
+        with pytest.raises(ConfigError, match=r"config\.json: not a run's config\.json"):
+            read()
+
+
 def test_a_resumed_backbone_run_from_before_the_enlargement_keeps_seeing_frames_as_it_did(tmp_path):
     import json
 

@@ -468,15 +468,27 @@ def as_it_trained(raw: dict) -> dict:
     return raw
 
 
+def read_run_config(path: Path) -> dict:
+    """A run's config.json as read (unvalidated); one clear error where it is not a JSON object."""
+    import json
+
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{path}: not a run's config.json ({error}); give the folder `inspector train --out` "
+                          "wrote") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: not a run's config.json (a JSON {type(raw).__name__}, not an object)")
+    return raw
+
+
 def resumed_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
     """The config a `--resume` of `run_dir` continues with: `config`, except where the run's config.json
     predates a field (BACKBONE_FIELDS_SINCE) that `config` does not state: it keeps the value it trained with."""
-    import json
-
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return config
-    for (section, name), value in fields_it_predates(json.loads(path.read_text())).items():
+    for (section, name), value in fields_it_predates(read_run_config(path)).items():
         part = getattr(config, section)
         if name not in part.model_fields_set:
             config = config.model_copy(update={section: part.model_copy(update={name: value})})

@@ -29,7 +29,7 @@ from inspector.errors import InspectorError
 from inspector.review.store import ReviewStore, ReviewStoreError
 from inspector.scorer import ANOMALY, Scorer
 
-from .config import TrainConfig, as_it_trained, validate_train_config
+from .config import TrainConfig, as_it_trained, read_run_config, validate_train_config
 from .data import config_split, load_images, load_train_good
 from .fit import calibrate_and_export, train_family
 from .export import replace_card
@@ -64,9 +64,7 @@ def parent_config(run: Path) -> TrainConfig:
     path = run / "config.json"
     if not path.is_file():
         raise InspectorError(f"{run}: not a run folder (no config.json); give the folder `inspector train --out` wrote")
-    import json
-
-    return validate_train_config(as_it_trained(json.loads(path.read_text())), str(path))
+    return validate_train_config(as_it_trained(read_run_config(path)), str(path))
 
 
 def parent_weights(run: Path) -> dict[str, dict]:
