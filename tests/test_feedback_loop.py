@@ -170,6 +170,22 @@ def test_a_backbone_run_from_before_the_smallest_ratio_keeps_its_nearest_memory_
     assert parent_config(tmp_path).score.memory_distance == "smallest_ratio"
 
 
+def test_what_an_older_run_kept_on_resume_is_named_beside_todays_default(tmp_path):
+    import json
+
+    from training.config import describe_kept, fields_kept_on_resume, validate_train_config
+
+    old = {"name": "old", "data": {"path": str(tmp_path)}, "input": {"resize": "stretch"},
+           "model": {"backbone": "efficientnet_lite0", "backbone_min_size": 224}}  # before score.memory_distance
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    kept = fields_kept_on_resume(validate_train_config(old, "command"), tmp_path)
+    assert kept == {("score", "memory_distance"): "nearest"}
+    assert describe_kept(kept) == "score.memory_distance nearest (today's default smallest_ratio)"
+    stated = validate_train_config({**old, "score": {"memory_distance": "smallest_ratio"}}, "command")
+    assert fields_kept_on_resume(stated, tmp_path) == {}  # the command states it: nothing kept, nothing said
+    assert fields_kept_on_resume(stated, tmp_path / "no-run-here") == {}
+
+
 @pytest.mark.parametrize("text", ['{"model": ', '[1, 2]', "\udcff"])
 def test_a_damaged_run_config_is_one_clear_error_on_resume_and_retrain(tmp_path, text):
     from inspector.errors import ConfigError

@@ -482,17 +482,30 @@ def read_run_config(path: Path) -> dict:
     return raw
 
 
+def fields_kept_on_resume(config: TrainConfig, run_dir: Path) -> dict[tuple[str, str], object]:
+    """Of the fields the run's config.json predates (BACKBONE_FIELDS_SINCE), those `config` does not
+    state, with the values the run trained with."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return {}
+    return {(section, name): value for (section, name), value in fields_it_predates(read_run_config(path)).items()
+            if name not in getattr(config, section).model_fields_set}
+
+
 def resumed_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
     """The config a `--resume` of `run_dir` continues with: `config`, except where the run's config.json
     predates a field (BACKBONE_FIELDS_SINCE) that `config` does not state: it keeps the value it trained with."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        return config
-    for (section, name), value in fields_it_predates(read_run_config(path)).items():
+    for (section, name), value in fields_kept_on_resume(config, run_dir).items():
         part = getattr(config, section)
-        if name not in part.model_fields_set:
-            config = config.model_copy(update={section: part.model_copy(update={name: value})})
+        config = config.model_copy(update={section: part.model_copy(update={name: value})})
     return config
+
+
+def describe_kept(kept: dict[tuple[str, str], object]) -> str:
+    """The fields a run predates, at the values it trained with, beside today's defaults (for a summary line)."""
+    sections = TrainConfig.model_fields
+    return ", ".join(f"{section}.{name} {value} (today's default {sections[section].annotation.model_fields[name].default})"
+                     for (section, name), value in kept.items())
 
 
 def apply_overrides(raw: dict, overrides: dict | None) -> dict:

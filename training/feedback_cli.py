@@ -42,6 +42,11 @@ def retrain(args) -> int:
     print(f"learned {done.false_alarms} frame(s) reviewed as false alarm and {done.good_images} new good photo(s) "
           f"in {done.steps} fine-tuning steps; {done.seconds:.0f} s in all"
           + (f"; {done.missing_frames} reviewed frame(s) were gone (evidence retention)" if done.missing_frames else ""))
+    if done.kept:
+        from .config import describe_kept
+
+        print(f"recipe: the parent's as it trained, from before these fields: {describe_kept(done.kept)}; "
+              "`inspector train` trains today's")
     print(f"threshold {done.parent.calibration.threshold:.4g} -> {card.calibration.threshold:.4g}; self-check: the "
           f"threshold flags {100 * (card.calibration.synthetic_recall or 0):.0f}% of synthetic defects")
     unusual = done.run.selection_record().get("unusual_normal")

@@ -29,7 +29,7 @@ from inspector.errors import InspectorError
 from inspector.review.store import ReviewStore, ReviewStoreError
 from inspector.scorer import ANOMALY, Scorer
 
-from .config import TrainConfig, as_it_trained, read_run_config, validate_train_config
+from .config import TrainConfig, as_it_trained, fields_it_predates, read_run_config, validate_train_config
 from .data import config_split, load_images, load_train_good
 from .fit import calibrate_and_export, train_family
 from .export import replace_card
@@ -56,6 +56,7 @@ class Retrained:
     good_images: int
     steps: int
     seconds: float
+    kept: dict[tuple[str, str], object]  # fields the parent's config.json predates, at the values it trained with
 
 
 def parent_config(run: Path) -> TrainConfig:
@@ -186,4 +187,6 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
     card = calibrate_and_export(tuned, run, trained, scoring, held_out, _join(normal.tensors, new.tensors), progress,
                                 lineage=lineage, photos=photos)
     card = keep_confirmed_defects(run, card, scoring, held_out, confirmed, config.train.seed, tuned.selection.max_items)
-    return Retrained(run, card, parent, len(frames), missing, len(extra), trained.steps, time.perf_counter() - started)
+    kept = fields_it_predates(read_run_config(run_dir / "config.json"))
+    return Retrained(run, card, parent, len(frames), missing, len(extra), trained.steps, time.perf_counter() - started,
+                     kept)
