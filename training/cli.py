@@ -247,7 +247,8 @@ def train(args) -> int:
         # what the number can say: within a run it picks among checkpoints and score weights (the component
         # with the best self-check was the best one on real defects on 6 of the harder suite's 6 sets with
         # the backbone, 5 of 6 from scratch), but across data sets it did not rank their real AUROCs (rank
-        # correlation 0.09 with the backbone, -0.09 from scratch; RESULTS), so it is no forecast
+        # correlation -0.03 to 0.43 over four seeds of the default, -0.09 from scratch; RESULTS), so it is
+        # no forecast
         meaning = ("low: the model barely separates even made-up flaws; look at report/examples.png before "
                    "relying on it" if checked < WEAK_SEPARATION
                    else f"it steers this run's choices; it is no forecast of the real AUROC, as real {real} differ")
