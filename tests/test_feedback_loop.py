@@ -173,7 +173,7 @@ def test_a_backbone_run_from_before_the_smallest_ratio_keeps_its_nearest_memory_
 def test_what_an_older_run_kept_on_resume_is_named_beside_todays_default(tmp_path):
     import json
 
-    from training.config import describe_kept, fields_kept_on_resume, validate_train_config
+    from training.config import BACKBONE_FIELDS_SINCE, describe_kept, fields_kept_on_resume, validate_train_config
 
     old = {"name": "old", "data": {"path": str(tmp_path)}, "input": {"resize": "stretch"},
            "model": {"backbone": "efficientnet_lite0", "backbone_min_size": 224}}  # before score.memory_distance
@@ -184,6 +184,8 @@ def test_what_an_older_run_kept_on_resume_is_named_beside_todays_default(tmp_pat
     stated = validate_train_config({**old, "score": {"memory_distance": "smallest_ratio"}}, "command")
     assert fields_kept_on_resume(stated, tmp_path) == {}  # the command states it: nothing kept, nothing said
     assert fields_kept_on_resume(stated, tmp_path / "no-run-here") == {}
+    every = describe_kept(BACKBONE_FIELDS_SINCE)  # each field the table lists can be named with its default
+    assert every.count("today's default") == len(BACKBONE_FIELDS_SINCE)
 
 
 @pytest.mark.parametrize("text", ['{"model": ', '[1, 2]', "\udcff"])

@@ -143,6 +143,7 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
     started = time.perf_counter()
     parent = Scorer(model_of(run_dir)).card
     config = parent_config(run_dir)
+    kept = fields_it_predates(read_run_config(run_dir / "config.json"))  # said in the summary
     if config.data.kind != "mvtec" or not isinstance(parent.input, ImageInput):
         raise InspectorError(f"{run_dir}: retraining from reviews works on models trained on a folder of photos; "
                              f"this run trained on data.kind {config.data.kind}")
@@ -187,6 +188,5 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
     card = calibrate_and_export(tuned, run, trained, scoring, held_out, _join(normal.tensors, new.tensors), progress,
                                 lineage=lineage, photos=photos)
     card = keep_confirmed_defects(run, card, scoring, held_out, confirmed, config.train.seed, tuned.selection.max_items)
-    kept = fields_it_predates(read_run_config(run_dir / "config.json"))
     return Retrained(run, card, parent, len(frames), missing, len(extra), trained.steps, time.perf_counter() - started,
                      kept)
