@@ -59,8 +59,8 @@ from benchmarks.accuracy_tables import (COMPONENTS, LATENT_SEARCH_STEPS, MARK_EN
                                        set_group, table)
 from benchmarks.results import write_section
 from inspector.config import read_yaml_mapping
-from inspector.scorer import Scorer
 from benchmarks.brightness import brightness_false_alarms
+from benchmarks.focus import exported_scores, focus_false_alarms
 from benchmarks.knn_reference import knn_reference_row
 from training.cli import default_config, infer_input, parse_overrides
 from training.config import apply_overrides, load_train_config, validate_train_config
@@ -325,10 +325,9 @@ def run_job(name: str, config_path: Path, extra: dict, variant: str, runs: Path,
         "unusual_checked": True,  # selection.json has `unusual_normal` where the summary named good photos
     }
     if config.data.kind == "mvtec":
-        scorer = Scorer(result.model_path)
-        row["far_brightness"] = brightness_false_alarms(
-            lambda frames: np.array([np.inf if r.rejected else r.raw for r in scorer.score_images(frames, heatmaps=False)]),
-            config.data.resolved_path, scorer.threshold)
+        score_frames, threshold = exported_scores(result.model_path)
+        row["far_brightness"] = brightness_false_alarms(score_frames, config.data.resolved_path, threshold)
+        row["far_focus"] = focus_false_alarms(score_frames, config.data.resolved_path, threshold)
     if variant == "anogan" and latent_search:
         test = load_test_images(config)
         row["latent_search"] = latent_search_row(result.scoring, card, test.tensors, test.labels, spec, set_group(name))

@@ -153,7 +153,21 @@ def suite_table(rows: list[dict]) -> list[str]:
         lines += component_lines(variant, rs)
         lines += f1_ceiling_line(variant, rs)
         lines += unusual_line(variant, rs)
+        lines += focus_line(variant, rs)
     return lines
+
+
+def focus_line(variant: str, rows: list[dict]) -> list[str]:
+    """False alarms on test/good as photographed and blurred (benchmarks/focus.py); rows measured
+    before the check existed have none and are left out."""
+    measured = [r for r in rows if r.get("far_focus")]
+    if not measured:
+        return []
+    cells = ", ".join(f"{r['set']} {r['false_alarm_rate']:.2f} / "
+                      + " / ".join(f"{rate:.2f}" for rate in r["far_focus"].values()) for r in measured)
+    sigmas = " / ".join(f"{sigma} px" for sigma in measured[0]["far_focus"])
+    return [f"False alarms on test/good as photographed / blurred by a Gaussian of {sigmas} (a focus change), "
+            f"{variant} rows: {cells}.  "]
 
 
 def unusual_line(variant: str, rows: list[dict]) -> list[str]:

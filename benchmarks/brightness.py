@@ -22,9 +22,13 @@ def scaled(image: np.ndarray, factor: float) -> np.ndarray:
     return np.clip(image.astype(np.float32) * factor, 0, 255).astype(np.uint8)
 
 
+def good_test_frames(root: Path) -> list[np.ndarray]:
+    return [read_image(path) for path in list_images(root / "test" / "good")]  # what evaluation reads
+
+
 def brightness_false_alarms(score_frames: Callable[[list[np.ndarray]], np.ndarray], root: Path,
                             threshold: float) -> dict[str, float]:
     """{"0.7": rate, "1.3": rate}: share of test/good frames at or above `threshold` after scaling."""
-    frames = [read_image(path) for path in list_images(root / "test" / "good")]  # what evaluation reads
+    frames = good_test_frames(root)
     return {str(factor): float(np.mean(score_frames([scaled(f, factor) for f in frames]) >= threshold))
             for factor in FACTORS}

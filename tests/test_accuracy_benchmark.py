@@ -81,3 +81,36 @@ def test_one_piped_class_is_a_set_of_its_own_with_the_rows_name():
     assert jobs(["piped_fvn01"]) == [job for job in jobs(["piped"]) if job[0] == "piped_fvn01"]
     with pytest.raises(ValueError, match="unknown set piped_xyz01"):
         jobs(["piped_xyz01"])
+
+
+def test_the_suite_table_shows_false_alarms_out_of_focus_where_rows_measured_them():
+    from benchmarks.accuracy_tables import focus_line
+
+    rows = [{"set": "tire", "false_alarm_rate": 0.04, "far_focus": {"1.0": 1.0, "2.0": 1.0}},
+            {"set": "elpv_mono", "false_alarm_rate": 0.017, "far_focus": {"1.0": 0.025, "2.0": 1.0}},
+            {"set": "deeppcb", "false_alarm_rate": 0.1}]  # measured before the check
+    (line,) = focus_line("backbone", rows)
+    assert "blurred by a Gaussian of 1.0 px / 2.0 px" in line
+    assert "tire 0.04 / 1.00 / 1.00, elpv_mono 0.02 / 0.03 / 1.00." in line and "deeppcb" not in line
+    assert focus_line("backbone", rows[2:]) == []
+
+
+def test_focus_false_alarms_score_the_good_test_frames_blurred(tmp_path):
+    import cv2
+    import numpy as np
+
+    from benchmarks.focus import SIGMAS, focus_false_alarms
+
+    good = tmp_path / "test" / "good"
+    good.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):  # sharp noise frames: blurring takes most of their fine detail away
+        cv2.imwrite(str(good / f"{i}.png"), rng.integers(0, 256, (48, 48), dtype=np.uint8))
+
+    def blurriness(frames):  # higher for a smoother frame: a score a focus change raises
+        return np.array([-cv2.Laplacian(f.astype(np.float32), cv2.CV_32F).std() for f in frames])
+
+    sharp = blurriness([cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(good.iterdir())])
+    rates = focus_false_alarms(blurriness, tmp_path, threshold=float(sharp.max()) + 1.0)
+    assert list(rates) == [str(s) for s in SIGMAS] and all(rate == 1.0 for rate in rates.values())
+    assert focus_false_alarms(blurriness, tmp_path, threshold=0.0) == {str(s): 0.0 for s in SIGMAS}
