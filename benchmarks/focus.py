@@ -45,6 +45,13 @@ def exported_scores(model: Path) -> tuple[Callable[[list[np.ndarray]], np.ndarra
                                      for r in scorer.score_images(frames, heatmaps=False)])), scorer.threshold
 
 
+def run_data(run: Path) -> Path:
+    """The image folder a run folder's config.json trained on ($QI_DATA expanded as training does)."""
+    from training.config import expand_data_path
+
+    return expand_data_path(json.loads((run / "config.json").read_text())["data"]["path"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="False alarms of saved runs on their data's test/good frames, "
                                                  "as photographed and blurred (benchmarks/focus.py)")
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for run in args.runs:
         try:
-            data = Path(json.loads((run / "config.json").read_text())["data"]["path"])
+            data = run_data(run)
         except (OSError, ValueError, KeyError, TypeError) as error:
             print(f"{run}: not a run folder with an image data path ({error})", file=sys.stderr)
             return 2

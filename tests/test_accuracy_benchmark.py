@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .conftest import DATA, require
@@ -114,3 +116,15 @@ def test_focus_false_alarms_score_the_good_test_frames_blurred(tmp_path):
     rates = focus_false_alarms(blurriness, tmp_path, threshold=float(sharp.max()) + 1.0)
     assert list(rates) == [str(s) for s in SIGMAS] and all(rate == 1.0 for rate in rates.values())
     assert focus_false_alarms(blurriness, tmp_path, threshold=0.0) == {str(s): 0.0 for s in SIGMAS}
+
+
+def test_the_focus_check_finds_a_runs_data_where_training_found_it(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks.focus import run_data
+
+    monkeypatch.setenv("QI_DATA", str(tmp_path / "data"))
+    (tmp_path / "config.json").write_text(json.dumps({"data": {"path": "$QI_DATA/piped/PA_BDP01_TL"}}))
+    assert run_data(tmp_path) == tmp_path / "data" / "piped" / "PA_BDP01_TL"  # as the shipped configs name it
+    (tmp_path / "config.json").write_text(json.dumps({"data": {"path": "/parts/my_parts"}}))
+    assert run_data(tmp_path) == Path("/parts/my_parts")
