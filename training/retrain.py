@@ -59,13 +59,19 @@ class Retrained:
     kept: dict[tuple[str, str], object]  # fields the parent's config.json predates, at the values it trained with
 
 
-def parent_config(run: Path) -> TrainConfig:
+def parent_recipe(run: Path) -> tuple[TrainConfig, dict[tuple[str, str], object]]:
     """The parent run's config as it trained (a backbone run written before a field whose default has
-    changed gets the value it trained with: training.config.BACKBONE_FIELDS_SINCE)."""
+    changed gets the value it trained with: training.config.BACKBONE_FIELDS_SINCE), and those fields."""
     path = run / "config.json"
     if not path.is_file():
         raise InspectorError(f"{run}: not a run folder (no config.json); give the folder `inspector train --out` wrote")
-    return validate_train_config(as_it_trained(read_run_config(path)), str(path))
+    raw = read_run_config(path)
+    kept = fields_it_predates(raw)  # before as_it_trained fills them in
+    return validate_train_config(as_it_trained(raw), str(path)), kept
+
+
+def parent_config(run: Path) -> TrainConfig:
+    return parent_recipe(run)[0]
 
 
 def parent_weights(run: Path) -> dict[str, dict]:
@@ -142,8 +148,7 @@ def retrain(run_dir: Path, reviews: Path, good: list[Path], out: Path | None = N
             progress: bool = True) -> Retrained:
     started = time.perf_counter()
     parent = Scorer(model_of(run_dir)).card
-    config = parent_config(run_dir)
-    kept = fields_it_predates(read_run_config(run_dir / "config.json"))  # said in the summary
+    config, kept = parent_recipe(run_dir)
     if config.data.kind != "mvtec" or not isinstance(parent.input, ImageInput):
         raise InspectorError(f"{run_dir}: retraining from reviews works on models trained on a folder of photos; "
                              f"this run trained on data.kind {config.data.kind}")
