@@ -6,6 +6,7 @@ instead of testing `config.data.kind` themselves.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,16 +54,46 @@ def brightened(frames: torch.Tensor, gain: float, mean: float | torch.Tensor = 0
     return ((frames * std + mean) * gain).clamp(0, 1).sub(mean).div(std)
 
 
+def focus_sigmas(focus: float) -> tuple[float, float]:
+    """The blurs train.augment.focus trains on: half of it and all of it (a memory drawn from frames
+    blurred by 1 model pixel missed held-out frames blurred by 2, and one blurred by 2 those blurred by 1)."""
+    return (focus / 2, focus)
+
+
+def blurred(frames: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """Frames (N, C, H, W) under a Gaussian blur of `sigma` pixels, one for all or one per frame (N,),
+    reflected at the borders as OpenCV's GaussianBlur: a lens a little out of focus. A blur is linear
+    and keeps the mean, so it is the same on model-space values as on the pixels."""
+    sigmas = torch.as_tensor(sigma, dtype=frames.dtype).reshape(-1)
+    radius = max(1, math.ceil(3 * float(sigmas.max())))
+    offsets = torch.arange(-radius, radius + 1, dtype=frames.dtype)
+    kernels = torch.exp(-0.5 * (offsets / sigmas.clamp_min(1e-3)[:, None]) ** 2)
+    kernels = (kernels / kernels.sum(dim=1, keepdim=True)).expand(len(frames), -1).to(frames.device)
+    count, channels = frames.shape[:2]
+    padded = torch.nn.functional.pad(frames, (radius,) * 4, mode="reflect")
+    per_plane = kernels.repeat_interleave(channels, dim=0)  # (N * C, taps): each frame's kernel on its channels
+    planes = padded.reshape(1, count * channels, *padded.shape[-2:])
+    rows = torch.nn.functional.conv2d(planes, per_plane.view(-1, 1, 1, 2 * radius + 1), groups=count * channels)
+    out = torch.nn.functional.conv2d(rows, per_plane.view(-1, 1, 2 * radius + 1, 1), groups=count * channels)
+    return out.reshape(frames.shape)
+
+
 def augment(batch: torch.Tensor, options: AugmentConfig, generator: torch.Generator,
             spec: ImageInput | None = None) -> torch.Tensor:
     """Random flips / quarter turns, per item (only label-preserving for parts without a fixed pose);
     with options.lighting, half of the items brightened by 1 + lighting (`spec`: the model space's
-    pixel mean and std; default 0.5 and 0.5)."""
+    pixel mean and std; default 0.5 and 0.5); with options.focus, half of them blurred by focus / 2 or
+    focus pixels (focus_sigmas)."""
     if options.lighting:
         mean, std = (0.5, 0.5) if spec is None else (torch.tensor(spec.mean).view(-1, 1, 1),
                                                      torch.tensor(spec.std).view(-1, 1, 1))
         lit = torch.rand(len(batch), generator=generator) < 0.5  # drawn only with lighting: other runs keep their draws
         batch = torch.where(lit.view(-1, 1, 1, 1), brightened(batch, 1.0 + options.lighting, mean, std), batch)
+    if options.focus:  # drawn only with focus, after lighting's draw: runs without it keep their draws
+        soft = torch.rand(len(batch), generator=generator) < 0.5
+        levels = torch.randint(0, len(focus_sigmas(options.focus)), (len(batch),), generator=generator)
+        sigmas = torch.tensor(focus_sigmas(options.focus), dtype=batch.dtype)[levels]
+        batch = blurred(batch, torch.where(soft, sigmas, torch.zeros_like(sigmas)))
     if not (options.hflip or options.vflip or options.rot90):
         return batch
     out = []

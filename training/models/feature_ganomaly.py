@@ -14,7 +14,8 @@ Score components (the exported graph outputs each; the card's weights combine th
                   standardised features over the frame's patches
   patch_knn       a memory of normal patch features (score.memory_size of the fitted frames' patches,
                   a greedy coreset as in PatchCore, training.models.coreset, drawn from the frames as
-                  they are and brightened by train.augment.lighting): a patch's distance to a
+                  they are, brightened by train.augment.lighting and blurred by train.augment.focus):
+                  a patch's distance to a
                   memory patch, in units of how far apart normal patches of that kind lie
                   (score.memory_scale_neighbors, `local_scales`), the smallest over the memory
                   (score.memory_distance; `nearest`: the nearest memory patch's)
@@ -42,7 +43,7 @@ from inspector.card import ScoreDefinition
 
 from ..backbone import FEATURE_DIM, STRIDE, StageFeatures
 from ..family import Family, Phase
-from ..items import brightened
+from ..items import blurred, brightened, focus_sigmas
 from ..torch_scoring import modes_kept
 from .blocks import dcgan_init, local_mean
 from .coreset import greedy_coreset
@@ -401,26 +402,32 @@ def top_share_mean(maps: torch.Tensor, share: float) -> torch.Tensor:
 
 def patch_memory(features: PretrainedFeatures, frames: np.ndarray, size: int, seed: int, sampling: str = "coreset",
                  lighting: float = 0.0, batch_size: int = 8,
-                 compute: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                 compute: Callable[[torch.Tensor], torch.Tensor] | None = None, focus: float = 0.0) -> torch.Tensor:
     """`size` normal patch features from the frames: a greedy coreset of a random pool of
     CORESET_POOL x size patches (about evenly per frame), or with `sampling` "random" a random sample
     of that size; seeded. With `lighting` > 0 each frame also enters brightened by 1 + lighting
     (train.augment.lighting), on top of that pool: the frames as they are keep their whole share
-    (sharing it halved their patches, and patch_knn alone fell on screws, 0.905 -> 0.866). `compute`
-    gives a batch's feature maps in place of `features` itself (the training draws' cache: the
-    same frames, as photographed and brightened alike)."""
+    (sharing it halved their patches, and patch_knn alone fell on screws, 0.905 -> 0.866). With
+    `focus` > 0 each frame also enters blurred (train.augment.focus), every other frame by each of
+    focus_sigmas, as one more share. `compute` gives a batch's feature maps in place of `features`
+    itself (the training draws' cache: the same frames, as photographed, brightened and blurred alike)."""
     rng = np.random.default_rng(seed)
     pool = size * CORESET_POOL if sampling == "coreset" else size
-    gains = (1.0, 1.0 + lighting) if lighting > 0 else (1.0,)
-    per_frame = -(-pool // len(frames))  # of each gain
+    shown: list[Callable[[torch.Tensor, int], torch.Tensor]] = [lambda batch, start: batch]
+    if lighting > 0:
+        shown.append(lambda batch, start: brightened(batch, 1.0 + lighting))
+    if focus > 0:
+        sigmas = focus_sigmas(focus)
+        shown.append(lambda batch, start: blurred(batch, torch.tensor(
+            [sigmas[(start + i) % len(sigmas)] for i in range(len(batch))], dtype=batch.dtype)))
+    per_frame = -(-pool // len(frames))  # of each share
     kept = []
     device = features.mean.device
     with torch.no_grad():
         for start in range(0, len(frames), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch_size], dtype=np.float32))
-            for gain in gains:
-                shown = batch if gain == 1.0 else brightened(batch, gain)
-                patches = (compute or features)(shown.to(device)).permute(0, 2, 3, 1).flatten(1, 2).cpu()
+            for show in shown:
+                patches = (compute or features)(show(batch, start).to(device)).permute(0, 2, 3, 1).flatten(1, 2).cpu()
                 for item in patches:
                     kept.append(item[torch.from_numpy(rng.permutation(len(item))[:per_frame])])
     patches = torch.cat(kept)
@@ -515,7 +522,7 @@ class FeatureGANomalyFamily(Family):
 
     def _draw_memory(self, fitted: np.ndarray) -> float:
         """The patch memory of the fitted frames; the seconds it took. While training, through the
-        training draws' cache: the memory's frames as photographed and brightened are the draws' own,
+        training draws' cache: the memory's frames as photographed, brightened and blurred are the draws' own,
         so neither computes what the other did (deeppcb: 480 maps of 512 px frames, 18 GFLOPs each)."""
         started = time.perf_counter()
         cache = self._training_features
@@ -524,7 +531,8 @@ class FeatureGANomalyFamily(Family):
             self._memory = PatchMemory(patch_memory(
                 self.features, fitted, self.config.score.memory_size, self.config.train.seed,
                 self.config.score.memory_sampling, self.config.train.augment.lighting,
-                compute=None if cache is None else (lambda batch: cache(batch)["features"])),
+                compute=None if cache is None else (lambda batch: cache(batch)["features"]),
+                focus=self.config.train.augment.focus),
                 self.config.score.memory_scale_neighbors, self.config.score.memory_distance == "smallest_ratio")
         return time.perf_counter() - started
 
