@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from inspector.card import ImageInput
 from inspector.config import read_yaml_mapping
@@ -458,24 +458,36 @@ class TrainConfig(Strict):
 
 # fields a backbone run's config.json may lack, having been written before them, and the value such a
 # run trained with (its weights, statistics and threshold fit it), where the field's default differs:
-# frames shown to the backbone as they were, not enlarged; patch_knn by the nearest memory patch
-BACKBONE_FIELDS_SINCE = {("model", "backbone_min_size"): 0, ("score", "memory_distance"): "nearest"}
+# frames shown to the backbone as they were, not enlarged; patch_knn by the nearest memory patch; no
+# blurred frames among the training draws or in the patch memory. Each key is the field's path.
+BACKBONE_FIELDS_SINCE = {("model", "backbone_min_size"): 0, ("score", "memory_distance"): "nearest",
+                         ("train", "augment", "focus"): 0.0}
 
 
-def fields_it_predates(raw: dict) -> dict[tuple[str, str], object]:
+def _written(raw: dict, path: tuple[str, ...]) -> bool:
+    """Whether a config.json (as read) holds the field at `path`."""
+    node = raw
+    for key in path[:-1]:
+        node = node.get(key) if isinstance(node, dict) else None
+    return isinstance(node, dict) and path[-1] in node
+
+
+def fields_it_predates(raw: dict) -> dict[tuple[str, ...], object]:
     """Of BACKBONE_FIELDS_SINCE, those a run's config.json (as read, unvalidated) predates, with the
     values it trained with: none unless it is a backbone run."""
     model = raw.get("model")
     if not isinstance(model, dict) or model.get("backbone", "none") == "none":
         return {}
-    return {(section, name): value for (section, name), value in BACKBONE_FIELDS_SINCE.items()
-            if name not in (raw.get(section) or {})}
+    return {path: value for path, value in BACKBONE_FIELDS_SINCE.items() if not _written(raw, path)}
 
 
 def as_it_trained(raw: dict) -> dict:
     """A run's config.json (as read) with the values of the fields it predates filled in."""
-    for (section, name), value in fields_it_predates(raw).items():
-        raw.setdefault(section, {})[name] = value
+    for path, value in fields_it_predates(raw).items():
+        node = raw
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
     return raw
 
 
@@ -493,30 +505,46 @@ def read_run_config(path: Path) -> dict:
     return raw
 
 
-def fields_kept_on_resume(config: TrainConfig, run_dir: Path) -> dict[tuple[str, str], object]:
+def fields_kept_on_resume(config: TrainConfig, run_dir: Path) -> dict[tuple[str, ...], object]:
     """Of the fields the run's config.json predates (BACKBONE_FIELDS_SINCE), those `config` does not
     state, with the values the run trained with."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return {}
-    return {(section, name): value for (section, name), value in fields_it_predates(read_run_config(path)).items()
-            if name not in getattr(config, section).model_fields_set}
+    return {field: value for field, value in fields_it_predates(read_run_config(path)).items()
+            if field[-1] not in _holder(config, field).model_fields_set}
+
+
+def _holder(config: BaseModel, field: tuple[str, ...]) -> BaseModel:
+    """The section of `config` that holds the field at path `field`."""
+    for key in field[:-1]:
+        config = getattr(config, key)
+    return config
+
+
+def _replaced(config: BaseModel, field: tuple[str, ...], value: object) -> BaseModel:
+    if len(field) == 1:
+        return config.model_copy(update={field[0]: value})
+    return config.model_copy(update={field[0]: _replaced(getattr(config, field[0]), field[1:], value)})
 
 
 def resumed_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
     """The config a `--resume` of `run_dir` continues with: `config`, except where the run's config.json
     predates a field (BACKBONE_FIELDS_SINCE) that `config` does not state: it keeps the value it trained with."""
-    for (section, name), value in fields_kept_on_resume(config, run_dir).items():
-        part = getattr(config, section)
-        config = config.model_copy(update={section: part.model_copy(update={name: value})})
+    for field, value in fields_kept_on_resume(config, run_dir).items():
+        config = _replaced(config, field, value)
     return config
 
 
-def describe_kept(kept: dict[tuple[str, str], object]) -> str:
+def describe_kept(kept: dict[tuple[str, ...], object]) -> str:
     """The fields a run predates, at the values it trained with, beside today's defaults (for a summary line)."""
-    sections = TrainConfig.model_fields
-    return ", ".join(f"{section}.{name} {value} (today's default {sections[section].annotation.model_fields[name].default})"
-                     for (section, name), value in kept.items())
+    def default(field: tuple[str, ...]) -> object:
+        section: type[BaseModel] = TrainConfig
+        for key in field[:-1]:
+            section = section.model_fields[key].annotation
+        return section.model_fields[field[-1]].default
+
+    return ", ".join(f"{'.'.join(field)} {value} (today's default {default(field)})" for field, value in kept.items())
 
 
 def apply_overrides(raw: dict, overrides: dict | None) -> dict:
