@@ -13,8 +13,8 @@ import yaml
 
 from inspector.errors import ConfigError, InspectorError
 
-from .config import (TrainConfig, apply_overrides, describe_kept, fields_kept_on_resume, load_train_config, resumed_config,
-                     validate_train_config)
+from .config import (TrainConfig, apply_overrides, describe_kept, fields_kept_on_resume, load_train_config,
+                     validate_train_config, with_fields)
 from .data import first_training_image, training_image_paths
 from .models.registry import BACKBONE_COMPONENTS
 from .pose_check import describe_poses
@@ -199,8 +199,8 @@ def train(args) -> int:
         if not (out / CHECKPOINT).exists():
             raise InspectorError(f"--resume: {out} has no {CHECKPOINT} to resume from; leave out --resume to start "
                                  f"a new run there")
-        kept = fields_kept_on_resume(config, out)
-        config = resumed_config(config, out)
+        kept = fields_kept_on_resume(config, out)  # one read of the run's config.json
+        config = with_fields(config, kept)
         if kept:
             print(f"resume: as {out} trained, from before these fields: {describe_kept(kept)}; --set states another")
     started = time.perf_counter()

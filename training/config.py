@@ -528,12 +528,17 @@ def _replaced(config: BaseModel, field: tuple[str, ...], value: object) -> BaseM
     return config.model_copy(update={field[0]: _replaced(getattr(config, field[0]), field[1:], value)})
 
 
+def with_fields(config: TrainConfig, fields: dict[tuple[str, ...], object]) -> TrainConfig:
+    """`config` with each field at path -> value set (fields_kept_on_resume's answer)."""
+    for field, value in fields.items():
+        config = _replaced(config, field, value)
+    return config
+
+
 def resumed_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
     """The config a `--resume` of `run_dir` continues with: `config`, except where the run's config.json
     predates a field (BACKBONE_FIELDS_SINCE) that `config` does not state: it keeps the value it trained with."""
-    for field, value in fields_kept_on_resume(config, run_dir).items():
-        config = _replaced(config, field, value)
-    return config
+    return with_fields(config, fields_kept_on_resume(config, run_dir))
 
 
 def describe_kept(kept: dict[tuple[str, ...], object]) -> str:
