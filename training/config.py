@@ -215,10 +215,11 @@ class AugmentConfig(Strict):
     `focus`: a lens this far out of focus is normal, as a Gaussian blur's sigma in model-frame pixels.
     Half of the training draws are blurred by focus / 2 or focus, and a patch memory also keeps the
     fitted frames blurred so. Pretrained features of fine texture change under a blur of one photo
-    pixel: on train/good frames held out of a patch memory, such a blur raised their scores by 0.5-9
-    robust spreads on five dev sets, and a memory also drawn from frames blurred by 1 and 2 model
-    pixels brought that to -0.8..0.3. 0 turns it off; from-scratch models are trained without it
-    (their rows were measured so)."""
+    pixel: on train/good frames held out of a patch memory, blurring the photos by 1 and 2 px raised
+    their scores by 0.5-9 and 2-25 robust spreads on five dev sets; a memory also drawn from frames
+    blurred by 1 model pixel brought the first to -0.8..0.3, one blurred by 2 the second to -1..0.6,
+    and each missed the other's blur, so both are trained on. 0 turns it off; from-scratch models are
+    trained without it (their rows were measured so)."""
 
     # None: undecided (TrainConfig sets it for from-scratch models; training.pose_check with a backbone)
     hflip: bool | None = None
