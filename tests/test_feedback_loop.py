@@ -160,8 +160,6 @@ def test_a_backbone_run_from_before_the_smallest_ratio_keeps_its_nearest_memory_
     assert parent_config(tmp_path).score.memory_distance == "nearest"  # retrained as it was trained
     assert resumed_config(command, tmp_path).score.memory_distance == "nearest"
     assert resumed_config(command, tmp_path).model.backbone_min_size == 224  # a field it knew: as it was
-    assert command.train.augment.focus == 2.0 and parent_config(tmp_path).train.augment.focus == 0.0  # trained sharp
-    assert resumed_config(command, tmp_path).train.augment.focus == 0.0
     stated = validate_train_config({**old, "score": {"memory_distance": "smallest_ratio"}}, "command")
     assert resumed_config(stated, tmp_path).score.memory_distance == "smallest_ratio"  # the command's rule is kept
     newer = {**old, "score": {**old["score"], "memory_distance": "smallest_ratio"}}
@@ -181,15 +179,10 @@ def test_what_an_older_run_kept_on_resume_is_named_beside_todays_default(tmp_pat
            "model": {"backbone": "efficientnet_lite0", "backbone_min_size": 224}}  # before score.memory_distance
     (tmp_path / "config.json").write_text(json.dumps(old))
     kept = fields_kept_on_resume(validate_train_config(old, "command"), tmp_path)
-    assert kept == {("score", "memory_distance"): "nearest", ("train", "augment", "focus"): 0.0}
-    assert describe_kept(kept) == ("score.memory_distance nearest (today's default smallest_ratio), "
-                                   "train.augment.focus 0.0 (today's default 2.0)")
-    stated = validate_train_config({**old, "score": {"memory_distance": "smallest_ratio"},
-                                    "train": {"augment": {"hflip": True}}}, "command")
-    assert fields_kept_on_resume(stated, tmp_path) == {("train", "augment", "focus"): 0.0}  # a neighbour stated
-    stated = validate_train_config({**old, "score": {"memory_distance": "smallest_ratio"},
-                                    "train": {"augment": {"focus": 2.0}}}, "command")
-    assert fields_kept_on_resume(stated, tmp_path) == {}  # the command states them: nothing kept, nothing said
+    assert kept == {("score", "memory_distance"): "nearest"}
+    assert describe_kept(kept) == "score.memory_distance nearest (today's default smallest_ratio)"
+    stated = validate_train_config({**old, "score": {"memory_distance": "smallest_ratio"}}, "command")
+    assert fields_kept_on_resume(stated, tmp_path) == {}  # the command states it: nothing kept, nothing said
     assert fields_kept_on_resume(stated, tmp_path / "no-run-here") == {}
     every = describe_kept(BACKBONE_FIELDS_SINCE)  # each field the table lists can be named with its default
     assert every.count("today's default") == len(BACKBONE_FIELDS_SINCE)

@@ -1,7 +1,7 @@
-"""A lens a little out of focus is not a defect: with a pretrained backbone, training draws and the
-patch memory include the normal frames blurred by 1 and 2 model pixels (train.augment.focus), so a
+"""A lens a little out of focus need not be a defect: with train.augment.focus, training draws and
+the patch memory include the normal frames blurred by half of it and all of it (model pixels), so a
 normal frame photographed slightly soft stays as near to the memory as normal frames are. Pretrained
-features of fine texture change under a blur of one pixel; without this a soft frame alarms."""
+features of fine texture change under a blur of one pixel; without it a soft frame alarms."""
 
 from __future__ import annotations
 
@@ -114,13 +114,13 @@ def test_the_blurred_frames_are_one_more_share_of_the_memorys_pool_and_without_f
                        patch_memory(features, frames, 16, seed=0, lighting=0.3, focus=0.0))
 
 
-def test_focus_is_on_by_default_with_a_backbone_and_off_for_from_scratch_models(tmp_path):
+def test_focus_is_off_unless_a_config_states_it(tmp_path):
+    """Off by default: on the harder suite it cost 0.010 of mean image AUROC (RESULTS), which a line
+    with its focus locked should not pay."""
     from training.config import validate_train_config
 
     backbone = {"name": "b", "data": {"path": str(tmp_path)}, "input": {"resize": "stretch"},
                 "model": {"backbone": "efficientnet_lite0"}}
-    assert validate_train_config(backbone, "test").train.augment.focus == 2.0
+    assert validate_train_config(backbone, "test").train.augment.focus == 0.0
     assert validate_train_config({"name": "s", "data": {"path": str(tmp_path)}}, "test").train.augment.focus == 0.0
-    assert validate_train_config({**backbone, "train": {"augment": {"focus": 0.0}}}, "test").train.augment.focus == 0.0
-    scratch_stated = {"name": "s", "data": {"path": str(tmp_path)}, "train": {"augment": {"focus": 1.0}}}
-    assert validate_train_config(scratch_stated, "test").train.augment.focus == 1.0
+    assert validate_train_config({**backbone, "train": {"augment": {"focus": 2.0}}}, "test").train.augment.focus == 2.0

@@ -125,9 +125,8 @@ def test_a_model_trained_without_selection_rounds_draws_its_memory_through_the_t
     from .test_backbone import backbone_config
 
     frames = np.random.default_rng(0).uniform(-1, 1, (8, 3, 64, 64)).astype(np.float32)
-    config = validate_train_config(backbone_config(tmp_path, selection={"criterion": "last"}, score={"memory_size": 256},
-                                                   train={"steps": 12, "batch_size": 8, "threads": 2,
-                                                          "augment": {"focus": 0.0}}), "test")  # no blurred versions
+    config = validate_train_config(backbone_config(tmp_path, selection={"criterion": "last"},
+                                                   score={"memory_size": 256}), "test")
     with caplog.at_level(logging.INFO, logger="training.models.feature_ganomaly"):
         trained = train(config, frames, tmp_path / "run", progress=False)
     draws = config.train.steps * config.train.batch_size  # 12 epochs of the 8 frames, about half brightened

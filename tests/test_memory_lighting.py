@@ -99,7 +99,7 @@ def test_with_lighting_about_half_the_training_draws_are_brightened_and_clipped_
     from training.items import augment, brightened
 
     frames = torch.linspace(-1, 0.8, 64 * 3 * 32 * 32).view(64, 3, 32, 32)
-    still = AugmentConfig(hflip=False, vflip=False, rot90=False, lighting=0.3, focus=0.0)
+    still = AugmentConfig(hflip=False, vflip=False, rot90=False, lighting=0.3)
     drawn = augment(frames, still, torch.Generator().manual_seed(0), ImageInput(height=32, width=32, channels=3, color_order="rgb"))
     lit = [bool(torch.equal(d, b)) for d, b in zip(drawn, brightened(frames, 1.3))]
     same = [bool(torch.equal(d, f)) for d, f in zip(drawn, frames)]
@@ -113,7 +113,7 @@ def test_without_lighting_training_draws_only_flip_and_turn_the_frames():
     from training.items import augment
 
     frames = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    poses = {"hflip": True, "vflip": True, "rot90": True, "focus": 0.0}
+    poses = {"hflip": True, "vflip": True, "rot90": True}
     for options in (AugmentConfig(**poses), AugmentConfig(**poses, lighting=0.0)):
         drawn = augment(frames, options, torch.Generator().manual_seed(0))
         assert all(torch.equal(d.flatten().sort().values, f.flatten().sort().values) for d, f in zip(drawn, frames))

@@ -56,10 +56,10 @@ class Retrained:
     good_images: int
     steps: int
     seconds: float
-    kept: dict[tuple[str, ...], object]  # fields the parent's config.json predates, at the values it trained with
+    kept: dict[tuple[str, str], object]  # fields the parent's config.json predates, at the values it trained with
 
 
-def parent_recipe(run: Path) -> tuple[TrainConfig, dict[tuple[str, ...], object]]:
+def parent_recipe(run: Path) -> tuple[TrainConfig, dict[tuple[str, str], object]]:
     """The parent run's config as it trained (a backbone run written before a field whose default has
     changed gets the value it trained with: training.config.BACKBONE_FIELDS_SINCE), and those fields."""
     path = run / "config.json"
