@@ -116,7 +116,8 @@ def suite_table(rows: list[dict]) -> list[str]:
     lines = ["Surfaces unlike PIPED, trained with no config (as `inspector train --data DIR`, which trains the "
              "rows 'backbone' since 2026-12-05, and since 2026-12-07 the rows 'backbone (score.memory_distance"
              "=smallest_ratio...)': a row that names no memory_distance was measured with the rule then the default, "
-             "nearest; 'from_scratch': model.backbone: none, the default before; 'autoencoder' "
+             "nearest, but for the rows 'backbone (train.augment.focus=...)', measured after it with smallest_ratio; "
+             "'from_scratch': model.backbone: none, the default before; 'autoencoder' "
              "and 'anogan': --set model.family=..., from scratch). Self-check: the "
              "label-free synthetic-defect AUROC on held-out normal images at the exported checkpoint "
              "(selection.json); the reference has none.", "",
