@@ -38,11 +38,9 @@ def test_a_blur_is_opencvs_gaussian_and_a_sigma_of_zero_keeps_the_frame():
     torch.testing.assert_close(each[1], blurred(frames[1:2], 1.0)[0], atol=1e-3, rtol=0)  # a longer kernel's tail
 
 
-def test_with_focus_about_half_the_training_draws_are_blurred_and_keep_their_mean():
+def test_with_focus_about_half_the_training_draws_are_blurred_by_half_of_it_or_all_of_it():
     from training.config import AugmentConfig
-    from training.items import augment
-
-    from training.items import blurred
+    from training.items import augment, blurred
 
     frames = torch.rand(64, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     still = {"hflip": False, "vflip": False, "rot90": False, "lighting": 0.0}
