@@ -90,9 +90,9 @@ def augment(batch: torch.Tensor, options: AugmentConfig, generator: torch.Genera
         lit = torch.rand(len(batch), generator=generator) < 0.5  # drawn only with lighting: other runs keep their draws
         batch = torch.where(lit.view(-1, 1, 1, 1), brightened(batch, 1.0 + options.lighting, mean, std), batch)
     if options.focus:  # drawn only with focus, after lighting's draw: runs without it keep their draws
+        levels = torch.tensor(focus_sigmas(options.focus), dtype=batch.dtype)
         soft = torch.rand(len(batch), generator=generator) < 0.5
-        levels = torch.randint(0, len(focus_sigmas(options.focus)), (len(batch),), generator=generator)
-        sigmas = torch.tensor(focus_sigmas(options.focus), dtype=batch.dtype)[levels]
+        sigmas = levels[torch.randint(0, len(levels), (len(batch),), generator=generator)]
         batch = blurred(batch, torch.where(soft, sigmas, torch.zeros_like(sigmas)))
     if not (options.hflip or options.vflip or options.rot90):
         return batch

@@ -15,10 +15,9 @@ Score components (the exported graph outputs each; the card's weights combine th
   patch_knn       a memory of normal patch features (score.memory_size of the fitted frames' patches,
                   a greedy coreset as in PatchCore, training.models.coreset, drawn from the frames as
                   they are, brightened by train.augment.lighting and blurred by train.augment.focus):
-                  a patch's distance to a
-                  memory patch, in units of how far apart normal patches of that kind lie
-                  (score.memory_scale_neighbors, `local_scales`), the smallest over the memory
-                  (score.memory_distance; `nearest`: the nearest memory patch's)
+                  a patch's distance to a memory patch, in units of how far apart normal patches
+                  of that kind lie (score.memory_scale_neighbors, `local_scales`), the smallest over
+                  the memory (score.memory_distance; `nearest`: the nearest memory patch's)
   anomaly_map     the heatmap at input size: the score's own sum of the patch maps (each times its
                   weight over its scale, set by `use_score_units` once the calibration has the
                   scales), so its value at a place reads against the threshold
